@@ -1,0 +1,101 @@
+"""From a torch UNet to a ready OpenVINO UNet: find it in the cache or export it, then compile.
+
+This is the one entry point the webui adapter and the command line share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import cache
+from .export import IR_NAME, export_unet
+from .ldm_unet import describe
+from .progress import ProgressFn, scaled, silent
+from .runtime import DEFAULT_SHAPE_POLICY, OVUNet
+
+log = logging.getLogger("sd_ov")
+
+FP32_RECIPE: dict[str, Any] = {"name": "fp32", "weights": "fp32"}
+
+
+def weights_hash(unet: torch.nn.Module) -> str:
+    """sha256 of the UNet's weights, for models that have no checkpoint file (demo, tests)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(unet.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def file_hash(path: str | Path, chunk: int = 2**20) -> str:
+    """sha256 of a checkpoint file: the webui's own checkpoint hash, computed the same way."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Prepared:
+    entry: cache.CacheEntry
+    exported: bool  # False when the entry came from the cache
+    rebuilt_because: str | None = None
+
+
+def prepare_entry(
+    unet: torch.nn.Module,
+    cache_root: str | Path,
+    checkpoint_name: str,
+    checkpoint_hash: str,
+    recipe: dict[str, Any] | None = None,
+    progress: ProgressFn = silent,
+) -> Prepared:
+    """The cache entry for this checkpoint and recipe; exported only when absent or invalid."""
+    root = Path(cache_root)
+    root.mkdir(parents=True, exist_ok=True)
+    cache.cleanup_stale(root)
+    key = cache.EntryKey(checkpoint_name, checkpoint_hash, dict(recipe or FP32_RECIPE))
+    entry, problem = cache.find(root, key)
+    if entry is not None:
+        progress(f"using cached OpenVINO UNet {entry.path.name}", 1.0)
+        return Prepared(entry, exported=False)
+    if problem:
+        log.warning("sd-ov: rebuilding a cache entry: %s", problem)
+        progress(f"cache entry invalid, rebuilding ({problem})", 0.0)
+    spec = describe(unet)
+
+    def build(folder: Path) -> dict[str, Any]:
+        timings = export_unet(unet, spec, folder, scaled(progress, 0.0, 0.95))
+        return {"unet": spec.to_dict(), "timings": timings, "inputs": ["x", "timesteps", "context"]}
+
+    entry = cache.write(root, key, build, ir_name=IR_NAME)
+    progress(f"exported the OpenVINO UNet to {entry.path}", 1.0)
+    return Prepared(entry, exported=True, rebuilt_because=problem)
+
+
+def open_unet(
+    entry: cache.CacheEntry,
+    device: str = "CPU",
+    precision: str = "f32",
+    shape_policy: str = DEFAULT_SHAPE_POLICY,
+    max_compiled: int = 2,
+    cache_compiled: bool = True,
+    progress: ProgressFn = silent,
+) -> OVUNet:
+    """Read the entry's IR for `device`; compiles happen lazily per shape."""
+    return OVUNet(
+        entry.xml_path,
+        device=device,
+        precision=precision,
+        shape_policy=shape_policy,
+        max_compiled=max_compiled,
+        blob_dir=entry.blob_dir if cache_compiled else None,
+        progress=progress,
+    )

@@ -1,0 +1,189 @@
+"""The webui's SD1/SD2 UNet (`ldm...openaimodel.UNetModel`): build, describe, load, make traceable.
+
+The ldm package is imported lazily: the webui ships its own copy, tests and the demo use the
+identical one from PyPI's stable-diffusion-sdkit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UnsupportedModelError
+
+CHECKPOINT_UNET_PREFIX = "model.diffusion_model."
+
+
+def _openaimodel():
+    from ldm.modules.diffusionmodules import openaimodel
+
+    return openaimodel
+
+
+@dataclass(frozen=True)
+class UNetSpec:
+    """What the exporter and the runtime need to know about a UNet's interface."""
+
+    in_channels: int
+    out_channels: int
+    context_dim: int
+    model_channels: int
+    parameters: int
+    downsample: int  # latent H and W must be multiples of this
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def load_config(name_or_path: str) -> dict[str, Any]:
+    """A UNet config: a shipped name (sd15, sd2, tiny) or a JSON file of UNetModel kwargs."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.exists():
+        text = path.read_text()
+    else:
+        text = resources.files("sd_ov.configs").joinpath(f"{name_or_path}_unet.json").read_text()
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def build_unet(config: dict[str, Any], seed: int | None = 0) -> torch.nn.Module:
+    """An ldm UNetModel in eval mode; with a seed, every weight is random (zero-init ones too).
+
+    The ldm code zero-initialises the output convolution and each transformer's proj_out, so a
+    fresh model outputs zeros: useless for comparing two runtimes. Random weights of sensible
+    scale make the comparison meaningful (fidelity to torch on the same weights, not picture
+    quality).
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = _openaimodel().UNetModel(**config).eval()
+    if seed is not None:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.dim() > 1 and not param.any():
+                    fan_in = param[0].numel()
+                    param.copy_(torch.randn(param.shape, generator=gen) / math.sqrt(fan_in))
+    return model
+
+
+def describe(unet: torch.nn.Module) -> UNetSpec:
+    """Read the interface off a UNet; refuses what the exporter does not support."""
+    cls = _openaimodel().UNetModel
+    if not isinstance(unet, cls):
+        raise UnsupportedModelError(
+            f"{type(unet).__module__}.{type(unet).__name__} is not supported: sd-ov exports the SD1/SD2 "
+            "UNet (ldm UNetModel); SDXL and other architectures keep running on torch."
+        )
+    if getattr(unet, "num_classes", None) is not None:
+        raise UnsupportedModelError("class-conditional UNets (y input, e.g. SD2 unCLIP) are not supported")
+    context_dim = next(
+        (m.to_k.in_features for name, m in unet.named_modules() if name.endswith("attn2")), None
+    )
+    if context_dim is None:
+        raise UnsupportedModelError("the UNet has no cross-attention: not a text-to-image SD UNet")
+    return UNetSpec(
+        in_channels=int(unet.in_channels),
+        out_channels=int(unet.out_channels),
+        context_dim=int(context_dim),
+        model_channels=int(unet.model_channels),
+        parameters=sum(p.numel() for p in unet.parameters()),
+        downsample=2 ** (len(unet.channel_mult) - 1),
+    )
+
+
+def config_for_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Pick the shipped config matching a checkpoint's UNet (SD1 or SD2; inpainting channels)."""
+    k_weight = next(
+        (v for k, v in state_dict.items() if k.endswith("attn2.to_k.weight")), None
+    )
+    first = state_dict.get("input_blocks.0.0.weight")
+    if k_weight is None or first is None:
+        raise UnsupportedModelError("no SD1/SD2 UNet found in this checkpoint (SDXL is not supported)")
+    context_dim = k_weight.shape[1]
+    if context_dim == 768:
+        config = load_config("sd15")
+    elif context_dim == 1024:
+        config = load_config("sd2")
+    else:
+        raise UnsupportedModelError(f"unknown UNet: cross-attention width {context_dim}")
+    config["in_channels"] = int(first.shape[1])
+    return config
+
+
+def unet_state_dict_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The UNet's weights of a single-file SD checkpoint (.safetensors or .ckpt)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        full = load_file(str(path))
+    else:
+        full = torch.load(str(path), map_location="cpu", weights_only=True)
+        full = full.get("state_dict", full)
+    unet = {k[len(CHECKPOINT_UNET_PREFIX):]: v for k, v in full.items() if k.startswith(CHECKPOINT_UNET_PREFIX)}
+    if not unet:
+        raise UnsupportedModelError(f"{path.name} holds no '{CHECKPOINT_UNET_PREFIX}*' weights")
+    return unet
+
+
+def load_unet_from_checkpoint(path: str | Path, config: dict[str, Any] | None = None) -> torch.nn.Module:
+    state = unet_state_dict_from_checkpoint(path)
+    config = config or config_for_state_dict(state)
+    unet = build_unet(config, seed=None)
+    unet.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return unet.eval()
+
+
+def _sdpa_cross_attention(self, x, context=None, mask=None):
+    """ldm CrossAttention as one scaled_dot_product_attention: OpenVINO fuses it into one op.
+
+    The webui swaps CrossAttention.forward for split/sub-quadratic variants whose chunking is
+    fixed at trace time; this one keeps batch, tokens and context length free.
+    """
+    if mask is not None:
+        raise UnsupportedModelError("attention masks are not supported by the exporter")
+    context = x if context is None else context
+    q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+    q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v)
+    return self.to_out(out.transpose(1, 2).flatten(2))
+
+
+@contextlib.contextmanager
+def traceable(unet: torch.nn.Module) -> Iterator[None]:
+    """Make an ldm UNet traceable for the duration: SDPA attention, no gradient checkpointing.
+
+    Everything is put back as it was, whatever the webui had installed before.
+    """
+    from ldm.modules import attention
+
+    classes = [c for c in (getattr(attention, "CrossAttention", None),
+                           getattr(attention, "MemoryEfficientCrossAttention", None)) if c]
+    saved_forwards = {c: c.__dict__.get("forward") for c in classes}
+    saved_flags: list[tuple[torch.nn.Module, str, Any]] = []
+    for module in unet.modules():
+        for flag in ("use_checkpoint", "checkpoint"):
+            if isinstance(getattr(module, flag, None), bool):
+                saved_flags.append((module, flag, getattr(module, flag)))
+                setattr(module, flag, False)
+    try:
+        for c in classes:
+            c.forward = _sdpa_cross_attention
+        yield
+    finally:
+        for c, fwd in saved_forwards.items():
+            if fwd is None:
+                del c.forward
+            else:
+                c.forward = fwd
+        for module, flag, value in saved_flags:
+            setattr(module, flag, value)

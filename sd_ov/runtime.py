@@ -1,0 +1,141 @@
+"""A compiled OpenVINO UNet that takes and returns torch tensors.
+
+Shape policy:
+- "static": the dynamic IR is reshaped to each call's (batch, channels, H/8, W/8, tokens) and
+  compiled for it; the last few compiled shapes are kept (hires fix alternates two sizes).
+- "dynamic": one compiled model serves every shape.
+Static compiles are cheap next to a picture and run faster on CPU (see README, bench).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import torch
+
+from .errors import UnsupportedCallError
+from .ov_core import compile_properties, get_core, resolve_device
+from .progress import ProgressFn, silent
+
+SHAPE_POLICIES = ("static", "dynamic")
+DEFAULT_SHAPE_POLICY = "static"
+PRECISIONS = ("f32", "bf16", "f16", "auto")
+
+ShapeKey = tuple[int, int, int, int, int]  # batch, channels, height, width, tokens
+
+
+@dataclass
+class RuntimeStats:
+    calls: int = 0
+    infer_s: float = 0.0
+    compiles: dict[str, float] = field(default_factory=dict)  # shape → seconds
+
+
+class OVUNet:
+    """The UNet of one cache entry, compiled for one device; call it like the torch UNet."""
+
+    def __init__(
+        self,
+        xml_path: str | Path,
+        *,
+        device: str = "CPU",
+        precision: str = "f32",
+        shape_policy: str = DEFAULT_SHAPE_POLICY,
+        max_compiled: int = 2,
+        blob_dir: str | Path | None = None,
+        progress: ProgressFn = silent,
+    ) -> None:
+        if shape_policy not in SHAPE_POLICIES:
+            raise ValueError(f"shape_policy must be one of {SHAPE_POLICIES}, not {shape_policy!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        self.core = get_core()
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.shape_policy = shape_policy
+        self.max_compiled = max(1, int(max_compiled))
+        self.properties = compile_properties(self.device, precision, blob_dir)
+        self.progress = progress
+        self.model: ov.Model | None = self.core.read_model(str(xml_path))
+        x_shape = self.model.input("x").get_partial_shape()
+        self.in_channels = x_shape[1].get_length()
+        self.context_dim = self.model.input("context").get_partial_shape()[2].get_length()
+        self._compiled: OrderedDict[ShapeKey | None, tuple[ov.CompiledModel, ov.InferRequest]] = OrderedDict()
+        self.stats = RuntimeStats()
+
+    def shape_key(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> ShapeKey:
+        if x.dim() != 4 or context.dim() != 3:
+            raise UnsupportedCallError(f"x must be [B,C,H,W] and context [B,T,D]; got {tuple(x.shape)}, "
+                                       f"{tuple(context.shape)}")
+        b, c, h, w = x.shape
+        if c != self.in_channels:
+            raise UnsupportedCallError(f"this UNet takes {self.in_channels} latent channels, got {c}")
+        if context.shape[0] != b or context.shape[2] != self.context_dim:
+            raise UnsupportedCallError(
+                f"context {tuple(context.shape)} does not fit batch {b} and width {self.context_dim}"
+            )
+        if timesteps.numel() not in (1, b):
+            raise UnsupportedCallError(f"{timesteps.numel()} timesteps for a batch of {b}")
+        return (int(b), int(c), int(h), int(w), int(context.shape[1]))
+
+    def _request(self, key: ShapeKey) -> ov.InferRequest:
+        slot = key if self.shape_policy == "static" else None
+        if slot in self._compiled:
+            self._compiled.move_to_end(slot)
+            return self._compiled[slot][1]
+        if self.model is None:
+            raise RuntimeError("this OpenVINO UNet was released")
+        while len(self._compiled) >= self.max_compiled:
+            self._compiled.popitem(last=False)
+        label = "dynamic" if slot is None else "x".join(map(str, key))
+        self.progress(f"compiling the OpenVINO UNet for {label} on {self.device}", 0.0)
+        started = time.perf_counter()
+        if slot is None:
+            model = self.model
+        else:
+            b, c, h, w, t = key
+            model = self.model.clone()
+            model.reshape({"x": [b, c, h, w], "timesteps": [b], "context": [b, t, self.context_dim]})
+        compiled = self.core.compile_model(model, self.device, self.properties)
+        request = compiled.create_infer_request()
+        self.stats.compiles[label] = time.perf_counter() - started
+        self.progress(f"compiled for {label} in {self.stats.compiles[label]:.1f} s", 1.0)
+        self._compiled[slot] = (compiled, request)
+        return request
+
+    def prepare(self, batch: int, height: int, width: int, tokens: int = 77) -> None:
+        """Compile ahead for a shape (latent height/width), so the first step is not slower."""
+        self._request((batch, self.in_channels, height, width, tokens))
+
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        key = self.shape_key(x, timesteps, context)
+        request = self._request(key)
+        batch = key[0]
+        t = timesteps.detach().reshape(-1).to("cpu", torch.float32)
+        if t.numel() == 1 and batch > 1:
+            t = t.expand(batch)
+        inputs = {
+            "x": np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy()),
+            "timesteps": np.ascontiguousarray(t.numpy()),
+            "context": np.ascontiguousarray(context.detach().to("cpu", torch.float32).numpy()),
+        }
+        started = time.perf_counter()
+        request.infer(inputs, share_inputs=True)
+        out = torch.from_numpy(request.get_output_tensor(0).data.copy())
+        self.stats.infer_s += time.perf_counter() - started
+        self.stats.calls += 1
+        return out.to(device=x.device, dtype=x.dtype)
+
+    @property
+    def compiled_shapes(self) -> list[ShapeKey | None]:
+        return list(self._compiled)
+
+    def release(self) -> None:
+        """Drop compiled models and the graph; memory returns to the system."""
+        self._compiled.clear()
+        self.model = None
