@@ -86,8 +86,10 @@ class EntryKey:
     recipe: dict[str, Any] = field(hash=False)
 
     def folder(self, root: Path) -> Path:
-        return Path(root) / f"{safe_name(self.checkpoint_name)}-{self.checkpoint_hash[:10]}" / recipe_key(
-            self.recipe
+        return (
+            Path(root)
+            / f"{safe_name(self.checkpoint_name)}-{self.checkpoint_hash[:10]}"
+            / recipe_key(self.recipe)
         )
 
 
@@ -136,7 +138,9 @@ def validate(path: Path, key: EntryKey | None = None) -> CacheEntry:
     if key is not None:
         ckpt = manifest.get("checkpoint", {})
         if ckpt.get("hash") != key.checkpoint_hash:
-            raise CacheEntryInvalid(f"{path}: made from checkpoint hash {ckpt.get('hash')}, not {key.checkpoint_hash}")
+            raise CacheEntryInvalid(
+                f"{path}: made from checkpoint hash {ckpt.get('hash')}, not {key.checkpoint_hash}"
+            )
         if canonical(manifest.get("recipe")) != canonical(key.recipe):
             raise CacheEntryInvalid(f"{path}: made with another recipe")
     for name, meta in manifest.get("files", {}).items():

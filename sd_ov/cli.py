@@ -91,7 +91,8 @@ def _cache(args: argparse.Namespace) -> int:
         return 0
     for entry in cache.list_entries(Path(args.cache)):
         m = entry.manifest
-        print(f"{entry.path}  {m['checkpoint']['name']}  {m['recipe'].get('name')}  {m['disk_bytes'] / 2**20:.0f} MiB")
+        size = m["disk_bytes"] / 2**20
+        print(f"{entry.path}  {m['checkpoint']['name']}  {m['recipe'].get('name')}  {size:.0f} MiB")
     return 0
 
 

@@ -57,7 +57,9 @@ def run_demo(
     noise = torch.randn(1, spec.in_channels, size // 8, size // 8, generator=gen)
 
     started = time.perf_counter()
-    prepared = engine.prepare_entry(unet, cache_dir, f"demo-{config}", engine.weights_hash(unet), progress=console)
+    prepared = engine.prepare_entry(
+        unet, cache_dir, f"demo-{config}", engine.weights_hash(unet), progress=console
+    )
     export_s = time.perf_counter() - started
     ov_unet = engine.open_unet(prepared.entry, device, precision, shape_policy, progress=console)
 

@@ -102,9 +102,7 @@ def describe(unet: torch.nn.Module) -> UNetSpec:
 
 def config_for_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Pick the shipped config matching a checkpoint's UNet (SD1 or SD2; inpainting channels)."""
-    k_weight = next(
-        (v for k, v in state_dict.items() if k.endswith("attn2.to_k.weight")), None
-    )
+    k_weight = next((v for k, v in state_dict.items() if k.endswith("attn2.to_k.weight")), None)
     first = state_dict.get("input_blocks.0.0.weight")
     if k_weight is None or first is None:
         raise UnsupportedModelError("no SD1/SD2 UNet found in this checkpoint (SDXL is not supported)")
@@ -129,7 +127,9 @@ def unet_state_dict_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]
     else:
         full = torch.load(str(path), map_location="cpu", weights_only=True)
         full = full.get("state_dict", full)
-    unet = {k[len(CHECKPOINT_UNET_PREFIX):]: v for k, v in full.items() if k.startswith(CHECKPOINT_UNET_PREFIX)}
+    unet = {
+        k[len(CHECKPOINT_UNET_PREFIX) :]: v for k, v in full.items() if k.startswith(CHECKPOINT_UNET_PREFIX)
+    }
     if not unet:
         raise UnsupportedModelError(f"{path.name} holds no '{CHECKPOINT_UNET_PREFIX}*' weights")
     return unet
@@ -166,8 +166,14 @@ def traceable(unet: torch.nn.Module) -> Iterator[None]:
     """
     from ldm.modules import attention
 
-    classes = [c for c in (getattr(attention, "CrossAttention", None),
-                           getattr(attention, "MemoryEfficientCrossAttention", None)) if c]
+    classes = [
+        c
+        for c in (
+            getattr(attention, "CrossAttention", None),
+            getattr(attention, "MemoryEfficientCrossAttention", None),
+        )
+        if c
+    ]
     saved_forwards = {c: c.__dict__.get("forward") for c in classes}
     saved_flags: list[tuple[torch.nn.Module, str, Any]] = []
     for module in unet.modules():

@@ -70,8 +70,9 @@ class OVUNet:
 
     def shape_key(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> ShapeKey:
         if x.dim() != 4 or context.dim() != 3:
-            raise UnsupportedCallError(f"x must be [B,C,H,W] and context [B,T,D]; got {tuple(x.shape)}, "
-                                       f"{tuple(context.shape)}")
+            raise UnsupportedCallError(
+                f"x must be [B,C,H,W] and context [B,T,D]; got {tuple(x.shape)}, {tuple(context.shape)}"
+            )
         b, c, h, w = x.shape
         if c != self.in_channels:
             raise UnsupportedCallError(f"this UNet takes {self.in_channels} latent channels, got {c}")

@@ -47,7 +47,9 @@ class Denoiser:
         log_sigma = (1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]
         return torch.cat([log_sigma.exp(), torch.zeros(1)])
 
-    def __call__(self, x: torch.Tensor, sigma: float, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, sigma: float, cond: torch.Tensor, uncond: torch.Tensor
+    ) -> torch.Tensor:
         batch = x.shape[0]
         sig = torch.full((2 * batch,), float(sigma))
         c_in = 1.0 / (sig**2 + 1) ** 0.5

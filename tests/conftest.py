@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny UNets of the real ldm class, with seeded random weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sd_ov import engine
+from sd_ov.ldm_unet import build_unet
+
+# SD1 architecture (conv proj, heads by count), small enough for CI: 3 levels, attention everywhere.
+TINY_SD1 = dict(
+    image_size=32,
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    attention_resolutions=[4, 2, 1],
+    num_res_blocks=1,
+    channel_mult=[1, 2, 4],
+    num_heads=2,
+    use_spatial_transformer=True,
+    transformer_depth=1,
+    context_dim=64,
+    use_checkpoint=True,
+    legacy=False,
+)
+# SD2 architecture (linear proj, heads by channel count).
+TINY_SD2 = dict(
+    image_size=32,
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    attention_resolutions=[4, 2, 1],
+    num_res_blocks=1,
+    channel_mult=[1, 2, 4],
+    num_head_channels=16,
+    use_spatial_transformer=True,
+    use_linear_in_transformer=True,
+    transformer_depth=1,
+    context_dim=96,
+    use_checkpoint=True,
+    legacy=False,
+)
+# The smallest UNet that still has every block kind, for cache tests that export repeatedly.
+MICRO = dict(
+    image_size=16,
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    attention_resolutions=[2],
+    num_res_blocks=1,
+    channel_mult=[1, 2],
+    num_heads=2,
+    use_spatial_transformer=True,
+    transformer_depth=1,
+    context_dim=32,
+    use_checkpoint=True,
+    legacy=False,
+)
+
+
+def unet_inputs(
+    batch: int, h: int, w: int, tokens: int, context_dim: int, in_channels: int = 4, seed: int = 0
+):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, in_channels, h, w, generator=gen)
+    t = torch.randint(0, 1000, (batch,), generator=gen).float()
+    c = torch.randn(batch, tokens, context_dim, generator=gen)
+    return x, t, c
+
+
+@pytest.fixture(scope="session")
+def tiny_unet():
+    return build_unet(TINY_SD1, seed=0)
+
+
+@pytest.fixture(scope="session")
+def micro_unet():
+    return build_unet(MICRO, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_entry(tiny_unet, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    return engine.prepare_entry(tiny_unet, root, "tiny", engine.weights_hash(tiny_unet)).entry

@@ -1,0 +1,195 @@
+"""The webui adapter (scripts/openvino_unet.py) against a stand-in of the webui's modules that
+keeps their names, signatures and call order (tests/webui_stub), with the real ldm UNet."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sd_ov import engine, metrics
+from sd_ov.sampling import latent_to_image
+
+ROOT = Path(__file__).resolve().parents[1]
+STUB = Path(__file__).resolve().parent / "webui_stub"
+
+
+@pytest.fixture(scope="session")
+def stub_modules():
+    sys.path.insert(0, str(STUB))
+    from modules import sd_hijack_unet
+
+    sd_hijack_unet.hijack()
+    yield
+    sd_hijack_unet.undo()
+    sys.path.remove(str(STUB))
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("webui-models")
+
+
+def load_script(path: Path):
+    """As modules/script_loading.load_module does it."""
+    spec = importlib.util.spec_from_file_location(path.name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def webui(stub_modules, tiny_unet, tmp_path, shared_cache):
+    from modules import paths, script_callbacks, scripts, sd_models, sd_unet, shared
+
+    script_callbacks.clear_callbacks()
+    shared.opts = shared.Options()
+    shared.state = shared.State()
+    sd_unet.current_unet = sd_unet.current_unet_option = None
+    paths.models_path = str(shared_cache)
+    ckpt = tmp_path / "tinyckpt.safetensors"
+    unet = copy.deepcopy(tiny_unet)
+    save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in unet.state_dict().items()}, str(ckpt))
+    sd_models.checkpoints_list.clear()
+    info = sd_models.CheckpointInfo(str(ckpt))
+    info.register()
+    shared.sd_model = SimpleNamespace(
+        model=SimpleNamespace(diffusion_model=unet), sd_checkpoint_info=info, lowvram=False
+    )
+    module = load_script(ROOT / "scripts" / "openvino_unet.py")
+    script_callbacks.ui_settings_callback()
+    sd_unet.list_unets()
+    yield SimpleNamespace(
+        module=module,
+        shared=shared,
+        sd_unet=sd_unet,
+        scripts=scripts,
+        info=info,
+        script=module.OpenVINOScript(),
+        callbacks=script_callbacks,
+    )
+    if sd_unet.current_unet is not None:
+        sd_unet.current_unet.deactivate()
+    sd_unet.current_unet = sd_unet.current_unet_option = None
+    script_callbacks.script_unloaded_callback()
+
+
+def txt2img(webui, enabled=True, steps=4, seed=3):
+    from modules import processing, scripts
+
+    gen = torch.Generator().manual_seed(99)
+    cond, uncond = torch.randn(1, 77, 64, generator=gen), torch.randn(1, 77, 64, generator=gen)
+    runner = scripts.ScriptRunner([(webui.script, [enabled])])
+    p = processing.StableDiffusionProcessing(
+        webui.shared.sd_model,
+        cond,
+        uncond,
+        steps=steps,
+        seed=seed,
+        scripts=runner,
+        script_args=runner.script_args,
+    )
+    return processing.process_images(p)
+
+
+def test_an_option_per_checkpoint_and_automatic_picks_it(webui):
+    labels = [o.label for o in webui.sd_unet.unet_options]
+    assert labels == ["[OpenVINO] tinyckpt"]
+    assert webui.sd_unet.get_unet_option("Automatic").label == "[OpenVINO] tinyckpt"
+
+
+def test_txt2img_through_openvino_matches_torch(webui):
+    webui.shared.opts.sd_unet = "None"
+    torch_job = txt2img(webui)
+    assert "OpenVINO" not in torch_job.infotexts[0]
+    webui.shared.opts.sd_unet = "Automatic"
+    ov_job = txt2img(webui)
+    unet = webui.sd_unet.current_unet
+    assert isinstance(unet, webui.module.OpenVINOUnet) and unet.problem is None
+    assert unet.served_calls == 4 and unet.ov_unet.stats.calls == 4
+    assert "OpenVINO: fp32, CPU, f32, static" in ov_job.infotexts[0]
+    assert metrics.rel_l2(ov_job.latent, torch_job.latent) < 1e-4
+    assert metrics.psnr(latent_to_image(ov_job.latent[0]), latent_to_image(torch_job.latent[0])) >= 40
+    # progress reached the webui's progress area, not only the console
+    assert any(t.startswith("OpenVINO:") for t in webui.shared.state.textinfo_history)
+
+
+def test_restart_reuses_the_cache(webui, monkeypatch):
+    txt2img(webui)  # exports unless an earlier test did
+    webui.sd_unet.current_unet.deactivate()
+    webui.sd_unet.current_unet = webui.sd_unet.current_unet_option = None  # a restart
+    webui.sd_unet.list_unets()
+    monkeypatch.setattr(engine, "export_unet", lambda *a, **k: pytest.fail("exported again"))
+    job = txt2img(webui)
+    assert "OpenVINO: fp32" in job.infotexts[0]
+    assert any("using cached" in t for t in webui.shared.state.textinfo_history)
+
+
+def test_a_job_can_turn_openvino_off(webui):
+    job = txt2img(webui, enabled=False)
+    assert webui.sd_unet.current_unet is None
+    assert "OpenVINO" not in job.infotexts[0]
+    assert webui.shared.opts.sd_unet == "Automatic"  # the setting is back after the job
+
+
+def test_absent_device_falls_back_to_torch_with_a_clear_message(webui):
+    webui.shared.opts.sd_unet = "None"
+    torch_job = txt2img(webui)
+    webui.shared.opts.sd_unet = "Automatic"
+    webui.shared.opts.sd_ov_device = "NPU"
+    job = txt2img(webui)
+    unet = webui.sd_unet.current_unet
+    assert unet.ov_unet is None and "NPU" in unet.problem and "CPU" in unet.problem
+    assert "torch served" in job.infotexts[0]
+    assert "OpenVINO unavailable" in webui.shared.state.textinfo
+    assert torch.equal(job.latent, torch_job.latent)
+
+
+def test_changing_the_device_setting_reopens_the_runtime(webui):
+    txt2img(webui)
+    unet = webui.sd_unet.current_unet
+    assert unet.ov_unet.device == "CPU"
+    webui.shared.opts.set("sd_ov_device", "AUTO")  # runs the onchange callback, as Settings → Apply does
+    assert unet.ov_unet is not None and unet.ov_unet.device == "AUTO"
+    webui.shared.opts.set("sd_ov_device", "GPU")
+    assert unet.ov_unet is None and "GPU" in unet.problem
+
+
+def test_extra_conditioning_is_served_by_torch(webui):
+    txt2img(webui)
+    unet = webui.sd_unet.current_unet
+    before = unet.served_calls
+    x, t, c = torch.randn(2, 4, 32, 32), torch.ones(2), torch.randn(2, 77, 64)
+    with torch.no_grad():
+        out = webui.shared.sd_model.model.diffusion_model(x, t, context=c, control=[torch.zeros(1)])
+        ref = webui.module.OpenVINOUnet.forward(unet, x, t, c)
+    assert unet.served_calls == before + 1  # only the plain call went to OpenVINO
+    assert out.shape == ref.shape
+
+
+def test_settings_section(webui):
+    labels = webui.shared.opts.data_labels
+    keys = [k for k in labels if k.startswith("sd_ov_")]
+    assert set(keys) == set(webui.module.SETTINGS_DEFAULTS)
+    assert all(labels[k].section == ("openvino", "OpenVINO") for k in keys)
+    choices = labels["sd_ov_device"].component_args()["choices"]
+    assert "CPU" in choices and "AUTO" in choices
+
+
+def test_accordion_shows_what_will_run(webui):
+    components = webui.script.ui(False)
+    assert len(components) == 1 and components[0].value is True
+    assert webui.script.show(False) is webui.scripts.AlwaysVisible
+    assert webui.script.infotext_fields[0][1]({"OpenVINO": "fp32"}) is True
+    webui.info.calculate_shorthash()
+    txt2img(webui)
+    status = webui.module.status_html()
+    assert "Cached: yes" in status and "CPU" in status and "fp32" in status
+    webui.shared.opts.sd_unet = "None"
+    assert "torch UNet will run" in webui.module.status_html()

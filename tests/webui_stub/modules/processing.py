@@ -1,0 +1,89 @@
+"""Stand-in of modules/processing.py: the order of hooks, settings overrides, apply_unet and
+infotext that the webui follows in process_images / process_images_inner, with a real sampler
+(Euler over the real ldm UNet, called through the patched UNetModel.forward)."""
+
+import torch
+
+from modules import sd_unet, shared
+from sd_ov.sampling import sample_euler
+
+
+class StableDiffusionProcessing:
+    def __init__(
+        self,
+        sd_model,
+        cond,
+        uncond,
+        width=256,
+        height=256,
+        steps=4,
+        seed=0,
+        scripts=None,
+        script_args=(),
+        override_settings=None,
+    ):
+        self.sd_model = sd_model
+        self.cond = cond
+        self.uncond = uncond
+        self.width = width
+        self.height = height
+        self.steps = steps
+        self.seed = seed
+        self.scripts = scripts
+        self.script_args = list(script_args)
+        self.override_settings = dict(override_settings or {})
+        self.override_settings_restore_afterwards = True
+        self.extra_generation_params = {}
+
+
+class Processed:
+    def __init__(self, p, latent, infotexts):
+        self.latent = latent
+        self.infotexts = infotexts
+        self.extra_generation_params = dict(p.extra_generation_params)
+
+
+def create_infotext(p):
+    params = {"Steps": p.steps, "Sampler": "Euler", "Seed": p.seed, "Size": f"{p.width}x{p.height}"}
+    params.update(p.extra_generation_params)
+    return ", ".join(f"{k}: {v}" for k, v in params.items())
+
+
+def process_images(p):
+    if p.scripts is not None:
+        p.scripts.before_process(p)
+    opts = shared.opts
+    stored_opts = {
+        k: opts.data[k] if k in opts.data else opts.get_default(k)
+        for k in p.override_settings
+        if k in opts.data
+    }
+    try:
+        for k, v in p.override_settings.items():
+            opts.set(k, v, is_api=True, run_callbacks=False)
+        res = process_images_inner(p)
+    finally:
+        if p.override_settings_restore_afterwards:
+            for k, v in stored_opts.items():
+                setattr(opts, k, v)
+    return res
+
+
+def process_images_inner(p):
+    if p.scripts is not None:
+        p.scripts.process(p)
+    shared.state.job = "txt2img"
+    sd_unet.apply_unet()
+    if p.scripts is not None:
+        p.scripts.process_batch(p, batch_number=0)
+    unet = p.sd_model.model.diffusion_model
+    gen = torch.Generator().manual_seed(p.seed)
+    channels = unet.in_channels
+    noise = torch.randn(1, channels, p.height // 8, p.width // 8, generator=gen)
+    result = sample_euler(lambda x, t, c: unet(x, t, context=c), noise, p.cond, p.uncond, steps=p.steps)
+    if p.scripts is not None:
+        p.scripts.postprocess_batch(p, result.latent, batch_number=0)
+    processed = Processed(p, result.latent, [create_infotext(p)])
+    if p.scripts is not None:
+        p.scripts.postprocess(p, processed)
+    return processed

@@ -1,0 +1,99 @@
+"""Stand-in of modules/shared.py + options.py: opts with OptionInfo/add_option/onchange, state."""
+
+from types import SimpleNamespace
+
+
+class OptionInfo:
+    def __init__(
+        self,
+        default=None,
+        label="",
+        component=None,
+        component_args=None,
+        onchange=None,
+        section=None,
+        refresh=None,
+        comment_before="",
+        comment_after="",
+        infotext=None,
+        restrict_api=False,
+        category_id=None,
+    ):
+        self.default = default
+        self.label = label
+        self.component = component
+        self.component_args = component_args
+        self.onchange = onchange
+        self.section = section
+        self.refresh = refresh
+        self.comment_after = comment_after
+
+    def info(self, info):
+        self.comment_after += f"<span class='info'>({info})</span>"
+        return self
+
+    def needs_reload_ui(self):
+        return self
+
+
+class Options:
+    def __init__(self):
+        super().__setattr__("data", {"sd_unet": "Automatic"})
+        super().__setattr__("data_labels", {"sd_unet": OptionInfo("Automatic", "SD Unet")})
+
+    def __setattr__(self, key, value):
+        self.data[key] = value
+
+    def __getattr__(self, item):
+        if item in self.data:
+            return self.data[item]
+        if item in self.data_labels:
+            return self.data_labels[item].default
+        raise AttributeError(item)
+
+    def set(self, key, value, is_api=False, run_callbacks=True):
+        oldval = self.data.get(key, None)
+        if oldval == value:
+            return False
+        self.data[key] = value
+        info = self.data_labels.get(key)
+        if run_callbacks and info is not None and info.onchange is not None:
+            info.onchange()
+        return True
+
+    def get_default(self, key):
+        info = self.data_labels.get(key)
+        return None if info is None else info.default
+
+    def add_option(self, key, info):
+        self.data_labels[key] = info
+        if key not in self.data and not getattr(info, "do_not_save", False):
+            self.data[key] = info.default
+
+    def onchange(self, key, func, call=True):
+        item = self.data_labels.get(key)
+        item.onchange = func
+        if call:
+            func()
+
+
+class State:
+    def __init__(self):
+        self.interrupted = False
+        self.skipped = False
+        self.job = ""
+        self.job_count = 0
+        self.sampling_step = 0
+        self.textinfo = None
+        self.textinfo_history = []
+
+    def __setattr__(self, key, value):
+        if key == "textinfo" and value is not None and hasattr(self, "textinfo_history"):
+            self.textinfo_history.append(value)
+        super().__setattr__(key, value)
+
+
+opts = Options()
+state = State()
+sd_model = None
+cmd_opts = SimpleNamespace(lowvram=False, medvram=False, no_half=True, use_cpu=["all"])
