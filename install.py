@@ -1,0 +1,98 @@
+"""Run by the webui at start (as `python install.py`, webui root on PYTHONPATH): installs what
+sd-ov needs into the webui's venv, only when missing or too old.
+
+It never installs, upgrades or downgrades the webui's own packages: every package the webui pins
+that is present is passed to pip as a constraint at its installed version, so a resolver that
+would move one fails loudly instead of breaking the webui. torch is never a target.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import os
+import re
+import tempfile
+
+# package: (minimum version, pip requirement)
+REQUIREMENTS = {
+    "openvino": ("2024.4.0", "openvino>=2024.4,<2027"),
+    "nncf": ("2.13.0", "nncf>=2.13,<4"),
+}
+# The webui's pins (requirements_versions.txt of v1.10) and what they drag along.
+PROTECTED = (
+    "torch",
+    "torchvision",
+    "torchaudio",
+    "xformers",
+    "transformers",
+    "tokenizers",
+    "gradio",
+    "gradio_client",
+    "numpy",
+    "pydantic",
+    "fastapi",
+    "starlette",
+    "httpx",
+    "accelerate",
+    "safetensors",
+    "pillow",
+    "protobuf",
+    "open-clip-torch",
+    "einops",
+    "omegaconf",
+    "scikit-image",
+    "kornia",
+    "lightning",
+    "pytorch_lightning",
+    "spandrel",
+    "diskcache",
+    "jsonmerge",
+    "psutil",
+    "tomesd",
+)
+
+
+def installed_version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def missing_requirements() -> list[str]:
+    """The requirements to install: absent, or older than the minimum."""
+    todo = []
+    for package, (minimum, requirement) in REQUIREMENTS.items():
+        version = installed_version(package)
+        if version is None or version_key(version) < version_key(minimum):
+            todo.append(requirement)
+    return todo
+
+
+def write_constraints(folder: str) -> str:
+    """A pip constraints file pinning every protected package that is installed, as installed."""
+    lines = [f"{p}=={v}" for p in PROTECTED if (v := installed_version(p))]
+    path = os.path.join(folder, "sd_ov_constraints.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def main() -> None:
+    import launch  # the webui's module: available when the webui runs this file
+
+    todo = missing_requirements()
+    if not todo:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        constraints = write_constraints(folder)
+        targets = " ".join(f'"{r}"' for r in todo)
+        launch.run_pip(f'install {targets} -c "{constraints}"', f"sd-ov requirements: {', '.join(todo)}")
+
+
+if __name__ == "__main__":
+    main()

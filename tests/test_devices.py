@@ -1,0 +1,80 @@
+"""Devices found at run time, clear errors for absent ones, and the CPU ISA guard."""
+
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+import pytest
+
+from sd_ov import engine, ov_core
+from sd_ov.errors import DeviceNotFoundError
+
+
+def absent_device() -> str:
+    present = ov_core.available_devices()
+    return next(d for d in ("NPU", "GPU", "GPU.3") if d not in present and d.split(".")[0] not in present)
+
+
+def test_cpu_is_found():
+    assert "CPU" in ov_core.available_devices()
+    assert ov_core.device_choices()[-1] == "AUTO"
+
+
+def test_absent_device_names_the_devices_that_exist():
+    missing = absent_device()
+    with pytest.raises(DeviceNotFoundError) as err:
+        ov_core.resolve_device(missing)
+    assert missing in str(err.value)
+    assert "available devices: " in str(err.value) and "CPU" in str(err.value)
+
+
+def test_absent_device_inside_auto_or_hetero_is_named_too():
+    missing = absent_device()
+    assert ov_core.resolve_device("auto:cpu") == "AUTO:CPU"
+    with pytest.raises(DeviceNotFoundError, match=missing):
+        ov_core.resolve_device(f"HETERO:{missing},CPU")
+
+
+def test_runtime_refuses_an_absent_device(tiny_entry):
+    with pytest.raises(DeviceNotFoundError, match="CPU"):
+        engine.open_unet(tiny_entry, device=absent_device())
+
+
+def test_compile_properties():
+    props = ov_core.compile_properties("CPU", "f32", "/tmp/blobs")
+    expected = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": "/tmp/blobs"}
+    assert props == expected
+    assert "INFERENCE_PRECISION_HINT" not in ov_core.compile_properties("CPU", "auto")
+    assert "INFERENCE_PRECISION_HINT" not in ov_core.compile_properties("AUTO", "bf16")
+
+
+def test_a_users_isa_cap_wins(monkeypatch):
+    monkeypatch.setenv(ov_core.ISA_ENV, "AVX2")
+    monkeypatch.setattr(ov_core, "safe_cpu_isa", lambda: pytest.fail("probed despite the user's cap"))
+    assert ov_core.guard_cpu_isa() == "AVX2"
+
+
+def test_bf16_and_int8_run_in_process_after_the_guard():
+    """On CPUs that claim AMX but trap on it, this test would die with SIGILL without the guard."""
+    core = ov_core.get_core()
+    a = ops.parameter([16, 16], np.float32)
+    w = ops.constant(np.eye(16, dtype=np.float32))
+    out = core.compile_model(
+        ov.Model([ops.matmul(a, w, False, False)], [a]), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"}
+    )(np.ones((16, 16), np.float32))[0]
+    assert np.allclose(out, 1.0)
+    x = ops.parameter([1, 16, 4, 4], np.float32)
+    lo, hi = ops.constant(np.float32(-2.0)), ops.constant(np.float32(2.0))
+    weights = ops.constant(np.ones((16, 16, 1, 1), np.float32) / 16)
+    wq = ops.fake_quantize(
+        weights,
+        ops.constant(np.float32(-1)),
+        ops.constant(np.float32(1)),
+        ops.constant(np.float32(-1)),
+        ops.constant(np.float32(1)),
+        255,
+    )
+    y = ops.convolution(ops.fake_quantize(x, lo, hi, lo, hi, 256), wq, [1, 1], [0, 0], [0, 0], [1, 1])
+    res = core.compile_model(ov.Model([y], [x]), "CPU")(np.full((1, 16, 4, 4), 0.5, np.float32))[0]
+    assert np.allclose(res, 0.5, atol=0.05)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up the project's venv once (idempotent), then run: demo | test | bench | <any command>.
+#   bash tools/run.sh demo     # torch vs OpenVINO on a small random-weight SD UNet
+#   bash tools/run.sh test     # ruff + the pytest suite (what CI runs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${SD_OV_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+if [ ! -f "$VENV/.sd_ov_ready" ]; then
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # The CPU build of torch, pinned: a bare `torch` requirement would pull gigabytes of CUDA wheels.
+  "$VENV/bin/python" -m pip install -q "torch==${SD_OV_TORCH:-2.13.0}"
+  # The webui's ldm package (same UNetModel class), without its 2022 pins (lightning 1.4, ...).
+  "$VENV/bin/python" -m pip install -q --no-deps stable-diffusion-sdkit==2.1.5
+  "$VENV/bin/python" -m pip install -q -e ".[ldm,test]"
+  touch "$VENV/.sd_ov_ready"
+fi
+. "$VENV/bin/activate"
+
+case "${1:-test}" in
+  demo) shift; exec python -m sd_ov demo "$@" ;;
+  test) shift; ruff check . && ruff format --check . && exec python -m pytest -q "$@" ;;
+  bench) shift; exec python bench/unet_step.py "$@" ;;
+  *) exec "$@" ;;
+esac
