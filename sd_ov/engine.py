@@ -96,6 +96,7 @@ def open_unet(
         precision=precision,
         shape_policy=shape_policy,
         max_compiled=max_compiled,
+        downsample=entry.manifest["unet"]["downsample"],
         blob_dir=entry.blob_dir if cache_compiled else None,
         progress=progress,
     )

@@ -3,6 +3,9 @@
 Shape policy:
 - "static": the dynamic IR is reshaped to each call's (batch, channels, H/8, W/8, tokens) and
   compiled for it; the last few compiled shapes are kept (hires fix alternates two sizes).
+  A job that cycles through more shapes than are kept (cond and uncond of different lengths,
+  plus hires fix) would recompile at every call; a shape evicted and asked for again soon after
+  is served by the dynamic model instead, compiled once.
 - "dynamic": one compiled model serves every shape.
 Static compiles are cheap next to a picture and run faster on CPU (see README, bench).
 """
@@ -10,7 +13,7 @@ Static compiles are cheap next to a picture and run faster on CPU (see README, b
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +50,7 @@ class OVUNet:
         precision: str = "f32",
         shape_policy: str = DEFAULT_SHAPE_POLICY,
         max_compiled: int = 2,
+        downsample: int = 1,
         blob_dir: str | Path | None = None,
         progress: ProgressFn = silent,
     ) -> None:
@@ -59,6 +63,7 @@ class OVUNet:
         self.precision = precision
         self.shape_policy = shape_policy
         self.max_compiled = max(1, int(max_compiled))
+        self.downsample = max(1, int(downsample))
         self.properties = compile_properties(self.device, precision, blob_dir)
         self.progress = progress
         self.model: ov.Model | None = self.core.read_model(str(xml_path))
@@ -66,6 +71,8 @@ class OVUNet:
         self.in_channels = x_shape[1].get_length()
         self.context_dim = self.model.input("context").get_partial_shape()[2].get_length()
         self._compiled: OrderedDict[ShapeKey | None, tuple[ov.CompiledModel, ov.InferRequest]] = OrderedDict()
+        self._dynamic: tuple[ov.CompiledModel, ov.InferRequest] | None = None
+        self._recent: deque[ShapeKey] = deque(maxlen=8)
         self.stats = RuntimeStats()
 
     def shape_key(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> ShapeKey:
@@ -80,34 +87,47 @@ class OVUNet:
             raise UnsupportedCallError(
                 f"context {tuple(context.shape)} does not fit batch {b} and width {self.context_dim}"
             )
+        if h % self.downsample or w % self.downsample:
+            raise UnsupportedCallError(
+                f"latent {h}x{w} is not a multiple of {self.downsample} "
+                f"(picture sides must be multiples of {8 * self.downsample} px)"
+            )
         if timesteps.numel() not in (1, b):
             raise UnsupportedCallError(f"{timesteps.numel()} timesteps for a batch of {b}")
         return (int(b), int(c), int(h), int(w), int(context.shape[1]))
 
-    def _request(self, key: ShapeKey) -> ov.InferRequest:
-        slot = key if self.shape_policy == "static" else None
-        if slot in self._compiled:
-            self._compiled.move_to_end(slot)
-            return self._compiled[slot][1]
+    def _compile(self, key: ShapeKey | None) -> tuple[ov.CompiledModel, ov.InferRequest]:
         if self.model is None:
             raise RuntimeError("this OpenVINO UNet was released")
-        while len(self._compiled) >= self.max_compiled:
-            self._compiled.popitem(last=False)
-        label = "dynamic" if slot is None else "x".join(map(str, key))
+        label = "dynamic shapes" if key is None else "x".join(map(str, key))
         self.progress(f"compiling the OpenVINO UNet for {label} on {self.device}", 0.0)
         started = time.perf_counter()
-        if slot is None:
-            model = self.model
-        else:
+        model = self.model
+        if key is not None:
             b, c, h, w, t = key
             model = self.model.clone()
             model.reshape({"x": [b, c, h, w], "timesteps": [b], "context": [b, t, self.context_dim]})
         compiled = self.core.compile_model(model, self.device, self.properties)
-        request = compiled.create_infer_request()
         self.stats.compiles[label] = time.perf_counter() - started
         self.progress(f"compiled for {label} in {self.stats.compiles[label]:.1f} s", 1.0)
-        self._compiled[slot] = (compiled, request)
-        return request
+        return compiled, compiled.create_infer_request()
+
+    def _dynamic_request(self) -> ov.InferRequest:
+        if self._dynamic is None:
+            self._dynamic = self._compile(None)
+        return self._dynamic[1]
+
+    def _request(self, key: ShapeKey) -> ov.InferRequest:
+        thrashing = key in self._recent and key not in self._compiled
+        self._recent.append(key)
+        if self.shape_policy == "dynamic" or thrashing:
+            return self._dynamic_request()
+        if key not in self._compiled:
+            while len(self._compiled) >= self.max_compiled:
+                self._compiled.popitem(last=False)
+            self._compiled[key] = self._compile(key)
+        self._compiled.move_to_end(key)
+        return self._compiled[key][1]
 
     def prepare(self, batch: int, height: int, width: int, tokens: int = 77) -> None:
         """Compile ahead for a shape (latent height/width), so the first step is not slower."""
@@ -134,9 +154,11 @@ class OVUNet:
 
     @property
     def compiled_shapes(self) -> list[ShapeKey | None]:
-        return list(self._compiled)
+        """Static shapes held, oldest first, then None if the dynamic model is compiled too."""
+        return list(self._compiled) + ([None] if self._dynamic is not None else [])
 
     def release(self) -> None:
         """Drop compiled models and the graph; memory returns to the system."""
         self._compiled.clear()
+        self._dynamic = None
         self.model = None

@@ -42,6 +42,25 @@ def test_static_policy_keeps_the_last_shapes(tiny_entry):
     assert len(unet.stats.compiles) == 3 and unet.stats.calls == 3
 
 
+def test_cycling_through_more_shapes_than_kept_does_not_recompile(tiny_entry, tiny_unet):
+    """cond/uncond of different lengths (77 and 154 tokens) alternate at every sampler step."""
+    unet = engine.open_unet(tiny_entry, shape_policy="static", max_compiled=1)
+    short, long = unet_inputs(1, 32, 32, 77, 64), unet_inputs(1, 32, 32, 154, 64)
+    for _ in range(3):
+        for inputs in (short, long):
+            out = unet(*inputs)
+    assert len(unet.stats.compiles) == 3  # 77, 154, then the dynamic model for all later calls
+    assert unet.compiled_shapes == [(1, 4, 32, 32, 154), None]
+    with torch.no_grad():
+        assert metrics.rel_l2(out, tiny_unet(*long)) <= TOLERANCE
+
+
+def test_sizes_the_unet_cannot_take_are_refused(tiny_entry):
+    unet = engine.open_unet(tiny_entry)
+    with pytest.raises(UnsupportedCallError, match="multiple of 4"):
+        unet(*unet_inputs(2, 30, 32, 77, 64))
+
+
 def test_dynamic_policy_compiles_once(tiny_entry):
     unet = engine.open_unet(tiny_entry, shape_policy="dynamic")
     for h in (32, 48):
