@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from . import cache
+from .deepcache import FULL_IR, DeepCacheConfig, DeepCacheUNet, export_deepcache
 from .export import IR_NAME, export_unet
 from .ldm_unet import describe
 from .progress import ProgressFn, scaled, silent
@@ -22,6 +24,16 @@ from .runtime import DEFAULT_SHAPE_POLICY, OVUNet
 log = logging.getLogger("sd_ov")
 
 FP32_RECIPE: dict[str, Any] = {"name": "fp32", "weights": "fp32"}
+
+
+def deepcache_recipe(branch: int, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The IR recipe of DeepCache at `branch`: a full and a shallow model.
+
+    Interval and schedule are run-time choices (label, infotext, per-job setting): changing
+    them never re-exports, so they are not part of the IR's cache key.
+    """
+    base = dict(base or FP32_RECIPE)
+    return {**base, "name": f"{base['name']}-deepcache-b{branch}", "deepcache_branch": int(branch)}
 
 
 def weights_hash(unet: torch.nn.Module) -> str:
@@ -71,11 +83,18 @@ def prepare_entry(
         progress(f"cache entry invalid, rebuilding ({problem})", 0.0)
     spec = describe(unet)
 
-    def build(folder: Path) -> dict[str, Any]:
-        timings = export_unet(unet, spec, folder, scaled(progress, 0.0, 0.95))
-        return {"unet": spec.to_dict(), "timings": timings, "inputs": ["x", "timesteps", "context"]}
+    branch = key.recipe.get("deepcache_branch")
 
-    entry = cache.write(root, key, build, ir_name=IR_NAME)
+    def build(folder: Path) -> dict[str, Any]:
+        started = time.perf_counter()
+        if branch is not None:
+            extra = export_deepcache(unet, spec, folder, int(branch), scaled(progress, 0.0, 0.95))
+            extra["timings"] = {"export_s": time.perf_counter() - started}
+        else:
+            extra = {"timings": export_unet(unet, spec, folder, scaled(progress, 0.0, 0.95))}
+        return {"unet": spec.to_dict(), "inputs": ["x", "timesteps", "context"], **extra}
+
+    entry = cache.write(root, key, build, ir_name=IR_NAME if branch is None else FULL_IR)
     progress(f"exported the OpenVINO UNet to {entry.path}", 1.0)
     return Prepared(entry, exported=True, rebuilt_because=problem)
 
@@ -100,3 +119,31 @@ def open_unet(
         blob_dir=entry.blob_dir if cache_compiled else None,
         progress=progress,
     )
+
+
+def open_deepcache(
+    entry: cache.CacheEntry,
+    config: DeepCacheConfig,
+    device: str = "CPU",
+    precision: str = "f32",
+    shape_policy: str = DEFAULT_SHAPE_POLICY,
+    max_compiled: int = 2,
+    cache_compiled: bool = True,
+    progress: ProgressFn = silent,
+) -> DeepCacheUNet:
+    """The full and shallow models of a DeepCache entry, called by `config`'s schedule."""
+    models = entry.manifest["models"]
+
+    def load(name: str) -> OVUNet:
+        return OVUNet(
+            entry.path / models[name],
+            device=device,
+            precision=precision,
+            shape_policy=shape_policy,
+            max_compiled=max_compiled,
+            downsample=entry.manifest["unet"]["downsample"],
+            blob_dir=entry.blob_dir if cache_compiled else None,
+            progress=progress,
+        )
+
+    return DeepCacheUNet(load("full"), load("shallow"), config, branch=entry.manifest["deepcache"]["branch"])

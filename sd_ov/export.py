@@ -44,21 +44,45 @@ def dynamic_shapes(spec: UNetSpec) -> dict[str, ov.PartialShape]:
     }
 
 
-def convert_unet(unet: torch.nn.Module, spec: UNetSpec, progress: ProgressFn = silent) -> ov.Model:
-    """Trace the UNet with OpenVINO's own converter and name its inputs and output."""
-    progress("tracing the torch UNet", 0.0)
-    example = example_inputs(spec)
+def convert_module(
+    module: torch.nn.Module,
+    unet: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
+    shapes: dict[str, ov.PartialShape],
+) -> ov.Model:
+    """Trace `module` (which runs `unet`) with OpenVINO's converter; name and shape its ports."""
     with torch.no_grad(), traceable(unet), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about ldm's shape asserts: harmless here
-        model = ov.convert_model(unet, example_input=example)
-    if len(model.inputs) != len(INPUT_NAMES):
-        raise ExportError(f"the converted UNet has {len(model.inputs)} inputs, expected 3")
-    for port, name in zip(model.inputs, INPUT_NAMES, strict=True):
+        model = ov.convert_model(module, example_input=example)
+    if len(model.inputs) != len(input_names) or len(model.outputs) != len(output_names):
+        raise ExportError(
+            f"the converted model has {len(model.inputs)} inputs and {len(model.outputs)} outputs, "
+            f"expected {len(input_names)} and {len(output_names)}"
+        )
+    for port, name in zip(model.inputs, input_names, strict=True):
         port.get_tensor().set_names({name})
-    model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
-    model.reshape(dynamic_shapes(spec))
+    for port, name in zip(model.outputs, output_names, strict=True):
+        port.get_tensor().set_names({name})
+    model.reshape(shapes)
+    return model
+
+
+def convert_unet(unet: torch.nn.Module, spec: UNetSpec, progress: ProgressFn = silent) -> ov.Model:
+    """The plain UNet: (x, timesteps, context) → noise prediction."""
+    progress("tracing the torch UNet", 0.0)
+    shapes = dynamic_shapes(spec)
+    model = convert_module(unet, unet, example_inputs(spec), INPUT_NAMES, (OUTPUT_NAME,), shapes)
     progress("converted", 1.0)
     return model
+
+
+def save_ir(model: ov.Model, path: Path) -> None:
+    try:
+        ov.save_model(model, str(path), compress_to_fp16=False)
+    except Exception as err:  # a full disk surfaces here as a RuntimeError from OpenVINO
+        raise ExportError(f"saving the OpenVINO IR {path.name} into {path.parent} failed: {err}") from err
 
 
 def check_disk_space(folder: Path, needed_bytes: int) -> None:
@@ -79,11 +103,7 @@ def export_unet(
     model = convert_unet(unet, spec, lambda m, f: progress(m, 0.8 * f))
     converted = time.perf_counter()
     progress("saving the IR", 0.8)
-    try:
-        ov.save_model(model, str(folder / IR_NAME), compress_to_fp16=False)
-    except Exception as err:  # a full disk surfaces here as a RuntimeError from OpenVINO
-        raise ExportError(f"saving the OpenVINO IR into {folder} failed: {err}") from err
-    finally:
-        del model
+    save_ir(model, folder / IR_NAME)
+    del model
     progress("saved", 1.0)
     return {"convert_s": converted - started, "save_s": time.perf_counter() - converted}

@@ -29,7 +29,8 @@ SHAPE_POLICIES = ("static", "dynamic")
 DEFAULT_SHAPE_POLICY = "static"
 PRECISIONS = ("f32", "bf16", "f16", "auto")
 
-ShapeKey = tuple[int, int, int, int, int]  # batch, channels, height, width, tokens
+ShapeKey = tuple[int, ...]  # batch, channels, height, width, tokens, then dims of any extra inputs
+MAIN_INPUTS = ("x", "timesteps", "context")
 
 
 @dataclass
@@ -70,12 +71,20 @@ class OVUNet:
         x_shape = self.model.input("x").get_partial_shape()
         self.in_channels = x_shape[1].get_length()
         self.context_dim = self.model.input("context").get_partial_shape()[2].get_length()
+        # Inputs beyond x/timesteps/context (DeepCache's cached feature), in the model's order.
+        names = [port.get_any_name() for port in self.model.inputs]
+        self.extra_inputs = [name for name in names if name not in MAIN_INPUTS]
+        self.outputs = len(self.model.outputs)
         self._compiled: OrderedDict[ShapeKey | None, tuple[ov.CompiledModel, ov.InferRequest]] = OrderedDict()
         self._dynamic: tuple[ov.CompiledModel, ov.InferRequest] | None = None
         self._recent: deque[ShapeKey] = deque(maxlen=8)
         self.stats = RuntimeStats()
 
-    def shape_key(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> ShapeKey:
+    def shape_key(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *extra: torch.Tensor
+    ) -> ShapeKey:
+        if len(extra) != len(self.extra_inputs):
+            raise UnsupportedCallError(f"this model takes extra inputs {self.extra_inputs}, got {len(extra)}")
         if x.dim() != 4 or context.dim() != 3:
             raise UnsupportedCallError(
                 f"x must be [B,C,H,W] and context [B,T,D]; got {tuple(x.shape)}, {tuple(context.shape)}"
@@ -94,19 +103,27 @@ class OVUNet:
             )
         if timesteps.numel() not in (1, b):
             raise UnsupportedCallError(f"{timesteps.numel()} timesteps for a batch of {b}")
-        return (int(b), int(c), int(h), int(w), int(context.shape[1]))
+        extra_dims = tuple(int(d) for e in extra for d in e.shape)
+        return (int(b), int(c), int(h), int(w), int(context.shape[1]), *extra_dims)
 
-    def _compile(self, key: ShapeKey | None) -> tuple[ov.CompiledModel, ov.InferRequest]:
+    def _shapes(self, key: ShapeKey, extra: tuple[torch.Tensor, ...]) -> dict[str, list[int]]:
+        b, c, h, w, t = key[:5]
+        shapes = {"x": [b, c, h, w], "timesteps": [b], "context": [b, t, self.context_dim]}
+        shapes.update({name: list(e.shape) for name, e in zip(self.extra_inputs, extra, strict=True)})
+        return shapes
+
+    def _compile(
+        self, key: ShapeKey | None, shapes: dict[str, list[int]] | None = None
+    ) -> tuple[ov.CompiledModel, ov.InferRequest]:
         if self.model is None:
             raise RuntimeError("this OpenVINO UNet was released")
         label = "dynamic shapes" if key is None else "x".join(map(str, key))
         self.progress(f"compiling the OpenVINO UNet for {label} on {self.device}", 0.0)
         started = time.perf_counter()
         model = self.model
-        if key is not None:
-            b, c, h, w, t = key
+        if shapes is not None:
             model = self.model.clone()
-            model.reshape({"x": [b, c, h, w], "timesteps": [b], "context": [b, t, self.context_dim]})
+            model.reshape(shapes)
         compiled = self.core.compile_model(model, self.device, self.properties)
         self.stats.compiles[label] = time.perf_counter() - started
         self.progress(f"compiled for {label} in {self.stats.compiles[label]:.1f} s", 1.0)
@@ -117,7 +134,7 @@ class OVUNet:
             self._dynamic = self._compile(None)
         return self._dynamic[1]
 
-    def _request(self, key: ShapeKey) -> ov.InferRequest:
+    def _request(self, key: ShapeKey, extra: tuple[torch.Tensor, ...] = ()) -> ov.InferRequest:
         thrashing = key in self._recent and key not in self._compiled
         self._recent.append(key)
         if self.shape_policy == "dynamic" or thrashing:
@@ -125,17 +142,22 @@ class OVUNet:
         if key not in self._compiled:
             while len(self._compiled) >= self.max_compiled:
                 self._compiled.popitem(last=False)
-            self._compiled[key] = self._compile(key)
+            self._compiled[key] = self._compile(key, self._shapes(key, extra))
         self._compiled.move_to_end(key)
         return self._compiled[key][1]
 
     def prepare(self, batch: int, height: int, width: int, tokens: int = 77) -> None:
         """Compile ahead for a shape (latent height/width), so the first step is not slower."""
+        if self.extra_inputs:
+            raise ValueError("prepare() needs example tensors for models with extra inputs; call the model")
         self._request((batch, self.in_channels, height, width, tokens))
 
-    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        key = self.shape_key(x, timesteps, context)
-        request = self._request(key)
+    def __call__(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *extra: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """One UNet call; a model with several outputs returns them all, as a tuple."""
+        key = self.shape_key(x, timesteps, context, *extra)
+        request = self._request(key, extra)
         batch = key[0]
         t = timesteps.detach().reshape(-1).to("cpu", torch.float32)
         if t.numel() == 1 and batch > 1:
@@ -145,17 +167,28 @@ class OVUNet:
             "timesteps": np.ascontiguousarray(t.numpy()),
             "context": np.ascontiguousarray(context.detach().to("cpu", torch.float32).numpy()),
         }
+        for name, tensor in zip(self.extra_inputs, extra, strict=True):
+            inputs[name] = np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
         started = time.perf_counter()
         request.infer(inputs, share_inputs=True)
-        out = torch.from_numpy(request.get_output_tensor(0).data.copy())
+        outs = tuple(
+            torch.from_numpy(request.get_output_tensor(i).data.copy()).to(device=x.device, dtype=x.dtype)
+            for i in range(self.outputs)
+        )
         self.stats.infer_s += time.perf_counter() - started
         self.stats.calls += 1
-        return out.to(device=x.device, dtype=x.dtype)
+        return outs[0] if self.outputs == 1 else outs
 
     @property
     def compiled_shapes(self) -> list[ShapeKey | None]:
         """Static shapes held, oldest first, then None if the dynamic model is compiled too."""
         return list(self._compiled) + ([None] if self._dynamic is not None else [])
+
+    def drop_compiled(self) -> None:
+        """Free the compiled models but keep the graph: the next call compiles again."""
+        self._compiled.clear()
+        self._dynamic = None
+        self._recent.clear()
 
     def release(self) -> None:
         """Drop compiled models and the graph; memory returns to the system."""

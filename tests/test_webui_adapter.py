@@ -80,12 +80,12 @@ def webui(stub_modules, tiny_unet, tmp_path, shared_cache):
     script_callbacks.script_unloaded_callback()
 
 
-def txt2img(webui, enabled=True, steps=4, seed=3):
+def txt2img(webui, enabled=True, steps=4, seed=3, deepcache=(0, 0, "uniform"), hires=False):
     from modules import processing, scripts
 
     gen = torch.Generator().manual_seed(99)
     cond, uncond = torch.randn(1, 77, 64, generator=gen), torch.randn(1, 77, 64, generator=gen)
-    runner = scripts.ScriptRunner([(webui.script, [enabled])])
+    runner = scripts.ScriptRunner([(webui.script, [enabled, *deepcache])])
     p = processing.StableDiffusionProcessing(
         webui.shared.sd_model,
         cond,
@@ -95,6 +95,7 @@ def txt2img(webui, enabled=True, steps=4, seed=3):
         scripts=runner,
         script_args=runner.script_args,
     )
+    p.enable_hr = hires
     return processing.process_images(p)
 
 
@@ -184,7 +185,13 @@ def test_settings_section(webui):
 
 def test_accordion_shows_what_will_run(webui):
     components = webui.script.ui(False)
-    assert len(components) == 1 and components[0].value is True
+    assert [c.label for c in components] == [
+        "Use the OpenVINO UNet for this job",
+        "DeepCache interval (0: off)",
+        "DeepCache branch",
+        "DeepCache schedule",
+    ]
+    assert components[0].value is True and components[1].value() == 0
     assert webui.script.show(False) is webui.scripts.AlwaysVisible
     assert webui.script.infotext_fields[0][1]({"OpenVINO": "fp32"}) is True
     webui.info.calculate_shorthash()
@@ -193,3 +200,55 @@ def test_accordion_shows_what_will_run(webui):
     assert "Cached: yes" in status and "CPU" in status and "fp32" in status
     webui.shared.opts.sd_unet = "None"
     assert "torch UNet will run" in webui.module.status_html()
+
+
+def infotext_params(infotext: str) -> dict:
+    """The webui's parse_generation_parameters, enough for our keys (values without commas)."""
+    params, key = {}, None
+    for part in infotext.split(", "):
+        if ": " in part:
+            key, value = part.split(": ", 1)
+            params[key] = value
+        elif key:
+            params[key] += ", " + part
+    return params
+
+
+def test_deepcache_job_records_itself_and_the_next_job_is_unaffected(webui):
+    webui.shared.opts.sd_unet = "None"
+    torch_job = txt2img(webui, steps=6)
+    webui.shared.opts.sd_unet = "Automatic"
+    cached = txt2img(webui, steps=6, deepcache=(3, 1, "uniform"))
+    unet = webui.sd_unet.current_unet
+    assert unet.deepcache.pattern == list("FSSFSS")  # one batched call per Euler step
+    assert "OpenVINO: fp32+DeepCache3b1, CPU, f32, static" in cached.infotexts[0]
+    assert "OpenVINO DeepCache: interval 3, branch 1, uniform" in cached.infotexts[0]
+    again = txt2img(webui, steps=6, deepcache=(3, 1, "uniform"))
+    assert unet.deepcache.pattern == list("FSSFSS")  # counting restarted with the job
+    assert torch.equal(again.latent, cached.latent)
+    plain = txt2img(webui, steps=6)
+    assert "DeepCache" not in plain.infotexts[0] and "OpenVINO: fp32, CPU" in plain.infotexts[0]
+    assert unet.deepcache.pattern == []  # nothing ran through the cache schedule
+    assert metrics.rel_l2(plain.latent, torch_job.latent) < 1e-4
+
+
+def test_deepcache_resets_at_the_hires_pass(webui):
+    job = txt2img(webui, steps=3, deepcache=(2, 0, "uniform"), hires=True)
+    unet = webui.sd_unet.current_unet
+    assert unet.deepcache.pattern == list("FSF")  # the hires pass started afresh, at its own shape
+    assert unet.deepcache.state.full_calls == 4  # 2 in the first pass, 2 in the hires pass
+    assert "interval 2, branch 0" in job.infotexts[0]
+
+
+def test_pasting_an_infotext_restores_the_deepcache_choice(webui):
+    job = txt2img(webui, steps=3, deepcache=(4, 2, "non-uniform"))
+    components = webui.script.ui(False)
+    params = infotext_params(job.infotexts[0])
+    restored = [fn(params) for _, fn in webui.script.infotext_fields]
+    assert restored == [True, 4, 2, "non-uniform"]
+    assert [fn({"OpenVINO": "fp32, CPU, f32, static"}) for _, fn in webui.script.infotext_fields][:2] == [
+        True,
+        0,
+    ]
+    assert [fn({"Steps": "20"}) for _, fn in webui.script.infotext_fields] == [None] * 4
+    assert len(components) == 4

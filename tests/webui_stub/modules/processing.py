@@ -34,6 +34,9 @@ class StableDiffusionProcessing:
         self.override_settings = dict(override_settings or {})
         self.override_settings_restore_afterwards = True
         self.extra_generation_params = {}
+        self.enable_hr = False
+        self.hr_scale = 1.5
+        self.hr_second_pass_steps = 0
 
 
 class Processed:
@@ -80,7 +83,18 @@ def process_images_inner(p):
     gen = torch.Generator().manual_seed(p.seed)
     channels = unet.in_channels
     noise = torch.randn(1, channels, p.height // 8, p.width // 8, generator=gen)
-    result = sample_euler(lambda x, t, c: unet(x, t, context=c), noise, p.cond, p.uncond, steps=p.steps)
+
+    def denoise(x, t, c):
+        return unet(x, t, context=c)
+
+    result = sample_euler(denoise, noise, p.cond, p.uncond, steps=p.steps)
+    if p.enable_hr:  # txt2img's hires fix: upscale the latent, then a second sampling pass
+        if p.scripts is not None:
+            p.scripts.before_hr(p)
+        h, w = int(p.height * p.hr_scale) // 8, int(p.width * p.hr_scale) // 8
+        upscaled = torch.nn.functional.interpolate(result.latent, size=(h, w), mode="nearest")
+        hr_noise = torch.randn(upscaled.shape, generator=gen) * 0.3 + upscaled / 14.6
+        result = sample_euler(denoise, hr_noise, p.cond, p.uncond, steps=p.hr_second_pass_steps or p.steps)
     if p.scripts is not None:
         p.scripts.postprocess_batch(p, result.latent, batch_number=0)
     processed = Processed(p, result.latent, [create_infotext(p)])

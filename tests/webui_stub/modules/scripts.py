@@ -44,6 +44,9 @@ class Script:
     def process_batch(self, p, *args, **kwargs):
         pass
 
+    def before_hr(self, p, *args):
+        pass
+
     def postprocess_batch(self, p, *args, **kwargs):
         pass
 
@@ -76,6 +79,9 @@ class ScriptRunner:
 
     def process_batch(self, p, **kwargs):
         self._call("process_batch", p, **kwargs)
+
+    def before_hr(self, p):
+        self._call("before_hr", p)
 
     def postprocess_batch(self, p, images, **kwargs):
         self._call("postprocess_batch", p, images=images, **kwargs)
