@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -231,6 +232,9 @@ def bench_size(
             rows[name].times_s.append(time.perf_counter() - started)
             outputs.setdefault(name, out)
     memory.append((f"{size}: timed", rss_mib()))
+    for ov_unet in ov_unets.values():  # the next size starts from the same memory as this one
+        ov_unet.drop_compiled()
+    gc.collect()
 
     ref = rows["torch"]
     for row in rows.values():

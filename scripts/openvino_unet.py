@@ -177,6 +177,9 @@ class OpenVINOUnet(sd_unet.SdUnet):
             return
         try:
             if self.deepcache is None or self.deepcache.branch != config.branch:
+                if self.deepcache is not None:
+                    self.deepcache.release()  # another branch: its models go before the new ones come
+                    self.deepcache = None
                 model = shared.sd_model
                 name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
                 with torch_unet_serving():

@@ -147,7 +147,11 @@ def full_call_indices(config: DeepCacheConfig, total_calls: int) -> frozenset[in
     if config.schedule == "uniform":
         return frozenset(range(0, total_calls, config.interval))
     count = math.ceil(total_calls / config.interval)
-    return frozenset(min(total_calls - 1, round((k / count) ** 2 * total_calls)) for k in range(count))
+    indices: list[int] = []
+    for k in range(count):  # as many full calls as uniform, never two at the same call
+        wanted = round((k / count) ** 2 * total_calls)
+        indices.append(max(wanted, indices[-1] + 1) if indices else 0)
+    return frozenset(min(i, total_calls - 1) for i in indices)
 
 
 @dataclass

@@ -94,7 +94,9 @@ class Webui:
         self.log_file.close()
 
 
-def txt2img(unet: str, openvino: bool = True) -> tuple[np.ndarray, str, float]:
+def txt2img(
+    unet: str, openvino: bool = True, deepcache: tuple = (0, 0, "uniform")
+) -> tuple[np.ndarray, str, float]:
     from PIL import Image
 
     started = time.perf_counter()
@@ -103,7 +105,7 @@ def txt2img(unet: str, openvino: bool = True) -> tuple[np.ndarray, str, float]:
         {
             **JOB,
             "override_settings": {"sd_unet": unet},
-            "alwayson_scripts": {"OpenVINO": {"args": [openvino]}},
+            "alwayson_scripts": {"OpenVINO": {"args": [openvino, *deepcache]}},
         },
     )
     image = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["images"][0]))).convert("RGB"))
@@ -125,11 +127,16 @@ def test_txt2img_through_openvino_matches_torch_and_restart_reuses_the_cache(ins
     try:
         torch_image, torch_info, _ = txt2img("None")
         ov_image, ov_info, first_s = txt2img("Automatic")
+        cached_image, cached_info, _ = txt2img("Automatic", deepcache=(3, 0, "uniform"))
+        after_image, after_info, _ = txt2img("Automatic")
     finally:
         first.stop()
     assert "OpenVINO:" not in torch_info
     assert "OpenVINO: fp32" in ov_info, ov_info
     assert psnr(ov_image, torch_image) >= 40
+    assert "OpenVINO DeepCache: interval 3, branch 0, uniform" in cached_info, cached_info
+    assert cached_image.shape == ov_image.shape
+    assert "DeepCache" not in after_info and psnr(after_image, ov_image) >= 40  # the next job is unaffected
     first_log = (installed / "first.log").read_text()
     assert "[sd-ov] tracing the torch UNet" in first_log
 

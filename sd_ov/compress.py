@@ -1,0 +1,100 @@
+"""INT8 compression of an exported UNet IR with NNCF.
+
+- "weights": every MatMul and Convolution weight to INT8 (`nncf.compress_weights`); activations
+  stay float. Smaller on disk and in memory; on CPUs the arithmetic stays FP32.
+- "hybrid": the split optimum-intel uses for diffusion models. MatMul weights (attention and
+  feed-forward, where CLIP-like outlier channels in the text embeddings make activation
+  quantization lose the picture) are INT8 weight-only; Convolutions are quantized fully (INT8
+  weights and activations) from calibration samples, with SmoothQuant off unless asked for.
+- "full": everything quantized from the calibration samples (`nncf.quantize`, transformer
+  preset), SmoothQuant optional.
+
+Compression always reads the FP32 IR from disk (memory-mapped) rather than a model held in
+memory, so the torch weights and the converted graph are not alive at the same time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+INT8_MODES = ("off", "weights", "hybrid", "full")
+Sample = dict[str, np.ndarray]  # {"x": ..., "timesteps": ..., "context": ...}
+
+
+def matmuls_with_weights(model: ov.Model) -> list[str]:
+    """Names of MatMul operations with a constant (weight) input, behind any decompression."""
+
+    def constant_behind(node: ov.Node) -> bool:
+        for _ in range(6):  # Constant → Convert → Subtract → Multiply (→ Convert): NNCF's decompression
+            if node.get_type_name() == "Constant":
+                return True
+            if node.get_input_size() == 0:
+                return False
+            node = node.input_value(0).get_node()
+        return False
+
+    names = []
+    for op in model.get_ops():
+        if op.get_type_name() == "MatMul" and any(
+            constant_behind(op.input_value(i).get_node()) for i in range(2)
+        ):
+            names.append(op.get_friendly_name())
+    return names
+
+
+def _nncf():
+    import nncf
+
+    return nncf
+
+
+def compress_weights_int8(model: ov.Model, ignored_types: Sequence[str] = ()) -> ov.Model:
+    nncf = _nncf()
+    ignored = nncf.IgnoredScope(types=list(ignored_types)) if ignored_types else None
+    kwargs: dict[str, Any] = {"mode": nncf.CompressWeightsMode.INT8_ASYM}
+    if ignored is not None:
+        kwargs["ignored_scope"] = ignored
+    return nncf.compress_weights(model, **kwargs)
+
+
+def _quantize(
+    model: ov.Model, samples: Sequence[Sample], ignored_names: Sequence[str], smooth_quant: bool
+) -> ov.Model:
+    nncf = _nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    advanced = AdvancedQuantizationParameters(smooth_quant_alpha=0.15 if smooth_quant else -1)
+    kwargs: dict[str, Any] = {}
+    if ignored_names:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(ignored_names), validate=False)
+    return nncf.quantize(
+        model,
+        nncf.Dataset(list(samples)),
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(samples),
+        advanced_parameters=advanced,
+        **kwargs,
+    )
+
+
+def compress(
+    model: ov.Model, mode: str, samples: Sequence[Sample] = (), smooth_quant: bool = False
+) -> ov.Model:
+    """The model compressed by `mode` (one of INT8_MODES); calibrated modes need samples."""
+    if mode not in INT8_MODES:
+        raise ValueError(f"INT8 mode must be one of {INT8_MODES}, not {mode!r}")
+    if mode == "off":
+        return model
+    if mode == "weights":
+        return compress_weights_int8(model)
+    if not samples:
+        raise ValueError(f"INT8 mode {mode!r} needs calibration samples")
+    if mode == "hybrid":
+        matmuls = matmuls_with_weights(model)
+        model = compress_weights_int8(model, ignored_types=("Convolution",))
+        return _quantize(model, samples, matmuls, smooth_quant)
+    return _quantize(model, samples, (), smooth_quant)
