@@ -132,11 +132,11 @@ def _export_int8(
     from .export import save_ir
     from .ov_core import get_core
 
+    if recipe["int8"] in ("hybrid", "full") and len(calibration) != recipe.get("samples"):
+        raise ValueError(f"recipe {recipe['name']} needs {recipe.get('samples')} calibration samples")
     fp32 = folder / "fp32"
     fp32.mkdir()
     timings = export_unet(unet, spec, fp32, scaled(progress, 0.0, 0.4))
-    if recipe["int8"] in ("hybrid", "full") and len(calibration) != recipe.get("samples"):
-        raise ValueError(f"recipe {recipe['name']} needs {recipe.get('samples')} calibration samples")
     progress(f"compressing to INT8 ({recipe['int8']})", 0.4)
     started = time.perf_counter()
     model = get_core().read_model(str(fp32 / IR_NAME))
@@ -158,10 +158,11 @@ def open_unet(
     max_compiled: int = 2,
     cache_compiled: bool = True,
     progress: ProgressFn = silent,
+    ir: str | None = None,
 ) -> OVUNet:
-    """Read the entry's IR for `device`; compiles happen lazily per shape."""
+    """Read one of the entry's IRs (its main one by default) for `device`; compiles are lazy."""
     return OVUNet(
-        entry.xml_path,
+        entry.path / ir if ir else entry.xml_path,
         device=device,
         precision=precision,
         shape_policy=shape_policy,
@@ -172,29 +173,11 @@ def open_unet(
     )
 
 
-def open_deepcache(
-    entry: cache.CacheEntry,
-    config: DeepCacheConfig,
-    device: str = "CPU",
-    precision: str = "f32",
-    shape_policy: str = DEFAULT_SHAPE_POLICY,
-    max_compiled: int = 2,
-    cache_compiled: bool = True,
-    progress: ProgressFn = silent,
-) -> DeepCacheUNet:
-    """The full and shallow models of a DeepCache entry, called by `config`'s schedule."""
+def open_deepcache(entry: cache.CacheEntry, config: DeepCacheConfig, **runtime: Any) -> DeepCacheUNet:
+    """The full and shallow models of a DeepCache entry, called by `config`'s schedule.
+
+    `runtime` takes open_unet's keywords (device, precision, shape_policy, ...).
+    """
     models = entry.manifest["models"]
-
-    def load(name: str) -> OVUNet:
-        return OVUNet(
-            entry.path / models[name],
-            device=device,
-            precision=precision,
-            shape_policy=shape_policy,
-            max_compiled=max_compiled,
-            downsample=entry.manifest["unet"]["downsample"],
-            blob_dir=entry.blob_dir if cache_compiled else None,
-            progress=progress,
-        )
-
-    return DeepCacheUNet(load("full"), load("shallow"), config, branch=entry.manifest["deepcache"]["branch"])
+    full, shallow = (open_unet(entry, ir=models[name], **runtime) for name in ("full", "shallow"))
+    return DeepCacheUNet(full, shallow, config, branch=entry.manifest["deepcache"]["branch"])
