@@ -65,9 +65,15 @@ def _quantize(
     model: ov.Model, samples: Sequence[Sample], ignored_names: Sequence[str], smooth_quant: bool
 ) -> ov.Model:
     nncf = _nncf()
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
 
-    advanced = AdvancedQuantizationParameters(smooth_quant_alpha=0.15 if smooth_quant else -1)
+    alpha = 0.15 if smooth_quant else -1  # -1 turns SmoothQuant off
+    advanced = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=alpha)
+    )
     kwargs: dict[str, Any] = {}
     if ignored_names:
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(ignored_names), validate=False)
