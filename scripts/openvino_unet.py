@@ -133,18 +133,21 @@ class OpenVINOUnet(sd_unet.SdUnet):
     def activate(self) -> None:
         """Load the cached OpenVINO UNet of the loaded checkpoint, exporting it on first use."""
         try:
-            model = shared.sd_model
-            unet = model.model.diffusion_model
-            describe(unet)  # refuses SDXL & co before anything is written
-            name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
-            with torch_unet_serving():
-                prepared = engine.prepare_entry(
-                    unet, cache_root(), name, sha256, current_recipe(), progress=webui_progress
-                )
-            self.entry = prepared.entry
+            describe(shared.sd_model.model.diffusion_model)  # refuses SDXL & co before anything is written
+            self.entry = self.prepare(current_recipe())
             self.open_runtime()
         except Exception as err:  # any failure: report it, torch makes the picture
             self.use_torch(err)
+
+    @staticmethod
+    def prepare(recipe: dict):
+        """The loaded checkpoint's cache entry for `recipe`, exported (with progress) if absent."""
+        model = shared.sd_model
+        name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
+        with torch_unet_serving():
+            return engine.prepare_entry(
+                model.model.diffusion_model, cache_root(), name, sha256, recipe, progress=webui_progress
+            ).entry
 
     @staticmethod
     def runtime_settings() -> dict:
@@ -180,19 +183,9 @@ class OpenVINOUnet(sd_unet.SdUnet):
                 if self.deepcache is not None:
                     self.deepcache.release()  # another branch: its models go before the new ones come
                     self.deepcache = None
-                model = shared.sd_model
-                name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
-                with torch_unet_serving():
-                    prepared = engine.prepare_entry(
-                        model.model.diffusion_model,
-                        cache_root(),
-                        name,
-                        sha256,
-                        engine.deepcache_recipe(config.branch, current_recipe()),
-                        progress=webui_progress,
-                    )
+                entry = self.prepare(engine.deepcache_recipe(config.branch, current_recipe()))
                 self.ov_unet.drop_compiled()  # the full model serves plain calls too: one copy in memory
-                self.deepcache = engine.open_deepcache(prepared.entry, config, **self.runtime_settings())
+                self.deepcache = engine.open_deepcache(entry, config, **self.runtime_settings())
             self.deepcache.start(config, expected_calls)
         except Exception as err:
             self.deepcache = None
