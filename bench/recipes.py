@@ -1,16 +1,19 @@
-"""Compression recipes side by side: torch, OpenVINO FP32, INT8 weights-only, INT8 hybrid.
+"""Compression recipes side by side: torch, FP32, INT8, token merging, pruning, combinations.
 
-Question it answers: on this CPU, at 512² and batch 2, which INT8 recipe buys speed over FP32,
-and what does it cost in fidelity (relative L2 of the UNet output against torch on the same
-weights and inputs)? The UNet has seeded random weights and the calibration prompts are random
-text embeddings run through the real sampler: fidelity here is to torch on the same weights.
+Question it answers: on this CPU, at 512² and batch 2, which recipe buys speed over torch and
+OpenVINO FP32, and what does it cost in fidelity (relative L2 of the UNet output against torch
+on the same weights and inputs)? The UNet has seeded random weights and the calibration prompts
+are random text embeddings run through the real sampler: fidelity here is to torch on the same
+weights, not picture quality.
 
-Calibration samples are captured at --calib-size with the FP32 OpenVINO UNet in the sampler loop
-(cheap), then the recipes are timed at --size. Each recipe's compiled model is freed before the
-next one is compiled. Run by hand (about 15 minutes for sd15):
+Every recipe goes through `sd_ov.optimize.optimize` (what the webui's Optimize button runs),
+with one set of calibration samples captured up front with the FP32 OpenVINO UNet at
+--calib-size. Each recipe's compiled model is freed before the next is compiled. Run by hand
+(about 40 minutes for sd15 on 2 cores):
 
-    python bench/recipes.py                                          # sd15, 512², hybrid on 8 samples
-    python bench/recipes.py --config tiny --size 256 --calib-size 256 --steps 2   # smoke test
+    python bench/recipes.py                                           # sd15, 512², all recipes
+    python bench/recipes.py --config tiny --size 256 --calls 2        # smoke test
+    python bench/recipes.py --recipes fp32 int8 int8+tome0.5          # a subset
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import shlex
 import statistics
 import sys
@@ -31,24 +33,34 @@ import openvino as ov
 import torch
 
 from sd_ov import engine, metrics
-from sd_ov.calibration import CapturingUNet, spread
+from sd_ov.calibration import random_prompt_capture
 from sd_ov.ldm_unet import build_unet, describe, load_config, traceable
+from sd_ov.optimize import optimize, peak_rss_mib
 from sd_ov.ov_core import ISA_ENV, get_core
-from sd_ov.sampling import sample_euler
+from sd_ov.recipe import Recipe
+
+RECIPES = {
+    "fp32": Recipe(),
+    "int8w": Recipe(int8="weights"),
+    "int8": Recipe(int8="hybrid"),
+    "int8full": Recipe(int8="full"),
+    "tome0.3": Recipe(tome=0.3),
+    "tome0.5": Recipe(tome=0.5),
+    "ffn20": Recipe(prune="ffn", prune_ratio=0.2),
+    "ffn40": Recipe(prune="ffn", prune_ratio=0.4),
+    "mag40": Recipe(prune="magnitude", prune_ratio=0.4),
+    "int8+tome0.5": Recipe(int8="hybrid", tome=0.5),
+    "int8+tome0.5+ffn20": Recipe(int8="hybrid", tome=0.5, prune="ffn", prune_ratio=0.2),
+}
 
 
-def rss_peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def time_calls(fn, inputs, warmup: int, steps: int) -> tuple[float, torch.Tensor]:
-    out = None
+def median_call(fn, inputs, calls: int) -> tuple[float, torch.Tensor]:
+    out = fn(*inputs)  # warm-up (compiles a static shape)
     times = []
-    for i in range(warmup + steps):
+    for _ in range(calls):
         started = time.perf_counter()
         out = fn(*inputs)
-        if i >= warmup:
-            times.append(time.perf_counter() - started)
+        times.append(time.perf_counter() - started)
     return statistics.median(times), out
 
 
@@ -57,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="sd15")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--calib-size", type=int, default=256)
-    parser.add_argument("--calib-samples", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=3, help="timed calls per runtime (median)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--recipes", nargs="+", default=["fp32", "weights", "hybrid"])
+    parser.add_argument("--calib-prompts", type=int, default=4)
+    parser.add_argument("--calib-steps", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=16, help="calibration samples per recipe")
+    parser.add_argument("--calls", type=int, default=3, help="timed calls per runtime (median)")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--cache", default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -80,60 +93,43 @@ def main(argv: list[str] | None = None) -> int:
         torch.randn(2, 77, spec.context_dim, generator=gen),
     )
     with torch.no_grad(), traceable(unet):  # torch at its fastest (SDPA attention)
-        torch_s, reference = time_calls(unet, inputs, args.warmup, args.steps)
-    rows = [
-        {
-            "recipe": "torch",
-            "s_per_step": torch_s,
-            "ratio": 1.0,
-            "rel_l2": 0.0,
-            "disk_mib": None,
-            "optimize_s": None,
-            "peak_rss_mib": rss_peak_mib(),
-        }
-    ]
+        torch_s, reference = median_call(unet, inputs, args.calls)
+    rows = [dict(recipe="torch", s=torch_s, ratio=1.0, rel_l2=0.0, disk=None, opt=None, rss=peak_rss_mib())]
 
+    # One capture for all recipes: the FP32 OpenVINO UNet in the sampler loop.
     fp32 = engine.prepare_entry(unet, cache_dir, name, key).entry
-    samples: list = []
-    if "hybrid" in args.recipes or "full" in args.recipes:
-        runtime = engine.open_unet(fp32)
-        capture = CapturingUNet(runtime)
-        calib_latent = args.calib_size // 8
-        prompts = max(1, args.calib_samples // 4)
-        for _ in range(prompts):
-            cond = torch.randn(1, 77, spec.context_dim, generator=gen)
-            uncond = torch.randn(1, 77, spec.context_dim, generator=gen) * 0.5
-            noise = torch.randn(1, spec.in_channels, calib_latent, calib_latent, generator=gen)
-            sample_euler(capture, noise, cond, uncond, steps=max(4, args.calib_samples // prompts))
-        samples = spread(capture.samples, args.calib_samples)
-        runtime.release()
+    capture_fn = random_prompt_capture(
+        spec, args.calib_prompts, args.calib_steps, (args.calib_size, args.calib_size), seed=5
+    )
+    runtime = engine.open_unet(fp32)
+    captured = capture_fn(runtime)
+    runtime.release()
+    del runtime
 
-    for recipe_name in args.recipes:
+    for label in args.recipes:
+        recipe = Recipe(**{**RECIPES[label].__dict__, "samples": args.samples})
         gc.collect()
         started = time.perf_counter()
-        if recipe_name == "fp32":
-            entry = fp32
+        entry = optimize(unet, cache_dir, name, key, recipe, lambda _unet, _progress: captured, measure=None)
+        optimize_s = time.perf_counter() - started
+        if recipe.is_plain:
             optimize_s = sum(fp32.manifest["timings"].values())
-        else:
-            recipe = engine.int8_recipe(recipe_name, samples if recipe_name != "weights" else ())
-            calibration = samples if recipe_name != "weights" else ()
-            entry = engine.prepare_entry(unet, cache_dir, name, key, recipe, calibration=calibration).entry
-            optimize_s = time.perf_counter() - started
-        runtime = engine.open_unet(entry)
-        s, out = time_calls(runtime, inputs, args.warmup, args.steps)
+        runtime = engine.open_unet(entry, precision=recipe.precision)
+        s, out = median_call(runtime, inputs, args.calls)
         rows.append(
-            {
-                "recipe": entry.manifest["recipe"]["name"] if recipe_name != "fp32" else "OpenVINO fp32",
-                "s_per_step": s,
-                "ratio": torch_s / s,
-                "rel_l2": metrics.rel_l2(out, reference),
-                "disk_mib": entry.manifest["disk_bytes"] / 2**20,
-                "optimize_s": optimize_s,
-                "peak_rss_mib": rss_peak_mib(),
-            }
+            dict(
+                recipe=recipe.label() if not recipe.is_plain else "OpenVINO FP32",
+                s=s,
+                ratio=torch_s / s,
+                rel_l2=metrics.rel_l2(out, reference),
+                disk=entry.manifest["disk_bytes"] / 2**20,
+                opt=optimize_s,
+                rss=peak_rss_mib(),
+            )
         )
         runtime.release()
         del runtime
+        print(json.dumps(rows[-1]), flush=True)
 
     print(
         f"Machine: {os.cpu_count()} CPUs; torch {torch.__version__}, OpenVINO {ov.__version__}, "
@@ -142,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Command: python {shlex.join(['bench/recipes.py', *sys.argv[1:]])}")
     print(
         f"UNet {args.config} ({spec.parameters / 1e6:.0f} M parameters, random weights), {args.size}², "
-        f"batch 2, 77 tokens; median of {args.steps} calls after {args.warmup} warm-up; "
-        f"{len(samples)} calibration samples captured at {args.calib_size}²"
+        f"batch 2, 77 tokens; median of {args.calls} calls after a warm-up; {args.samples} calibration "
+        f"samples from {len(captured)} sampler calls at {args.calib_size}²"
     )
     print()
     print(
@@ -151,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        disk = "—" if r["disk_mib"] is None else f"{r['disk_mib']:.0f}"
-        opt = "—" if r["optimize_s"] is None else f"{r['optimize_s']:.0f}"
+        disk = "—" if r["disk"] is None else f"{r['disk']:.0f}"
+        opt = "—" if r["opt"] is None else f"{r['opt']:.0f}"
         print(
-            f"| {r['recipe']} | {r['s_per_step']:.2f} | {r['ratio']:.2f} | {r['rel_l2']:.3g} | {disk} | "
-            f"{opt} | {r['peak_rss_mib']:.0f} |"
+            f"| {r['recipe']} | {r['s']:.2f} | {r['ratio']:.2f} | {r['rel_l2']:.3g} | {disk} | {opt} | "
+            f"{r['rss']:.0f} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from .compress import Sample
-from .sampling import UNetFn
+from .ldm_unet import UNetSpec
+from .progress import ProgressFn, silent
+from .sampling import UNetFn, sample_euler
 
 
 class CapturingUNet:
@@ -52,3 +54,36 @@ def digest(samples: Sequence[Sample]) -> str:
             h.update(name.encode())
             h.update(np.ascontiguousarray(sample[name]).tobytes())
     return h.hexdigest()[:12]
+
+
+def random_prompt_capture(
+    spec: UNetSpec, prompts: int = 4, steps: int = 8, size: tuple[int, int] = (256, 256), seed: int = 0
+):
+    """A capture function for use without the webui: Euler sampling of `prompts` random text
+    embeddings (there is no text encoder here), latent size = picture size / 8.
+
+    Inside the webui the captures come from the webui's own sampler and the user's prompts.
+    """
+
+    def capture(unet: UNetFn, progress: ProgressFn = silent) -> list[Sample]:
+        capturing = CapturingUNet(unet)
+        gen = torch.Generator().manual_seed(seed)
+        width, height = size
+        for i in range(prompts):
+            progress(f"calibration picture {i + 1}/{prompts} ({width}x{height}, {steps} steps)", i / prompts)
+            cond = torch.randn(1, 77, spec.context_dim, generator=gen)
+            uncond = torch.randn(1, 77, spec.context_dim, generator=gen) * 0.5
+            noise = torch.randn(1, spec.in_channels, height // 8, width // 8, generator=gen)
+            sample_euler(capturing, noise, cond, uncond, steps=steps)
+        progress(f"captured {len(capturing.samples)} UNet calls", 1.0)
+        return capturing.samples
+
+    return capture
+
+
+def default_prompts() -> list[str]:
+    """The varied prompts shipped for calibration (subjects, styles, lighting, media)."""
+    from importlib import resources
+
+    text = resources.files("sd_ov").joinpath("calibration_prompts.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]

@@ -1,4 +1,4 @@
-"""Command line: `python -m sd_ov demo | export | cache`."""
+"""Command line: `python -m sd_ov demo | export | optimize | cache`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from .compress import INT8_MODES
 from .errors import SdOvError
+from .recipe import DEFAULT_SAMPLES, PRUNE_MODES
 from .runtime import PRECISIONS, SHAPE_POLICIES
 
 DEFAULT_CACHE = "sd_ov_cache"
@@ -82,6 +84,53 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optimize(args: argparse.Namespace) -> int:
+    from . import engine
+    from .calibration import random_prompt_capture
+    from .ldm_unet import build_unet, describe, load_config, load_unet_from_checkpoint
+    from .optimize import Measure, optimize
+    from .progress import console
+    from .recipe import Recipe
+
+    recipe = Recipe(
+        int8=args.int8,
+        tome=args.tome,
+        prune=args.prune,
+        prune_ratio=args.prune_ratio,
+        precision=args.precision,
+        smooth_quant=args.smooth_quant,
+        samples=args.samples,
+    )
+    if args.checkpoint:
+        checkpoint = Path(args.checkpoint)
+        if not checkpoint.is_file():
+            raise SdOvError(f"no checkpoint file at {checkpoint}")
+        console(f"loading the UNet of {checkpoint.name}", 0.0)
+        unet = load_unet_from_checkpoint(checkpoint, load_config(args.config) if args.config else None)
+        name, key = args.name or checkpoint.stem, engine.file_hash(checkpoint)
+    else:  # a random-weight UNet: speed and fidelity to torch, not pictures
+        unet = build_unet(load_config(args.config or "tiny"), seed=args.seed)
+        name, key = args.name or f"random-{args.config or 'tiny'}", engine.weights_hash(unet)
+    calib_w, calib_h = (int(v) for v in args.calib_size.lower().split("x"))
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    capture = random_prompt_capture(describe(unet), args.calib_prompts, args.calib_steps, (calib_w, calib_h))
+    entry = optimize(
+        unet,
+        args.cache,
+        name,
+        key,
+        recipe,
+        capture,
+        device=args.device,
+        measure=Measure(width, height, args.batch, calls=args.calls),
+        progress=console,
+    )
+    print(
+        json.dumps({"entry": str(entry.path), "label": recipe.label(), **entry.manifest["report"]}, indent=2)
+    )
+    return 0
+
+
 def _cache(args: argparse.Namespace) -> int:
     from . import cache
 
@@ -92,7 +141,11 @@ def _cache(args: argparse.Namespace) -> int:
     for entry in cache.list_entries(Path(args.cache)):
         m = entry.manifest
         size = m["disk_bytes"] / 2**20
-        print(f"{entry.path}  {m['checkpoint']['name']}  {m['recipe'].get('name')}  {size:.0f} MiB")
+        report = m.get("report") or {}
+        speed = (
+            f"  {report['speedup']:.2f}x torch, rel L2 {report['rel_l2']:.3g}" if "speedup" in report else ""
+        )
+        print(f"{entry.path}  {m['checkpoint']['name']}  {m['recipe'].get('name')}  {size:.0f} MiB{speed}")
     return 0
 
 
@@ -118,6 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--verify", action="store_true", help="compare one UNet call with torch")
     _add_runtime_args(export)
     export.set_defaults(run=_export)
+
+    opt = sub.add_parser("optimize", help="compress, compile and measure a UNet recipe (INT8, ToMe, pruning)")
+    opt.add_argument(
+        "--checkpoint", default=None, help=".safetensors/.ckpt (default: random-weight --config)"
+    )
+    opt.add_argument("--config", default=None, help="UNet config: tiny, sd15, sd2 or a JSON file")
+    opt.add_argument("--name", default=None, help="name of the cache entry")
+    opt.add_argument("--seed", type=int, default=0, help="weights seed of a random-weight UNet")
+    opt.add_argument("--int8", default="hybrid", choices=INT8_MODES)
+    opt.add_argument("--tome", type=float, default=0.0, help="token merging ratio, 0 to 0.75")
+    opt.add_argument("--prune", default="off", choices=PRUNE_MODES)
+    opt.add_argument("--prune-ratio", type=float, default=0.0)
+    opt.add_argument("--smooth-quant", action="store_true")
+    opt.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="calibration samples")
+    opt.add_argument("--calib-prompts", type=int, default=4)
+    opt.add_argument("--calib-steps", type=int, default=8)
+    opt.add_argument("--calib-size", default="256x256", help="calibration picture size, WxH")
+    opt.add_argument("--size", default="512x512", help="picture size to measure at, WxH")
+    opt.add_argument("--batch", type=int, default=2)
+    opt.add_argument("--calls", type=int, default=2, help="timed UNet calls per runtime")
+    _add_runtime_args(opt)
+    opt.set_defaults(run=_optimize)
 
     cache_cmd = sub.add_parser("cache", help="list cache entries, or delete one")
     cache_cmd.add_argument("--cache", default=DEFAULT_CACHE)

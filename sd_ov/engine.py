@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,9 @@ from typing import Any
 import torch
 
 from . import cache
-from .compress import Sample, compress
 from .deepcache import FULL_IR, DeepCacheConfig, DeepCacheUNet, export_deepcache
 from .export import IR_NAME, export_unet
-from .ldm_unet import UNetSpec, describe
+from .ldm_unet import describe
 from .progress import ProgressFn, scaled, silent
 from .runtime import DEFAULT_SHAPE_POLICY, OVUNet
 
@@ -63,16 +61,6 @@ class Prepared:
     rebuilt_because: str | None = None
 
 
-def int8_recipe(mode: str, samples: Sequence[Sample] = (), smooth_quant: bool = False) -> dict[str, Any]:
-    """An INT8 recipe; calibrated modes carry their samples' count and hash in the cache key."""
-    from .calibration import digest
-
-    recipe: dict[str, Any] = {"name": f"int8{mode[0]}", "weights": "int8", "int8": mode}
-    if mode in ("hybrid", "full"):
-        recipe.update(samples=len(samples), calibration=digest(samples), smooth_quant=bool(smooth_quant))
-    return recipe
-
-
 def prepare_entry(
     unet: torch.nn.Module,
     cache_root: str | Path,
@@ -80,12 +68,9 @@ def prepare_entry(
     checkpoint_hash: str,
     recipe: dict[str, Any] | None = None,
     progress: ProgressFn = silent,
-    calibration: Sequence[Sample] = (),
 ) -> Prepared:
-    """The cache entry for this checkpoint and recipe; exported only when absent or invalid.
-
-    INT8 recipes export the FP32 IR first, then compress it read back from disk (memory-mapped),
-    so the converted FP32 graph is not held alongside NNCF's working copies.
+    """The cache entry for this checkpoint and recipe (plain FP32 or DeepCache); exported only when
+    absent or invalid. Compressed recipes are made by `optimize.optimize`.
     """
     root = Path(cache_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -107,8 +92,6 @@ def prepare_entry(
         if branch is not None:
             extra = export_deepcache(unet, spec, folder, int(branch), scaled(progress, 0.0, 0.95))
             extra["timings"] = {"export_s": time.perf_counter() - started}
-        elif key.recipe.get("int8", "off") != "off":
-            extra = {"timings": _export_int8(unet, spec, folder, key.recipe, calibration, progress)}
         else:
             extra = {"timings": export_unet(unet, spec, folder, scaled(progress, 0.0, 0.95))}
         return {"unet": spec.to_dict(), "inputs": ["x", "timesteps", "context"], **extra}
@@ -116,38 +99,6 @@ def prepare_entry(
     entry = cache.write(root, key, build, ir_name=IR_NAME if branch is None else FULL_IR)
     progress(f"exported the OpenVINO UNet to {entry.path}", 1.0)
     return Prepared(entry, exported=True, rebuilt_because=problem)
-
-
-def _export_int8(
-    unet: torch.nn.Module,
-    spec: UNetSpec,
-    folder: Path,
-    recipe: dict[str, Any],
-    calibration: Sequence[Sample],
-    progress: ProgressFn,
-) -> dict[str, float]:
-    import gc
-    import shutil
-
-    from .export import save_ir
-    from .ov_core import get_core
-
-    if recipe["int8"] in ("hybrid", "full") and len(calibration) != recipe.get("samples"):
-        raise ValueError(f"recipe {recipe['name']} needs {recipe.get('samples')} calibration samples")
-    fp32 = folder / "fp32"
-    fp32.mkdir()
-    timings = export_unet(unet, spec, fp32, scaled(progress, 0.0, 0.4))
-    progress(f"compressing to INT8 ({recipe['int8']})", 0.4)
-    started = time.perf_counter()
-    model = get_core().read_model(str(fp32 / IR_NAME))
-    compressed = compress(model, recipe["int8"], calibration, bool(recipe.get("smooth_quant")))
-    timings["compress_s"] = time.perf_counter() - started
-    progress("saving the INT8 IR", 0.9)
-    save_ir(compressed, folder / IR_NAME)
-    del model, compressed
-    gc.collect()
-    shutil.rmtree(fp32)
-    return timings
 
 
 def open_unet(

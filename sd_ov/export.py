@@ -78,9 +78,10 @@ def convert_unet(unet: torch.nn.Module, spec: UNetSpec, progress: ProgressFn = s
     return model
 
 
-def save_ir(model: ov.Model, path: Path) -> None:
+def save_ir(model: ov.Model, path: Path, fp16: bool = False) -> None:
+    """Save an IR; `fp16` halves the file of a model that will run at 16-bit precision anyway."""
     try:
-        ov.save_model(model, str(path), compress_to_fp16=False)
+        ov.save_model(model, str(path), compress_to_fp16=fp16)
     except Exception as err:  # a full disk surfaces here as a RuntimeError from OpenVINO
         raise ExportError(f"saving the OpenVINO IR {path.name} into {path.parent} failed: {err}") from err
 

@@ -7,14 +7,16 @@ import torch
 
 from sd_ov import cache, engine, metrics
 from sd_ov.calibration import CapturingUNet, digest, spread
-from sd_ov.compress import matmuls_with_weights
+from sd_ov.compress import RAW_INPUT_CONVS, matmuls_with_weights
+from sd_ov.optimize import optimize
+from sd_ov.recipe import Recipe
 from sd_ov.sampling import sample_euler
 
 from .conftest import unet_inputs
 
 # Stated tolerances (relative L2 of the UNet output against torch FP32, random weights):
 WEIGHTS_TOLERANCE = 0.05  # INT8 weights, float activations (measured 0.03)
-HYBRID_TOLERANCE = 0.10  # INT8 convolutions incl. activations, INT8-weight MatMuls
+HYBRID_TOLERANCE = 0.10  # INT8 normalized-input convolutions incl. activations, INT8-weight MatMuls
 
 
 @pytest.fixture(scope="module")
@@ -51,33 +53,35 @@ def ov_error(entry, tiny_unet, sample=None):
 
 
 def test_int8_weights(tiny_unet, tiny_entry, tmp_path):
-    prepared = engine.prepare_entry(tiny_unet, tmp_path, "tiny", "f" * 64, engine.int8_recipe("weights"))
-    entry = prepared.entry
+    entry = optimize(tiny_unet, tmp_path, "tiny", "f" * 64, Recipe(int8="weights"), measure=None)
     assert entry.manifest["files"]["unet.bin"]["size"] < tiny_entry.manifest["files"]["unet.bin"]["size"] / 3
-    assert not (entry.path / "fp32").exists()
     assert ov_error(entry, tiny_unet) <= WEIGHTS_TOLERANCE
 
 
-def test_int8_hybrid_quantizes_convolutions_and_compresses_matmul_weights(tiny_unet, calibration, tmp_path):
-    samples = spread(calibration, 6)
-    recipe = engine.int8_recipe("hybrid", samples)
-    entry = engine.prepare_entry(tiny_unet, tmp_path, "tiny", "f" * 64, recipe, calibration=samples).entry
+def test_int8_hybrid_quantizes_normalized_convolutions_only(tiny_unet, calibration, tmp_path):
+    recipe = Recipe(int8="hybrid", samples=6)
+    entry = optimize(tiny_unet, tmp_path, "tiny", "f" * 64, recipe, lambda _u, _p: calibration, measure=None)
     model = engine.open_unet(entry).model
-    kinds = [op.get_type_name() for op in model.get_ops()]
-    assert kinds.count("FakeQuantize") > 0
+    quantized = {
+        op.get_friendly_name()
+        for op in model.get_ops()
+        if op.get_type_name() == "Convolution"
+        and op.input_value(0).get_node().get_type_name() == "FakeQuantize"
+    }
+    assert any("in_layers" in name or "out_layers" in name for name in quantized)
+    assert not any(RAW_INPUT_CONVS.search(name) for name in quantized)  # residual-stream inputs: FP32
     assert len(matmuls_with_weights(model)) > 0
+    samples = spread(calibration, 6)
     held_out = calibration[1]  # a sampler call that was not among the 6 calibration samples
     assert all(held_out["x"] is not s["x"] for s in samples)
     assert ov_error(entry, tiny_unet, held_out) <= HYBRID_TOLERANCE
-    assert entry.manifest["recipe"]["calibration"] == digest(samples)
+    assert entry.manifest["calibration"] == {"samples": 6, "digest": digest(samples)}
     assert entry.manifest["timings"]["compress_s"] > 0
 
 
-def test_recipes_are_separate_entries_and_a_bad_calibration_leaves_none(tiny_unet, calibration, tmp_path):
-    a = engine.prepare_entry(tiny_unet, tmp_path, "tiny", "f" * 64, engine.int8_recipe("weights")).entry
-    b = engine.prepare_entry(tiny_unet, tmp_path, "tiny", "f" * 64).entry
-    assert a.path != b.path
-    recipe = engine.int8_recipe("hybrid", spread(calibration, 4))
-    with pytest.raises(ValueError, match="calibration samples"):
-        engine.prepare_entry(tiny_unet, tmp_path, "tiny", "f" * 64, recipe, calibration=calibration[:2])
-    assert {e.path for e in cache.list_entries(tmp_path)} == {a.path, b.path}
+def test_an_empty_capture_leaves_no_entry(tiny_unet, tmp_path):
+    with pytest.raises(ValueError, match="captured no UNet calls"):
+        optimize(
+            tiny_unet, tmp_path, "tiny", "f" * 64, Recipe(int8="hybrid"), lambda _u, _p: [], measure=None
+        )
+    assert [e.manifest["recipe"]["name"] for e in cache.list_entries(tmp_path)] == ["fp32"]

@@ -1,0 +1,84 @@
+"""Optimize reports as text and HTML: what the tab shows and what `python -m sd_ov cache` prints."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from .cache import CacheEntry
+from .recipe import Recipe
+
+COLUMNS = (
+    "checkpoint",
+    "recipe",
+    "disk MiB",
+    "torch s/step",
+    "s/step",
+    "speed-up",
+    "rel L2",
+    "PSNR dB",
+    "SSIM",
+    "peak RSS MiB",
+    "optimize s",
+)
+
+
+def entry_label(entry: CacheEntry) -> str:
+    return Recipe.from_key(entry.manifest["recipe"]).label()
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) >= 0.01 or value == 0 else f"{value:.2g}"
+    return str(value)
+
+
+def entry_row(entry: CacheEntry) -> list[str]:
+    m = entry.manifest
+    r = m.get("report") or {}
+    return [
+        m["checkpoint"]["name"],
+        entry_label(entry),
+        _fmt(m["disk_bytes"] / 2**20, 0),
+        _fmt(r.get("torch_s_per_step")),
+        _fmt(r.get("s_per_step")),
+        _fmt(r.get("speedup")) + ("x" if "speedup" in r else ""),
+        _fmt(r.get("rel_l2"), 3),
+        _fmt(r.get("psnr_db"), 1),
+        _fmt(r.get("ssim"), 3),
+        _fmt(r.get("peak_rss_mib"), 0),
+        _fmt(r.get("optimize_s"), 0),
+    ]
+
+
+def entries_html(entries: list[CacheEntry]) -> str:
+    if not entries:
+        return "<p>No optimized UNets in the cache yet.</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in entry_row(e)) + "</tr>" for e in entries
+    )
+    return f"<table class='sd-ov-entries'><tr>{head}</tr>{rows}</table>"
+
+
+def report_html(entry: CacheEntry) -> str:
+    """The end of an Optimize run: the numbers, and what they were measured on."""
+    r = entry.manifest.get("report") or {}
+    m = r.get("measure") or {}
+    lines = [f"<b>{html.escape(entry_label(entry))}</b> on {html.escape(str(r.get('device', '?')))}: ready"]
+    if "speedup" in r:
+        lines.append(
+            f"{r['s_per_step']:.2f} s per UNet step against torch's {r['torch_s_per_step']:.2f} s "
+            f"(<b>{r['speedup']:.2f}x</b>) at {m.get('width')}x{m.get('height')}, batch {m.get('batch')}; "
+            f"relative L2 of the UNet output against torch {r['rel_l2']:.3g}"
+        )
+    if "psnr_db" in r:
+        lines.append(f"Sample picture against torch: PSNR {r['psnr_db']:.1f} dB, SSIM {r['ssim']:.3f}")
+    disk_mib = entry.manifest["disk_bytes"] / 2**20
+    lines.append(
+        f"{disk_mib:.0f} MiB on disk; optimize took {r.get('optimize_s', 0):.0f} s; "
+        f"process peak memory {r.get('peak_rss_mib', 0):.0f} MiB"
+    )
+    return "<br>".join(lines)

@@ -1,0 +1,130 @@
+"""Optimize end to end on a tiny ldm UNet with real OpenVINO and NNCF: recipes, calibration,
+the report, separate cache entries per recipe, and cancelling that leaves nothing behind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sd_ov import cache, engine
+from sd_ov.calibration import default_prompts, random_prompt_capture
+from sd_ov.errors import Cancelled
+from sd_ov.ldm_unet import describe
+from sd_ov.optimize import Measure, optimize, recipe_entries
+from sd_ov.recipe import Recipe
+
+# Stated tolerance: INT8 hybrid + ToMe 0.5 + 25 % FFN pruning against torch FP32 (measured ~0.1).
+COMBINED_TOLERANCE = 0.25
+SMALL = Measure(128, 128, calls=1)
+
+
+def test_recipe_labels_keys_and_validation():
+    assert Recipe().key() == engine.FP32_RECIPE and Recipe().label() == "FP32"
+    combo = Recipe(int8="hybrid", tome=0.5, prune="ffn", prune_ratio=0.2, samples=8)
+    assert combo.label() == "INT8 ToMe0.5 FFN20%"
+    assert Recipe(int8="weights", precision="bf16").label() == "BF16 INT8w"
+    assert combo.key() == Recipe(int8="hybrid", tome=0.5, prune="ffn", prune_ratio=0.2, samples=32).key()
+    assert combo.key() != Recipe(int8="hybrid", tome=0.3, prune="ffn", prune_ratio=0.2).key()
+    assert Recipe.from_key(combo.key()).key() == combo.key()
+    assert combo.needs_calibration and not Recipe(int8="weights").needs_calibration
+    for bad in (dict(int8="int4"), dict(tome=0.8), dict(prune="ffn"), dict(precision="f8")):
+        with pytest.raises(ValueError):
+            Recipe(**bad)
+
+
+def test_default_prompts_ship_with_the_package():
+    prompts = default_prompts()
+    assert len(prompts) >= 16 and len(set(prompts)) == len(prompts)
+
+
+@pytest.fixture(scope="module")
+def capture(tiny_unet):
+    return random_prompt_capture(describe(tiny_unet), prompts=2, steps=4, size=(128, 128))
+
+
+def test_capture_runs_the_sampler_and_yields_the_unet_inputs(tiny_unet, tiny_entry, capture):
+    runtime = engine.open_unet(tiny_entry)
+    samples = capture(runtime)
+    assert len(samples) == 8  # 2 pictures x 4 steps, one batched cond+uncond call per step
+    assert samples[0]["x"].shape == (2, 4, 16, 16) and samples[0]["context"].shape == (2, 77, 64)
+    assert runtime.stats.calls == 8  # the OpenVINO UNet served the capture
+
+
+def test_optimize_makes_a_measured_entry_per_recipe(tiny_unet, capture, tmp_path):
+    combo = Recipe(int8="hybrid", tome=0.5, prune="ffn", prune_ratio=0.25, samples=6)
+    steps = []
+    entry = optimize(
+        tiny_unet,
+        tmp_path,
+        "tiny",
+        "a" * 64,
+        combo,
+        capture,
+        shapes=[(2, 16, 16, 77)],
+        measure=SMALL,
+        sample_image=lambda unet: _preview(unet, tiny_unet),
+        progress=lambda m, f: steps.append((m, f)),
+    )
+    manifest = entry.manifest
+    assert manifest["label"] == combo.label() == "INT8 ToMe0.5 FFN25%"
+    assert manifest["calibration"]["samples"] == 6
+    report = manifest["report"]
+    for field in ("torch_s_per_step", "s_per_step", "speedup", "rel_l2", "psnr_db", "ssim", "peak_rss_mib"):
+        assert report[field] > 0, field
+    assert report["rel_l2"] <= COMBINED_TOLERANCE
+    messages = " | ".join(m for m, _ in steps)
+    for stage in ("calibration picture", "FFN neuron activity", "compressing to INT8", "timing torch"):
+        assert stage in messages
+    assert steps[-1][1] == 1.0
+    # the IR really is INT8 and pruned: FakeQuantize nodes, no FP32 graph copy left behind
+    assert not (entry.path / "graph").exists()
+    model = engine.open_unet(entry).model
+    assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    # compiled ahead: the blob of the asked shape is on disk
+    assert any(entry.blob_dir.iterdir())
+
+    # a second recipe is a second entry; the plain FP32 entry made on the way is a third
+    weights = optimize(tiny_unet, tmp_path, "tiny", "a" * 64, Recipe(int8="weights"), measure=None)
+    paths = {e.path for e in recipe_entries(tmp_path)}
+    assert {entry.path, weights.path} <= paths and len(paths) == 3
+
+
+def _preview(unet, torch_unet):
+    """The report's sample picture: a short Euler run from a fixed seed, cheap preview decode."""
+    from sd_ov.sampling import latent_to_image, sample_euler
+
+    gen = torch.Generator().manual_seed(1)
+    cond, uncond = torch.randn(1, 77, 64, generator=gen), torch.randn(1, 77, 64, generator=gen)
+    noise = torch.randn(1, 4, 16, 16, generator=gen)
+    latent = sample_euler(lambda x, t, c: unet(x, t, c), noise, cond, uncond, steps=3).latent
+    return latent_to_image(latent[0])
+
+
+@pytest.mark.parametrize("stage", ["compressing to INT8", "timing the OpenVINO UNet"])
+def test_cancelling_optimize_leaves_no_entry(tiny_unet, capture, tmp_path, stage):
+    engine.prepare_entry(tiny_unet, tmp_path, "tiny", "b" * 64)  # the plain entry exists already
+    before = {e.path for e in cache.list_entries(tmp_path)}
+
+    def progress(message, fraction):
+        if message.startswith(stage):
+            raise Cancelled("user pressed Cancel")
+
+    with pytest.raises(Cancelled):
+        optimize(
+            tiny_unet,
+            tmp_path,
+            "tiny",
+            "b" * 64,
+            Recipe(int8="hybrid", samples=4),
+            capture,
+            measure=SMALL,
+            progress=progress,
+        )
+    assert {e.path for e in cache.list_entries(tmp_path)} == before
+    leftovers = [p.name for p in tmp_path.glob("*/*") if p.is_dir() and p not in before]
+    assert leftovers == []
+
+
+def test_a_calibrated_recipe_without_a_capture_is_refused(tiny_unet, tmp_path):
+    with pytest.raises(ValueError, match="needs calibration"):
+        optimize(tiny_unet, tmp_path, "tiny", "c" * 64, Recipe(int8="hybrid"), None, measure=None)
