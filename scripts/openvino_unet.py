@@ -14,14 +14,19 @@ import gc
 import html
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
-from modules import devices, script_callbacks, scripts, sd_models, sd_unet, shared
+from modules import call_queue, devices, script_callbacks, scripts, sd_models, sd_unet, shared
 
-from sd_ov import cache, engine, ov_core
+from sd_ov import cache, engine, optimize, ov_core, report
+from sd_ov.calibration import CapturingUNet, default_prompts
+from sd_ov.compress import INT8_MODES
 from sd_ov.deepcache import SCHEDULES, DeepCacheConfig
-from sd_ov.errors import SdOvError, UnsupportedCallError
+from sd_ov.errors import Cancelled, SdOvError, UnsupportedCallError
 from sd_ov.ldm_unet import describe
+from sd_ov.recipe import DEFAULT_SAMPLES, PRUNE_MODES, Recipe
 from sd_ov.runtime import DEFAULT_SHAPE_POLICY, PRECISIONS, SHAPE_POLICIES
+from sd_ov.tome import MAX_RATIO
 
 log = logging.getLogger("sd_ov")
 
@@ -29,6 +34,7 @@ SECTION = ("openvino", "OpenVINO")
 LABEL_PREFIX = "[OpenVINO]"
 INFOTEXT_KEY = "OpenVINO"
 DEEPCACHE_INFOTEXT_KEY = "OpenVINO DeepCache"
+TOME_INFOTEXT_KEY = "OpenVINO token merging"
 SETTINGS_DEFAULTS = {
     "sd_ov_device": "CPU",
     "sd_ov_precision": "f32",
@@ -57,16 +63,36 @@ def cache_root() -> Path:
     return Path(paths.models_path) / "OpenVINO"
 
 
-def current_recipe() -> dict:
-    return dict(engine.FP32_RECIPE)
-
-
-def recipe_summary(deepcache: DeepCacheConfig | None = None) -> str:
+def recipe_summary(recipe: Recipe, deepcache: DeepCacheConfig | None = None) -> str:
     """What the infotext records: recipe (with DeepCache when on), device, precision, shapes."""
-    name = current_recipe()["name"]
+    name = recipe.name()
     if deepcache is not None and deepcache.enabled:
         name += f"+{deepcache.label()}"
-    return f"{name}, {opt('sd_ov_device')}, {opt('sd_ov_precision')}, {opt('sd_ov_shape_policy')}"
+    return f"{name}, {opt('sd_ov_device')}, {runtime_precision(recipe)}, {opt('sd_ov_shape_policy')}"
+
+
+def runtime_precision(recipe: Recipe) -> str:
+    """A recipe made for a precision runs at it; the plain recipe follows the setting."""
+    return recipe.precision if recipe.precision != "f32" else str(opt("sd_ov_precision"))
+
+
+def webui_token_merging(p) -> float:
+    """The webui's own token merging ratio for this job (0 when off or unknown)."""
+    try:
+        return float(p.get_token_merging_ratio() or 0)
+    except (AttributeError, TypeError, ValueError):
+        return float(getattr(shared.opts, "token_merging_ratio", 0) or 0)
+
+
+def token_merging_note(webui_ratio: float, recipe: Recipe) -> str | None:
+    """Why the webui's token merging setting does not change what the OpenVINO UNet does."""
+    if webui_ratio <= 0 or abs(webui_ratio - recipe.tome) < 1e-6:
+        return None
+    baked = f"merges {recipe.tome:g}" if recipe.tome > 0 else "merges no tokens"
+    return (
+        f"webui ratio {webui_ratio:g} not applied: the compiled UNet {baked}; its ratio is set when it is "
+        "optimized (OpenVINO tab → Token merging)"
+    )
 
 
 def settings_deepcache() -> DeepCacheConfig:
@@ -86,11 +112,26 @@ def checkpoint_identity(info) -> tuple[str, str]:
     return info.model_name, sha256 or engine.file_hash(info.filename)
 
 
+class FunctionUnet(sd_unet.SdUnet):
+    """An SdUnet serving the webui's UNet calls with a function: how Optimize runs the webui's
+    own sampler on the FP32 OpenVINO UNet (capturing its inputs) or on a recipe."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x, timesteps, context, *args, **kwargs):
+        if args or any(v is not None for v in kwargs.values()):
+            raise UnsupportedCallError("Optimize's sampling takes plain UNet calls (no ControlNet & co)")
+        return self.fn(x, timesteps, context)
+
+
 @contextlib.contextmanager
-def torch_unet_serving():
-    """Calls to the torch UNet go to torch while inside (the webui routes them to us otherwise)."""
+def unet_calls_to(fn=None):
+    """The webui's UNet calls go to `fn` while inside; to the torch UNet itself when None
+    (the webui routes them to the current SdUnet otherwise)."""
     saved = sd_unet.current_unet
-    sd_unet.current_unet = None
+    sd_unet.current_unet = None if fn is None else FunctionUnet(fn)
     try:
         yield
     finally:
@@ -102,18 +143,20 @@ def webui_progress(message: str, fraction: float) -> None:
     shared.state.textinfo = f"OpenVINO: {message}"
     print(f"[sd-ov] {message}")
     if shared.state.interrupted:
-        from sd_ov.errors import Cancelled
-
         raise Cancelled("interrupted by the user")
 
 
 class OpenVINOUnetOption(sd_unet.SdUnetOption):
-    """One per checkpoint; "Automatic" picks it when its checkpoint is loaded."""
+    """The plain option (one per checkpoint, exported on first use; "Automatic" picks it), or an
+    optimized recipe made in the OpenVINO tab, e.g. `[OpenVINO INT8 ToMe0.5] <checkpoint>`."""
 
-    def __init__(self, checkpoint_info) -> None:
+    def __init__(self, checkpoint_info, recipe: Recipe | None = None) -> None:
         self.checkpoint_info = checkpoint_info
         self.model_name = checkpoint_info.model_name
-        self.label = f"{LABEL_PREFIX} {checkpoint_info.model_name}"
+        self.recipe = recipe or Recipe()
+        self.optimized = recipe is not None
+        tag = f"[OpenVINO {self.recipe.label()}]" if self.optimized else LABEL_PREFIX
+        self.label = f"{tag} {checkpoint_info.model_name}"
 
     def create_unet(self) -> OpenVINOUnet:
         return OpenVINOUnet(self)
@@ -130,11 +173,15 @@ class OpenVINOUnet(sd_unet.SdUnet):
         self.job_deepcache = DeepCacheConfig()  # this job's caching; off unless a job asks
         self.deepcache = None  # DeepCacheUNet, loaded when a job first asks for it
 
+    @property
+    def recipe(self) -> Recipe:
+        return self.option.recipe
+
     def activate(self) -> None:
-        """Load the cached OpenVINO UNet of the loaded checkpoint, exporting it on first use."""
+        """Load the cached OpenVINO UNet of the loaded checkpoint, exporting a plain one on first use."""
         try:
             describe(shared.sd_model.model.diffusion_model)  # refuses SDXL & co before anything is written
-            self.entry = self.prepare(current_recipe())
+            self.entry = self.optimized_entry() if self.option.optimized else self.prepare(self.recipe.key())
             self.open_runtime()
         except Exception as err:  # any failure: report it, torch makes the picture
             self.use_torch(err)
@@ -144,16 +191,26 @@ class OpenVINOUnet(sd_unet.SdUnet):
         """The loaded checkpoint's cache entry for `recipe`, exported (with progress) if absent."""
         model = shared.sd_model
         name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
-        with torch_unet_serving():
+        with unet_calls_to(None):
             return engine.prepare_entry(
                 model.model.diffusion_model, cache_root(), name, sha256, recipe, progress=webui_progress
             ).entry
 
-    @staticmethod
-    def runtime_settings() -> dict:
+    def optimized_entry(self) -> cache.CacheEntry:
+        """An optimized recipe is made only by Optimize: if its entry is gone, say so."""
+        name, sha256 = checkpoint_identity(shared.sd_model.sd_checkpoint_info)
+        entry, problem = cache.find(cache_root(), cache.EntryKey(name, sha256, self.recipe.key()))
+        if entry is None:
+            raise SdOvError(
+                f"{self.option.label} is not in the cache ({problem or 'deleted or never made'}): "
+                "make it with Optimize in the OpenVINO tab"
+            )
+        return entry
+
+    def runtime_settings(self) -> dict:
         return {
             "device": opt("sd_ov_device"),
-            "precision": opt("sd_ov_precision"),
+            "precision": runtime_precision(self.recipe),
             "shape_policy": opt("sd_ov_shape_policy"),
             "max_compiled": int(opt("sd_ov_max_compiled")),
             "cache_compiled": bool(opt("sd_ov_cache_compiled")),
@@ -178,12 +235,16 @@ class OpenVINOUnet(sd_unet.SdUnet):
             if self.deepcache is not None:
                 self.deepcache.start(config)
             return
+        if self.option.optimized:
+            self.job_deepcache = DeepCacheConfig()
+            self.problem = f"DeepCache runs on the plain [OpenVINO] option only, not on {self.recipe.label()}"
+            return
         try:
             if self.deepcache is None or self.deepcache.branch != config.branch:
                 if self.deepcache is not None:
                     self.deepcache.release()  # another branch: its models go before the new ones come
                     self.deepcache = None
-                entry = self.prepare(engine.deepcache_recipe(config.branch, current_recipe()))
+                entry = self.prepare(engine.deepcache_recipe(config.branch, self.recipe.key()))
                 self.ov_unet.drop_compiled()  # the full model serves plain calls too: one copy in memory
                 self.deepcache = engine.open_deepcache(entry, config, **self.runtime_settings())
             self.deepcache.start(config, expected_calls)
@@ -218,7 +279,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
                 log.info("sd-ov: torch serves one call: %s", err)
             except Exception as err:
                 self.use_torch(err)
-        with torch_unet_serving():
+        with unet_calls_to(None):
             return shared.sd_model.model.diffusion_model(x, timesteps, context, *args, **kwargs)
 
     def release(self) -> None:
@@ -240,8 +301,21 @@ def current_openvino_unet() -> OpenVINOUnet | None:
 
 
 def list_unets(unet_list: list) -> None:
-    for info in sd_models.checkpoints_list.values():
+    """The plain option of every checkpoint, then every optimized recipe found in the cache."""
+    checkpoints = list(sd_models.checkpoints_list.values())
+    for info in checkpoints:
         unet_list.append(OpenVINOUnetOption(info))
+    try:
+        entries = optimize.recipe_entries(cache_root())
+    except OSError as err:  # an unreadable cache folder must not break the webui's list
+        log.warning("sd-ov: cannot list the OpenVINO cache: %s", err)
+        return
+    by_name = {info.model_name: info for info in checkpoints}
+    for entry in entries:
+        recipe = Recipe.from_key(entry.manifest["recipe"])
+        info = by_name.get(entry.manifest["checkpoint"]["name"])
+        if info is not None and not recipe.is_plain:
+            unet_list.append(OpenVINOUnetOption(info, recipe))
 
 
 def reopen_runtime() -> None:
@@ -354,13 +428,22 @@ def status_html() -> str:
     name, sha256 = info.model_name, getattr(info, "sha256", None)
     cached = "unknown (checkpoint hash not computed yet)"
     if sha256:
-        entry, problem = cache.find(cache_root(), cache.EntryKey(name, sha256, current_recipe()))
-        cached = "yes" if entry else ("invalid, will be rebuilt" if problem else "no: exported on first use")
+        entry, problem = cache.find(cache_root(), cache.EntryKey(name, sha256, option.recipe.key()))
+        if entry:
+            cached = "yes"
+        elif option.optimized:
+            cached = "no: make it with Optimize in the OpenVINO tab"
+        else:
+            cached = "invalid, will be rebuilt" if problem else "no: exported on first use"
+    deepcache = settings_deepcache() if not option.optimized else None
     lines += [
         f"Device: {device_text}",
-        f"Recipe: {html.escape(recipe_summary(settings_deepcache()))}",
+        f"Recipe: {html.escape(recipe_summary(option.recipe, deepcache))}",
         f"Cached: {html.escape(cached)}",
     ]
+    note = token_merging_note(float(getattr(shared.opts, "token_merging_ratio", 0) or 0), option.recipe)
+    if note:
+        lines.append(f"Token merging: {html.escape(note)}")
     unet = current_openvino_unet()
     if unet is not None and unet.problem:
         lines.append(f"<span style='color:#c33'>Last problem: {html.escape(unet.problem)}</span>")
@@ -465,9 +548,12 @@ class OpenVINOScript(scripts.Script):
             return
         if unet.ov_unet is not None and unet.served_calls:
             deepcache = unet.job_deepcache if unet.deepcache is not None else None
-            p.extra_generation_params[INFOTEXT_KEY] = recipe_summary(deepcache)
+            p.extra_generation_params[INFOTEXT_KEY] = recipe_summary(unet.recipe, deepcache)
             if deepcache is not None and deepcache.enabled:
                 p.extra_generation_params[DEEPCACHE_INFOTEXT_KEY] = deepcache.infotext()
+            note = token_merging_note(webui_token_merging(p), unet.recipe)
+            if note:
+                p.extra_generation_params[TOME_INFOTEXT_KEY] = note
         elif unet.problem:
             p.extra_generation_params[INFOTEXT_KEY] = f"off (torch served: {unet.problem[:120]})"
 
@@ -483,6 +569,321 @@ def on_script_unloaded() -> None:
         unet.release()
 
 
+# ---------------------------------------------------------------------------------------------
+# The OpenVINO tab: Optimize the loaded checkpoint's UNet into a recipe, list and delete recipes.
+# ---------------------------------------------------------------------------------------------
+
+
+class SamplingJob(NamedTuple):
+    """How Optimize runs the webui's sampler: for calibration (every prompt) and the sample picture
+    (the first prompt), at the tab's sampler, size and steps. (Not a dataclass: the webui loads
+    scripts without a sys.modules entry, which dataclasses need.)"""
+
+    prompts: tuple[str, ...]
+    sampler: str
+    width: int
+    height: int
+    steps: int
+    seed: int = 1234
+
+
+def webui_picture(job: SamplingJob, prompt: str, seed: int, unet_fn=None):
+    """One txt2img picture (numpy RGB) made by the webui itself, its UNet calls served by `unet_fn`
+    (torch when None). The webui's token merging is off: it would change only the torch picture."""
+    import numpy as np
+    from modules import processing
+
+    p = processing.StableDiffusionProcessingTxt2Img(
+        sd_model=shared.sd_model,
+        prompt=prompt,
+        negative_prompt="",
+        seed=seed,
+        sampler_name=job.sampler,
+        steps=job.steps,
+        width=job.width,
+        height=job.height,
+        cfg_scale=7.0,
+        batch_size=1,
+        n_iter=1,
+        do_not_save_samples=True,
+        do_not_save_grid=True,
+        override_settings={"sd_unet": "None", "token_merging_ratio": 0},
+        override_settings_restore_afterwards=True,
+    )
+    with unet_calls_to(unet_fn):
+        processed = processing.process_images(p)
+    if not processed.images:
+        raise Cancelled("the sampler was interrupted")
+    return np.asarray(processed.images[0].convert("RGB"))
+
+
+def webui_capture(job: SamplingJob):
+    """Calibration: the webui's sampler makes a picture per prompt with the FP32 OpenVINO UNet
+    that Optimize hands over; every UNet call's inputs are kept."""
+
+    def capture(runtime, progress):
+        capturing = CapturingUNet(runtime)
+        for i, prompt in enumerate(job.prompts):
+            progress(f"calibration picture {i + 1}/{len(job.prompts)}: {prompt[:60]}", i / len(job.prompts))
+            webui_picture(job, prompt, job.seed + i, capturing)
+        return capturing.samples
+
+    return capture
+
+
+def webui_sample_image(job: SamplingJob):
+    """The report's picture: the first prompt, same seed, with torch or with the recipe."""
+    torch_unet = shared.sd_model.model.diffusion_model
+    return lambda unet: webui_picture(job, job.prompts[0], job.seed, None if unet is torch_unet else unet)
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """ "512x512, 768x512" → [(512, 512), (768, 512)] (width x height, multiples of 64)."""
+    sizes = []
+    for part in str(text or "").replace(";", ",").split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        try:
+            width, height = (int(v) for v in part.split("x"))
+        except ValueError as err:
+            raise ValueError(f"sizes are WIDTHxHEIGHT, e.g. 512x768; got {part!r}") from err
+        if width <= 0 or height <= 0 or width % 64 or height % 64:
+            raise ValueError(f"{part}: sides must be positive multiples of 64 px")
+        sizes.append((width, height))
+    return sizes
+
+
+def shapes_to_prepare(sizes_text: str, batch: int, chunks: int) -> list[tuple[int, int, int, int]]:
+    """UNet shapes (batch, latent h, latent w, tokens) to compile ahead: batch x2 (cond + uncond)."""
+    return [(2 * int(batch), h // 8, w // 8, 77 * int(chunks)) for w, h in parse_sizes(sizes_text)]
+
+
+def recipe_entries_html() -> str:
+    try:
+        return report.entries_html([e for e in optimize.recipe_entries(cache_root())])
+    except OSError as err:
+        return f"<p>Cannot read the cache folder: {html.escape(str(err))}</p>"
+
+
+def entry_choices() -> list[str]:
+    try:
+        return [
+            f"{e.manifest['checkpoint']['name']} | {report.entry_label(e)} | {e.path.name}"
+            for e in optimize.recipe_entries(cache_root())
+        ]
+    except OSError:
+        return []
+
+
+def delete_entry(choice: str) -> str:
+    """Delete the chosen entry (never the one serving right now) and refresh the SD Unet list."""
+    folder = str(choice or "").rsplit("|", 1)[-1].strip()
+    matches = [e for e in optimize.recipe_entries(cache_root()) if e.path.name == folder]
+    if not matches:
+        return f"<p>Nothing to delete: {html.escape(str(choice))} is not in the cache.</p>"
+    serving = current_openvino_unet()
+    if serving is not None and serving.entry is not None and serving.entry.path == matches[0].path:
+        sd_unet.apply_unet("None")  # it is in use: give it back first
+    cache.delete(matches[0].path)
+    sd_unet.list_unets()
+    return f"<p>Deleted {html.escape(matches[0].path.name)}.</p>"
+
+
+def run_optimize(
+    int8,
+    smooth_quant,
+    tome,
+    prune,
+    prune_ratio,
+    precision,
+    samples,
+    prompts_text,
+    sampler,
+    calib_size,
+    calib_steps,
+    sizes_text,
+    batch,
+    chunks,
+    device,
+    measure_size,
+    compare_picture,
+    progress_bar=None,
+) -> tuple[str, str]:
+    """The Optimize button: recipe → cache entry with its report; (report HTML, entries HTML)."""
+    try:
+        recipe = Recipe(
+            int8=str(int8),
+            tome=float(tome),
+            prune=str(prune),
+            prune_ratio=float(prune_ratio) / 100,
+            precision=str(precision),
+            smooth_quant=bool(smooth_quant),
+            samples=int(samples),
+        )
+        prompts = tuple(line.strip() for line in str(prompts_text or "").splitlines() if line.strip())
+        if not prompts:
+            raise ValueError("give at least one calibration prompt")
+        (calib_w, calib_h), (measure_w, measure_h) = parse_sizes(calib_size)[0], parse_sizes(measure_size)[0]
+        job = SamplingJob(prompts, str(sampler), calib_w, calib_h, int(calib_steps))
+        shapes = shapes_to_prepare(sizes_text, int(batch), int(chunks))
+        model = shared.sd_model
+        describe(model.model.diffusion_model)
+    except (ValueError, IndexError, SdOvError) as err:
+        return f"<p style='color:#c33'>Cannot optimize: {html.escape(str(err))}</p>", recipe_entries_html()
+
+    def progress(message: str, fraction: float) -> None:
+        if progress_bar is not None:
+            progress_bar(fraction, desc=message)
+        webui_progress(message, fraction)
+
+    lock = getattr(call_queue, "queue_lock", None) or contextlib.nullcontext()
+    with lock:  # no txt2img job runs beside Optimize
+        shared.state.begin(job="sd_ov_optimize")
+        try:
+            sd_unet.apply_unet("None")  # a serving OpenVINO UNet gives its memory back first
+            name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
+            with unet_calls_to(None):
+                entry = optimize.optimize(
+                    model.model.diffusion_model,
+                    cache_root(),
+                    name,
+                    sha256,
+                    recipe,
+                    webui_capture(job),
+                    device=str(device),
+                    shapes=shapes,
+                    measure=optimize.Measure(
+                        measure_w, measure_h, batch=2 * int(batch), tokens=77 * int(chunks)
+                    ),
+                    sample_image=webui_sample_image(job) if compare_picture else None,
+                    progress=progress,
+                )
+            sd_unet.list_unets()
+            label = OpenVINOUnetOption(model.sd_checkpoint_info, recipe).label
+            message = report.report_html(entry) + (
+                f"<br>Choose <b>{html.escape(label)}</b> in Settings → SD Unet (refresh its list) to use it."
+            )
+        except Cancelled:
+            message = "<p>Optimize cancelled: nothing was added to the cache.</p>"
+        except Exception as err:  # the webui must survive whatever goes wrong
+            log.exception("sd-ov: Optimize failed")
+            message = (
+                f"<p style='color:#c33'>Optimize failed: {html.escape(f'{type(err).__name__}: {err}')}</p>"
+            )
+        finally:
+            shared.state.end()
+    return message, recipe_entries_html()
+
+
+def sampler_choices() -> list[str]:
+    try:
+        from modules import sd_samplers
+
+        return list(sd_samplers.visible_sampler_names())
+    except Exception:  # an older webui: Euler is always there
+        return ["Euler"]
+
+
+def slider(label: str, minimum, maximum, value, step, elem_id: str):
+    import gradio as gr
+
+    return gr.Slider(minimum=minimum, maximum=maximum, value=value, step=step, label=label, elem_id=elem_id)
+
+
+def on_ui_tabs():
+    import gradio as gr
+
+    with gr.Blocks(analytics_enabled=False) as tab:
+        gr.HTML(
+            "<p>Optimize the loaded checkpoint's UNet into an OpenVINO recipe. The result appears in "
+            "Settings → SD Unet as <code>[OpenVINO &lt;recipe&gt;] &lt;checkpoint&gt;</code>.</p>"
+        )
+        with gr.Row():
+            with gr.Column():
+                int8 = gr.Radio(choices=list(INT8_MODES), value="hybrid", label="INT8", elem_id="sd_ov_int8")
+                smooth_quant = gr.Checkbox(value=False, label="SmoothQuant (MatMuls)", elem_id="sd_ov_sq")
+                tome = slider("Token merging ratio", 0.0, MAX_RATIO, 0.0, 0.05, "sd_ov_tome")
+                prune = gr.Radio(
+                    choices=list(PRUNE_MODES), value="off", label="Pruning", elem_id="sd_ov_prune"
+                )
+                prune_ratio = slider("Pruning %", 0, 80, 20, 5, "sd_ov_prune_ratio")
+                precision = gr.Radio(
+                    choices=list(PRECISIONS),
+                    value="f32",
+                    label="Inference precision",
+                    elem_id="sd_ov_recipe_precision",
+                )
+                device = gr.Dropdown(
+                    choices=device_choices(),
+                    value=lambda: opt("sd_ov_device"),
+                    label="Device",
+                    elem_id="sd_ov_recipe_device",
+                )
+            with gr.Column():
+                prompts = gr.Textbox(
+                    value="\n".join(default_prompts()[:4]),
+                    lines=6,
+                    label="Calibration prompts (one per line)",
+                    elem_id="sd_ov_prompts",
+                )
+                with gr.Row():
+                    sampler = gr.Dropdown(
+                        choices=sampler_choices(), value="Euler", label="Sampler", elem_id="sd_ov_sampler"
+                    )
+                    calib_size = gr.Textbox(
+                        value="256x256", label="Calibration size", elem_id="sd_ov_calib_size"
+                    )
+                    calib_steps = slider("Calibration steps", 2, 30, 8, 1, "sd_ov_calib_steps")
+                    samples = slider("Calibration samples", 1, 64, DEFAULT_SAMPLES, 1, "sd_ov_samples")
+                with gr.Row():
+                    sizes = gr.Textbox(value="512x512", label="Sizes to compile ahead", elem_id="sd_ov_sizes")
+                    batch = slider("Batch size", 1, 8, 1, 1, "sd_ov_batch")
+                    chunks = slider("Prompt chunks (75 tokens)", 1, 4, 1, 1, "sd_ov_chunks")
+                with gr.Row():
+                    measure_size = gr.Textbox(
+                        value="512x512", label="Measure at", elem_id="sd_ov_measure_size"
+                    )
+                    compare = gr.Checkbox(
+                        value=True, label="Compare a sample picture with torch", elem_id="sd_ov_compare"
+                    )
+        with gr.Row():
+            start = gr.Button(value="Optimize", variant="primary", elem_id="sd_ov_optimize")
+            cancel = gr.Button(value="Cancel", elem_id="sd_ov_cancel")
+        result = gr.HTML(elem_id="sd_ov_report")
+        entries = gr.HTML(value=recipe_entries_html, elem_id="sd_ov_entries")
+        with gr.Row():
+            chosen = gr.Dropdown(
+                choices=entry_choices(), label="Optimized UNets", elem_id="sd_ov_entry_choice"
+            )
+            refresh = gr.Button(value="Refresh", elem_id="sd_ov_refresh_entries")
+            delete = gr.Button(value="Delete", elem_id="sd_ov_delete")
+
+        def optimize_click(*values, progress=gr.Progress()):
+            return run_optimize(*values, progress_bar=progress)
+
+        inputs = [int8, smooth_quant, tome, prune, prune_ratio, precision, samples, prompts, sampler]
+        inputs += [calib_size, calib_steps, sizes, batch, chunks, device, measure_size, compare]
+        start.click(fn=optimize_click, inputs=inputs, outputs=[result, entries])
+        cancel.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
+        refresh.click(
+            fn=lambda: (recipe_entries_html(), gr.update(choices=entry_choices())),
+            inputs=[],
+            outputs=[entries, chosen],
+        )
+        delete.click(
+            fn=lambda choice: (
+                delete_entry(choice),
+                recipe_entries_html(),
+                gr.update(choices=entry_choices(), value=None),
+            ),
+            inputs=[chosen],
+            outputs=[result, entries, chosen],
+        )
+    return [(tab, "OpenVINO", "sd_ov_tab")]
+
+
 script_callbacks.on_list_unets(list_unets)
 script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_script_unloaded(on_script_unloaded)
+script_callbacks.on_ui_tabs(on_ui_tabs)

@@ -252,3 +252,100 @@ def test_pasting_an_infotext_restores_the_deepcache_choice(webui):
     ]
     assert [fn({"Steps": "20"}) for _, fn in webui.script.infotext_fields] == [None] * 4
     assert len(components) == 4
+
+
+# The OpenVINO tab: Optimize, the recipe's SD Unet option, token merging, delete, cancel.
+TAB_VALUES = dict(
+    int8="hybrid",
+    smooth_quant=False,
+    tome=0.5,
+    prune="off",
+    prune_ratio=20,
+    precision="f32",
+    samples=4,
+    prompts_text="a red apple on a table\na blue car in the rain",
+    sampler="Euler",
+    calib_size="128x128",
+    calib_steps=3,
+    sizes_text="128x128",
+    batch=1,
+    chunks=1,
+    device="CPU",
+    measure_size="128x128",
+    compare_picture=True,
+)
+
+
+def optimize_in_tab(webui, progress_bar=None, **changes):
+    values = {**TAB_VALUES, **changes}
+    return webui.module.run_optimize(*values.values(), progress_bar=progress_bar)
+
+
+def test_the_tab_is_registered_with_its_optimize_button(webui):
+    import gradio as gr
+
+    (blocks, title, elem_id), *_ = webui.callbacks.ui_tabs_callback()
+    assert title == "OpenVINO" and elem_id == "sd_ov_tab"
+    optimize_button = next(c for c in gr.Component.created if c.kwargs.get("elem_id") == "sd_ov_optimize")
+    (_, fn, inputs, outputs) = optimize_button.events[0]
+    assert len(inputs) == len(TAB_VALUES) and len(outputs) == 2
+    labels = [c.label for c in inputs]
+    assert labels[:3] == ["INT8", "SmoothQuant (MatMuls)", "Token merging ratio"]
+
+
+def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path):
+    import gradio as gr
+
+    webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
+    bar = gr.Progress()
+    message, entries = optimize_in_tab(webui, progress_bar=bar)
+    assert "ready" in message and "PSNR" in message, message
+    assert "INT8 ToMe0.5" in entries
+    descs = " | ".join(d for _, d in bar.calls)
+    assert "calibration picture 1/2: a red apple" in descs and "compressing to INT8" in descs
+    assert bar.calls[-1][0] == 1.0 and webui.shared.state.job == ""  # the job ended
+    label = "[OpenVINO INT8 ToMe0.5] tinyckpt"
+    assert [o.label for o in webui.sd_unet.unet_options] == ["[OpenVINO] tinyckpt", label]
+
+    webui.shared.opts.sd_unet = "None"
+    torch_job = txt2img(webui)
+    webui.shared.opts.sd_unet = label
+    webui.shared.opts.token_merging_ratio = 0.3
+    job = txt2img(webui)
+    unet = webui.sd_unet.current_unet
+    assert unet.problem is None and unet.served_calls == 4
+    params = infotext_params(job.infotexts[0])
+    assert params["OpenVINO"].startswith("int8-tome0.5, CPU")
+    assert "webui ratio 0.3 not applied" in params["OpenVINO token merging"]
+    assert metrics.rel_l2(job.latent, torch_job.latent) < 0.25
+    assert "webui ratio 0.3 not applied" in webui.module.status_html()
+
+    # delete it from the tab: the option goes, the serving UNet was given back first
+    (choice,) = [c for c in webui.module.entry_choices() if "INT8 ToMe0.5" in c]
+    assert "Deleted" in webui.module.delete_entry(choice)
+    assert webui.sd_unet.current_unet is None
+    assert [o.label for o in webui.sd_unet.unet_options] == ["[OpenVINO] tinyckpt"]
+    webui.shared.opts.sd_unet = label  # a stale label: torch serves, with the reason
+    webui.sd_unet.current_unet_option = None
+    webui.sd_unet.unet_options.append(webui.module.OpenVINOUnetOption(webui.info, unet.recipe))
+    job = txt2img(webui)
+    assert "Optimize" in webui.sd_unet.current_unet.problem and "torch served" in job.infotexts[0]
+
+
+def test_cancel_in_the_tab_leaves_no_entry_and_bad_input_is_refused(webui, tmp_path):
+    webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
+
+    class CancelAtCompression:
+        calls = []
+
+        def __call__(self, fraction, desc=None):
+            if desc and desc.startswith("compressing"):
+                webui.shared.state.interrupt()  # what the Cancel button does
+
+    message, entries = optimize_in_tab(webui, progress_bar=CancelAtCompression(), tome=0.0)
+    assert "cancelled" in message and "INT8" not in entries
+    assert [o.label for o in webui.sd_unet.unet_options] == ["[OpenVINO] tinyckpt"]
+    leftovers = [p for p in (tmp_path / "cache").glob("*/*") if ".tmp" in p.name or "trash" in p.name]
+    assert leftovers == []
+    message, _ = optimize_in_tab(webui, sizes_text="100x100")
+    assert "Cannot optimize" in message and "multiples of 64" in message

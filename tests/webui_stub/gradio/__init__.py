@@ -66,3 +66,17 @@ class Slider(Component):
 
 class Textbox(Component):
     pass
+
+
+class Progress:
+    """gradio.Progress: called with (fraction, desc=...); records the calls."""
+
+    def __init__(self, track_tqdm=False):
+        self.calls = []
+
+    def __call__(self, progress, desc=None, **kwargs):
+        self.calls.append((progress, desc))
+
+
+def update(**kwargs):
+    return {"__type__": "update", **kwargs}

@@ -2,10 +2,13 @@
 infotext that the webui follows in process_images / process_images_inner, with a real sampler
 (Euler over the real ldm UNet, called through the patched UNetModel.forward)."""
 
+import hashlib
+
 import torch
+from PIL import Image
 
 from modules import sd_unet, shared
-from sd_ov.sampling import sample_euler
+from sd_ov.sampling import latent_to_image, sample_euler
 
 
 class StableDiffusionProcessing:
@@ -37,11 +40,72 @@ class StableDiffusionProcessing:
         self.enable_hr = False
         self.hr_scale = 1.5
         self.hr_second_pass_steps = 0
+        self.token_merging_ratio = 0
+        self.token_merging_ratio_hr = 0
+
+    def get_token_merging_ratio(self, for_hr=False):
+        if for_hr:
+            return (
+                self.token_merging_ratio_hr
+                or shared.opts.token_merging_ratio_hr
+                or self.token_merging_ratio
+                or shared.opts.token_merging_ratio
+            )
+        return self.token_merging_ratio or shared.opts.token_merging_ratio
+
+
+def encode_prompt(sd_model, text):
+    """Stand-in of the text encoder: a fixed embedding per prompt (the tiny models have no CLIP)."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+    unet = sd_model.model.diffusion_model
+    width = next(m.to_k.in_features for name, m in unet.named_modules() if name.endswith("attn2"))
+    return torch.randn(1, 77, width, generator=torch.Generator().manual_seed(seed))
+
+
+class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
+    """The real class's keyword arguments (the ones sd-ov passes); prompts go through a stand-in
+    text encoder."""
+
+    def __init__(
+        self,
+        sd_model=None,
+        prompt="",
+        negative_prompt="",
+        seed=-1,
+        sampler_name=None,
+        steps=50,
+        width=512,
+        height=512,
+        cfg_scale=7.0,
+        batch_size=1,
+        n_iter=1,
+        do_not_save_samples=False,
+        do_not_save_grid=False,
+        override_settings=None,
+        override_settings_restore_afterwards=True,
+        enable_hr=False,
+        **kwargs,
+    ):
+        super().__init__(
+            sd_model,
+            encode_prompt(sd_model, prompt),
+            encode_prompt(sd_model, negative_prompt) * 0.5,
+            width=width,
+            height=height,
+            steps=steps,
+            seed=seed,
+            override_settings=override_settings,
+        )
+        self.prompt = prompt
+        self.sampler_name = sampler_name
+        self.override_settings_restore_afterwards = override_settings_restore_afterwards
+        self.enable_hr = enable_hr
 
 
 class Processed:
     def __init__(self, p, latent, infotexts):
         self.latent = latent
+        self.images = [Image.fromarray(latent_to_image(latent[0]))]  # stand-in of the VAE decode
         self.infotexts = infotexts
         self.extra_generation_params = dict(p.extra_generation_params)
 

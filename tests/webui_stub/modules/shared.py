@@ -39,7 +39,14 @@ class OptionInfo:
 class Options:
     def __init__(self):
         super().__setattr__("data", {"sd_unet": "Automatic"})
-        super().__setattr__("data_labels", {"sd_unet": OptionInfo("Automatic", "SD Unet")})
+        super().__setattr__(
+            "data_labels",
+            {
+                "sd_unet": OptionInfo("Automatic", "SD Unet"),
+                "token_merging_ratio": OptionInfo(0.0, "Token merging ratio"),
+                "token_merging_ratio_hr": OptionInfo(0.0, "Token merging ratio for high-res pass"),
+            },
+        )
 
     def __setattr__(self, key, value):
         self.data[key] = value
@@ -91,6 +98,21 @@ class State:
         if key == "textinfo" and value is not None and hasattr(self, "textinfo_history"):
             self.textinfo_history.append(value)
         super().__setattr__(key, value)
+
+    def interrupt(self):
+        self.interrupted = True
+
+    def begin(self, job: str = "(unknown)"):
+        self.interrupted = False
+        self.skipped = False
+        self.job = job
+        self.job_count = -1
+        self.sampling_step = 0
+        self.textinfo = None
+
+    def end(self):
+        self.job = ""
+        self.job_count = 0
 
 
 opts = Options()
