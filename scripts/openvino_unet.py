@@ -690,53 +690,77 @@ def delete_entry(choice: str) -> str:
     return f"<p>Deleted {html.escape(matches[0].path.name)}.</p>"
 
 
-def run_optimize(
-    int8,
-    smooth_quant,
-    tome,
-    prune,
-    prune_ratio,
-    precision,
-    samples,
-    prompts_text,
-    sampler,
-    calib_size,
-    calib_steps,
-    sizes_text,
-    batch,
-    chunks,
-    device,
-    measure_size,
-    compare_picture,
-    progress_bar=None,
-) -> tuple[str, str]:
-    """The Optimize button: recipe → cache entry with its report; (report HTML, entries HTML)."""
-    try:
-        recipe = Recipe(
-            int8=str(int8),
-            tome=float(tome),
-            prune=str(prune),
-            prune_ratio=float(prune_ratio) / 100,
-            precision=str(precision),
-            smooth_quant=bool(smooth_quant),
-            samples=int(samples),
-        )
-        prompts = tuple(line.strip() for line in str(prompts_text or "").splitlines() if line.strip())
-        if not prompts:
-            raise ValueError("give at least one calibration prompt")
-        (calib_w, calib_h), (measure_w, measure_h) = parse_sizes(calib_size)[0], parse_sizes(measure_size)[0]
-        job = SamplingJob(prompts, str(sampler), calib_w, calib_h, int(calib_steps))
-        shapes = shapes_to_prepare(sizes_text, int(batch), int(chunks))
-        model = shared.sd_model
-        describe(model.model.diffusion_model)
-    except (ValueError, IndexError, SdOvError) as err:
-        return f"<p style='color:#c33'>Cannot optimize: {html.escape(str(err))}</p>", recipe_entries_html()
+# The Optimize form's fields and defaults, shared by the tab and the API route.
+OPTIMIZE_DEFAULTS = {
+    "int8": "hybrid",
+    "smooth_quant": False,
+    "tome": 0.0,
+    "prune": "off",
+    "prune_ratio": 20,  # percent
+    "precision": "f32",
+    "samples": DEFAULT_SAMPLES,
+    "prompts_text": "",  # empty: the first four shipped prompts
+    "sampler": "Euler",
+    "calib_size": "256x256",
+    "calib_steps": 8,
+    "sizes_text": "512x512",
+    "batch": 1,
+    "chunks": 1,
+    "device": "",  # empty: Settings → OpenVINO device
+    "measure_size": "512x512",
+    "compare_picture": True,
+}
 
-    def progress(message: str, fraction: float) -> None:
-        if progress_bar is not None:
-            progress_bar(fraction, desc=message)
-        webui_progress(message, fraction)
 
+class OptimizeRequest(NamedTuple):
+    recipe: Recipe
+    job: SamplingJob
+    shapes: list
+    measure: optimize.Measure
+    device: str
+    compare_picture: bool
+
+
+def parse_request(fields: dict) -> OptimizeRequest:
+    """The form's values → what Optimize needs; ValueError with a readable message if wrong."""
+    unknown = set(fields) - set(OPTIMIZE_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown Optimize fields: {sorted(unknown)}")
+    f = {**OPTIMIZE_DEFAULTS, **fields}
+    recipe = Recipe(
+        int8=str(f["int8"]),
+        tome=float(f["tome"]),
+        prune=str(f["prune"]),
+        prune_ratio=float(f["prune_ratio"]) / 100,
+        precision=str(f["precision"]),
+        smooth_quant=bool(f["smooth_quant"]),
+        samples=int(f["samples"]),
+    )
+    prompts = tuple(line.strip() for line in str(f["prompts_text"] or "").splitlines() if line.strip())
+    (calib_w, calib_h), (measure_w, measure_h) = (
+        parse_sizes(f["calib_size"])[:1] + parse_sizes(f["measure_size"])[:1]
+    )
+    batch, chunks = int(f["batch"]), int(f["chunks"])
+    return OptimizeRequest(
+        recipe,
+        SamplingJob(
+            prompts or tuple(default_prompts()[:4]),
+            str(f["sampler"]),
+            calib_w,
+            calib_h,
+            int(f["calib_steps"]),
+        ),
+        shapes_to_prepare(f["sizes_text"], batch, chunks),
+        optimize.Measure(measure_w, measure_h, batch=2 * batch, tokens=77 * chunks),
+        str(f["device"] or opt("sd_ov_device")),
+        bool(f["compare_picture"]),
+    )
+
+
+def optimize_loaded_checkpoint(request: OptimizeRequest, progress) -> cache.CacheEntry:
+    """Optimize the loaded checkpoint's UNet as one webui job; the new option is listed at once."""
+    model = shared.sd_model
+    describe(model.model.diffusion_model)
     lock = getattr(call_queue, "queue_lock", None) or contextlib.nullcontext()
     with lock:  # no txt2img job runs beside Optimize
         shared.state.begin(job="sd_ov_optimize")
@@ -749,31 +773,78 @@ def run_optimize(
                     cache_root(),
                     name,
                     sha256,
-                    recipe,
-                    webui_capture(job),
-                    device=str(device),
-                    shapes=shapes,
-                    measure=optimize.Measure(
-                        measure_w, measure_h, batch=2 * int(batch), tokens=77 * int(chunks)
-                    ),
-                    sample_image=webui_sample_image(job) if compare_picture else None,
+                    request.recipe,
+                    webui_capture(request.job),
+                    device=request.device,
+                    shapes=request.shapes,
+                    measure=request.measure,
+                    sample_image=webui_sample_image(request.job) if request.compare_picture else None,
                     progress=progress,
                 )
             sd_unet.list_unets()
-            label = OpenVINOUnetOption(model.sd_checkpoint_info, recipe).label
-            message = report.report_html(entry) + (
-                f"<br>Choose <b>{html.escape(label)}</b> in Settings → SD Unet (refresh its list) to use it."
-            )
-        except Cancelled:
-            message = "<p>Optimize cancelled: nothing was added to the cache.</p>"
-        except Exception as err:  # the webui must survive whatever goes wrong
-            log.exception("sd-ov: Optimize failed")
-            message = (
-                f"<p style='color:#c33'>Optimize failed: {html.escape(f'{type(err).__name__}: {err}')}</p>"
-            )
+            return entry
         finally:
             shared.state.end()
+
+
+def run_optimize(*values, progress_bar=None) -> tuple[str, str]:
+    """The Optimize button (values in OPTIMIZE_DEFAULTS' order): (report HTML, entries HTML)."""
+    try:
+        request = parse_request(dict(zip(OPTIMIZE_DEFAULTS, values, strict=True)))
+    except (ValueError, IndexError, SdOvError) as err:
+        return f"<p style='color:#c33'>Cannot optimize: {html.escape(str(err))}</p>", recipe_entries_html()
+
+    def progress(message: str, fraction: float) -> None:
+        if progress_bar is not None:
+            progress_bar(fraction, desc=message)
+        webui_progress(message, fraction)
+
+    try:
+        entry = optimize_loaded_checkpoint(request, progress)
+        label = OpenVINOUnetOption(shared.sd_model.sd_checkpoint_info, request.recipe).label
+        message = report.report_html(entry) + (
+            f"<br>Choose <b>{html.escape(label)}</b> in Settings → SD Unet (refresh its list) to use it."
+        )
+    except Cancelled:
+        message = "<p>Optimize cancelled: nothing was added to the cache.</p>"
+    except Exception as err:  # the webui must survive whatever goes wrong
+        log.exception("sd-ov: Optimize failed")
+        message = f"<p style='color:#c33'>Optimize failed: {html.escape(f'{type(err).__name__}: {err}')}</p>"
     return message, recipe_entries_html()
+
+
+def api_optimize(payload: dict) -> dict:
+    """POST /sd-ov/v1/optimize: the tab's fields as JSON → the option's label and the report."""
+    try:
+        request = parse_request(dict(payload or {}))
+        entry = optimize_loaded_checkpoint(request, webui_progress)
+    except Cancelled as err:
+        return {"error": f"cancelled: {err}"}
+    except Exception as err:  # reported to the caller; the webui keeps running
+        log.exception("sd-ov: Optimize (API) failed")
+        return {"error": f"{type(err).__name__}: {err}"}
+    label = OpenVINOUnetOption(shared.sd_model.sd_checkpoint_info, request.recipe).label
+    return {"label": label, "entry": str(entry.path), "report": entry.manifest.get("report", {})}
+
+
+def api_recipes() -> dict:
+    """GET /sd-ov/v1/recipes: the optimized UNets in the cache, with their reports."""
+    return {
+        "recipes": [
+            {
+                "checkpoint": e.manifest["checkpoint"]["name"],
+                "label": report.entry_label(e),
+                "entry": str(e.path),
+                "report": e.manifest.get("report", {}),
+            }
+            for e in optimize.recipe_entries(cache_root())
+        ]
+    }
+
+
+def on_app_started(_demo, app) -> None:
+    app.add_api_route("/sd-ov/v1/optimize", api_optimize, methods=["POST"])
+    app.add_api_route("/sd-ov/v1/recipes", api_recipes, methods=["GET"])
 
 
 def sampler_choices() -> list[str]:
@@ -794,6 +865,8 @@ def slider(label: str, minimum, maximum, value, step, elem_id: str):
 def on_ui_tabs():
     import gradio as gr
 
+    D = OPTIMIZE_DEFAULTS
+
     with gr.Blocks(analytics_enabled=False) as tab:
         gr.HTML(
             "<p>Optimize the loaded checkpoint's UNet into an OpenVINO recipe. The result appears in "
@@ -801,16 +874,18 @@ def on_ui_tabs():
         )
         with gr.Row():
             with gr.Column():
-                int8 = gr.Radio(choices=list(INT8_MODES), value="hybrid", label="INT8", elem_id="sd_ov_int8")
-                smooth_quant = gr.Checkbox(value=False, label="SmoothQuant (MatMuls)", elem_id="sd_ov_sq")
-                tome = slider("Token merging ratio", 0.0, MAX_RATIO, 0.0, 0.05, "sd_ov_tome")
-                prune = gr.Radio(
-                    choices=list(PRUNE_MODES), value="off", label="Pruning", elem_id="sd_ov_prune"
+                int8 = gr.Radio(choices=list(INT8_MODES), value=D["int8"], label="INT8", elem_id="sd_ov_int8")
+                smooth_quant = gr.Checkbox(
+                    value=D["smooth_quant"], label="SmoothQuant (MatMuls)", elem_id="sd_ov_sq"
                 )
-                prune_ratio = slider("Pruning %", 0, 80, 20, 5, "sd_ov_prune_ratio")
+                tome = slider("Token merging ratio", 0.0, MAX_RATIO, D["tome"], 0.05, "sd_ov_tome")
+                prune = gr.Radio(
+                    choices=list(PRUNE_MODES), value=D["prune"], label="Pruning", elem_id="sd_ov_prune"
+                )
+                prune_ratio = slider("Pruning %", 0, 80, D["prune_ratio"], 5, "sd_ov_prune_ratio")
                 precision = gr.Radio(
                     choices=list(PRECISIONS),
-                    value="f32",
+                    value=D["precision"],
                     label="Inference precision",
                     elem_id="sd_ov_recipe_precision",
                 )
@@ -829,23 +904,30 @@ def on_ui_tabs():
                 )
                 with gr.Row():
                     sampler = gr.Dropdown(
-                        choices=sampler_choices(), value="Euler", label="Sampler", elem_id="sd_ov_sampler"
+                        choices=sampler_choices(),
+                        value=D["sampler"],
+                        label="Sampler",
+                        elem_id="sd_ov_sampler",
                     )
                     calib_size = gr.Textbox(
-                        value="256x256", label="Calibration size", elem_id="sd_ov_calib_size"
+                        value=D["calib_size"], label="Calibration size", elem_id="sd_ov_calib_size"
                     )
-                    calib_steps = slider("Calibration steps", 2, 30, 8, 1, "sd_ov_calib_steps")
-                    samples = slider("Calibration samples", 1, 64, DEFAULT_SAMPLES, 1, "sd_ov_samples")
+                    calib_steps = slider("Calibration steps", 2, 30, D["calib_steps"], 1, "sd_ov_calib_steps")
+                    samples = slider("Calibration samples", 1, 64, D["samples"], 1, "sd_ov_samples")
                 with gr.Row():
-                    sizes = gr.Textbox(value="512x512", label="Sizes to compile ahead", elem_id="sd_ov_sizes")
-                    batch = slider("Batch size", 1, 8, 1, 1, "sd_ov_batch")
-                    chunks = slider("Prompt chunks (75 tokens)", 1, 4, 1, 1, "sd_ov_chunks")
+                    sizes = gr.Textbox(
+                        value=D["sizes_text"], label="Sizes to compile ahead", elem_id="sd_ov_sizes"
+                    )
+                    batch = slider("Batch size", 1, 8, D["batch"], 1, "sd_ov_batch")
+                    chunks = slider("Prompt chunks (75 tokens)", 1, 4, D["chunks"], 1, "sd_ov_chunks")
                 with gr.Row():
                     measure_size = gr.Textbox(
-                        value="512x512", label="Measure at", elem_id="sd_ov_measure_size"
+                        value=D["measure_size"], label="Measure at", elem_id="sd_ov_measure_size"
                     )
                     compare = gr.Checkbox(
-                        value=True, label="Compare a sample picture with torch", elem_id="sd_ov_compare"
+                        value=D["compare_picture"],
+                        label="Compare a sample picture with torch",
+                        elem_id="sd_ov_compare",
                     )
         with gr.Row():
             start = gr.Button(value="Optimize", variant="primary", elem_id="sd_ov_optimize")
@@ -887,3 +969,4 @@ script_callbacks.on_list_unets(list_unets)
 script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_script_unloaded(on_script_unloaded)
 script_callbacks.on_ui_tabs(on_ui_tabs)
+script_callbacks.on_app_started(on_app_started)

@@ -284,6 +284,7 @@ def optimize_in_tab(webui, progress_bar=None, **changes):
 def test_the_tab_is_registered_with_its_optimize_button(webui):
     import gradio as gr
 
+    assert list(TAB_VALUES) == list(webui.module.OPTIMIZE_DEFAULTS)  # the form's order
     (blocks, title, elem_id), *_ = webui.callbacks.ui_tabs_callback()
     assert title == "OpenVINO" and elem_id == "sd_ov_tab"
     optimize_button = next(c for c in gr.Component.created if c.kwargs.get("elem_id") == "sd_ov_optimize")
@@ -349,3 +350,24 @@ def test_cancel_in_the_tab_leaves_no_entry_and_bad_input_is_refused(webui, tmp_p
     assert leftovers == []
     message, _ = optimize_in_tab(webui, sizes_text="100x100")
     assert "Cannot optimize" in message and "multiples of 64" in message
+
+
+def test_api_routes_optimize_and_list(webui, tmp_path):
+    routes = {}
+    app = SimpleNamespace(add_api_route=lambda path, fn, methods: routes.update({(methods[0], path): fn}))
+    webui.callbacks.app_started_callback(None, app)
+    assert set(routes) == {("POST", "/sd-ov/v1/optimize"), ("GET", "/sd-ov/v1/recipes")}
+    webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
+    assert "unknown Optimize fields" in routes[("POST", "/sd-ov/v1/optimize")]({"int9": "x"})["error"]
+    result = routes[("POST", "/sd-ov/v1/optimize")](
+        {
+            "int8": "weights",
+            "calib_size": "128x128",
+            "measure_size": "128x128",
+            "sizes_text": "",
+            "compare_picture": False,
+        }
+    )
+    assert result["label"] == "[OpenVINO INT8w] tinyckpt" and result["report"]["speedup"] > 0, result
+    listed = routes[("GET", "/sd-ov/v1/recipes")]()["recipes"]
+    assert [r["label"] for r in listed] == ["FP32", "INT8w"]

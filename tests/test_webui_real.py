@@ -150,3 +150,35 @@ def test_txt2img_through_openvino_matches_torch_and_restart_reuses_the_cache(ins
     assert "[sd-ov] tracing the torch UNet" not in second_log
     assert second_s < first_s
     assert psnr(again, ov_image) >= 40 and "OpenVINO: fp32" in again_info
+
+
+def test_optimize_through_the_api_adds_an_option_that_txt2img_uses(installed):
+    """Issue #3's webui check: Optimize on the loaded checkpoint completes (progress in the log),
+    its option serves a txt2img, and the report is listed."""
+    webui = Webui(Path(WEBUI), installed / "optimize.log")
+    try:
+        torch_image, _, _ = txt2img("None")
+        result = api(
+            "/sd-ov/v1/optimize",
+            {
+                "int8": "hybrid",
+                "tome": 0.5,
+                "prompts_text": f"{JOB['prompt']}\na red vintage car in the rain, photograph",
+                "calib_size": "256x256",
+                "calib_steps": 4,
+                "samples": 8,
+                "sizes_text": "256x256",
+                "measure_size": "256x256",
+            },
+            timeout=3600,
+        )
+        assert "error" not in result, result
+        image, info, _ = txt2img(result["label"])
+        listed = api("/sd-ov/v1/recipes")["recipes"]
+    finally:
+        webui.stop()
+    assert "OpenVINO: int8-tome0.5" in info, info
+    assert psnr(image, torch_image) >= 20  # INT8 + ToMe on real weights: close to torch, not identical
+    assert result["report"]["speedup"] > 0 and "psnr_db" in result["report"]
+    assert any(r["label"] == "INT8 ToMe0.5" for r in listed)
+    assert "[sd-ov] calibration picture 1/2" in (installed / "optimize.log").read_text()

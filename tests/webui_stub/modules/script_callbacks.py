@@ -9,6 +9,7 @@ callback_map: dict[str, list[ScriptCallback]] = {
     "callbacks_ui_tabs": [],
     "callbacks_model_loaded": [],
     "callbacks_script_unloaded": [],
+    "callbacks_app_started": [],
 }
 
 
@@ -40,6 +41,16 @@ def on_model_loaded(callback, *, name=None):
 
 def on_script_unloaded(callback, *, name=None):
     _add("callbacks_script_unloaded", callback, name)
+
+
+def on_app_started(callback, *, name=None):
+    """callback(demo: gr.Blocks | None, app: FastAPI); extensions add API routes here."""
+    _add("callbacks_app_started", callback, name)
+
+
+def app_started_callback(demo, app):
+    for c in callback_map["callbacks_app_started"]:
+        c.callback(demo, app)
 
 
 def list_unets_callback():
