@@ -32,7 +32,7 @@ from pathlib import Path
 import openvino as ov
 import torch
 
-from sd_ov import engine, metrics
+from sd_ov import cache, engine, metrics
 from sd_ov.calibration import random_prompt_capture
 from sd_ov.ldm_unet import build_unet, describe, load_config, traceable
 from sd_ov.optimize import optimize, peak_rss_mib
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--cache", default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--keep", action="store_true", help="keep each recipe's entry (1-4 GB each)")
     args = parser.parse_args(argv)
 
     get_core()
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         runtime.release()
         del runtime
+        if not recipe.is_plain and not args.keep:
+            cache.delete(entry.path)  # IR and compiled blobs: the whole run would need ~45 GB
         print(json.dumps(rows[-1]), flush=True)
 
     print(

@@ -638,7 +638,7 @@ def webui_sample_image(job: SamplingJob):
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """ "512x512, 768x512" → [(512, 512), (768, 512)] (width x height, multiples of 64)."""
+    """Picture sizes as typed ("512x512, 768x512"), width x height, sides multiples of 64."""
     sizes = []
     for part in str(text or "").replace(";", ",").split(","):
         part = part.strip().lower()
@@ -661,15 +661,21 @@ def shapes_to_prepare(sizes_text: str, batch: int, chunks: int) -> list[tuple[in
 
 def recipe_entries_html() -> str:
     try:
-        return report.entries_html([e for e in optimize.recipe_entries(cache_root())])
+        return report.entries_html(optimize.recipe_entries(cache_root()))
     except OSError as err:
         return f"<p>Cannot read the cache folder: {html.escape(str(err))}</p>"
+
+
+def entry_folder(entry: cache.CacheEntry) -> str:
+    """`<checkpoint folder>/<recipe folder>`: unique in the cache (a recipe's folder name alone
+    repeats across checkpoints)."""
+    return f"{entry.path.parent.name}/{entry.path.name}"
 
 
 def entry_choices() -> list[str]:
     try:
         return [
-            f"{e.manifest['checkpoint']['name']} | {report.entry_label(e)} | {e.path.name}"
+            f"{e.manifest['checkpoint']['name']} | {report.entry_label(e)} | {entry_folder(e)}"
             for e in optimize.recipe_entries(cache_root())
         ]
     except OSError:
@@ -677,9 +683,9 @@ def entry_choices() -> list[str]:
 
 
 def delete_entry(choice: str) -> str:
-    """Delete the chosen entry (never the one serving right now) and refresh the SD Unet list."""
+    """Delete the chosen entry (giving it back first if it serves) and refresh the SD Unet list."""
     folder = str(choice or "").rsplit("|", 1)[-1].strip()
-    matches = [e for e in optimize.recipe_entries(cache_root()) if e.path.name == folder]
+    matches = [e for e in optimize.recipe_entries(cache_root()) if entry_folder(e) == folder]
     if not matches:
         return f"<p>Nothing to delete: {html.escape(str(choice))} is not in the cache.</p>"
     serving = current_openvino_unet()

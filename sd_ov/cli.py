@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except SdOvError as err:
+    except (SdOvError, ValueError) as err:  # bad input: one clear line, no traceback
         print(f"sd-ov: {err}", file=sys.stderr)
         return 2
 

@@ -19,12 +19,18 @@ memory, so the torch weights and the converted graph are not alive at the same t
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import openvino as ov
+
+from .export import save_ir
+from .memory import mapped_file_released
+from .ov_core import get_core
 
 INT8_MODES = ("off", "weights", "hybrid", "full")
 Sample = dict[str, np.ndarray]  # {"x": ..., "timesteps": ..., "context": ...}
@@ -108,20 +114,39 @@ def _quantize(
     )
 
 
-def compress(
-    model: ov.Model, mode: str, samples: Sequence[Sample] = (), smooth_quant: bool = False
-) -> ov.Model:
-    """The model compressed by `mode` (one of INT8_MODES); calibrated modes need samples."""
-    if mode not in INT8_MODES:
-        raise ValueError(f"INT8 mode must be one of {INT8_MODES}, not {mode!r}")
-    if mode == "off":
-        return model
-    if mode == "weights":
-        return compress_weights_int8(model)
-    if not samples:
+def compress_ir(
+    source: Path, target: Path, mode: str, samples: Sequence[Sample] = (), smooth_quant: bool = False
+) -> None:
+    """Compress the IR at `source` by `mode` (one of INT8_MODES) and save it at `target`.
+
+    Works from files so that peak memory stays low beside the torch UNet: the FP32 IR is read
+    memory-mapped (its pages given back as they are read), and "hybrid" saves its
+    weight-compressed stage and quantizes that smaller IR read back from disk, so the FP32
+    weights are unmapped before NNCF compiles its statistics model. For SD1.5 this took the
+    Optimize peak from 11.0 GB down (README, Measured).
+    """
+    if mode not in INT8_MODES or mode == "off":
+        raise ValueError(f"INT8 mode must be one of {INT8_MODES[1:]}, not {mode!r}")
+    if mode in ("hybrid", "full") and not samples:
         raise ValueError(f"INT8 mode {mode!r} needs calibration samples")
-    if mode == "hybrid":
+    core = get_core()
+    with mapped_file_released(source.with_suffix(".bin")):  # NNCF reads each weight once
+        model = core.read_model(str(source))
+        if mode == "weights":
+            save_ir(compress_weights_int8(model), target)
+            return
+        if mode == "full":
+            save_ir(_quantize(model, samples, (), smooth_quant), target)
+            return
         weight_only = matmuls_with_weights(model) + raw_input_convolutions(model)
-        model = compress_weights_int8(model, ignored_types=("Convolution",))
-        return _quantize(model, samples, weight_only, smooth_quant)
-    return _quantize(model, samples, (), smooth_quant)
+        stage = target.with_name(f"{target.stem}.weights-int8.xml")
+        save_ir(compress_weights_int8(model, ignored_types=("Convolution",)), stage)
+        del model
+        gc.collect()
+    try:
+        with mapped_file_released(stage.with_suffix(".bin")):
+            save_ir(_quantize(core.read_model(str(stage)), samples, weight_only, smooth_quant), target)
+    finally:
+        gc.collect()
+        for path in (stage, stage.with_suffix(".bin")):
+            path.unlink(missing_ok=True)

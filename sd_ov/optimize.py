@@ -31,7 +31,7 @@ import torch
 
 from . import cache, engine, metrics
 from .calibration import digest, spread
-from .compress import Sample, compress
+from .compress import Sample, compress_ir
 from .export import IR_NAME, example_inputs, export_unet, save_ir
 from .ldm_unet import UNetSpec, describe, traceable
 from .ov_core import get_core
@@ -131,13 +131,8 @@ def build_recipe_ir(
     if recipe.int8 != "off":
         progress(f"compressing to INT8 ({recipe.int8}, {len(samples)} samples)", 0.4)
         started = time.perf_counter()
-        model = get_core().read_model(str(source))  # memory-mapped: the FP32 weights are not copied
-        compressed = compress(model, recipe.int8, samples, recipe.smooth_quant)
+        compress_ir(source, folder / IR_NAME, recipe.int8, samples, recipe.smooth_quant)
         timings["compress_s"] = time.perf_counter() - started
-        progress("saving the INT8 IR", 0.9)
-        save_ir(compressed, folder / IR_NAME)
-        del model, compressed
-        gc.collect()
     elif not recipe.changes_graph:  # a precision of its own only: the FP32 IR, 16-bit on disk
         save_ir(get_core().read_model(str(source)), folder / IR_NAME, fp16=True)
     if source.parent != folder and source != fp32_ir:

@@ -22,6 +22,7 @@ import openvino as ov
 import torch
 
 from .errors import UnsupportedCallError
+from .memory import mapped_file_released
 from .ov_core import compile_properties, get_core, resolve_device
 from .progress import ProgressFn, silent
 
@@ -67,6 +68,7 @@ class OVUNet:
         self.downsample = max(1, int(downsample))
         self.properties = compile_properties(self.device, precision, blob_dir)
         self.progress = progress
+        self.xml_path = Path(xml_path)
         self.model: ov.Model | None = self.core.read_model(str(xml_path))
         x_shape = self.model.input("x").get_partial_shape()
         self.in_channels = x_shape[1].get_length()
@@ -124,7 +126,9 @@ class OVUNet:
         if shapes is not None:
             model = self.model.clone()
             model.reshape(shapes)
-        compiled = self.core.compile_model(model, self.device, self.properties)
+        with mapped_file_released(self.xml_path.with_suffix(".bin")):  # the compiled copy serves
+            compiled = self.core.compile_model(model, self.device, self.properties)
+        del model
         self.stats.compiles[label] = time.perf_counter() - started
         self.progress(f"compiled for {label} in {self.stats.compiles[label]:.1f} s", 1.0)
         return compiled, compiled.create_infer_request()

@@ -10,7 +10,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from .conftest import TINY_SD1
+from .conftest import MICRO, TINY_SD1
 
 
 def run(*args, cwd):
@@ -70,3 +70,47 @@ def test_export_refuses_a_file_without_a_unet(tmp_path):
         cwd=tmp_path,
     )
     assert done.returncode == 2 and "holds no 'model.diffusion_model.*' weights" in done.stderr
+
+
+def test_optimize_command_prints_the_report_and_the_cache_lists_it(tmp_path):
+    config = tmp_path / "micro.json"
+    config.write_text(json.dumps(MICRO))
+    cache = str(tmp_path / "cache")
+    common = [
+        "--config",
+        str(config),
+        "--size",
+        "64x64",
+        "--calib-size",
+        "64x64",
+        "--calls",
+        "1",
+        "--cache",
+        cache,
+    ]
+    out = run(
+        "optimize",
+        *common,
+        "--int8",
+        "hybrid",
+        "--tome",
+        "0.5",
+        "--samples",
+        "4",
+        "--calib-prompts",
+        "1",
+        "--calib-steps",
+        "4",
+        cwd=tmp_path,
+    )
+    report = json.loads(out[out.index("{") :])
+    assert report["label"] == "INT8 ToMe0.5" and report["speedup"] > 0 and report["rel_l2"] < 0.5
+    listing = run("cache", "--cache", cache, cwd=tmp_path)
+    assert "int8-tome0.5" in listing and "x torch, rel L2" in listing
+    done = subprocess.run(
+        [sys.executable, "-m", "sd_ov", "optimize", *common, "--tome", "0.9"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and "between 0 and 0.75" in done.stderr

@@ -1,0 +1,66 @@
+"""Resident memory: give back the pages of a memory-mapped IR once the weights are compiled.
+
+OpenVINO maps an IR's `.bin` and the CPU plugin copies (repacks) the weights it compiles, but the
+compiled model keeps the mapping alive. Every page read while compiling then stays resident:
+3.4 GB for SD1.5, beside the 3.3 GB compiled copy (measured: RSS 6.8 GB → 3.5 GB after this, and
+inference did not touch the pages again). `MADV_DONTNEED` on a read-only file mapping drops the
+pages from this process; should anything read them again they come back from the file, so
+correctness never depends on it. Linux only; elsewhere a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+MADV_DONTNEED = 4
+
+
+def release_mapped_file(path: str | os.PathLike) -> int:
+    """Drop this process's resident pages of read-only mappings of `path`; returns bytes advised."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    target = str(Path(path).resolve())
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        with open("/proc/self/maps") as maps:
+            lines = maps.readlines()
+    except OSError:
+        return 0
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    advised = 0
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) < 6 or parts[5].strip() != target or "w" in parts[1]:
+            continue  # other files, and anything writable (its private copies would be lost)
+        start, end = (int(v, 16) for v in parts[0].split("-"))
+        if libc.madvise(start, end - start, MADV_DONTNEED) == 0:
+            advised += end - start
+    return advised
+
+
+@contextlib.contextmanager
+def mapped_file_released(path: str | os.PathLike, every_s: float = 0.5) -> Iterator[None]:
+    """Keep giving back `path`'s mapped pages while inside (e.g. during a compile), and once more
+    at the end. A compile reads every weight once to copy it: without this, the whole `.bin`
+    becomes resident on top of the copy for the duration (SD1.5: 3.4 GB, the Optimize peak)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            release_mapped_file(path)
+
+    thread = threading.Thread(target=loop, name="sd-ov-release-pages", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        release_mapped_file(path)
