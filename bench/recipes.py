@@ -23,7 +23,6 @@ import gc
 import json
 import os
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ import torch
 from sd_ov import cache, engine, metrics
 from sd_ov.calibration import random_prompt_capture
 from sd_ov.ldm_unet import build_unet, describe, load_config, traceable
-from sd_ov.optimize import optimize, peak_rss_mib
+from sd_ov.optimize import median_call, optimize, peak_rss_mib
 from sd_ov.ov_core import ISA_ENV, get_core
 from sd_ov.recipe import Recipe
 
@@ -52,16 +51,6 @@ RECIPES = {
     "int8+tome0.5": Recipe(int8="hybrid", tome=0.5),
     "int8+tome0.5+ffn20": Recipe(int8="hybrid", tome=0.5, prune="ffn", prune_ratio=0.2),
 }
-
-
-def median_call(fn, inputs, calls: int) -> tuple[float, torch.Tensor]:
-    out = fn(*inputs)  # warm-up (compiles a static shape)
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        out = fn(*inputs)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 import resource
 import shutil
 import statistics
@@ -42,8 +41,6 @@ from .runtime import OVUNet
 from .sampling import UNetFn
 from .tome import token_merging
 
-log = logging.getLogger("sd_ov")
-
 # Runs a sampler with the given (FP32 OpenVINO) UNet and returns the UNet inputs it captured.
 CaptureFn = Callable[[UNetFn, ProgressFn], list[Sample]]
 # Makes the report's sample picture (same prompt and seed each call) with the given UNet.
@@ -66,7 +63,8 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _median_call(fn: UNetFn, inputs: tuple[torch.Tensor, ...], calls: int) -> tuple[float, torch.Tensor]:
+def median_call(fn: UNetFn, inputs: tuple[torch.Tensor, ...], calls: int) -> tuple[float, torch.Tensor]:
+    """Median seconds of `calls` calls after one warm-up (which compiles a static shape)."""
     out = fn(*inputs)  # warm-up (and the compile of a static shape)
     times = []
     for _ in range(max(1, calls)):
@@ -159,9 +157,9 @@ def measure_entry(
     )
     progress(f"timing torch at {measure.width}x{measure.height}, batch {measure.batch}", 0.0)
     with torch.no_grad(), traceable(unet):  # torch at its fastest: SDPA attention
-        torch_s, reference = _median_call(unet, inputs, measure.calls)
+        torch_s, reference = median_call(unet, inputs, measure.calls)
     progress("timing the OpenVINO UNet", 0.3)
-    ov_s, out = _median_call(runtime, inputs, measure.calls)
+    ov_s, out = median_call(runtime, inputs, measure.calls)
     report: dict[str, Any] = {
         "measure": asdict(measure),
         "torch_s_per_step": torch_s,
