@@ -33,6 +33,7 @@ from sd_ov import engine, metrics
 from sd_ov.deepcache import SCHEDULES, DeepCacheConfig
 from sd_ov.ldm_unet import build_unet, describe, load_config
 from sd_ov.ov_core import ISA_ENV, get_core
+from sd_ov.recipe import Recipe
 from sd_ov.sampling import latent_to_image, sample_euler
 
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir,
         f"bench-{args.config}",
         engine.weights_hash(unet),
-        engine.deepcache_recipe(args.branch),
+        Recipe().with_deepcache(args.branch),
     )
     export_s = time.perf_counter() - started
     del unet  # only OpenVINO runs from here on

@@ -34,7 +34,8 @@ import torch
 from sd_ov import cache, engine, metrics
 from sd_ov.calibration import random_prompt_capture
 from sd_ov.ldm_unet import build_unet, describe, load_config, traceable
-from sd_ov.optimize import median_call, optimize, peak_rss_mib
+from sd_ov.memory import peak_rss_mib
+from sd_ov.optimize import median_call, optimize
 from sd_ov.ov_core import ISA_ENV, get_core
 from sd_ov.recipe import Recipe
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = optimize(unet, cache_dir, name, key, recipe, lambda _unet, _progress: captured, measure=None)
         optimize_s = time.perf_counter() - started
         if recipe.is_plain:
-            optimize_s = sum(fp32.manifest["timings"].values())
+            optimize_s = sum(fp32.manifest.timings.values())
         runtime = engine.open_unet(entry, precision=recipe.precision)
         s, out = median_call(runtime, inputs, args.calls)
         rows.append(
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 s=s,
                 ratio=torch_s / s,
                 rel_l2=metrics.rel_l2(out, reference),
-                disk=entry.manifest["disk_bytes"] / 2**20,
+                disk=entry.manifest.disk_bytes / 2**20,
                 opt=optimize_s,
                 rss=peak_rss_mib(),
             )

@@ -26,7 +26,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import shlex
 import shutil
 import statistics
@@ -44,6 +43,7 @@ import torch
 
 from sd_ov import engine, metrics
 from sd_ov.ldm_unet import build_unet, describe, load_config, traceable
+from sd_ov.memory import peak_rss_mib
 from sd_ov.ov_core import ISA_ENV, get_core
 from sd_ov.runtime import OVUNet
 
@@ -86,11 +86,6 @@ def machine_info() -> dict[str, Any]:
 
 def rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
-
-
-def peak_rss_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -146,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             "hash_s": hash_s,
             "prepare_s": time.perf_counter() - started,  # conversion + save, or cache validation
             "from_cache": not prepared.exported,
-            "timings": prepared.entry.manifest.get("timings", {}),  # of the original export
+            "timings": prepared.entry.manifest.timings,  # of the original export
             "entry": str(prepared.entry.path),
         }
         memory.append(("exported" if prepared.exported else "cache entry found", rss_mib()))

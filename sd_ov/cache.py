@@ -10,6 +10,8 @@ truncated .bin, an edited manifest, another checkpoint or recipe) is reported an
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -17,8 +19,8 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,12 @@ import openvino as ov
 
 from . import __version__
 from .errors import CacheEntryInvalid
+from .manifest import FORMAT, FileRecord, Manifest, Report
+from .progress import ProgressFn, silent
+from .recipe import Recipe
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+LOCK_SUFFIX = ".lock"
 TMP_MARK = ".tmp-"
 TRASH_MARK = ".trash-"
 _FULL_HASH_LIMIT = 8 * 2**20
@@ -83,24 +88,28 @@ class EntryKey:
 
     checkpoint_name: str
     checkpoint_hash: str
-    recipe: dict[str, Any] = field(hash=False)
+    recipe: Recipe = Recipe()
 
     def folder(self, root: Path) -> Path:
         return (
             Path(root)
             / f"{safe_name(self.checkpoint_name)}-{self.checkpoint_hash[:10]}"
-            / recipe_key(self.recipe)
+            / recipe_key(self.recipe.key())
         )
 
 
 @dataclass
 class CacheEntry:
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def xml_path(self) -> Path:
-        return self.path / self.manifest["ir"]
+        return self.path / self.manifest.ir
+
+    def ir_path(self, model: str | None = None) -> Path:
+        """The entry's main IR, or one of DeepCache's ("full", "shallow")."""
+        return self.xml_path if model is None else self.path / self.manifest.models[model]
 
     @property
     def blob_dir(self) -> Path:
@@ -124,37 +133,40 @@ def validate(path: Path, key: EntryKey | None = None) -> CacheEntry:
     """Load an entry's manifest and check it against its files and the expected key."""
     manifest_path = path / MANIFEST
     try:
-        manifest = json.loads(manifest_path.read_text())
+        raw = json.loads(manifest_path.read_text())
     except FileNotFoundError as err:
         raise CacheEntryInvalid(f"{path}: no manifest") from err
     except (OSError, ValueError) as err:
         raise CacheEntryInvalid(f"{path}: unreadable manifest ({err})") from err
-    if not isinstance(manifest, dict) or manifest.get("digest") != _manifest_digest(manifest):
+    if not isinstance(raw, dict) or raw.get("digest") != _manifest_digest(raw):
         raise CacheEntryInvalid(f"{path}: the manifest was edited or damaged (digest mismatch)")
-    if manifest.get("format") != FORMAT:
-        raise CacheEntryInvalid(f"{path}: cache format {manifest.get('format')}, expected {FORMAT}")
-    if _writer_is_newer(str(manifest.get("openvino", ""))):
-        raise CacheEntryInvalid(f"{path}: written by OpenVINO {manifest.get('openvino')}, newer than ours")
+    if raw.get("format") != FORMAT:
+        raise CacheEntryInvalid(f"{path}: cache format {raw.get('format')}, expected {FORMAT}")
+    if _writer_is_newer(str(raw.get("openvino", ""))):
+        raise CacheEntryInvalid(f"{path}: written by OpenVINO {raw.get('openvino')}, newer than ours")
+    try:
+        manifest = Manifest.from_json(raw)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CacheEntryInvalid(f"{path}: not an sd-ov manifest ({type(err).__name__}: {err})") from err
     if key is not None:
-        ckpt = manifest.get("checkpoint", {})
-        if ckpt.get("hash") != key.checkpoint_hash:
+        if manifest.checkpoint_hash != key.checkpoint_hash:
             raise CacheEntryInvalid(
-                f"{path}: made from checkpoint hash {ckpt.get('hash')}, not {key.checkpoint_hash}"
+                f"{path}: made from checkpoint hash {manifest.checkpoint_hash}, not {key.checkpoint_hash}"
             )
-        if canonical(manifest.get("recipe")) != canonical(key.recipe):
+        if canonical(raw.get("recipe")) != canonical(key.recipe.key()):
             raise CacheEntryInvalid(f"{path}: made with another recipe")
-    for name, meta in manifest.get("files", {}).items():
+    for name, meta in manifest.files.items():
         file = path / name
         if not file.is_file():
             raise CacheEntryInvalid(f"{path}: {name} is missing")
-        if file.stat().st_size != meta.get("size"):
+        if file.stat().st_size != meta.size:
             raise CacheEntryInvalid(
-                f"{path}: {name} has {file.stat().st_size} bytes, the manifest says {meta.get('size')}"
+                f"{path}: {name} has {file.stat().st_size} bytes, the manifest says {meta.size}"
             )
-        if file_digest(file) != meta.get("digest"):
+        if file_digest(file) != meta.digest:
             raise CacheEntryInvalid(f"{path}: {name} does not match its digest")
-    if manifest.get("ir") not in manifest.get("files", {}):
-        raise CacheEntryInvalid(f"{path}: the manifest names no IR file")
+    if manifest.ir not in manifest.files or any(m not in manifest.files for m in manifest.models.values()):
+        raise CacheEntryInvalid(f"{path}: the manifest names an IR file it does not list")
     return CacheEntry(path, manifest)
 
 
@@ -185,6 +197,38 @@ def delete(path: Path) -> None:
         Path(path).parent.rmdir()
 
 
+def _lock_path(key: EntryKey, root: Path) -> Path:
+    folder = key.folder(root)
+    return folder.with_name(folder.name + LOCK_SUFFIX)
+
+
+@contextlib.contextmanager
+def entry_lock(
+    root: Path, key: EntryKey, progress: ProgressFn = silent, poll_s: float = 0.5
+) -> Iterator[None]:
+    """Hold the entry's write lock (an flock, released by the kernel if the holder dies).
+
+    Two webui processes may share one cache folder: the second waits here, with progress (which
+    can cancel), and then finds the entry the first one wrote instead of exporting it again.
+    """
+    path = _lock_path(key, Path(root))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                progress("waiting for another process writing this OpenVINO UNet to the cache", 0.0)
+                time.sleep(poll_s)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def write(
     root: Path,
     key: EntryKey,
@@ -193,9 +237,9 @@ def write(
 ) -> CacheEntry:
     """Build an entry in a temporary folder, seal it with a manifest, then rename it into place.
 
-    `build(folder)` writes the IR (and anything else) into `folder` and returns manifest fields
-    (timings, spec, report). On any exception the temporary folder is removed and nothing
-    appears under the entry's name.
+    `build(folder)` writes the IR (and anything else) into `folder` and returns `Manifest` fields
+    (unet, timings, models, ...). On any exception the temporary folder is removed and nothing
+    appears under the entry's name. Callers that may race another process hold `entry_lock`.
     """
     final = key.folder(root)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -204,28 +248,22 @@ def write(
     try:
         extra = build(tmp)
         files = {
-            p.name: {"size": p.stat().st_size, "digest": file_digest(p)}
-            for p in sorted(tmp.iterdir())
-            if p.is_file()
+            p.name: FileRecord(p.stat().st_size, file_digest(p)) for p in sorted(tmp.iterdir()) if p.is_file()
         }
         if ir_name not in files:
             raise CacheEntryInvalid(f"the build wrote no {ir_name}")
-        manifest: dict[str, Any] = {
-            "format": FORMAT,
-            "sd_ov": __version__,
-            "openvino": ov.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "checkpoint": {"name": key.checkpoint_name, "hash": key.checkpoint_hash},
-            "recipe": key.recipe,
-            "ir": ir_name,
-            "files": files,
-            "disk_bytes": sum(f["size"] for f in files.values()),
+        manifest = Manifest(
+            checkpoint_name=key.checkpoint_name,
+            checkpoint_hash=key.checkpoint_hash,
+            recipe=key.recipe,
+            ir=ir_name,
+            files=files,
+            sd_ov=__version__,
+            openvino=ov.__version__,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **extra,
-        }
-        manifest["digest"] = _manifest_digest(manifest)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        with open(tmp / MANIFEST, "rb") as f:
-            os.fsync(f.fileno())
+        )
+        _write_manifest(tmp / MANIFEST, manifest)
         _remove(final)
         os.replace(tmp, final)
     except BaseException:
@@ -234,13 +272,24 @@ def write(
     return CacheEntry(final, manifest)
 
 
-def update_manifest(entry: CacheEntry, **fields: Any) -> CacheEntry:
-    """Add fields (a report, measured timings) to a sealed entry, atomically."""
-    manifest = {**entry.manifest, **fields}
-    manifest["digest"] = _manifest_digest(manifest)
+def _write_manifest(path: Path, manifest: Manifest) -> None:
+    data = manifest.to_json()
+    data["digest"] = _manifest_digest(data)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def update_report(entry: CacheEntry, report: Report) -> CacheEntry:
+    """Add Optimize's report to a sealed entry, atomically."""
+    manifest = replace(entry.manifest, report=report)
     tmp = entry.path / f"{MANIFEST}{TMP_MARK}{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, entry.path / MANIFEST)
+    try:
+        _write_manifest(tmp, manifest)
+        os.replace(tmp, entry.path / MANIFEST)
+    finally:
+        tmp.unlink(missing_ok=True)
     entry.manifest = manifest
     return entry
 

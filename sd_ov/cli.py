@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .compress import INT8_MODES
 from .errors import SdOvError
-from .recipe import DEFAULT_SAMPLES, PRUNE_MODES
+from .form import OPTIMIZE_FIELDS, parse_size
+from .recipe import PRUNE_MODES
 from .runtime import PRECISIONS, SHAPE_POLICIES
 
 DEFAULT_CACHE = "sd_ov_cache"
@@ -59,24 +60,24 @@ def _export(args: argparse.Namespace) -> int:
     )
     entry = prepared.entry
     ov_unet = engine.open_unet(entry, args.device, args.precision, args.shape_policy, progress=console)
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    spec = entry.manifest["unet"]
+    width, height = parse_size(args.size, multiple=8 * entry.manifest.unet.downsample)
+    spec = entry.manifest.unet
     started = time.perf_counter()
     ov_unet.prepare(args.batch, height // 8, width // 8)
     compile_s = time.perf_counter() - started
     summary = {
         "entry": str(entry.path),
         "exported": prepared.exported,
-        "disk_bytes": entry.manifest["disk_bytes"],
-        "timings": entry.manifest.get("timings"),
+        "disk_bytes": entry.manifest.disk_bytes,
+        "timings": entry.manifest.timings,
         "compile_s": round(compile_s, 2),
         "device": ov_unet.device,
     }
     if args.verify:
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(args.batch, spec["in_channels"], height // 8, width // 8, generator=gen)
+        x = torch.randn(args.batch, spec.in_channels, height // 8, width // 8, generator=gen)
         t = torch.full((args.batch,), 500.0)
-        c = torch.randn(args.batch, 77, spec["context_dim"], generator=gen)
+        c = torch.randn(args.batch, 77, spec.context_dim, generator=gen)
         with torch.no_grad():
             ref = unet(x, t, c)
         summary["verify_rel_l2"] = metrics.rel_l2(ov_unet(x, t, c), ref)
@@ -84,23 +85,36 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def optimize_form_values(args: argparse.Namespace) -> dict:
+    """The CLI's flags as the Optimize form's fields: the tab and the API parse the same form."""
+    return {
+        "int8": args.int8,
+        "smooth_quant": args.smooth_quant,
+        "tome": args.tome,
+        "prune": args.prune,
+        "prune_ratio": args.prune_percent,
+        "precision": args.precision,
+        "samples": args.samples,
+        "calib_size": args.calib_size,
+        "calib_steps": args.calib_steps,
+        "sizes_text": args.sizes,
+        "batch": args.batch,
+        "chunks": args.chunks,
+        "device": args.device,
+        "measure_size": args.measure_size,
+        "compare_picture": False,  # no text encoder or VAE here: no picture to compare
+    }
+
+
 def _optimize(args: argparse.Namespace) -> int:
     from . import engine
     from .calibration import random_prompt_capture
+    from .form import parse_optimize_form
     from .ldm_unet import build_unet, describe, load_config, load_unet_from_checkpoint
-    from .optimize import Measure, optimize
+    from .optimize import optimize
     from .progress import console
-    from .recipe import Recipe
 
-    recipe = Recipe(
-        int8=args.int8,
-        tome=args.tome,
-        prune=args.prune,
-        prune_ratio=args.prune_ratio,
-        precision=args.precision,
-        smooth_quant=args.smooth_quant,
-        samples=args.samples,
-    )
+    request = parse_optimize_form(optimize_form_values(args))  # every input checked before any work
     if args.checkpoint:
         checkpoint = Path(args.checkpoint)
         if not checkpoint.is_file():
@@ -111,41 +125,37 @@ def _optimize(args: argparse.Namespace) -> int:
     else:  # a random-weight UNet: speed and fidelity to torch, not pictures
         unet = build_unet(load_config(args.config or "tiny"), seed=args.seed)
         name, key = args.name or f"random-{args.config or 'tiny'}", engine.weights_hash(unet)
-    calib_w, calib_h = (int(v) for v in args.calib_size.lower().split("x"))
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    capture = random_prompt_capture(describe(unet), args.calib_prompts, args.calib_steps, (calib_w, calib_h))
+    calib = request.calibration
+    capture = random_prompt_capture(
+        describe(unet), args.calib_prompts, calib.steps, (calib.width, calib.height)
+    )
     entry = optimize(
         unet,
         args.cache,
         name,
         key,
-        recipe,
+        request.recipe,
         capture,
-        device=args.device,
-        measure=Measure(width, height, args.batch, calls=args.calls),
+        device=request.device,
+        shapes=request.shapes,
+        measure=request.measure(calls=args.calls),
         progress=console,
     )
-    print(
-        json.dumps({"entry": str(entry.path), "label": recipe.label(), **entry.manifest["report"]}, indent=2)
-    )
+    report = entry.manifest.report.to_json() if entry.manifest.report else {}
+    print(json.dumps({"entry": str(entry.path), "label": request.recipe.label(), **report}, indent=2))
     return 0
 
 
 def _cache(args: argparse.Namespace) -> int:
     from . import cache
+    from .report import entry_text
 
     if args.delete:
         cache.delete(Path(args.delete))
         print(f"deleted {args.delete}")
         return 0
     for entry in cache.list_entries(Path(args.cache)):
-        m = entry.manifest
-        size = m["disk_bytes"] / 2**20
-        report = m.get("report") or {}
-        speed = (
-            f"  {report['speedup']:.2f}x torch, rel L2 {report['rel_l2']:.3g}" if "speedup" in report else ""
-        )
-        print(f"{entry.path}  {m['checkpoint']['name']}  {m['recipe'].get('name')}  {size:.0f} MiB{speed}")
+        print(entry_text(entry))
     return 0
 
 
@@ -179,17 +189,34 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--config", default=None, help="UNet config: tiny, sd15, sd2 or a JSON file")
     opt.add_argument("--name", default=None, help="name of the cache entry")
     opt.add_argument("--seed", type=int, default=0, help="weights seed of a random-weight UNet")
-    opt.add_argument("--int8", default="hybrid", choices=INT8_MODES)
-    opt.add_argument("--tome", type=float, default=0.0, help="token merging ratio, 0 to 0.75")
-    opt.add_argument("--prune", default="off", choices=PRUNE_MODES)
-    opt.add_argument("--prune-ratio", type=float, default=0.0)
-    opt.add_argument("--smooth-quant", action="store_true")
-    opt.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="calibration samples")
-    opt.add_argument("--calib-prompts", type=int, default=4)
-    opt.add_argument("--calib-steps", type=int, default=8)
-    opt.add_argument("--calib-size", default="256x256", help="calibration picture size, WxH")
-    opt.add_argument("--size", default="512x512", help="picture size to measure at, WxH")
-    opt.add_argument("--batch", type=int, default=2)
+    opt.add_argument("--int8", default=OPTIMIZE_FIELDS["int8"], choices=INT8_MODES)
+    opt.add_argument(
+        "--tome", type=float, default=OPTIMIZE_FIELDS["tome"], help="token merging ratio, 0 to 0.75"
+    )
+    opt.add_argument("--prune", default=OPTIMIZE_FIELDS["prune"], choices=PRUNE_MODES)
+    opt.add_argument(
+        "--prune-percent",
+        type=float,
+        default=OPTIMIZE_FIELDS["prune_ratio"],
+        help="percent of weights (magnitude) or FFN neurons (ffn) to prune; ignored with --prune off",
+    )
+    opt.add_argument("--smooth-quant", action="store_true", help="SmoothQuant the MatMuls (INT8 full only)")
+    opt.add_argument("--samples", type=int, default=OPTIMIZE_FIELDS["samples"], help="calibration samples")
+    opt.add_argument("--calib-prompts", type=int, default=4, help="random text embeddings to sample")
+    opt.add_argument("--calib-steps", type=int, default=OPTIMIZE_FIELDS["calib_steps"])
+    opt.add_argument(
+        "--calib-size", default=OPTIMIZE_FIELDS["calib_size"], help="calibration picture size, WxH"
+    )
+    opt.add_argument(
+        "--measure-size", "--size", default=OPTIMIZE_FIELDS["measure_size"], help="picture size to measure at"
+    )
+    opt.add_argument("--sizes", default="", help="picture sizes to compile ahead, e.g. 512x512,768x512")
+    opt.add_argument(
+        "--batch", type=int, default=OPTIMIZE_FIELDS["batch"], help="pictures per batch (UNet x2)"
+    )
+    opt.add_argument(
+        "--chunks", type=int, default=OPTIMIZE_FIELDS["chunks"], help="prompt chunks of 75 tokens"
+    )
     opt.add_argument("--calls", type=int, default=2, help="timed UNet calls per runtime")
     _add_runtime_args(opt)
     opt.set_defaults(run=_optimize)

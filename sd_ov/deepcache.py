@@ -239,8 +239,9 @@ SHALLOW_IR = "unet_shallow.xml"
 
 def export_deepcache(
     unet: torch.nn.Module, spec: UNetSpec, folder: Path, branch: int, progress: ProgressFn
-) -> dict[str, Any]:
-    """Write the full and the shallow IR of `unet` for `branch` into `folder`."""
+) -> tuple[dict[str, str], int]:
+    """Write the full and the shallow IR of `unet` for `branch` into `folder`; returns the IR
+    file of each model and the cached feature's channel count."""
     check_disk_space(folder, spec.parameters * 4 * 2)
     full, shallow = DeepCacheFull(unet, branch), DeepCacheShallow(unet, branch)
     example = example_inputs(spec)
@@ -260,7 +261,4 @@ def export_deepcache(
     progress("saving the shallow IR", 0.9)
     save_ir(model, folder / SHALLOW_IR)
     progress("saved", 1.0)
-    return {
-        "deepcache": {"branch": branch, "feature_channels": int(feature.shape[1])},
-        "models": {"full": FULL_IR, "shallow": SHALLOW_IR},
-    }
+    return {"full": FULL_IR, "shallow": SHALLOW_IR}, int(feature.shape[1])

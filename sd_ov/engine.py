@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,21 +20,10 @@ from .deepcache import FULL_IR, DeepCacheConfig, DeepCacheUNet, export_deepcache
 from .export import IR_NAME, export_unet
 from .ldm_unet import describe
 from .progress import ProgressFn, scaled, silent
+from .recipe import Recipe
 from .runtime import DEFAULT_SHAPE_POLICY, OVUNet
 
 log = logging.getLogger("sd_ov")
-
-FP32_RECIPE: dict[str, Any] = {"name": "fp32", "weights": "fp32"}
-
-
-def deepcache_recipe(branch: int, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The IR recipe of DeepCache at `branch`: a full and a shallow model.
-
-    Interval and schedule are run-time choices (label, infotext, per-job setting): changing
-    them never re-exports, so they are not part of the IR's cache key.
-    """
-    base = dict(base or FP32_RECIPE)
-    return {**base, "name": f"{base['name']}-deepcache-b{branch}", "deepcache_branch": int(branch)}
 
 
 def weights_hash(unet: torch.nn.Module) -> str:
@@ -66,37 +56,44 @@ def prepare_entry(
     cache_root: str | Path,
     checkpoint_name: str,
     checkpoint_hash: str,
-    recipe: dict[str, Any] | None = None,
+    recipe: Recipe = Recipe(),
     progress: ProgressFn = silent,
 ) -> Prepared:
-    """The cache entry for this checkpoint and recipe (plain FP32 or DeepCache); exported only when
-    absent or invalid. Compressed recipes are made by `optimize.optimize`.
+    """The cache entry for this checkpoint and a plain recipe (FP32, or its DeepCache pair);
+    exported only when absent or invalid. Compressed recipes are made by `optimize.optimize`.
+
+    Another process exporting the same entry is waited for (its result is then used).
     """
+    if not recipe.is_plain:
+        raise ValueError(f"{recipe.label()} is made by Optimize, not exported on first use")
     root = Path(cache_root)
     root.mkdir(parents=True, exist_ok=True)
-    cache.cleanup_stale(root)
-    key = cache.EntryKey(checkpoint_name, checkpoint_hash, dict(recipe or FP32_RECIPE))
+    key = cache.EntryKey(checkpoint_name, checkpoint_hash, recipe)
     entry, problem = cache.find(root, key)
     if entry is not None:
         progress(f"using cached OpenVINO UNet {entry.path.name}", 1.0)
         return Prepared(entry, exported=False)
-    if problem:
-        log.warning("sd-ov: rebuilding a cache entry: %s", problem)
-        progress(f"cache entry invalid, rebuilding ({problem})", 0.0)
-    spec = describe(unet)
+    with cache.entry_lock(root, key, progress):
+        cache.cleanup_stale(root)
+        entry, problem = cache.find(root, key)  # another process may have written it meanwhile
+        if entry is not None:
+            progress(f"using cached OpenVINO UNet {entry.path.name}", 1.0)
+            return Prepared(entry, exported=False)
+        if problem:
+            log.warning("sd-ov: rebuilding a cache entry: %s", problem)
+            progress(f"cache entry invalid, rebuilding ({problem})", 0.0)
+        spec = describe(unet)
+        branch = recipe.deepcache_branch
 
-    branch = key.recipe.get("deepcache_branch")
+        def build(folder: Path) -> dict[str, Any]:
+            started = time.perf_counter()
+            if branch is None:
+                return {"unet": spec, "timings": export_unet(unet, spec, folder, scaled(progress, 0.0, 0.95))}
+            models, channels = export_deepcache(unet, spec, folder, branch, scaled(progress, 0.0, 0.95))
+            timings = {"export_s": time.perf_counter() - started}
+            return {"unet": spec, "timings": timings, "models": models, "feature_channels": channels}
 
-    def build(folder: Path) -> dict[str, Any]:
-        started = time.perf_counter()
-        if branch is not None:
-            extra = export_deepcache(unet, spec, folder, int(branch), scaled(progress, 0.0, 0.95))
-            extra["timings"] = {"export_s": time.perf_counter() - started}
-        else:
-            extra = {"timings": export_unet(unet, spec, folder, scaled(progress, 0.0, 0.95))}
-        return {"unet": spec.to_dict(), "inputs": ["x", "timesteps", "context"], **extra}
-
-    entry = cache.write(root, key, build, ir_name=IR_NAME if branch is None else FULL_IR)
+        entry = cache.write(root, key, build, ir_name=IR_NAME if branch is None else FULL_IR)
     progress(f"exported the OpenVINO UNet to {entry.path}", 1.0)
     return Prepared(entry, exported=True, rebuilt_because=problem)
 
@@ -109,17 +106,22 @@ def open_unet(
     max_compiled: int = 2,
     cache_compiled: bool = True,
     progress: ProgressFn = silent,
-    ir: str | None = None,
+    model: str | None = None,
 ) -> OVUNet:
-    """Read one of the entry's IRs (its main one by default) for `device`; compiles are lazy."""
+    """Read one of the entry's IRs (its main one by default) for `device`; compiles are lazy.
+
+    Compiled blobs go into the entry's own folder when it is writable; a read-only cache still
+    serves, compiling at each start.
+    """
+    blob_dir = entry.blob_dir if cache_compiled and os.access(entry.path, os.W_OK) else None
     return OVUNet(
-        entry.path / ir if ir else entry.xml_path,
+        entry.ir_path(model),
         device=device,
         precision=precision,
         shape_policy=shape_policy,
         max_compiled=max_compiled,
-        downsample=entry.manifest["unet"]["downsample"],
-        blob_dir=entry.blob_dir if cache_compiled else None,
+        downsample=entry.manifest.unet.downsample,
+        blob_dir=blob_dir,
         progress=progress,
     )
 
@@ -129,6 +131,5 @@ def open_deepcache(entry: cache.CacheEntry, config: DeepCacheConfig, **runtime: 
 
     `runtime` takes open_unet's keywords (device, precision, shape_policy, ...).
     """
-    models = entry.manifest["models"]
-    full, shallow = (open_unet(entry, ir=models[name], **runtime) for name in ("full", "shallow"))
-    return DeepCacheUNet(full, shallow, config, branch=entry.manifest["deepcache"]["branch"])
+    full, shallow = (open_unet(entry, model=name, **runtime) for name in ("full", "shallow"))
+    return DeepCacheUNet(full, shallow, config, branch=entry.manifest.recipe.deepcache_branch)

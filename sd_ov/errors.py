@@ -27,3 +27,8 @@ class CacheEntryInvalid(SdOvError):
 
 class Cancelled(SdOvError):
     """Long work was cancelled by the user; nothing partial was kept."""
+
+
+class NonFiniteOutputError(SdOvError):
+    """The compiled UNet returned NaN or inf (a precision the device runs badly, a broken driver):
+    its output must never reach the sampler."""

@@ -64,3 +64,13 @@ def mapped_file_released(path: str | os.PathLike, every_s: float = 0.5) -> Itera
         stop.set()
         thread.join()
         release_mapped_file(path)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB; 0 on Windows,
+    which has no `resource` module: the webui runs there too)."""
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import resource
 import shutil
 import statistics
 import time
@@ -33,6 +32,8 @@ from .calibration import digest, spread
 from .compress import Sample, compress_ir
 from .export import IR_NAME, example_inputs, export_unet, save_ir
 from .ldm_unet import UNetSpec, describe, traceable
+from .manifest import Report
+from .memory import peak_rss_mib
 from .ov_core import get_core
 from .progress import ProgressFn, scaled, silent
 from .prune import ffn_activity, magnitude_pruned_copy, neurons_to_keep, pruned_ffn
@@ -56,11 +57,6 @@ class Measure:
     batch: int = 2
     tokens: int = 77
     calls: int = 2  # timed calls per runtime, after one warm-up; the median is reported
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def median_call(fn: UNetFn, inputs: tuple[torch.Tensor, ...], calls: int) -> tuple[float, torch.Tensor]:
@@ -202,7 +198,7 @@ def optimize(
     spec = describe(unet)
     root = Path(cache_root)
     fp32 = engine.prepare_entry(
-        unet, root, checkpoint_name, checkpoint_hash, engine.FP32_RECIPE, scaled(progress, 0.0, 0.25)
+        unet, root, checkpoint_name, checkpoint_hash, Recipe(), scaled(progress, 0.0, 0.25)
     ).entry
 
     samples: list[Sample] = []
@@ -222,22 +218,17 @@ def optimize(
 
     entry = fp32
     if not recipe.is_plain:
-        key = cache.EntryKey(checkpoint_name, checkpoint_hash, recipe.key())
+        key = cache.EntryKey(checkpoint_name, checkpoint_hash, recipe)
 
         def build(folder: Path) -> dict[str, Any]:
             timings = build_recipe_ir(
                 unet, spec, recipe, fp32.xml_path, samples, folder, scaled(progress, 0.4, 0.85)
             )
             calibration = {"samples": len(samples), "digest": digest(samples)} if samples else None
-            return {
-                "unet": spec.to_dict(),
-                "inputs": ["x", "timesteps", "context"],
-                "timings": timings,
-                "label": recipe.label(),
-                "calibration": calibration,
-            }
+            return {"unet": spec, "timings": timings, "label": recipe.label(), "calibration": calibration}
 
-        entry = cache.write(root, key, build)
+        with cache.entry_lock(root, key, progress):
+            entry = cache.write(root, key, build)
 
     try:
         runtime = engine.open_unet(
@@ -247,18 +238,20 @@ def optimize(
             runtime.prepare(batch, height, width, tokens)
         if measure is not None:
             runtime.prepare(measure.batch, measure.height // 8, measure.width // 8, measure.tokens)
-        report: dict[str, Any] = {"label": recipe.label(), "device": runtime.device}
+        measured: dict[str, Any] = {}
         if measure is not None:
-            report.update(
-                measure_entry(unet, runtime, spec, measure, sample_image, scaled(progress, 0.9, 1.0))
-            )
+            measured = measure_entry(unet, runtime, spec, measure, sample_image, scaled(progress, 0.9, 1.0))
+        device_name = runtime.device
         runtime.release()
-        report.update(
+        report = Report(
+            label=recipe.label(),
+            device=device_name,
             optimize_s=time.perf_counter() - started,
             peak_rss_mib=peak_rss_mib(),
-            disk_mib=entry.manifest["disk_bytes"] / 2**20,
+            disk_mib=entry.manifest.disk_bytes / 2**20,
+            **measured,
         )
-        entry = cache.update_manifest(entry, report=report)
+        entry = cache.update_report(entry, report)
     except BaseException:
         if entry is not fp32:  # the recipe's entry is only kept with its report
             cache.delete(entry.path)
@@ -268,12 +261,10 @@ def optimize(
 
 
 def recipe_entries(cache_root: str | Path, checkpoint_name: str | None = None) -> list[cache.CacheEntry]:
-    """Valid cache entries with a plain UNet IR (not DeepCache's), optionally of one checkpoint."""
-    entries = []
-    for entry in cache.list_entries(Path(cache_root)):
-        if "deepcache_branch" in entry.manifest["recipe"]:
-            continue
-        if checkpoint_name is not None and entry.manifest["checkpoint"]["name"] != checkpoint_name:
-            continue
-        entries.append(entry)
-    return entries
+    """Valid cache entries with one UNet IR (not DeepCache's pairs), optionally of one checkpoint."""
+    return [
+        entry
+        for entry in cache.list_entries(Path(cache_root))
+        if entry.manifest.recipe.deepcache_branch is None
+        and checkpoint_name in (None, entry.manifest.checkpoint_name)
+    ]

@@ -1,14 +1,21 @@
-"""What an optimized UNet is made of: INT8 mode, token merging, pruning, inference precision.
+"""What an optimized UNet is made of: INT8 mode, token merging, pruning, inference precision, and
+whether it is DeepCache's pair of models.
 
-A recipe is part of its cache entry's key (two recipes, two entries) and names its "SD Unet"
-option, e.g. `[OpenVINO INT8 ToMe0.5] <checkpoint>`. The calibration samples are not part of
-the key: optimizing the same recipe again replaces the entry rather than adding a second one
-with the same label; the manifest records which samples were used.
+A recipe is its cache entry's key (two recipes, two entries) and names its "SD Unet" option, e.g.
+`[OpenVINO INT8 ToMe0.5] <checkpoint>`. It is canonical: fields that change nothing are
+normalised when the recipe is made (a pruning ratio with pruning off, SmoothQuant where no
+MatMul is quantized, float noise in a slider's ratio), so the same recipe made from the tab, the
+API or the command line is one entry with one label.
+
+The calibration sample count is not part of the key: optimizing the same recipe again replaces
+the entry rather than adding a second one with the same label; the manifest records which
+samples were used. DeepCache's interval and schedule are run-time choices and not part of it
+either; its skip branch is, because it decides which two graphs are exported.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .compress import INT8_MODES
@@ -21,6 +28,8 @@ DEFAULT_SAMPLES = 16
 # What the label shows for each INT8 mode; "INT8" is the default (hybrid) recipe.
 INT8_LABELS = {"weights": "INT8w", "hybrid": "INT8", "full": "INT8full"}
 PRUNE_LABELS = {"magnitude": "Mag", "ffn": "FFN"}
+# The plain recipe's key, unchanged since the first release: existing cache entries stay valid.
+PLAIN_KEY: dict[str, Any] = {"name": "fp32", "weights": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -30,22 +39,34 @@ class Recipe:
     prune: str = "off"
     prune_ratio: float = 0.0  # of the weights (magnitude) or of each FFN's neurons (ffn)
     precision: str = "f32"  # OpenVINO inference precision hint
-    smooth_quant: bool = False
+    smooth_quant: bool = False  # only INT8 "full" quantizes MatMul activations, where it acts
     samples: int = DEFAULT_SAMPLES  # calibration samples; not part of the cache key
+    deepcache_branch: int | None = None  # None: one model; b: DeepCache's full + shallow at branch b
 
     def __post_init__(self) -> None:
         if self.int8 not in INT8_MODES:
             raise ValueError(f"INT8 mode must be one of {INT8_MODES}, not {self.int8!r}")
-        if not 0.0 <= self.tome <= MAX_RATIO:
+        if not 0.0 <= float(self.tome) <= MAX_RATIO:
             raise ValueError(f"the token merging ratio must be between 0 and {MAX_RATIO}, not {self.tome}")
         if self.prune not in PRUNE_MODES:
             raise ValueError(f"pruning must be one of {PRUNE_MODES}, not {self.prune!r}")
-        if self.prune != "off" and not 0.0 < self.prune_ratio <= MAX_PRUNE_RATIO:
+        if self.prune != "off" and not 0.0 < float(self.prune_ratio) <= MAX_PRUNE_RATIO:
             raise ValueError(f"the pruning ratio must be in (0, {MAX_PRUNE_RATIO}], not {self.prune_ratio}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
-        if self.needs_calibration and self.samples < 1:
+        if self.deepcache_branch is not None and int(self.deepcache_branch) < 0:
+            raise ValueError(f"the DeepCache branch must not be negative, not {self.deepcache_branch}")
+        needs_samples = self.int8 in ("hybrid", "full") or self.prune == "ffn"
+        if needs_samples and int(self.samples) < 1:
             raise ValueError("a calibrated recipe needs at least one calibration sample")
+        # Canonical form: what changes nothing is written one way only.
+        set_field = object.__setattr__
+        set_field(self, "tome", round(float(self.tome), 3))
+        set_field(self, "prune_ratio", round(float(self.prune_ratio), 4) if self.prune != "off" else 0.0)
+        set_field(self, "smooth_quant", bool(self.smooth_quant) and self.int8 == "full")
+        set_field(self, "samples", int(self.samples) if needs_samples else DEFAULT_SAMPLES)
+        if self.deepcache_branch is not None:
+            set_field(self, "deepcache_branch", int(self.deepcache_branch))
 
     @property
     def needs_calibration(self) -> bool:
@@ -58,7 +79,16 @@ class Recipe:
 
     @property
     def is_plain(self) -> bool:
+        """The plain FP32 export (with or without DeepCache): made on first use, never by Optimize."""
         return self.int8 == "off" and not self.changes_graph and self.precision == "f32"
+
+    @property
+    def base(self) -> Recipe:
+        """The same recipe as one model (DeepCache's pair serves the base recipe's calls)."""
+        return replace(self, deepcache_branch=None)
+
+    def with_deepcache(self, branch: int | None) -> Recipe:
+        return replace(self, deepcache_branch=branch)
 
     def parts(self) -> list[str]:
         parts = []
@@ -78,14 +108,20 @@ class Recipe:
 
     def name(self) -> str:
         """The cache folder's name (a readable prefix; the key's hash keeps it unique)."""
-        return "-".join(p.lower().replace("%", "").replace("+", "") for p in self.parts()) or "fp32"
+        name = "-".join(p.lower().replace("%", "").replace("+", "") for p in self.parts()) or "fp32"
+        return name if self.deepcache_branch is None else f"{name}-deepcache-b{self.deepcache_branch}"
 
     def key(self) -> dict[str, Any]:
-        """The cache key's recipe; the plain recipe's key is the one the plain option uses."""
-        if self.is_plain:
-            return {"name": "fp32", "weights": "fp32"}
-        key = {k: v for k, v in asdict(self).items() if k != "samples"}
-        return {"name": self.name(), "weights": "int8" if self.int8 != "off" else "fp32", **key}
+        """The cache key: every field that changes the IR, nothing else."""
+        if self.base.is_plain:
+            key = dict(PLAIN_KEY)
+        else:
+            fields_ = asdict(self.base)
+            del fields_["samples"], fields_["deepcache_branch"]
+            key = {"name": self.base.name(), "weights": "int8" if self.int8 != "off" else "fp32", **fields_}
+        if self.deepcache_branch is not None:
+            key.update(name=self.name(), deepcache_branch=self.deepcache_branch)
+        return key
 
     @classmethod
     def from_key(cls, key: dict[str, Any]) -> Recipe:

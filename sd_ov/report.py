@@ -6,7 +6,7 @@ import html
 from typing import Any
 
 from .cache import CacheEntry
-from .recipe import Recipe
+from .manifest import Report
 
 COLUMNS = (
     "checkpoint",
@@ -24,7 +24,7 @@ COLUMNS = (
 
 
 def entry_label(entry: CacheEntry) -> str:
-    return Recipe.from_key(entry.manifest["recipe"]).label()
+    return entry.manifest.recipe.label()
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -37,19 +37,19 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def entry_row(entry: CacheEntry) -> list[str]:
     m = entry.manifest
-    r = m.get("report") or {}
+    r = m.report or Report()
     return [
-        m["checkpoint"]["name"],
+        m.checkpoint_name,
         entry_label(entry),
-        _fmt(m["disk_bytes"] / 2**20, 0),
-        _fmt(r.get("torch_s_per_step")),
-        _fmt(r.get("s_per_step")),
-        _fmt(r.get("speedup")) + ("x" if "speedup" in r else ""),
-        _fmt(r.get("rel_l2"), 3),
-        _fmt(r.get("psnr_db"), 1),
-        _fmt(r.get("ssim"), 3),
-        _fmt(r.get("peak_rss_mib"), 0),
-        _fmt(r.get("optimize_s"), 0),
+        _fmt(m.disk_bytes / 2**20, 0),
+        _fmt(r.torch_s_per_step),
+        _fmt(r.s_per_step),
+        _fmt(r.speedup) + ("x" if r.speedup is not None else ""),
+        _fmt(r.rel_l2, 3),
+        _fmt(r.psnr_db, 1),
+        _fmt(r.ssim, 3),
+        _fmt(r.peak_rss_mib, 0),
+        _fmt(r.optimize_s, 0),
     ]
 
 
@@ -65,20 +65,28 @@ def entries_html(entries: list[CacheEntry]) -> str:
 
 def report_html(entry: CacheEntry) -> str:
     """The end of an Optimize run: the numbers, and what they were measured on."""
-    r = entry.manifest.get("report") or {}
-    m = r.get("measure") or {}
-    lines = [f"<b>{html.escape(entry_label(entry))}</b> on {html.escape(str(r.get('device', '?')))}: ready"]
-    if "speedup" in r:
+    r = entry.manifest.report or Report()
+    m = r.measure or {}
+    lines = [f"<b>{html.escape(entry_label(entry))}</b> on {html.escape(r.device or '?')}: ready"]
+    if r.speedup is not None:
         lines.append(
-            f"{r['s_per_step']:.2f} s per UNet step against torch's {r['torch_s_per_step']:.2f} s "
-            f"(<b>{r['speedup']:.2f}x</b>) at {m.get('width')}x{m.get('height')}, batch {m.get('batch')}; "
-            f"relative L2 of the UNet output against torch {r['rel_l2']:.3g}"
+            f"{r.s_per_step:.2f} s per UNet step against torch's {r.torch_s_per_step:.2f} s "
+            f"(<b>{r.speedup:.2f}x</b>) at {m.get('width')}x{m.get('height')}, batch {m.get('batch')}; "
+            f"relative L2 of the UNet output against torch {r.rel_l2:.3g}"
         )
-    if "psnr_db" in r:
-        lines.append(f"Sample picture against torch: PSNR {r['psnr_db']:.1f} dB, SSIM {r['ssim']:.3f}")
-    disk_mib = entry.manifest["disk_bytes"] / 2**20
+    if r.psnr_db is not None:
+        lines.append(f"Sample picture against torch: PSNR {r.psnr_db:.1f} dB, SSIM {r.ssim:.3f}")
     lines.append(
-        f"{disk_mib:.0f} MiB on disk; optimize took {r.get('optimize_s', 0):.0f} s; "
-        f"process peak memory {r.get('peak_rss_mib', 0):.0f} MiB"
+        f"{entry.manifest.disk_bytes / 2**20:.0f} MiB on disk; optimize took {r.optimize_s or 0:.0f} s; "
+        f"process peak memory {r.peak_rss_mib or 0:.0f} MiB"
     )
     return "<br>".join(lines)
+
+
+def entry_text(entry: CacheEntry) -> str:
+    """One line per entry for `python -m sd_ov cache`."""
+    m, r = entry.manifest, entry.manifest.report
+    speed = (
+        f"  {r.speedup:.2f}x torch, rel L2 {r.rel_l2:.3g}" if r is not None and r.speedup is not None else ""
+    )
+    return f"{entry.path}  {m.checkpoint_name}  {m.recipe.name()}  {m.disk_bytes / 2**20:.0f} MiB{speed}"

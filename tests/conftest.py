@@ -83,3 +83,7 @@ def micro_unet():
 def tiny_entry(tiny_unet, tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     return engine.prepare_entry(tiny_unet, root, "tiny", engine.weights_hash(tiny_unet)).entry
+
+
+# The webui stand-in's fixtures (tests/webui_harness.py), for the adapter's tests.
+from .webui_harness import shared_cache, stub_modules, webui  # noqa: E402, F401

@@ -13,6 +13,7 @@ import pytest
 
 from sd_ov import cache, engine, export
 from sd_ov.errors import Cancelled, ExportError
+from sd_ov.recipe import Recipe
 
 
 @pytest.fixture
@@ -56,12 +57,12 @@ def test_truncated_bin_is_detected_and_rebuilt(micro_unet, root, key_hash, monke
     bin_path = entry.path / "unet.bin"
     with open(bin_path, "r+b") as f:
         f.truncate(bin_path.stat().st_size // 2)
-    found, problem = cache.find(root, cache.EntryKey("micro", key_hash, engine.FP32_RECIPE))
+    found, problem = cache.find(root, cache.EntryKey("micro", key_hash, Recipe()))
     assert found is None and "unet.bin" in problem
     calls = count_exports(monkeypatch)
     again = engine.prepare_entry(micro_unet, root, "micro", key_hash)
     assert again.exported and calls == [1] and "unet.bin" in again.rebuilt_because
-    assert cache.validate(again.entry.path).manifest["files"]["unet.bin"]["size"] == bin_path.stat().st_size
+    assert cache.validate(again.entry.path).manifest.files["unet.bin"].size == bin_path.stat().st_size
 
 
 def test_corrupted_bin_of_same_size_is_detected(micro_unet, root, key_hash):
@@ -70,7 +71,7 @@ def test_corrupted_bin_of_same_size_is_detected(micro_unet, root, key_hash):
     data = bytearray(bin_path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     bin_path.write_bytes(bytes(data))
-    assert "digest" in cache.find(root, cache.EntryKey("micro", key_hash, engine.FP32_RECIPE))[1]
+    assert "digest" in cache.find(root, cache.EntryKey("micro", key_hash, Recipe()))[1]
 
 
 def test_edited_manifest_is_detected_and_rebuilt(micro_unet, root, key_hash):
@@ -81,7 +82,7 @@ def test_edited_manifest_is_detected_and_rebuilt(micro_unet, root, key_hash):
     manifest_path.write_text(json.dumps(manifest))
     again = engine.prepare_entry(micro_unet, root, "micro", key_hash)
     assert again.exported and "edited" in again.rebuilt_because
-    assert again.entry.manifest["unet"]["context_dim"] == 32
+    assert again.entry.manifest.unet.context_dim == 32
 
 
 def test_unreadable_manifest_is_rebuilt(micro_unet, root, key_hash):
@@ -104,7 +105,7 @@ def test_failed_export_leaves_no_entry(micro_unet, root, key_hash, monkeypatch):
     monkeypatch.setattr(engine, "export_unet", half_then_fail)
     with pytest.raises(ExportError, match="disk full"):
         engine.prepare_entry(micro_unet, root, "micro", key_hash)
-    key = cache.EntryKey("micro", key_hash, engine.FP32_RECIPE)
+    key = cache.EntryKey("micro", key_hash, Recipe())
     assert not key.folder(root).exists()
     assert _no_partial_entries(root) == []
 
@@ -129,7 +130,7 @@ def test_full_disk_is_refused_before_converting(micro_unet, root, key_hash, monk
 
 def test_recipe_and_checkpoint_are_part_of_the_key(micro_unet, root, key_hash):
     a = engine.prepare_entry(micro_unet, root, "micro", key_hash).entry
-    b = engine.prepare_entry(micro_unet, root, "micro", key_hash, {"name": "other", "weights": "fp32"}).entry
+    b = engine.prepare_entry(micro_unet, root, "micro", key_hash, Recipe().with_deepcache(0)).entry
     c = engine.prepare_entry(micro_unet, root, "micro", "0" * 64).entry
     assert len({a.path, b.path, c.path}) == 3
     assert len(cache.list_entries(root)) == 3
@@ -149,3 +150,91 @@ def test_leftovers_of_a_dead_process_are_cleaned(root):
     removed = cache.cleanup_stale(root)
     assert removed == [stale] and mine.exists() and not stale.exists()
     shutil.rmtree(mine)
+
+
+# Two webui processes sharing one cache folder: one exports, the other waits and reads the result.
+SHARED_EXPORT = r"""
+import sys, time
+sys.path.insert(0, sys.argv[3])
+from sd_ov import engine
+from sd_ov.ldm_unet import build_unet
+from tests.conftest import MICRO
+unet = build_unet(MICRO, seed=0)
+report = lambda message, fraction: print(message, flush=True)
+prepared = engine.prepare_entry(unet, sys.argv[1], "micro", sys.argv[2], progress=report)
+print("RESULT", "exported" if prepared.exported else "reused", prepared.entry.path, flush=True)
+"""
+
+
+def test_two_processes_sharing_a_cache_export_once(micro_unet, root, key_hash):
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SHARED_EXPORT, str(root), key_hash, repo],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    results = sorted(
+        line.split()[1] for out in outputs for line in out.splitlines() if line.startswith("RESULT")
+    )
+    assert results == ["exported", "reused"], outputs
+    assert any("waiting for another process" in out for out in outputs), outputs
+    assert len(cache.list_entries(root)) == 1 and not list(root.glob("*/*.tmp-*"))
+
+
+# A disk that fills up while the IR is written: the file size limit makes writes fail as ENOSPC would.
+FULL_DISK_EXPORT = r"""
+import resource, signal, sys
+sys.path.insert(0, sys.argv[3])
+from sd_ov import engine
+from sd_ov.errors import ExportError
+from sd_ov.ldm_unet import build_unet
+from tests.conftest import MICRO
+unet = build_unet(MICRO, seed=0)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+try:
+    engine.prepare_entry(unet, sys.argv[1], "micro", sys.argv[2])
+except ExportError as err:
+    print("EXPORT-ERROR", err)
+"""
+
+
+def test_a_disk_that_fills_during_export_leaves_no_entry(root, key_hash):
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_EXPORT, str(root), key_hash, repo], capture_output=True, text=True
+    )
+    assert "EXPORT-ERROR saving the OpenVINO IR" in done.stdout, done.stdout + done.stderr
+    assert cache.list_entries(root) == [] and [p for p in root.glob("*/*") if p.is_dir()] == []
+
+
+def test_manifest_of_another_version_or_checkpoint_and_missing_files_are_rebuilt(micro_unet, root, key_hash):
+    entry = engine.prepare_entry(micro_unet, root, "micro", key_hash).entry
+    key = cache.EntryKey("micro", key_hash, Recipe())
+    path = entry.path / cache.MANIFEST
+    original = json.loads(path.read_text())
+
+    def rewritten(**changes) -> str | None:
+        """A manifest sealed with a valid digest, as another version or process would write it."""
+        data = {**original, **changes}
+        data["digest"] = cache._manifest_digest(data)
+        path.write_text(json.dumps(data))
+        return cache.find(root, key)[1]
+
+    assert "newer than ours" in rewritten(openvino="2099.1.0")
+    assert "made from checkpoint hash ffff" in rewritten(checkpoint={"name": "micro", "hash": "f" * 64})
+    assert "cache format 99" in rewritten(format=99)
+    assert "another recipe" in rewritten(recipe={"name": "fp32", "weights": "int8"})
+    assert rewritten() is None  # the original again: valid
+    (entry.path / "unet.xml").unlink()
+    rebuilt = engine.prepare_entry(micro_unet, root, "micro", key_hash)
+    assert rebuilt.exported and "unet.xml is missing" in rebuilt.rebuilt_because

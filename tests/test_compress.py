@@ -54,7 +54,7 @@ def ov_error(entry, tiny_unet, sample=None):
 
 def test_int8_weights(tiny_unet, tiny_entry, tmp_path):
     entry = optimize(tiny_unet, tmp_path, "tiny", "f" * 64, Recipe(int8="weights"), measure=None)
-    assert entry.manifest["files"]["unet.bin"]["size"] < tiny_entry.manifest["files"]["unet.bin"]["size"] / 3
+    assert entry.manifest.files["unet.bin"].size < tiny_entry.manifest.files["unet.bin"].size / 3
     assert ov_error(entry, tiny_unet) <= WEIGHTS_TOLERANCE
 
 
@@ -75,8 +75,8 @@ def test_int8_hybrid_quantizes_normalized_convolutions_only(tiny_unet, calibrati
     held_out = calibration[1]  # a sampler call that was not among the 6 calibration samples
     assert all(held_out["x"] is not s["x"] for s in samples)
     assert ov_error(entry, tiny_unet, held_out) <= HYBRID_TOLERANCE
-    assert entry.manifest["calibration"] == {"samples": 6, "digest": digest(samples)}
-    assert entry.manifest["timings"]["compress_s"] > 0
+    assert entry.manifest.calibration == {"samples": 6, "digest": digest(samples)}
+    assert entry.manifest.timings["compress_s"] > 0
 
 
 def test_an_empty_capture_leaves_no_entry(tiny_unet, tmp_path):
@@ -84,4 +84,4 @@ def test_an_empty_capture_leaves_no_entry(tiny_unet, tmp_path):
         optimize(
             tiny_unet, tmp_path, "tiny", "f" * 64, Recipe(int8="hybrid"), lambda _u, _p: [], measure=None
         )
-    assert [e.manifest["recipe"]["name"] for e in cache.list_entries(tmp_path)] == ["fp32"]
+    assert [e.manifest.recipe.name() for e in cache.list_entries(tmp_path)] == ["fp32"]

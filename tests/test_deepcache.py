@@ -14,6 +14,7 @@ from sd_ov.deepcache import (
     full_call_indices,
 )
 from sd_ov.errors import UnsupportedModelError
+from sd_ov.recipe import Recipe
 from sd_ov.sampling import sample_euler, sample_heun
 
 from .conftest import unet_inputs
@@ -25,7 +26,7 @@ TOLERANCE = 1e-4
 def deepcache_entry(tiny_unet, tmp_path_factory):
     root = tmp_path_factory.mktemp("deepcache")
     return engine.prepare_entry(
-        tiny_unet, root, "tiny", engine.weights_hash(tiny_unet), engine.deepcache_recipe(1)
+        tiny_unet, root, "tiny", engine.weights_hash(tiny_unet), Recipe().with_deepcache(1)
     )
 
 
@@ -52,8 +53,8 @@ def test_openvino_full_and_shallow_equal_torch(deepcache_entry, tiny_unet):
         assert metrics.rel_l2(out, ref) <= TOLERANCE
         assert metrics.rel_l2(runner.shallow(x, t, c, feature), ref) <= TOLERANCE
     manifest = deepcache_entry.entry.manifest
-    assert manifest["deepcache"] == {"branch": 1, "feature_channels": 64}
-    sizes = {name: meta["size"] for name, meta in manifest["files"].items()}
+    assert manifest.recipe.deepcache_branch == 1 and manifest.feature_channels == 64
+    sizes = {name: meta.size for name, meta in manifest.files.items()}
     assert sizes["unet_shallow.bin"] < sizes["unet_full.bin"] / 3  # the shallow part is small
 
 
@@ -154,7 +155,7 @@ def test_labels_differ_per_interval_while_the_ir_is_shared(deepcache_entry, tiny
     monkeypatch.setattr(engine, "export_deepcache", lambda *a, **k: pytest.fail("re-exported"))
     root = deepcache_entry.entry.path.parents[1]
     again = engine.prepare_entry(
-        tiny_unet, root, "tiny", engine.weights_hash(tiny_unet), engine.deepcache_recipe(1)
+        tiny_unet, root, "tiny", engine.weights_hash(tiny_unet), Recipe().with_deepcache(1)
     )
     assert again.entry.path == deepcache_entry.entry.path
-    assert engine.deepcache_recipe(0) != engine.deepcache_recipe(1)
+    assert Recipe().with_deepcache(0).key() != Recipe().with_deepcache(1).key()

@@ -77,3 +77,10 @@ def test_too_old_nncf_is_upgraded_alone(launch, monkeypatch):
     run_installer(monkeypatch, {"openvino": "2025.1.0", "nncf": "2.7.0"})
     [(command, _)] = launch.calls
     assert command.startswith('install "nncf>=2.13,<4" -c ')
+
+
+def test_running_twice_installs_once(launch, monkeypatch):
+    run_installer(monkeypatch, {"openvino": None, "nncf": "3.4.0"})
+    assert len(launch.calls) == 1
+    run_installer(monkeypatch, {"openvino": "2026.4.1", "nncf": "3.4.0"})  # as the first run left it
+    assert len(launch.calls) == 1

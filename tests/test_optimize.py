@@ -19,7 +19,7 @@ SMALL = Measure(128, 128, calls=1)
 
 
 def test_recipe_labels_keys_and_validation():
-    assert Recipe().key() == engine.FP32_RECIPE and Recipe().label() == "FP32"
+    assert Recipe().key() == {"name": "fp32", "weights": "fp32"} and Recipe().label() == "FP32"
     combo = Recipe(int8="hybrid", tome=0.5, prune="ffn", prune_ratio=0.2, samples=8)
     assert combo.label() == "INT8 ToMe0.5 FFN20%"
     assert Recipe(int8="weights", precision="bf16").label() == "BF16 INT8w"
@@ -66,12 +66,12 @@ def test_optimize_makes_a_measured_entry_per_recipe(tiny_unet, capture, tmp_path
         progress=lambda m, f: steps.append((m, f)),
     )
     manifest = entry.manifest
-    assert manifest["label"] == combo.label() == "INT8 ToMe0.5 FFN25%"
-    assert manifest["calibration"]["samples"] == 6
-    report = manifest["report"]
+    assert manifest.label == combo.label() == "INT8 ToMe0.5 FFN25%"
+    assert manifest.calibration["samples"] == 6
+    report = manifest.report
     for field in ("torch_s_per_step", "s_per_step", "speedup", "rel_l2", "psnr_db", "ssim", "peak_rss_mib"):
-        assert report[field] > 0, field
-    assert report["rel_l2"] <= COMBINED_TOLERANCE
+        assert getattr(report, field) > 0, field
+    assert report.rel_l2 <= COMBINED_TOLERANCE
     messages = " | ".join(m for m, _ in steps)
     for stage in ("calibration picture", "FFN neuron activity", "compressing to INT8", "timing torch"):
         assert stage in messages

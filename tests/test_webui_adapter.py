@@ -1,102 +1,15 @@
-"""The webui adapter (scripts/openvino_unet.py) against a stand-in of the webui's modules that
-keeps their names, signatures and call order (tests/webui_stub), with the real ldm UNet."""
+"""The webui adapter (scripts/ + sd_ov_webui/) against a stand-in of the webui's modules that
+keeps their names, signatures and call order (tests/webui_stub), with the real ldm UNet:
+options, jobs, the per-job record in the infotext, settings, DeepCache and paste."""
 
 from __future__ import annotations
 
-import copy
-import importlib.util
-import sys
-from pathlib import Path
-from types import SimpleNamespace
-
-import pytest
 import torch
-from safetensors.torch import save_file
 
 from sd_ov import engine, metrics
 from sd_ov.sampling import latent_to_image
 
-ROOT = Path(__file__).resolve().parents[1]
-STUB = Path(__file__).resolve().parent / "webui_stub"
-
-
-@pytest.fixture(scope="session")
-def stub_modules():
-    sys.path.insert(0, str(STUB))
-    from modules import sd_hijack_unet
-
-    sd_hijack_unet.hijack()
-    yield
-    sd_hijack_unet.undo()
-    sys.path.remove(str(STUB))
-
-
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("webui-models")
-
-
-def load_script(path: Path):
-    """As modules/script_loading.load_module does it."""
-    spec = importlib.util.spec_from_file_location(path.name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def webui(stub_modules, tiny_unet, tmp_path, shared_cache):
-    from modules import paths, script_callbacks, scripts, sd_models, sd_unet, shared
-
-    script_callbacks.clear_callbacks()
-    shared.opts = shared.Options()
-    shared.state = shared.State()
-    sd_unet.current_unet = sd_unet.current_unet_option = None
-    paths.models_path = str(shared_cache)
-    ckpt = tmp_path / "tinyckpt.safetensors"
-    unet = copy.deepcopy(tiny_unet)
-    save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in unet.state_dict().items()}, str(ckpt))
-    sd_models.checkpoints_list.clear()
-    info = sd_models.CheckpointInfo(str(ckpt))
-    info.register()
-    shared.sd_model = SimpleNamespace(
-        model=SimpleNamespace(diffusion_model=unet), sd_checkpoint_info=info, lowvram=False
-    )
-    module = load_script(ROOT / "scripts" / "openvino_unet.py")
-    script_callbacks.ui_settings_callback()
-    sd_unet.list_unets()
-    yield SimpleNamespace(
-        module=module,
-        shared=shared,
-        sd_unet=sd_unet,
-        scripts=scripts,
-        info=info,
-        script=module.OpenVINOScript(),
-        callbacks=script_callbacks,
-    )
-    if sd_unet.current_unet is not None:
-        sd_unet.current_unet.deactivate()
-    sd_unet.current_unet = sd_unet.current_unet_option = None
-    script_callbacks.script_unloaded_callback()
-
-
-def txt2img(webui, enabled=True, steps=4, seed=3, deepcache=(0, 0, "uniform"), hires=False):
-    from modules import processing, scripts
-
-    gen = torch.Generator().manual_seed(99)
-    cond, uncond = torch.randn(1, 77, 64, generator=gen), torch.randn(1, 77, 64, generator=gen)
-    runner = scripts.ScriptRunner([(webui.script, [enabled, *deepcache])])
-    p = processing.StableDiffusionProcessing(
-        webui.shared.sd_model,
-        cond,
-        uncond,
-        steps=steps,
-        seed=seed,
-        scripts=runner,
-        script_args=runner.script_args,
-    )
-    p.enable_hr = hires
-    return processing.process_images(p)
+from .webui_harness import infotext_params, openvino_infotext, txt2img
 
 
 def test_an_option_per_checkpoint_and_automatic_picks_it(webui):
@@ -108,13 +21,12 @@ def test_an_option_per_checkpoint_and_automatic_picks_it(webui):
 def test_txt2img_through_openvino_matches_torch(webui):
     webui.shared.opts.sd_unet = "None"
     torch_job = txt2img(webui)
-    assert "OpenVINO" not in torch_job.infotexts[0]
+    assert openvino_infotext(torch_job) is None
     webui.shared.opts.sd_unet = "Automatic"
     ov_job = txt2img(webui)
     unet = webui.sd_unet.current_unet
-    assert isinstance(unet, webui.module.OpenVINOUnet) and unet.problem is None
-    assert unet.served_calls == 4 and unet.ov_unet.stats.calls == 4
-    assert "OpenVINO: fp32, CPU, f32, static" in ov_job.infotexts[0]
+    assert unet.unavailable is None and unet.record.openvino_calls == 4 and not unet.record.torch_calls
+    assert openvino_infotext(ov_job) == "fp32, CPU, f32, static"
     assert metrics.rel_l2(ov_job.latent, torch_job.latent) < 1e-4
     assert metrics.psnr(latent_to_image(ov_job.latent[0]), latent_to_image(torch_job.latent[0])) >= 40
     # progress reached the webui's progress area, not only the console
@@ -126,17 +38,51 @@ def test_restart_reuses_the_cache(webui, monkeypatch):
     webui.sd_unet.current_unet.deactivate()
     webui.sd_unet.current_unet = webui.sd_unet.current_unet_option = None  # a restart
     webui.sd_unet.list_unets()
-    monkeypatch.setattr(engine, "export_unet", lambda *a, **k: pytest.fail("exported again"))
-    job = txt2img(webui)
-    assert "OpenVINO: fp32" in job.infotexts[0]
+    monkeypatch.setattr(engine, "export_unet", lambda *a, **k: pytest_fail("exported again"))
+    assert openvino_infotext(txt2img(webui)).startswith("fp32")
     assert any("using cached" in t for t in webui.shared.state.textinfo_history)
+
+
+def pytest_fail(message):
+    raise AssertionError(message)
 
 
 def test_a_job_can_turn_openvino_off(webui):
     job = txt2img(webui, enabled=False)
     assert webui.sd_unet.current_unet is None
-    assert "OpenVINO" not in job.infotexts[0]
+    assert openvino_infotext(job) is None
     assert webui.shared.opts.sd_unet == "Automatic"  # the setting is back after the job
+
+
+def test_a_torch_job_after_an_openvino_job_says_so(webui):
+    """A record per job: an extension that replaces the UNet's forward (as ControlNet does) makes
+    torch serve every call, and the infotext must not repeat the previous job's claim."""
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, static"
+    from modules import sd_unet
+
+    unet = webui.shared.sd_model.model.diffusion_model
+    unet.forward = lambda x, timesteps=None, context=None, **kw: sd_unet.original_forward(
+        unet, x, timesteps, context
+    )
+    try:
+        hooked = txt2img(webui)
+    finally:
+        del unet.forward
+    text = openvino_infotext(hooked)
+    assert text.startswith("off (") and "replaced the UNet's forward" in text, text
+    assert webui.sd_unet.current_unet.record.openvino_calls == 0
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, static"  # and the next job is honest too
+
+
+def test_per_job_override_settings_change_what_runs(webui):
+    """The webui applies override_settings without onchange callbacks: the job itself must."""
+    job = txt2img(webui, override={"sd_ov_device": "AUTO", "sd_ov_shape_policy": "dynamic"})
+    served = webui.sd_unet.current_unet.served
+    assert served.settings.device == "AUTO" and served.plain.device == "AUTO"
+    assert served.plain.compiled_shapes == [None]  # the dynamic model ran
+    assert openvino_infotext(job) == "fp32, AUTO, f32, dynamic"
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, static"  # restored for the next job
+    assert served.plain.device == "CPU"
 
 
 def test_absent_device_falls_back_to_torch_with_a_clear_message(webui):
@@ -146,38 +92,114 @@ def test_absent_device_falls_back_to_torch_with_a_clear_message(webui):
     webui.shared.opts.sd_ov_device = "NPU"
     job = txt2img(webui)
     unet = webui.sd_unet.current_unet
-    assert unet.ov_unet is None and "NPU" in unet.problem and "CPU" in unet.problem
-    assert "torch served" in job.infotexts[0]
-    assert "OpenVINO unavailable" in webui.shared.state.textinfo
+    assert unet.served is None and "NPU" in unet.unavailable and "CPU" in unet.unavailable
+    assert openvino_infotext(job).startswith("off (OpenVINO device NPU is not available")
+    assert "NPU" in webui.shared.state.textinfo
     assert torch.equal(job.latent, torch_job.latent)
+    webui.shared.opts.sd_ov_device = "CPU"  # fixed between jobs: the next job serves again
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, static"
 
 
-def test_changing_the_device_setting_reopens_the_runtime(webui):
+def test_changing_the_device_setting_reopens_the_runtime_and_registration_does_not(webui, monkeypatch):
+    reopened = []
+    monkeypatch.setattr(webui.pkg.unet.OpenVINOUnet, "reopen", lambda self: reopened.append(1))
+    webui.callbacks.ui_settings_callback()  # registering again runs no callback (call=False)
+    assert reopened == []
+    monkeypatch.undo()
     txt2img(webui)
-    unet = webui.sd_unet.current_unet
-    assert unet.ov_unet.device == "CPU"
+    served = webui.sd_unet.current_unet.served
     webui.shared.opts.set("sd_ov_device", "AUTO")  # runs the onchange callback, as Settings → Apply does
-    assert unet.ov_unet is not None and unet.ov_unet.device == "AUTO"
+    assert served.plain is not None and served.plain.device == "AUTO"
     webui.shared.opts.set("sd_ov_device", "GPU")
-    assert unet.ov_unet is None and "GPU" in unet.problem
+    unet = webui.sd_unet.current_unet
+    assert unet.served is None and "GPU" in unet.unavailable
 
 
-def test_extra_conditioning_is_served_by_torch(webui):
+def test_extra_conditioning_is_served_by_torch_and_the_record_says_partly(webui):
     txt2img(webui)
     unet = webui.sd_unet.current_unet
-    before = unet.served_calls
     x, t, c = torch.randn(2, 4, 32, 32), torch.ones(2), torch.randn(2, 77, 64)
     with torch.no_grad():
         out = webui.shared.sd_model.model.diffusion_model(x, t, context=c, control=[torch.zeros(1)])
-        ref = webui.module.OpenVINOUnet.forward(unet, x, t, c)
-    assert unet.served_calls == before + 1  # only the plain call went to OpenVINO
+        ref = unet.forward(x, t, c)
+    assert unet.record.openvino_calls == 5 and unet.record.torch_calls == {
+        "extra UNet inputs (control) that the compiled UNet does not take": 1
+    }
+    assert unet.record.infotext().startswith("partly (5/6 calls; 1 on torch: extra UNet inputs (control)")
     assert out.shape == ref.shape
+
+
+def test_nan_from_openvino_finishes_the_job_on_torch_with_a_note(webui, monkeypatch):
+    webui.shared.opts.sd_unet = "None"
+    torch_job = txt2img(webui)
+    webui.shared.opts.sd_unet = "Automatic"
+    txt2img(webui)
+    runtime = webui.sd_unet.current_unet.served.plain
+    calls = []
+    real_call = type(runtime).__call__
+
+    def nan_after_two(self, *args):
+        calls.append(1)
+        out = real_call(self, *args)
+        return out if len(calls) <= 2 else out * float("nan")
+
+    monkeypatch.setattr(type(runtime), "__call__", nan_after_two)
+    job = txt2img(webui)
+    assert len(calls) == 3  # the third call's NaN was caught; the fourth went straight to torch
+    text = openvino_infotext(job)
+    assert text.startswith("partly (2/4 calls; 2 on torch: the OpenVINO UNet returned NaN/inf"), text
+    assert bool(torch.isfinite(job.latent).all())
+    assert metrics.rel_l2(job.latent, torch_job.latent) < 1e-4
+
+
+def test_an_option_for_a_checkpoint_that_is_not_loaded(webui, tiny_unet):
+    """`[OpenVINO] other` chosen while tinyckpt is loaded serves tinyckpt's own UNet, and says so."""
+    from .webui_harness import checkpoint
+
+    other = checkpoint(webui.tmp_path, "other", tiny_unet)
+    webui.sd_unet.list_unets()
+    webui.shared.opts.sd_unet = "[OpenVINO] other"
+    job = txt2img(webui)
+    params = infotext_params(job.infotexts[0])
+    assert params["OpenVINO"] == "fp32, CPU, f32, static"
+    assert "tinyckpt's own FP32 UNet serves" in params["OpenVINO note"]
+    assert webui.sd_unet.current_unet.served.source.checkpoint_name == "tinyckpt"
+    assert other.model_name == "other" and "is loaded" in webui.pkg.accordion.status_html()
+
+
+def test_a_model_the_engine_does_not_support_runs_on_torch_with_a_message(webui):
+    class NotAnSdUnet(torch.nn.Module):  # SD3's MMDiT, Flux, an unknown class...
+        in_channels = 4
+
+        def forward(self, x, timesteps=None, context=None, **kwargs):
+            return x * 0.5
+
+    webui.shared.sd_model.model.diffusion_model = NotAnSdUnet()
+    webui.sd_unet.apply_unet()
+    unet = webui.sd_unet.current_unet
+    assert unet.served is None and "is not supported" in unet.unavailable
+    x = torch.randn(1, 4, 8, 8)
+    assert torch.equal(unet.forward(x, torch.ones(1), torch.randn(1, 77, 64)), x * 0.5)
+
+
+def test_checkpoint_switch_releases_the_served_unet(webui):
+    import gc
+    import weakref
+
+    txt2img(webui)
+    served = webui.sd_unet.current_unet.served
+    compiled = weakref.ref(served.plain._compiled[next(iter(served.plain._compiled))][0])
+    webui.sd_unet.apply_unet("None")  # what sd_models.reload_model_weights does first
+    gc.collect()
+    assert served.plain is None and compiled() is None  # the compiled model is gone
+    webui.sd_unet.apply_unet()  # ... and after loading: the (new) checkpoint's option again
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, static"
 
 
 def test_settings_section(webui):
     labels = webui.shared.opts.data_labels
     keys = [k for k in labels if k.startswith("sd_ov_")]
-    assert set(keys) == set(webui.module.SETTINGS_DEFAULTS)
+    assert set(keys) == set(webui.pkg.settings.SETTINGS_DEFAULTS)
     assert all(labels[k].section == ("openvino", "OpenVINO") for k in keys)
     choices = labels["sd_ov_device"].component_args()["choices"]
     assert "CPU" in choices and "AUTO" in choices
@@ -196,22 +218,10 @@ def test_accordion_shows_what_will_run(webui):
     assert webui.script.infotext_fields[0][1]({"OpenVINO": "fp32"}) is True
     webui.info.calculate_shorthash()
     txt2img(webui)
-    status = webui.module.status_html()
+    status = webui.pkg.accordion.status_html()
     assert "Cached: yes" in status and "CPU" in status and "fp32" in status
     webui.shared.opts.sd_unet = "None"
-    assert "torch UNet will run" in webui.module.status_html()
-
-
-def infotext_params(infotext: str) -> dict:
-    """The webui's parse_generation_parameters, enough for our keys (values without commas)."""
-    params, key = {}, None
-    for part in infotext.split(", "):
-        if ": " in part:
-            key, value = part.split(": ", 1)
-            params[key] = value
-        elif key:
-            params[key] += ", " + part
-    return params
+    assert "torch UNet will run" in webui.pkg.accordion.status_html()
 
 
 def test_deepcache_job_records_itself_and_the_next_job_is_unaffected(webui):
@@ -219,24 +229,27 @@ def test_deepcache_job_records_itself_and_the_next_job_is_unaffected(webui):
     torch_job = txt2img(webui, steps=6)
     webui.shared.opts.sd_unet = "Automatic"
     cached = txt2img(webui, steps=6, deepcache=(3, 1, "uniform"))
-    unet = webui.sd_unet.current_unet
-    assert unet.deepcache.pattern == list("FSSFSS")  # one batched call per Euler step
-    assert "OpenVINO: fp32+DeepCache3b1, CPU, f32, static" in cached.infotexts[0]
-    assert "OpenVINO DeepCache: interval 3, branch 1, uniform" in cached.infotexts[0]
+    served = webui.sd_unet.current_unet.served
+    assert served.deepcache.pattern == list("FSSFSS")  # one batched call per Euler step
+    params = infotext_params(cached.infotexts[0])
+    assert params["OpenVINO"] == "fp32+DeepCache3b1, CPU, f32, static"
+    assert params["OpenVINO DeepCache"] == "interval 3, branch 1, uniform"
     again = txt2img(webui, steps=6, deepcache=(3, 1, "uniform"))
-    assert unet.deepcache.pattern == list("FSSFSS")  # counting restarted with the job
+    assert served.deepcache.pattern == list("FSSFSS")  # counting restarted with the job
     assert torch.equal(again.latent, cached.latent)
     plain = txt2img(webui, steps=6)
-    assert "DeepCache" not in plain.infotexts[0] and "OpenVINO: fp32, CPU" in plain.infotexts[0]
-    assert unet.deepcache.pattern == []  # nothing ran through the cache schedule
+    assert "OpenVINO DeepCache" not in infotext_params(plain.infotexts[0])
+    assert openvino_infotext(plain) == "fp32, CPU, f32, static"
+    assert served.deepcache.pattern == []  # nothing ran through the cache schedule
     assert metrics.rel_l2(plain.latent, torch_job.latent) < 1e-4
 
 
 def test_deepcache_resets_at_the_hires_pass(webui):
     job = txt2img(webui, steps=3, deepcache=(2, 0, "uniform"), hires=True)
-    unet = webui.sd_unet.current_unet
-    assert unet.deepcache.pattern == list("FSF")  # the hires pass started afresh, at its own shape
-    assert unet.deepcache.state.full_calls == 4  # 2 in the first pass, 2 in the hires pass
+    served = webui.sd_unet.current_unet.served
+    assert served.deepcache.pattern == list("FSF")  # the hires pass started afresh, at its own shape
+    assert served.deepcache.state.full_calls == 4  # 2 in the first pass, 2 in the hires pass
+    assert webui.sd_unet.current_unet.record.openvino_calls == 6  # both passes in the batch's record
     assert "interval 2, branch 0" in job.infotexts[0]
 
 
@@ -246,128 +259,7 @@ def test_pasting_an_infotext_restores_the_deepcache_choice(webui):
     params = infotext_params(job.infotexts[0])
     restored = [fn(params) for _, fn in webui.script.infotext_fields]
     assert restored == [True, 4, 2, "non-uniform"]
-    assert [fn({"OpenVINO": "fp32, CPU, f32, static"}) for _, fn in webui.script.infotext_fields][:2] == [
-        True,
-        0,
-    ]
+    plain = {"OpenVINO": "fp32, CPU, f32, static"}
+    assert [fn(plain) for _, fn in webui.script.infotext_fields][:2] == [True, 0]
     assert [fn({"Steps": "20"}) for _, fn in webui.script.infotext_fields] == [None] * 4
     assert len(components) == 4
-
-
-# The OpenVINO tab: Optimize, the recipe's SD Unet option, token merging, delete, cancel.
-TAB_VALUES = dict(
-    int8="hybrid",
-    smooth_quant=False,
-    tome=0.5,
-    prune="off",
-    prune_ratio=20,
-    precision="f32",
-    samples=4,
-    prompts_text="a red apple on a table\na blue car in the rain",
-    sampler="Euler",
-    calib_size="128x128",
-    calib_steps=3,
-    sizes_text="128x128",
-    batch=1,
-    chunks=1,
-    device="CPU",
-    measure_size="128x128",
-    compare_picture=True,
-)
-
-
-def optimize_in_tab(webui, progress_bar=None, **changes):
-    values = {**TAB_VALUES, **changes}
-    return webui.module.run_optimize(*values.values(), progress_bar=progress_bar)
-
-
-def test_the_tab_is_registered_with_its_optimize_button(webui):
-    import gradio as gr
-
-    assert list(TAB_VALUES) == list(webui.module.OPTIMIZE_DEFAULTS)  # the form's order
-    (blocks, title, elem_id), *_ = webui.callbacks.ui_tabs_callback()
-    assert title == "OpenVINO" and elem_id == "sd_ov_tab"
-    optimize_button = next(c for c in gr.Component.created if c.kwargs.get("elem_id") == "sd_ov_optimize")
-    (_, fn, inputs, outputs) = optimize_button.events[0]
-    assert len(inputs) == len(TAB_VALUES) and len(outputs) == 2
-    labels = [c.label for c in inputs]
-    assert labels[:3] == ["INT8", "SmoothQuant (MatMuls)", "Token merging ratio"]
-
-
-def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path):
-    import gradio as gr
-
-    webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
-    bar = gr.Progress()
-    message, entries = optimize_in_tab(webui, progress_bar=bar)
-    assert "ready" in message and "PSNR" in message, message
-    assert "INT8 ToMe0.5" in entries
-    descs = " | ".join(d for _, d in bar.calls)
-    assert "calibration picture 1/2: a red apple" in descs and "compressing to INT8" in descs
-    assert bar.calls[-1][0] == 1.0 and webui.shared.state.job == ""  # the job ended
-    label = "[OpenVINO INT8 ToMe0.5] tinyckpt"
-    assert [o.label for o in webui.sd_unet.unet_options] == ["[OpenVINO] tinyckpt", label]
-
-    webui.shared.opts.sd_unet = "None"
-    torch_job = txt2img(webui)
-    webui.shared.opts.sd_unet = label
-    webui.shared.opts.token_merging_ratio = 0.3
-    job = txt2img(webui)
-    unet = webui.sd_unet.current_unet
-    assert unet.problem is None and unet.served_calls == 4
-    params = infotext_params(job.infotexts[0])
-    assert params["OpenVINO"].startswith("int8-tome0.5, CPU")
-    assert "webui ratio 0.3 not applied" in params["OpenVINO token merging"]
-    assert metrics.rel_l2(job.latent, torch_job.latent) < 0.25
-    assert "webui ratio 0.3 not applied" in webui.module.status_html()
-
-    # delete it from the tab: the option goes, the serving UNet was given back first
-    (choice,) = [c for c in webui.module.entry_choices() if "INT8 ToMe0.5" in c]
-    assert "Deleted" in webui.module.delete_entry(choice)
-    assert webui.sd_unet.current_unet is None
-    assert [o.label for o in webui.sd_unet.unet_options] == ["[OpenVINO] tinyckpt"]
-    webui.shared.opts.sd_unet = label  # a stale label: torch serves, with the reason
-    webui.sd_unet.current_unet_option = None
-    webui.sd_unet.unet_options.append(webui.module.OpenVINOUnetOption(webui.info, unet.recipe))
-    job = txt2img(webui)
-    assert "Optimize" in webui.sd_unet.current_unet.problem and "torch served" in job.infotexts[0]
-
-
-def test_cancel_in_the_tab_leaves_no_entry_and_bad_input_is_refused(webui, tmp_path):
-    webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
-
-    class CancelAtCompression:
-        calls = []
-
-        def __call__(self, fraction, desc=None):
-            if desc and desc.startswith("compressing"):
-                webui.shared.state.interrupt()  # what the Cancel button does
-
-    message, entries = optimize_in_tab(webui, progress_bar=CancelAtCompression(), tome=0.0)
-    assert "cancelled" in message and "INT8" not in entries
-    assert [o.label for o in webui.sd_unet.unet_options] == ["[OpenVINO] tinyckpt"]
-    leftovers = [p for p in (tmp_path / "cache").glob("*/*") if ".tmp" in p.name or "trash" in p.name]
-    assert leftovers == []
-    message, _ = optimize_in_tab(webui, sizes_text="100x100")
-    assert "Cannot optimize" in message and "multiples of 64" in message
-
-
-def test_api_routes_optimize_and_list(webui, tmp_path):
-    routes = {}
-    app = SimpleNamespace(add_api_route=lambda path, fn, methods: routes.update({(methods[0], path): fn}))
-    webui.callbacks.app_started_callback(None, app)
-    assert set(routes) == {("POST", "/sd-ov/v1/optimize"), ("GET", "/sd-ov/v1/recipes")}
-    webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
-    assert "unknown Optimize fields" in routes[("POST", "/sd-ov/v1/optimize")]({"int9": "x"})["error"]
-    result = routes[("POST", "/sd-ov/v1/optimize")](
-        {
-            "int8": "weights",
-            "calib_size": "128x128",
-            "measure_size": "128x128",
-            "sizes_text": "",
-            "compare_picture": False,
-        }
-    )
-    assert result["label"] == "[OpenVINO INT8w] tinyckpt" and result["report"]["speedup"] > 0, result
-    listed = routes[("GET", "/sd-ov/v1/recipes")]()["recipes"]
-    assert [r["label"] for r in listed] == ["FP32", "INT8w"]

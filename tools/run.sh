@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 VENV=${SD_OV_VENV:-.venv}
 PY=${PYTHON:-python3}
 
-if [ ! -f "$VENV/.sd_ov_ready" ]; then
+# The marker names pyproject.toml's hash: a changed dependency list installs again.
+READY="$VENV/.sd_ov_ready-$(sha256sum pyproject.toml | cut -c1-12)"
+if [ ! -f "$READY" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # The CPU build of torch, pinned: a bare `torch` requirement would pull gigabytes of CUDA wheels.
@@ -15,7 +17,8 @@ if [ ! -f "$VENV/.sd_ov_ready" ]; then
   # The webui's ldm package (same UNetModel class), without its 2022 pins (lightning 1.4, ...).
   "$VENV/bin/python" -m pip install -q --no-deps stable-diffusion-sdkit==2.1.5
   "$VENV/bin/python" -m pip install -q -e ".[ldm,test]"
-  touch "$VENV/.sd_ov_ready"
+  rm -f "$VENV"/.sd_ov_ready*
+  touch "$READY"
 fi
 . "$VENV/bin/activate"
 

@@ -3,6 +3,7 @@ infotext that the webui follows in process_images / process_images_inner, with a
 (Euler over the real ldm UNet, called through the patched UNetModel.forward)."""
 
 import hashlib
+import json
 
 import torch
 from PIL import Image
@@ -110,10 +111,17 @@ class Processed:
         self.extra_generation_params = dict(p.extra_generation_params)
 
 
+def quote(text):
+    """modules/infotext_utils.quote: values with a comma, colon or newline are JSON strings."""
+    if "," not in str(text) and "\n" not in str(text) and ":" not in str(text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
 def create_infotext(p):
     params = {"Steps": p.steps, "Sampler": "Euler", "Seed": p.seed, "Size": f"{p.width}x{p.height}"}
     params.update(p.extra_generation_params)
-    return ", ".join(f"{k}: {v}" for k, v in params.items())
+    return ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
 
 
 def process_images(p):

@@ -7,6 +7,7 @@ from modules import devices, script_callbacks, shared
 unet_options = []
 current_unet_option = None
 current_unet = None
+original_forward = None  # set by sd_hijack per model type, as in the webui
 
 
 def list_unets():

@@ -1,0 +1,140 @@
+"""The Optimize form: its fields, their defaults, and the one parser the tab, the API and the
+command line share, so a recipe made from any of them is the same recipe.
+
+Everything is checked here, before any work starts: a wrong size, ratio, prompt list or device
+is a `ValueError` (or `DeviceNotFoundError`) with a sentence the person can act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .calibration import default_prompts
+from .optimize import Measure
+from .ov_core import resolve_device
+from .recipe import Recipe
+
+# Sides the compiled SD UNet takes: the latent (side / 8) must divide by 8 (three downsamplings).
+SIZE_MULTIPLE = 64
+MAX_SIDE = 4096
+
+# Field → default, in the tab's order. prune_ratio is in percent, as the tab's slider shows it.
+OPTIMIZE_FIELDS: dict[str, Any] = {
+    "int8": "hybrid",
+    "smooth_quant": False,
+    "tome": 0.0,
+    "prune": "off",
+    "prune_ratio": 20,
+    "precision": "f32",
+    "samples": 16,
+    "prompts_text": None,  # None: the first four shipped prompts; "" is refused
+    "sampler": "Euler",
+    "calib_size": "256x256",
+    "calib_steps": 8,
+    "sizes_text": "512x512",
+    "batch": 1,
+    "chunks": 1,
+    "device": "",  # empty: Settings → OpenVINO device
+    "measure_size": "512x512",
+    "compare_picture": True,
+}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the sampler runs for calibration (every prompt) and the sample picture (the first)."""
+
+    prompts: tuple[str, ...]
+    sampler: str
+    width: int
+    height: int
+    steps: int
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class OptimizeRequest:
+    recipe: Recipe
+    calibration: Calibration
+    shapes: tuple[tuple[int, int, int, int], ...]  # (UNet batch, latent h, latent w, tokens)
+    measure_size: tuple[int, int]
+    unet_batch: int
+    tokens: int
+    device: str
+    compare_picture: bool
+
+    def measure(self, calls: int = 2) -> Measure:
+        width, height = self.measure_size
+        return Measure(width, height, batch=self.unet_batch, tokens=self.tokens, calls=calls)
+
+
+def parse_size(text: str, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """ "512x768" → (512, 768), width x height; sides positive multiples of `multiple`."""
+    part = str(text).strip().lower().replace(" ", "")
+    try:
+        width, height = (int(v) for v in part.split("x"))
+    except ValueError as err:
+        raise ValueError(f"sizes are WIDTHxHEIGHT, e.g. 512x768; got {text!r}") from err
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE) or width % multiple or height % multiple:
+        raise ValueError(
+            f"{part}: sides must be multiples of {multiple} px between {multiple} and {MAX_SIDE}"
+        )
+    return width, height
+
+
+def parse_sizes(text: str | None, multiple: int = SIZE_MULTIPLE) -> list[tuple[int, int]]:
+    """Sizes as typed ("512x512, 768x512"); empty text is no size."""
+    parts = [p for p in str(text or "").replace(";", ",").split(",") if p.strip()]
+    return [parse_size(p, multiple) for p in parts]
+
+
+def _number(fields: Mapping[str, Any], name: str, kind: type, low: float, high: float) -> Any:
+    try:
+        value = kind(fields[name])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a number, not {fields[name]!r}") from err
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low:g} and {high:g}, not {value:g}")
+    return value
+
+
+def parse_optimize_form(values: Mapping[str, Any], default_device: str = "CPU") -> OptimizeRequest:
+    """The form's values (any subset of OPTIMIZE_FIELDS) → what Optimize needs."""
+    unknown = set(values) - set(OPTIMIZE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown Optimize fields: {sorted(unknown)}")
+    f = {**OPTIMIZE_FIELDS, **{k: v for k, v in values.items() if v is not None or k == "prompts_text"}}
+    recipe = Recipe(
+        int8=str(f["int8"]),
+        tome=_number(f, "tome", float, 0.0, 0.75),
+        prune=str(f["prune"]),
+        prune_ratio=_number(f, "prune_ratio", float, 0.0, 90.0) / 100,
+        precision=str(f["precision"]),
+        smooth_quant=bool(f["smooth_quant"]),
+        samples=_number(f, "samples", int, 1, 256),
+    )
+    if f["prompts_text"] is None:
+        prompts = tuple(default_prompts()[:4])
+    else:
+        prompts = tuple(line.strip() for line in str(f["prompts_text"]).splitlines() if line.strip())
+        if not prompts and recipe.needs_calibration:
+            raise ValueError(f"{recipe.label()} is calibrated on pictures: give at least one prompt")
+    calib_w, calib_h = parse_size(f["calib_size"])
+    batch = _number(f, "batch", int, 1, 8)
+    chunks = _number(f, "chunks", int, 1, 4)
+    unet_batch, tokens = 2 * batch, 77 * chunks  # cond + uncond; 75 tokens a chunk, plus start/end
+    shapes = tuple((unet_batch, h // 8, w // 8, tokens) for w, h in parse_sizes(f["sizes_text"]))
+    return OptimizeRequest(
+        recipe=recipe,
+        calibration=Calibration(
+            prompts, str(f["sampler"]), calib_w, calib_h, _number(f, "calib_steps", int, 1, 150)
+        ),
+        shapes=shapes,
+        measure_size=parse_size(f["measure_size"]),
+        unet_batch=unet_batch,
+        tokens=tokens,
+        device=resolve_device(str(f["device"] or default_device)),
+        compare_picture=bool(f["compare_picture"]),
+    )

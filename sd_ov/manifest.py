@@ -1,0 +1,126 @@
+"""A cache entry's manifest as one typed record.
+
+The JSON on disk keeps the layout entries have had since the first release (so existing caches
+stay valid); everything else reads it through `Manifest`, never by string keys. `Report` is what
+Optimize measured and the tab, the API and the CLI show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .ldm_unet import UNetSpec
+from .recipe import Recipe
+
+FORMAT = 1
+UNET_INPUTS = ("x", "timesteps", "context")
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    size: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """Optimize's measurements; every number is optional (measuring can be turned off)."""
+
+    label: str = ""
+    device: str = ""
+    measure: dict[str, int] | None = None
+    torch_s_per_step: float | None = None
+    s_per_step: float | None = None
+    speedup: float | None = None
+    rel_l2: float | None = None
+    psnr_db: float | None = None
+    ssim: float | None = None
+    optimize_s: float | None = None
+    peak_rss_mib: float | None = None
+    disk_mib: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Report:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Manifest:
+    checkpoint_name: str
+    checkpoint_hash: str
+    recipe: Recipe
+    ir: str
+    files: dict[str, FileRecord]
+    unet: UNetSpec
+    timings: dict[str, float] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)  # DeepCache: {"full": xml, "shallow": xml}
+    feature_channels: int | None = None  # DeepCache: channels of the cached feature
+    calibration: dict[str, Any] | None = None  # {"samples": n, "digest": ...}
+    report: Report | None = None
+    label: str = ""
+    format: int = FORMAT
+    sd_ov: str = ""
+    openvino: str = ""
+    created: str = ""
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(f.size for f in self.files.values())
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "format": self.format,
+            "sd_ov": self.sd_ov,
+            "openvino": self.openvino,
+            "created": self.created,
+            "checkpoint": {"name": self.checkpoint_name, "hash": self.checkpoint_hash},
+            "recipe": self.recipe.key(),
+            "ir": self.ir,
+            "files": {name: asdict(f) for name, f in self.files.items()},
+            "disk_bytes": self.disk_bytes,
+            "unet": self.unet.to_dict(),
+            "inputs": list(UNET_INPUTS),
+            "timings": dict(self.timings),
+        }
+        if self.recipe.deepcache_branch is not None:
+            data["deepcache"] = {
+                "branch": self.recipe.deepcache_branch,
+                "feature_channels": self.feature_channels,
+            }
+            data["models"] = dict(self.models)
+        if self.label:
+            data["label"] = self.label
+        if self.calibration is not None or self.label:
+            data["calibration"] = self.calibration
+        if self.report is not None:
+            data["report"] = self.report.to_json()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        """Raises KeyError/TypeError/ValueError on a manifest that is not one of ours."""
+        deepcache = data.get("deepcache") or {}
+        report = data.get("report")
+        return cls(
+            checkpoint_name=str(data["checkpoint"]["name"]),
+            checkpoint_hash=str(data["checkpoint"]["hash"]),
+            recipe=Recipe.from_key(data["recipe"]),
+            ir=str(data["ir"]),
+            files={name: FileRecord(int(f["size"]), str(f["digest"])) for name, f in data["files"].items()},
+            unet=UNetSpec(**data["unet"]),
+            timings=dict(data.get("timings") or {}),
+            models=dict(data.get("models") or {}),
+            feature_channels=deepcache.get("feature_channels"),
+            calibration=data.get("calibration"),
+            report=Report.from_json(report) if isinstance(report, dict) else None,
+            label=str(data.get("label", "")),
+            format=int(data.get("format", 0)),
+            sd_ov=str(data.get("sd_ov", "")),
+            openvino=str(data.get("openvino", "")),
+            created=str(data.get("created", "")),
+        )

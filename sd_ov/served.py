@@ -1,0 +1,200 @@
+"""The OpenVINO UNet a host serves: one object that owns the forward dispatch (plain model, or
+DeepCache's full and shallow models), switching DeepCache per job, reopening when the runtime
+settings change, and giving memory back.
+
+A host (the webui adapter, the demo) only calls it, or falls back to torch when it raises. It
+never reaches into the runtime or the DeepCache models itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from . import cache, engine
+from .deepcache import DeepCacheConfig, DeepCacheUNet
+from .errors import NonFiniteOutputError, SdOvError
+from .progress import ProgressFn, silent
+from .recipe import Recipe
+from .runtime import DEFAULT_SHAPE_POLICY, PRECISIONS, SHAPE_POLICIES, OVUNet
+
+log = logging.getLogger("sd_ov")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How the served UNet is compiled; a change between jobs recompiles."""
+
+    device: str = "CPU"
+    precision: str = "f32"
+    shape_policy: str = DEFAULT_SHAPE_POLICY
+    max_compiled: int = 2
+    cache_compiled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.shape_policy not in SHAPE_POLICIES:
+            raise ValueError(f"shapes must be one of {SHAPE_POLICIES}, not {self.shape_policy!r}")
+
+    def for_recipe(self, recipe: Recipe) -> RuntimeSettings:
+        """A recipe made for a precision runs at it; the plain recipe follows the setting."""
+        return self if recipe.precision == "f32" else replace(self, precision=recipe.precision)
+
+
+@dataclass(frozen=True)
+class UNetSource:
+    """Where the IRs come from: a checkpoint's cache entries, exported from its torch UNet on first
+    use (plain and DeepCache). `torch_calls` is entered around an export, so the host routes the
+    trace's UNet calls to torch itself."""
+
+    cache_root: Path
+    checkpoint_name: str
+    checkpoint_hash: str
+    unet: torch.nn.Module
+    torch_calls: Callable[[], AbstractContextManager] = contextlib.nullcontext
+
+    def entry(self, recipe: Recipe, progress: ProgressFn) -> cache.CacheEntry:
+        """The entry of `recipe`: plain ones are exported when missing, optimized ones must exist."""
+        if recipe.is_plain:
+            with self.torch_calls():
+                return engine.prepare_entry(
+                    self.unet, self.cache_root, self.checkpoint_name, self.checkpoint_hash, recipe, progress
+                ).entry
+        found, problem = cache.find(
+            Path(self.cache_root), cache.EntryKey(self.checkpoint_name, self.checkpoint_hash, recipe)
+        )
+        if found is None:
+            raise SdOvError(
+                f"{recipe.label()} of {self.checkpoint_name} is not in the cache "
+                f"({problem or 'deleted or never made'}): make it with Optimize in the OpenVINO tab"
+            )
+        return found
+
+
+class ServedUNet:
+    """Call it like the torch UNet: `served(x, timesteps, context)`. Every method may raise; the
+    host then serves torch and says why."""
+
+    def __init__(
+        self, source: UNetSource, recipe: Recipe, settings: RuntimeSettings, progress: ProgressFn = silent
+    ) -> None:
+        self.source = source
+        self.recipe = recipe
+        self.settings = settings.for_recipe(recipe)
+        self.progress = progress
+        self.entry: cache.CacheEntry | None = None
+        self.plain: OVUNet | None = None
+        self.deepcache: DeepCacheUNet | None = None
+        self.job_deepcache = DeepCacheConfig()
+
+    def open(self) -> None:
+        """Find (or export) the entry and read it for the device; compiles come with the first call."""
+        self.entry = self.source.entry(self.recipe, self.progress)
+        self.plain = self._open(self.entry)
+
+    def _open(self, entry: cache.CacheEntry, model: str | None = None) -> OVUNet:
+        s = self.settings
+        return engine.open_unet(
+            entry,
+            s.device,
+            s.precision,
+            s.shape_policy,
+            s.max_compiled,
+            s.cache_compiled,
+            self.progress,
+            model,
+        )
+
+    @property
+    def loaded(self) -> bool:
+        return self.plain is not None or self.deepcache is not None
+
+    def configure(self, settings: RuntimeSettings) -> bool:
+        """Apply the settings of this job (a per-job override, or Settings → Apply); True if the
+        models were reopened."""
+        wanted = settings.for_recipe(self.recipe)
+        if wanted == self.settings and self.loaded:
+            return False
+        self.release()
+        self.settings = wanted
+        self.open()
+        return True
+
+    def start_job(self, config: DeepCacheConfig, expected_calls: int) -> str | None:
+        """Before each batch and hires pass: this job's caching, counters reset. Returns why
+        DeepCache does not run when it was asked for (the job then runs on the plain model)."""
+        self.job_deepcache = DeepCacheConfig()
+        if not config.enabled:
+            if self.deepcache is not None:
+                self.deepcache.start(config)
+            return None
+        if not self.recipe.is_plain:
+            return f"DeepCache runs on the plain [OpenVINO] option only, not on {self.recipe.label()}"
+        try:
+            if self.deepcache is None or self.deepcache.branch != config.branch:
+                if self.deepcache is not None:
+                    self.deepcache.release()  # another branch: its models go before the new ones come
+                    self.deepcache = None
+                entry = self.source.entry(self.recipe.with_deepcache(config.branch), self.progress)
+                if self.plain is not None:  # the full model serves plain calls too: one copy in memory
+                    self.plain.release()
+                    self.plain = None
+                    gc.collect()
+                full, shallow = (self._open(entry, name) for name in ("full", "shallow"))
+                self.deepcache = DeepCacheUNet(full, shallow, config, branch=config.branch)
+            self.deepcache.start(config, expected_calls)
+        except Exception as err:
+            log.warning("sd-ov: DeepCache unavailable: %s", err)
+            return f"DeepCache unavailable, plain OpenVINO UNet used: {err}"
+        self.job_deepcache = config
+        return None
+
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        if self.deepcache is not None and self.job_deepcache.enabled:
+            out = self.deepcache(x, timesteps, context)
+        elif self.deepcache is not None:  # same weights and output as the plain model
+            out = self.deepcache.full(x, timesteps, context)[0]
+        elif self.plain is not None:
+            out = self.plain(x, timesteps, context)
+        else:
+            raise SdOvError("the OpenVINO UNet was released")
+        if not bool(torch.isfinite(out).all()):
+            raise NonFiniteOutputError(
+                f"the OpenVINO UNet returned NaN/inf on {self.settings.device} at {self.settings.precision} "
+                "precision (f32 avoids this)"
+            )
+        return out
+
+    def summary(self) -> str:
+        """What runs, as the infotext records it: recipe (+DeepCache), device, precision, shapes."""
+        name = self.recipe.name()
+        if self.job_deepcache.enabled:
+            name += f"+{self.job_deepcache.label()}"
+        s = self.settings
+        return f"{name}, {s.device}, {s.precision}, {s.shape_policy}"
+
+    @property
+    def runtimes(self) -> list[OVUNet]:
+        models = [self.plain] if self.plain is not None else []
+        if self.deepcache is not None:
+            models += [self.deepcache.full, self.deepcache.shallow]
+        return models
+
+    def release(self) -> None:
+        """Compiled models and graphs go; memory returns to the system. Safe to call twice."""
+        if self.deepcache is not None:
+            self.deepcache.release()
+            self.deepcache = None
+        if self.plain is not None:
+            self.plain.release()
+            self.plain = None
+        self.job_deepcache = DeepCacheConfig()
+        gc.collect()

@@ -1,0 +1,117 @@
+"""The OpenVINO accordion in txt2img/img2img: a per-job switch, DeepCache, and what will run."""
+
+from __future__ import annotations
+
+import html
+
+from modules import sd_unet, shared
+
+from sd_ov import cache, ov_core
+from sd_ov.deepcache import SCHEDULES
+from sd_ov.errors import SdOvError
+
+from .job import INFOTEXT_KEY, pasted_deepcache, token_merging_note
+from .settings import cache_root, deepcache_settings, opt, runtime_settings
+from .unet import OpenVINOUnetOption, current_openvino_unet
+
+# The accordion's controls, in the order the webui passes their values to the hooks.
+CONTROLS = ("enabled", "interval", "branch", "schedule")
+
+
+def build(script, is_img2img: bool) -> list:
+    import gradio as gr
+
+    tab = "img2img" if is_img2img else "txt2img"
+    with gr.Accordion("OpenVINO", open=False, elem_id=f"sd_ov_{tab}_accordion"):
+        enabled = gr.Checkbox(
+            label="Use the OpenVINO UNet for this job", value=True, elem_id=f"sd_ov_{tab}_enabled"
+        )
+        with gr.Row():
+            interval = gr.Slider(
+                minimum=0,
+                maximum=10,
+                step=1,
+                label="DeepCache interval (0: off)",
+                value=lambda: int(opt("sd_ov_deepcache_interval")),
+                elem_id=f"sd_ov_{tab}_deepcache_interval",
+            )
+            branch = gr.Slider(
+                minimum=0,
+                maximum=10,
+                step=1,
+                label="DeepCache branch",
+                value=lambda: int(opt("sd_ov_deepcache_branch")),
+                elem_id=f"sd_ov_{tab}_deepcache_branch",
+            )
+            schedule = gr.Radio(
+                choices=list(SCHEDULES),
+                label="DeepCache schedule",
+                value=lambda: opt("sd_ov_deepcache_schedule"),
+                elem_id=f"sd_ov_{tab}_deepcache_schedule",
+            )
+        status = gr.HTML(value=status_html, elem_id=f"sd_ov_{tab}_status")
+        refresh = gr.Button(value="Refresh status", elem_id=f"sd_ov_{tab}_refresh")
+        refresh.click(fn=status_html, inputs=[], outputs=[status])
+    # Pasting an OpenVINO picture's infotext turns it on and restores its DeepCache choice;
+    # other infotexts leave the controls alone.
+    script.infotext_fields = [
+        (enabled, lambda params: True if INFOTEXT_KEY in params else None),
+        (interval, lambda params: pasted_deepcache(params, "interval")),
+        (branch, lambda params: pasted_deepcache(params, "branch")),
+        (schedule, lambda params: pasted_deepcache(params, "schedule")),
+    ]
+    script.paste_field_names = []
+    return [enabled, interval, branch, schedule]
+
+
+def status_html() -> str:
+    """What the next job will run: device, recipe, and whether the UNet is cached already."""
+    model = getattr(shared, "sd_model", None)
+    info = getattr(model, "sd_checkpoint_info", None)
+    selected = getattr(shared.opts, "sd_unet", "Automatic")
+    option = sd_unet.get_unet_option() if info is not None else None
+    lines = [f"SD Unet setting: <b>{html.escape(str(selected))}</b>"]
+    if not isinstance(option, OpenVINOUnetOption):
+        lines.append(
+            "The torch UNet will run (choose an [OpenVINO] option or Automatic in Settings → SD Unet)."
+        )
+        return "<br>".join(lines)
+    try:
+        settings = runtime_settings().for_recipe(option.recipe)
+        ov_core.resolve_device(settings.device)
+        name = ov_core.device_full_name(settings.device.split(":")[0])
+        device_text = f"{html.escape(settings.device)} ({html.escape(name)})"
+        summary = f"{option.recipe.name()}, {settings.device}, {settings.precision}, {settings.shape_policy}"
+    except (SdOvError, ValueError) as err:
+        device_text = f"<span style='color:#c33'>{html.escape(str(err))}</span>"
+        summary = option.recipe.name()
+    deepcache = deepcache_settings()
+    if option.recipe.is_plain and deepcache.enabled:
+        summary = summary.replace(option.recipe.name(), f"{option.recipe.name()}+{deepcache.label()}", 1)
+    lines += [
+        f"Device: {device_text}",
+        f"Recipe: {html.escape(summary)}",
+        f"Cached: {html.escape(cached_text(info, option))}",
+    ]
+    if getattr(option.checkpoint_info, "filename", None) != getattr(info, "filename", None):
+        chosen, loaded = html.escape(option.model_name), html.escape(info.model_name)
+        lines.append(f"Note: this option is for {chosen}; {loaded} is loaded, and its own UNet serves")
+    note = token_merging_note(float(getattr(shared.opts, "token_merging_ratio", 0) or 0), option.recipe)
+    if note:
+        lines.append(f"Token merging: {html.escape(note)}")
+    unet = current_openvino_unet()
+    if unet is not None and unet.unavailable:
+        lines.append(f"<span style='color:#c33'>Last problem: {html.escape(unet.unavailable)}</span>")
+    return "<br>".join(lines)
+
+
+def cached_text(info, option: OpenVINOUnetOption) -> str:
+    sha256 = getattr(info, "sha256", None)
+    if not sha256:
+        return "unknown (checkpoint hash not computed yet)"
+    entry, problem = cache.find(cache_root(), cache.EntryKey(info.model_name, sha256, option.recipe))
+    if entry:
+        return "yes"
+    if not option.recipe.is_plain:
+        return "no: make it with Optimize in the OpenVINO tab"
+    return "invalid, will be rebuilt" if problem else "no: exported on first use"

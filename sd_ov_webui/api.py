@@ -1,0 +1,123 @@
+"""`/sd-ov/v1/...`: Optimize and the recipe list over HTTP, shaped like the webui's own API
+(`modules/api`): pydantic request and response models, HTTP error codes.
+
+- 422: a field is unknown, of the wrong type, or out of range (checked before any work);
+- 409: another job holds the webui's queue, or the user interrupted Optimize (nothing was added);
+- 500: Optimize failed; the message says why; the webui keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import HTTPException
+from pydantic import BaseModel, Field
+
+from sd_ov import optimize
+from sd_ov.errors import Cancelled, DeviceNotFoundError
+from sd_ov.form import OPTIMIZE_FIELDS
+
+from .optimize_job import Busy, optimize_loaded_checkpoint, option_label, parse_request
+from .settings import cache_root
+from .unet import webui_progress
+
+log = logging.getLogger("sd_ov")
+D = OPTIMIZE_FIELDS
+
+
+class OptimizeBody(BaseModel):
+    """The OpenVINO tab's Optimize form (prune_ratio in percent)."""
+
+    int8: str = Field(D["int8"], description="off, weights, hybrid or full")
+    smooth_quant: bool = Field(D["smooth_quant"], description="SmoothQuant the MatMuls (INT8 full only)")
+    tome: float = Field(D["tome"], description="token merging ratio, 0 to 0.75")
+    prune: str = Field(D["prune"], description="off, magnitude or ffn")
+    prune_ratio: float = Field(D["prune_ratio"], description="percent pruned when pruning is on")
+    precision: str = Field(D["precision"], description="f32, bf16, f16 or auto")
+    samples: int = Field(D["samples"], description="calibration samples kept")
+    prompts_text: str | None = Field(
+        D["prompts_text"], description="calibration prompts, one per line (null: shipped)"
+    )
+    sampler: str = Field(D["sampler"], description="the webui sampler for calibration pictures")
+    calib_size: str = Field(D["calib_size"], description="calibration picture size, WxH")
+    calib_steps: int = Field(D["calib_steps"], description="sampler steps per calibration picture")
+    sizes_text: str = Field(D["sizes_text"], description="picture sizes to compile ahead, comma separated")
+    batch: int = Field(D["batch"], description="pictures per batch (UNet batch x2)")
+    chunks: int = Field(D["chunks"], description="prompt chunks of 75 tokens")
+    device: str = Field(D["device"], description="OpenVINO device; empty: Settings → OpenVINO device")
+    measure_size: str = Field(D["measure_size"], description="picture size the speed is measured at")
+    compare_picture: bool = Field(
+        D["compare_picture"], description="make a sample picture with torch and the recipe"
+    )
+
+    class Config:
+        extra = "forbid"
+
+
+class RecipeItem(BaseModel):
+    checkpoint: str
+    label: str
+    option: str | None = None
+    entry: str
+    report: dict[str, Any] = {}
+
+
+class OptimizeResponse(BaseModel):
+    label: str
+    entry: str
+    report: dict[str, Any]
+
+
+class RecipesResponse(BaseModel):
+    recipes: list[RecipeItem]
+
+
+def _fields(body: BaseModel) -> dict[str, Any]:
+    return body.model_dump() if hasattr(body, "model_dump") else body.dict()
+
+
+def optimize_route(body: OptimizeBody) -> OptimizeResponse:
+    try:
+        request = parse_request(_fields(body))
+    except (ValueError, DeviceNotFoundError) as err:
+        raise HTTPException(status_code=422, detail=str(err)) from err
+    try:
+        entry = optimize_loaded_checkpoint(request, webui_progress, wait=False)
+    except Busy as err:
+        raise HTTPException(status_code=409, detail=str(err)) from err
+    except Cancelled as err:
+        raise HTTPException(
+            status_code=409, detail=f"Optimize was interrupted ({err}): nothing was added"
+        ) from err
+    except Exception as err:  # reported to the caller; the webui keeps running
+        log.exception("sd-ov: Optimize (API) failed")
+        raise HTTPException(status_code=500, detail=f"Optimize failed: {type(err).__name__}: {err}") from err
+    report = entry.manifest.report.to_json() if entry.manifest.report else {}
+    return OptimizeResponse(label=option_label(request), entry=str(entry.path), report=report)
+
+
+def recipes_route() -> RecipesResponse:
+    try:
+        entries = optimize.recipe_entries(cache_root())
+    except OSError as err:
+        raise HTTPException(status_code=500, detail=f"cannot read the cache folder: {err}") from err
+    return RecipesResponse(
+        recipes=[
+            RecipeItem(
+                checkpoint=e.manifest.checkpoint_name,
+                label=e.manifest.recipe.label(),
+                option=None
+                if e.manifest.recipe.is_plain
+                else f"[OpenVINO {e.manifest.recipe.label()}] {e.manifest.checkpoint_name}",
+                entry=str(e.path),
+                report=e.manifest.report.to_json() if e.manifest.report else {},
+            )
+            for e in entries
+        ]
+    )
+
+
+def on_app_started(_demo, app) -> None:
+    app.add_api_route("/sd-ov/v1/optimize", optimize_route, methods=["POST"], response_model=OptimizeResponse)
+    app.add_api_route("/sd-ov/v1/recipes", recipes_route, methods=["GET"], response_model=RecipesResponse)

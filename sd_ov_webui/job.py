@@ -1,0 +1,112 @@
+"""The accordion script's hooks: a job's switch, its DeepCache choice, and its infotext.
+
+The infotext is written from the job's own record (see `sd_ov.record`): what OpenVINO served,
+what torch served and why.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from modules import shared
+
+from sd_ov.deepcache import DeepCacheConfig
+from sd_ov.recipe import Recipe
+
+from .unet import current_openvino_unet
+
+log = logging.getLogger("sd_ov")
+
+INFOTEXT_KEY = "OpenVINO"
+DEEPCACHE_INFOTEXT_KEY = "OpenVINO DeepCache"
+TOME_INFOTEXT_KEY = "OpenVINO token merging"
+NOTE_INFOTEXT_KEY = "OpenVINO note"
+INFOTEXT_KEYS = (INFOTEXT_KEY, DEEPCACHE_INFOTEXT_KEY, TOME_INFOTEXT_KEY, NOTE_INFOTEXT_KEY)
+
+
+def job_deepcache(interval, branch, schedule) -> DeepCacheConfig:
+    try:
+        return DeepCacheConfig(int(interval or 0), int(branch or 0), str(schedule or "uniform"))
+    except ValueError as err:
+        log.warning("sd-ov: DeepCache off for this job: %s", err)
+        return DeepCacheConfig()
+
+
+def webui_token_merging(p) -> float:
+    """The webui's own token merging ratio for this job (0 when off or unknown)."""
+    try:
+        return float(p.get_token_merging_ratio() or 0)
+    except (AttributeError, TypeError, ValueError):
+        return float(getattr(shared.opts, "token_merging_ratio", 0) or 0)
+
+
+def token_merging_note(webui_ratio: float, recipe: Recipe) -> str | None:
+    """Why the webui's token merging setting does not change what the OpenVINO UNet does."""
+    if webui_ratio <= 0 or abs(webui_ratio - recipe.tome) < 1e-6:
+        return None
+    baked = f"merges {recipe.tome:g}" if recipe.tome > 0 else "merges no tokens"
+    return (
+        f"webui ratio {webui_ratio:g} not applied: the compiled UNet {baked}; its ratio is set when it is "
+        "optimized (OpenVINO tab → Token merging)"
+    )
+
+
+def before_process(p, enabled: bool) -> None:
+    """Runs before the webui applies override_settings: the cleanest per-job switch."""
+    p.sd_ov_saved_unet_setting = None
+    if not enabled and getattr(shared.opts, "sd_unet", "Automatic") != "None":
+        p.sd_ov_saved_unet_setting = shared.opts.sd_unet
+        p.override_settings["sd_unet"] = "None"
+
+
+def start_batch(p, interval, branch, schedule) -> None:
+    unet = current_openvino_unet()
+    if unet is not None:
+        unet.start_job(job_deepcache(interval, branch, schedule), int(p.steps))
+
+
+def start_hires_pass(p, interval, branch, schedule) -> None:
+    unet = current_openvino_unet()
+    if unet is not None:
+        steps = int(getattr(p, "hr_second_pass_steps", 0) or p.steps)
+        unet.start_job(job_deepcache(interval, branch, schedule), steps, first_pass=False)
+
+
+def write_infotext(p) -> None:
+    """The batch's record → the infotext and the progress area."""
+    unet = current_openvino_unet()
+    if unet is None:
+        return
+    for key in INFOTEXT_KEYS:
+        p.extra_generation_params.pop(key, None)
+    record = unet.record
+    text = record.infotext()
+    p.extra_generation_params[INFOTEXT_KEY] = text
+    served = unet.served
+    if record.openvino_calls and served is not None:
+        if served.job_deepcache.enabled:
+            p.extra_generation_params[DEEPCACHE_INFOTEXT_KEY] = served.job_deepcache.infotext()
+        note = token_merging_note(webui_token_merging(p), unet.recipe)
+        if note:
+            p.extra_generation_params[TOME_INFOTEXT_KEY] = note
+    if record.notes:
+        p.extra_generation_params[NOTE_INFOTEXT_KEY] = "; ".join(record.notes)
+    shared.state.textinfo = f"OpenVINO: {text}"
+
+
+def after_process(p) -> None:
+    saved = getattr(p, "sd_ov_saved_unet_setting", None)
+    if saved is not None and shared.opts.sd_unet != saved:
+        shared.opts.sd_unet = saved  # the webui restores only settings it had stored
+
+
+def pasted_deepcache(params: dict, field: str):
+    """The accordion's DeepCache control from a pasted infotext; interval 0 for OpenVINO pictures
+    made without it; None (leave alone) for pictures not made by OpenVINO."""
+    text = params.get(DEEPCACHE_INFOTEXT_KEY)
+    if text is None:
+        return 0 if field == "interval" and INFOTEXT_KEY in params else None
+    try:
+        return getattr(DeepCacheConfig.from_infotext(str(text)), field)
+    except (ValueError, KeyError):
+        return None

@@ -1,0 +1,158 @@
+"""Optimize the loaded checkpoint's UNet as one webui job: calibration pictures and the report's
+sample picture are made by the webui's own sampler and prompts, with the UNet served by OpenVINO."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+
+from modules import call_queue, sd_unet, shared
+
+from sd_ov import cache, optimize, report
+from sd_ov.calibration import CapturingUNet
+from sd_ov.errors import Cancelled, SdOvError
+from sd_ov.form import Calibration, OptimizeRequest, parse_optimize_form
+from sd_ov.ldm_unet import describe
+
+from .settings import cache_root, opt
+from .torch_unet import unet_calls_to
+from .unet import OpenVINOUnetOption, checkpoint_identity, webui_progress
+
+log = logging.getLogger("sd_ov")
+
+
+class Busy(SdOvError):
+    """Another job (a picture or an Optimize) holds the webui's queue."""
+
+
+def webui_picture(calib: Calibration, prompt: str, seed: int, unet_fn=None):
+    """One txt2img picture (numpy RGB) made by the webui itself, its UNet calls served by `unet_fn`
+    (torch when None). The webui's token merging is off: it would change only the torch picture."""
+    import numpy as np
+    from modules import processing
+
+    p = processing.StableDiffusionProcessingTxt2Img(
+        sd_model=shared.sd_model,
+        prompt=prompt,
+        negative_prompt="",
+        seed=seed,
+        sampler_name=calib.sampler,
+        steps=calib.steps,
+        width=calib.width,
+        height=calib.height,
+        cfg_scale=7.0,
+        batch_size=1,
+        n_iter=1,
+        do_not_save_samples=True,
+        do_not_save_grid=True,
+        override_settings={"sd_unet": "None", "token_merging_ratio": 0},
+        override_settings_restore_afterwards=True,
+    )
+    with unet_calls_to(unet_fn):
+        processed = processing.process_images(p)
+    if not processed.images or shared.state.interrupted:
+        raise Cancelled("the sampler was interrupted")
+    return np.asarray(processed.images[0].convert("RGB"))
+
+
+def webui_capture(calib: Calibration):
+    """Calibration: a picture per prompt with the FP32 OpenVINO UNet Optimize hands over; every
+    UNet call's inputs are kept."""
+
+    def capture(runtime, progress):
+        capturing = CapturingUNet(runtime)
+        for i, prompt in enumerate(calib.prompts):
+            progress(
+                f"calibration picture {i + 1}/{len(calib.prompts)}: {prompt[:60]}", i / len(calib.prompts)
+            )
+            webui_picture(calib, prompt, calib.seed + i, capturing)
+        return capturing.samples
+
+    return capture
+
+
+def webui_sample_image(calib: Calibration):
+    """The report's picture: the first prompt, same seed, with torch or with the recipe."""
+    torch_unet = shared.sd_model.model.diffusion_model
+    return lambda unet: webui_picture(
+        calib, calib.prompts[0], calib.seed, None if unet is torch_unet else unet
+    )
+
+
+def parse_request(values: dict) -> OptimizeRequest:
+    """The form's values → what Optimize needs; ValueError (or a device error) if wrong."""
+    return parse_optimize_form(values, default_device=str(opt("sd_ov_device")))
+
+
+def optimize_loaded_checkpoint(request: OptimizeRequest, progress, wait: bool = True) -> cache.CacheEntry:
+    """Optimize as one webui job (no picture runs beside it); the new option is listed at once.
+    With `wait=False`, a busy queue raises Busy instead of waiting."""
+    describe(shared.sd_model.model.diffusion_model)
+    lock = getattr(call_queue, "queue_lock", None) or contextlib.nullcontext()
+    if isinstance(lock, contextlib.nullcontext) or lock.acquire(blocking=wait):
+        try:
+            return _optimize_as_job(request, progress)
+        finally:
+            if not isinstance(lock, contextlib.nullcontext):
+                lock.release()
+    raise Busy("a job is running: try again when it has finished")
+
+
+def _optimize_as_job(request: OptimizeRequest, progress) -> cache.CacheEntry:
+    model = shared.sd_model
+    shared.state.begin(job="sd_ov_optimize")
+    try:
+        sd_unet.apply_unet("None")  # a serving OpenVINO UNet gives its memory back first
+        name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
+        calib = request.calibration
+        with unet_calls_to(None):
+            entry = optimize.optimize(
+                model.model.diffusion_model,
+                cache_root(),
+                name,
+                sha256,
+                request.recipe,
+                webui_capture(calib),
+                device=request.device,
+                shapes=request.shapes,
+                measure=request.measure(),
+                sample_image=webui_sample_image(calib) if request.compare_picture else None,
+                progress=progress,
+            )
+        sd_unet.list_unets()
+        return entry
+    finally:
+        shared.state.end()
+
+
+def option_label(request: OptimizeRequest) -> str:
+    return OpenVINOUnetOption(shared.sd_model.sd_checkpoint_info, request.recipe).label
+
+
+def run_optimize(values: dict, progress_bar=None) -> str:
+    """The tab's Optimize button: the report, or why nothing was made (as HTML)."""
+    try:
+        request = parse_request(values)
+    except (ValueError, SdOvError) as err:
+        return f"<p style='color:#c33'>Cannot optimize: {html.escape(str(err))}</p>"
+
+    def progress(message: str, fraction: float) -> None:
+        if progress_bar is not None:
+            progress_bar(fraction, desc=message)
+        webui_progress(message, fraction)
+
+    try:
+        entry = optimize_loaded_checkpoint(request, progress)
+    except Cancelled:
+        return "<p>Optimize cancelled: nothing was added to the cache.</p>"
+    except MemoryError:
+        log.exception("sd-ov: Optimize ran out of memory")
+        return "<p style='color:#c33'>Optimize ran out of memory: nothing was added to the cache.</p>"
+    except Exception as err:  # the webui must survive whatever goes wrong
+        log.exception("sd-ov: Optimize failed")
+        return f"<p style='color:#c33'>Optimize failed: {html.escape(f'{type(err).__name__}: {err}')}</p>"
+    label = option_label(request)
+    return report.report_html(entry) + (
+        f"<br>Choose <b>{html.escape(label)}</b> in Settings → SD Unet (refresh its list) to use it."
+    )

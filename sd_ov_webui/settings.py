@@ -1,0 +1,146 @@
+"""Settings → OpenVINO: the options, their defaults, and reading them as the engine's types.
+
+Reads always go through `shared.opts` at the moment of use, so a job's `override_settings`
+(which the webui applies without running onchange callbacks) is what that job runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from modules import shared
+
+from sd_ov import ov_core
+from sd_ov.deepcache import SCHEDULES, DeepCacheConfig
+from sd_ov.runtime import DEFAULT_SHAPE_POLICY, PRECISIONS, SHAPE_POLICIES
+from sd_ov.served import RuntimeSettings
+
+log = logging.getLogger("sd_ov")
+
+SECTION = ("openvino", "OpenVINO")
+SETTINGS_DEFAULTS: dict[str, Any] = {
+    "sd_ov_device": "CPU",
+    "sd_ov_precision": "f32",
+    "sd_ov_shape_policy": DEFAULT_SHAPE_POLICY,
+    "sd_ov_cache_dir": "",
+    "sd_ov_max_compiled": 2,
+    "sd_ov_cache_compiled": True,
+    "sd_ov_deepcache_interval": 0,
+    "sd_ov_deepcache_branch": 0,
+    "sd_ov_deepcache_schedule": "uniform",
+}
+# Settings that change how the served UNet is compiled: a change reopens it.
+RUNTIME_KEYS = (
+    "sd_ov_device",
+    "sd_ov_precision",
+    "sd_ov_shape_policy",
+    "sd_ov_max_compiled",
+    "sd_ov_cache_compiled",
+)
+
+
+def opt(key: str) -> Any:
+    value = getattr(shared.opts, key, None)
+    return SETTINGS_DEFAULTS[key] if value is None else value
+
+
+def cache_root() -> Path:
+    """Settings → OpenVINO → cache folder; by default `<webui>/models/OpenVINO`."""
+    custom = str(opt("sd_ov_cache_dir") or "").strip()
+    if custom:
+        return Path(custom).expanduser()
+    from modules import paths
+
+    return Path(paths.models_path) / "OpenVINO"
+
+
+def runtime_settings() -> RuntimeSettings:
+    """This job's runtime settings; bad values (an API override) raise ValueError."""
+    return RuntimeSettings(
+        device=str(opt("sd_ov_device")),
+        precision=str(opt("sd_ov_precision")),
+        shape_policy=str(opt("sd_ov_shape_policy")),
+        max_compiled=int(opt("sd_ov_max_compiled")),
+        cache_compiled=bool(opt("sd_ov_cache_compiled")),
+    )
+
+
+def deepcache_settings() -> DeepCacheConfig:
+    return DeepCacheConfig(
+        int(opt("sd_ov_deepcache_interval")),
+        int(opt("sd_ov_deepcache_branch")),
+        str(opt("sd_ov_deepcache_schedule")),
+    )
+
+
+def device_choices() -> list[str]:
+    try:
+        return ov_core.device_choices()
+    except Exception as err:  # OpenVINO broken: the settings page must still render
+        log.warning("sd-ov: cannot list OpenVINO devices: %s", err)
+        return ["CPU"]
+
+
+def register(on_runtime_change) -> None:
+    """Add the options (the webui's on_ui_settings); `on_runtime_change` runs on Settings → Apply."""
+    import gradio as gr
+
+    def add(key: str, label: str, component=None, component_args=None, info: str = "") -> None:
+        option = shared.OptionInfo(SETTINGS_DEFAULTS[key], label, component, component_args, section=SECTION)
+        shared.opts.add_option(key, option.info(info) if info else option)
+
+    add(
+        "sd_ov_device",
+        "OpenVINO device",
+        gr.Dropdown,
+        lambda: {"choices": device_choices()},
+        "found at start; AUTO lets OpenVINO choose",
+    )
+    add(
+        "sd_ov_precision",
+        "Inference precision",
+        gr.Radio,
+        {"choices": list(PRECISIONS)},
+        "f32 matches torch; bf16/f16 are faster only where the device runs them natively",
+    )
+    add(
+        "sd_ov_shape_policy",
+        "Shapes",
+        gr.Radio,
+        {"choices": list(SHAPE_POLICIES)},
+        "static: compile per picture size (faster on CPU); dynamic: one model for all sizes",
+    )
+    add(
+        "sd_ov_max_compiled",
+        "Compiled shapes kept in memory",
+        gr.Slider,
+        {"minimum": 1, "maximum": 6, "step": 1},
+    )
+    add("sd_ov_cache_compiled", "Keep compiled blobs on disk (faster start)", gr.Checkbox)
+    add("sd_ov_cache_dir", "Cache folder (empty: models/OpenVINO)", gr.Textbox)
+    add(
+        "sd_ov_deepcache_interval",
+        "DeepCache: full UNet every N calls (0: off)",
+        gr.Slider,
+        {"minimum": 0, "maximum": 10, "step": 1},
+        "reuses the deep features in between; 3 ≈ 2x faster",
+    )
+    add(
+        "sd_ov_deepcache_branch",
+        "DeepCache: skip branch",
+        gr.Slider,
+        {"minimum": 0, "maximum": 10, "step": 1},
+        "0 recomputes the least between full calls (fastest); deeper ones recompute more, closer to no cache",
+    )
+    add(
+        "sd_ov_deepcache_schedule",
+        "DeepCache: schedule",
+        gr.Radio,
+        {"choices": list(SCHEDULES)},
+        "non-uniform spends more full calls early, where the layout forms",
+    )
+    for key in RUNTIME_KEYS:
+        # call=False: the webui's default would run it now, at registration, before any model is served
+        shared.opts.onchange(key, on_runtime_change, call=False)

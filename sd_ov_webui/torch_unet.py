@@ -1,0 +1,61 @@
+"""The only code that routes a UNet call to torch.
+
+The webui patches `UNetModel.forward` at class level so that every call goes to the current
+SdUnet. To make torch compute a call, we call the forward the webui saved before patching
+(`sd_unet.original_forward`, set per model type when a checkpoint loads). Where that is not set,
+the webui's own switch is turned off for the duration of the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from modules import sd_unet
+
+from sd_ov.errors import UnsupportedCallError
+
+
+def call_torch(unet: torch.nn.Module, x, timesteps, context, *args, **kwargs):
+    """What the torch UNet itself returns for this call."""
+    original = getattr(sd_unet, "original_forward", None)
+    if original is not None:
+        return original(unet, x, timesteps, context, *args, **kwargs)
+    with unet_calls_to(None):
+        return unet(x, timesteps, context, *args, **kwargs)
+
+
+class FunctionUnet(sd_unet.SdUnet):
+    """An SdUnet serving the webui's UNet calls with a function: how Optimize runs the webui's
+    own sampler on the FP32 OpenVINO UNet (capturing its inputs) or on a recipe."""
+
+    def __init__(self, fn: Callable) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x, timesteps, context, *args, **kwargs):
+        if args or any(v is not None for v in kwargs.values()):
+            raise UnsupportedCallError("Optimize's sampling takes plain UNet calls (no ControlNet & co)")
+        return self.fn(x, timesteps, context)
+
+
+@contextlib.contextmanager
+def unet_calls_to(fn: Callable | None) -> Iterator[None]:
+    """While inside, the webui's UNet calls go to `fn`, or to the torch UNet itself when None.
+
+    Used where a whole sampling run or an export trace must bypass the serving SdUnet (Optimize
+    holds the webui's queue lock while it does this, so no job runs beside it).
+    """
+    saved = sd_unet.current_unet
+    sd_unet.current_unet = None if fn is None else FunctionUnet(fn)
+    try:
+        yield
+    finally:
+        sd_unet.current_unet = saved
+
+
+def foreign_forward(unet: torch.nn.Module) -> bool:
+    """True when an extension replaced this UNet instance's forward (sd-webui-controlnet does):
+    its calls then never reach the SD Unet mechanism."""
+    return "forward" in vars(unet)

@@ -1,0 +1,240 @@
+"""The "SD Unet" options and the SdUnet that serves a job: call the engine's served UNet, or
+fall back to torch and record why.
+
+An option is bound to its checkpoint. Chosen while another checkpoint is loaded, it serves that
+checkpoint's own entry of the same recipe and says so, or refuses with a message: it never
+serves one checkpoint's weights under another's label.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from modules import devices, sd_models, sd_unet, shared
+
+from sd_ov import optimize
+from sd_ov.deepcache import DeepCacheConfig
+from sd_ov.engine import file_hash
+from sd_ov.errors import Cancelled, NonFiniteOutputError, SdOvError, UnsupportedCallError
+from sd_ov.ldm_unet import describe
+from sd_ov.recipe import Recipe
+from sd_ov.record import JobRecord
+from sd_ov.served import RuntimeSettings, ServedUNet, UNetSource
+
+from .settings import cache_root, runtime_settings
+from .torch_unet import call_torch, foreign_forward, unet_calls_to
+
+log = logging.getLogger("sd_ov")
+LABEL_PREFIX = "[OpenVINO]"
+
+
+def webui_progress(message: str, fraction: float) -> None:
+    """Engine progress → the webui's progress area and console; Interrupt cancels long work."""
+    shared.state.textinfo = f"OpenVINO: {message}"
+    print(f"[sd-ov] {message}")
+    if shared.state.interrupted:
+        raise Cancelled("interrupted by the user")
+
+
+def checkpoint_identity(info) -> tuple[str, str]:
+    """(name, sha256) of a webui CheckpointInfo; the webui caches the hash in cache.json."""
+    sha256 = getattr(info, "sha256", None)
+    if not sha256 and hasattr(info, "calculate_shorthash"):
+        info.calculate_shorthash()
+        sha256 = info.sha256
+    return info.model_name, sha256 or file_hash(info.filename)
+
+
+def explain(err: BaseException) -> str:
+    if isinstance(err, MemoryError):
+        return "out of memory while preparing the OpenVINO UNet (nothing was written to the cache)"
+    return str(err) if isinstance(err, SdOvError) else f"{type(err).__name__}: {err}"
+
+
+class OpenVINOUnetOption(sd_unet.SdUnetOption):
+    """The plain option (one per checkpoint, exported on first use; "Automatic" picks it), or an
+    optimized recipe made in the OpenVINO tab, e.g. `[OpenVINO INT8 ToMe0.5] <checkpoint>`."""
+
+    def __init__(self, checkpoint_info, recipe: Recipe | None = None) -> None:
+        self.checkpoint_info = checkpoint_info
+        self.model_name = checkpoint_info.model_name
+        self.recipe = recipe or Recipe()
+        tag = LABEL_PREFIX if self.recipe.is_plain else f"[OpenVINO {self.recipe.label()}]"
+        self.label = f"{tag} {checkpoint_info.model_name}"
+
+    def create_unet(self) -> OpenVINOUnet:
+        return OpenVINOUnet(self)
+
+
+class OpenVINOUnet(sd_unet.SdUnet):
+    def __init__(self, option: OpenVINOUnetOption) -> None:
+        super().__init__()
+        self.option = option
+        self.source: UNetSource | None = None  # the loaded checkpoint's torch UNet and cache entries
+        self.served: ServedUNet | None = None
+        self.unavailable: str | None = None  # why OpenVINO serves nothing now
+        self.failed_settings: RuntimeSettings | None = None
+        self.binding_note: str | None = None  # the option was chosen for another checkpoint
+        self.job_torch_reason: str | None = None  # torch serves the rest of this job (NaN/inf)
+        self.record = JobRecord()
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.option.recipe
+
+    def activate(self) -> None:
+        """Load the cached OpenVINO UNet of the loaded checkpoint, exporting a plain one on first use."""
+        model = shared.sd_model
+        unet = model.model.diffusion_model
+        self.record = JobRecord()
+        try:
+            describe(unet)  # refuses SDXL, SD3 & co before anything is written
+            name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
+            self.source = UNetSource(
+                cache_root(), name, sha256, unet, torch_calls=lambda: unet_calls_to(None)
+            )
+            self.binding_note = self.check_binding(model.sd_checkpoint_info)
+            self.open(runtime_settings())
+        except Exception as err:  # any failure: report it, torch makes the picture
+            self.source = self.source or UNetSource(cache_root(), "", "", unet)
+            self.use_torch(err)
+
+    def check_binding(self, loaded) -> str | None:
+        """A note when the option was made for another checkpoint than the loaded one."""
+        chosen = self.option.checkpoint_info
+        if getattr(chosen, "filename", None) == getattr(loaded, "filename", None):
+            return None
+        return (
+            f"{self.option.label} was chosen while {loaded.model_name} is loaded: "
+            f"{loaded.model_name}'s own {self.recipe.label()} UNet serves"
+        )
+
+    def open(self, settings: RuntimeSettings) -> None:
+        self.failed_settings = None
+        served = ServedUNet(self.source, self.recipe, settings, webui_progress)
+        served.open()
+        self.served, self.unavailable = served, None
+
+    def use_torch(self, err: BaseException) -> None:
+        """OpenVINO can't serve: give its memory back, say why, and let torch make the picture."""
+        self.unavailable = explain(err)
+        self.release()
+        try:  # retried when the settings change; after a cancel, at the next job
+            self.failed_settings = None if isinstance(err, Cancelled) else runtime_settings()
+        except ValueError:
+            self.failed_settings = None
+        log.warning("sd-ov: the torch UNet serves instead: %s", self.unavailable)
+        print(f"[sd-ov] OpenVINO UNet unavailable, using torch: {self.unavailable}")
+        shared.state.textinfo = f"OpenVINO unavailable, using torch: {self.unavailable}"
+        if self.source is not None:
+            self.source.unet.to(devices.device)  # apply_unet moved it to the CPU for us
+
+    def start_job(self, deepcache: DeepCacheConfig, expected_calls: int, first_pass: bool = True) -> None:
+        """At each batch (first_pass) and hires pass: a fresh record, this job's settings."""
+        if first_pass:
+            self.record = JobRecord()
+            self.job_torch_reason = None
+            if self.binding_note:
+                self.record.note(self.binding_note)
+        if self.source is not None and foreign_forward(self.source.unet):
+            self.record.unavailable = (
+                "another extension (e.g. ControlNet) replaced the UNet's forward; torch served it"
+            )
+        try:
+            settings = runtime_settings()
+            if (
+                self.served is None
+                and self.source is not None
+                and self.source.checkpoint_hash
+                and settings != self.failed_settings
+            ):
+                self.open(settings)  # the settings changed since it failed: try again
+            elif self.served is not None:
+                self.served.configure(settings)  # a per-job override_settings takes effect here
+        except Exception as err:
+            self.use_torch(err)
+        if self.served is None:
+            self.record.unavailable = self.record.unavailable or self.unavailable
+            return
+        why_not = self.served.start_job(deepcache, expected_calls)
+        if why_not:
+            self.record.note(why_not)
+
+    def forward(self, x, timesteps, context, *args, **kwargs):
+        reason = self.job_torch_reason or self.unavailable
+        extra = [f"#{i}" for i in range(len(args))] + [k for k, v in kwargs.items() if v is not None]
+        if self.served is None:
+            reason = reason or "the OpenVINO UNet is not loaded"
+        elif extra:
+            reason = f"extra UNet inputs ({', '.join(extra)}) that the compiled UNet does not take"
+        elif reason is None:
+            try:
+                out = self.served(x, timesteps, context)
+                self.record.served(self.served.summary())
+                return out
+            except UnsupportedCallError as err:  # this call only (e.g. an odd shape)
+                reason = str(err)
+            except NonFiniteOutputError as err:  # this job's remaining calls go to torch
+                reason = self.job_torch_reason = str(err)
+            except Exception as err:
+                self.use_torch(err)
+                reason = self.unavailable
+        if self.record.fell_back(reason):
+            shared.state.textinfo = f"OpenVINO: torch serves: {reason}"
+            log.info("sd-ov: torch serves: %s", reason)
+        return call_torch(
+            self.source.unet if self.source else shared.sd_model.model.diffusion_model,
+            x,
+            timesteps,
+            context,
+            *args,
+            **kwargs,
+        )
+
+    def reopen(self) -> None:
+        """Settings → Apply changed how the UNet is compiled: take effect now."""
+        if self.source is None or not self.source.checkpoint_hash:
+            return
+        try:
+            if self.served is not None:
+                self.served.configure(runtime_settings())
+            else:
+                self.open(runtime_settings())
+        except Exception as err:
+            self.use_torch(err)
+
+    def release(self) -> None:
+        if self.served is not None:
+            self.served.release()
+            self.served = None
+
+    def deactivate(self) -> None:
+        self.release()
+        self.source = None  # the torch UNet is the webui's again; keep no reference to it
+
+
+def current_openvino_unet() -> OpenVINOUnet | None:
+    unet = sd_unet.current_unet
+    return unet if isinstance(unet, OpenVINOUnet) else None
+
+
+def reopen_current() -> None:
+    unet = current_openvino_unet()
+    if unet is not None:
+        unet.reopen()
+
+
+def list_unets(unet_list: list) -> None:
+    """The plain option of every checkpoint, then every optimized recipe found in the cache."""
+    checkpoints = list(sd_models.checkpoints_list.values())
+    unet_list.extend(OpenVINOUnetOption(info) for info in checkpoints)
+    try:
+        entries = optimize.recipe_entries(cache_root())
+    except OSError as err:  # an unreadable cache folder must not break the webui's list
+        log.warning("sd-ov: cannot list the OpenVINO cache: %s", err)
+        return
+    by_name = {info.model_name: info for info in checkpoints}
+    for entry in entries:
+        info = by_name.get(entry.manifest.checkpoint_name)
+        if info is not None and not entry.manifest.recipe.is_plain:
+            unet_list.append(OpenVINOUnetOption(info, entry.manifest.recipe))

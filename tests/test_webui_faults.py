@@ -1,0 +1,100 @@
+"""Faults in the webui flow (docs/faults.md): each ends with a message, torch serves the job, and
+the cache holds nothing half-written; the next job works."""
+
+from __future__ import annotations
+
+import openvino as ov
+import torch
+
+from sd_ov import engine, export
+
+from .webui_harness import openvino_infotext, txt2img
+
+
+def leftovers(root):
+    return [p for p in root.glob("*/*") if ".tmp-" in p.name or ".trash-" in p.name]
+
+
+def test_an_unwritable_cache_folder_serves_torch_with_a_message(webui, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    webui.shared.opts.sd_ov_cache_dir = str(blocker / "cache")
+    webui.shared.opts.sd_unet = "None"
+    torch_job = txt2img(webui)
+    webui.shared.opts.sd_unet = "Automatic"
+    job = txt2img(webui)
+    assert openvino_infotext(job).startswith("off (") and "Not a directory" in openvino_infotext(job)
+    assert torch.equal(job.latent, torch_job.latent)
+
+
+def test_a_compile_failure_serves_torch_and_the_next_settings_retry(webui, monkeypatch):
+    real = ov.Core.compile_model
+
+    def failing(self, model, device=None, config=None):
+        raise RuntimeError("compile failed: unsupported operation on this device")
+
+    monkeypatch.setattr(ov.Core, "compile_model", failing)
+    job = txt2img(webui)
+    assert (
+        openvino_infotext(job) == "off (RuntimeError: compile failed: unsupported operation on this device)"
+    )
+    monkeypatch.setattr(ov.Core, "compile_model", real)
+    assert openvino_infotext(txt2img(webui)).startswith("off (")  # same settings: not retried every job
+    webui.shared.opts.sd_ov_shape_policy = "dynamic"  # the user changes something: tried again
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, dynamic"
+
+
+def test_a_device_lost_mid_job_finishes_on_torch(webui, monkeypatch):
+    webui.shared.opts.sd_unet = "None"
+    torch_job = txt2img(webui)
+    webui.shared.opts.sd_unet = "Automatic"
+    txt2img(webui)
+    runtime = webui.sd_unet.current_unet.served.plain
+    calls = []
+    real_call = type(runtime).__call__
+
+    def lost_after_one(self, *args):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("[GPU] device lost (driver reset)")
+        return real_call(self, *args)
+
+    monkeypatch.setattr(type(runtime), "__call__", lost_after_one)
+    job = txt2img(webui)
+    text = openvino_infotext(job)
+    assert text.startswith("partly (1/4 calls; 3 on torch: RuntimeError: [GPU] device lost"), text
+    assert webui.sd_unet.current_unet.served is None  # its memory was given back
+    assert (job.latent - torch_job.latent).abs().max() < 1e-3
+
+
+def test_out_of_memory_while_exporting_serves_torch(webui, tmp_path, monkeypatch):
+    webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(export, "convert_unet", out_of_memory)
+    job = txt2img(webui)
+    assert openvino_infotext(job) == (
+        "off (out of memory while preparing the OpenVINO UNet (nothing was written to the cache))"
+    )
+    assert leftovers(tmp_path / "cache") == [] and not list((tmp_path / "cache").glob("*/*/manifest.json"))
+
+
+def test_interrupt_during_the_first_export_leaves_no_entry_and_the_next_job_works(
+    webui, tmp_path, monkeypatch
+):
+    webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
+    real = engine.export_unet
+
+    def interrupted(unet, spec, folder, progress):
+        webui.shared.state.interrupt()  # the user presses Interrupt while the UNet is traced
+        return real(unet, spec, folder, progress)
+
+    monkeypatch.setattr(engine, "export_unet", interrupted)
+    job = txt2img(webui)
+    assert openvino_infotext(job) == "off (interrupted by the user)"
+    assert leftovers(tmp_path / "cache") == [] and not list((tmp_path / "cache").glob("*/*/manifest.json"))
+    monkeypatch.setattr(engine, "export_unet", real)
+    webui.shared.state.begin()  # the next job tries again
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, static"

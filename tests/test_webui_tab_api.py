@@ -1,0 +1,198 @@
+"""The OpenVINO tab and the API: Optimize from the loaded checkpoint, its SD Unet option, delete,
+cancel, bad input, and HTTP error codes through a real FastAPI app."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from sd_ov import metrics
+
+from .webui_harness import infotext_params, txt2img
+
+TAB_VALUES = dict(
+    int8="hybrid",
+    smooth_quant=False,
+    tome=0.5,
+    prune="off",
+    prune_ratio=20,
+    precision="f32",
+    samples=4,
+    prompts_text="a red apple on a table\na blue car in the rain",
+    sampler="Euler",
+    calib_size="128x128",
+    calib_steps=3,
+    sizes_text="128x128",
+    batch=1,
+    chunks=1,
+    device="CPU",
+    measure_size="128x128",
+    compare_picture=True,
+)
+# What each Optimize field's component is, in the tab: (elem_id, label).
+TAB_COMPONENTS = {
+    "int8": ("sd_ov_int8", "INT8"),
+    "smooth_quant": ("sd_ov_sq", "SmoothQuant (INT8 full)"),
+    "tome": ("sd_ov_tome", "Token merging ratio"),
+    "prune": ("sd_ov_prune", "Pruning"),
+    "prune_ratio": ("sd_ov_prune_ratio", "Pruning %"),
+    "precision": ("sd_ov_recipe_precision", "Inference precision"),
+    "samples": ("sd_ov_samples", "Calibration samples"),
+    "prompts_text": ("sd_ov_prompts", "Calibration prompts (one per line)"),
+    "sampler": ("sd_ov_sampler", "Sampler"),
+    "calib_size": ("sd_ov_calib_size", "Calibration size"),
+    "calib_steps": ("sd_ov_calib_steps", "Calibration steps"),
+    "sizes_text": ("sd_ov_sizes", "Sizes to compile ahead"),
+    "batch": ("sd_ov_batch", "Batch size"),
+    "chunks": ("sd_ov_chunks", "Prompt chunks (75 tokens)"),
+    "device": ("sd_ov_recipe_device", "Device"),
+    "measure_size": ("sd_ov_measure_size", "Measure at"),
+    "compare_picture": ("sd_ov_compare", "Compare a sample picture with torch"),
+}
+
+
+def optimize_in_tab(webui, progress_bar=None, **changes):
+    return webui.pkg.optimize_job.run_optimize({**TAB_VALUES, **changes}, progress_bar=progress_bar)
+
+
+def test_each_tab_input_reaches_its_own_form_field(webui, monkeypatch):
+    """Every input is wired to the field it shows: a swapped pair of inputs would fail here."""
+    import gradio as gr
+
+    (blocks, title, elem_id), *_ = webui.callbacks.ui_tabs_callback()
+    assert title == "OpenVINO" and elem_id == "sd_ov_tab"
+    button = next(c for c in gr.Component.created if c.kwargs.get("elem_id") == "sd_ov_optimize")
+    (_, fn, inputs, outputs) = button.events[-1]
+    assert len(outputs) == 2
+    by_elem_id = {elem: field for field, (elem, _) in TAB_COMPONENTS.items()}
+    fields = [by_elem_id[c.kwargs["elem_id"]] for c in inputs]
+    assert sorted(fields) == sorted(TAB_COMPONENTS)
+    assert all(c.label == TAB_COMPONENTS[f][1] for c, f in zip(inputs, fields, strict=True))
+    received = []
+    monkeypatch.setattr(
+        webui.pkg.tab, "run_optimize", lambda values, progress_bar=None: received.append(values) or ""
+    )
+    fn(*[f"value of {f}" for f in fields])
+    assert received == [{f: f"value of {f}" for f in TAB_COMPONENTS}]
+
+
+def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path):
+    import gradio as gr
+
+    webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
+    bar = gr.Progress()
+    message = optimize_in_tab(webui, progress_bar=bar)
+    assert "ready" in message and "PSNR" in message, message
+    assert "INT8 ToMe0.5" in webui.pkg.tab.recipe_entries_html()
+    descs = " | ".join(d for _, d in bar.calls)
+    assert "calibration picture 1/2: a red apple" in descs and "compressing to INT8" in descs
+    assert bar.calls[-1][0] == 1.0 and webui.shared.state.job == ""  # the job ended
+    label = "[OpenVINO INT8 ToMe0.5] tinyckpt"
+    assert [o.label for o in webui.sd_unet.unet_options] == ["[OpenVINO] tinyckpt", label]
+
+    webui.shared.opts.sd_unet = "None"
+    torch_job = txt2img(webui)
+    webui.shared.opts.sd_unet = label
+    webui.shared.opts.token_merging_ratio = 0.3
+    job = txt2img(webui, deepcache=(3, 0, "uniform"))
+    unet = webui.sd_unet.current_unet
+    assert unet.unavailable is None and unet.record.openvino_calls == 4
+    params = infotext_params(job.infotexts[0])
+    assert params["OpenVINO"] == "int8-tome0.5, CPU, f32, static"
+    assert "webui ratio 0.3 not applied" in params["OpenVINO token merging"]
+    assert "DeepCache runs on the plain [OpenVINO] option only" in params["OpenVINO note"]
+    assert metrics.rel_l2(job.latent, torch_job.latent) < 0.25
+    assert "webui ratio 0.3 not applied" in webui.pkg.accordion.status_html()
+
+    # delete it from the tab: the option goes, the serving UNet was given back first
+    (choice,) = [c for c in webui.pkg.tab.entry_choices() if "INT8 ToMe0.5" in c]
+    assert "Deleted" in webui.pkg.tab.delete_entry(choice)
+    assert webui.sd_unet.current_unet is None
+    assert [o.label for o in webui.sd_unet.unet_options] == ["[OpenVINO] tinyckpt"]
+    webui.sd_unet.unet_options.append(webui.pkg.unet.OpenVINOUnetOption(webui.info, unet.recipe))
+    job = txt2img(webui)  # a stale label: torch serves, with the reason
+    assert "Optimize" in webui.sd_unet.current_unet.unavailable
+    assert infotext_params(job.infotexts[0])["OpenVINO"].startswith("off (INT8 ToMe0.5 of tinyckpt is not in")
+
+
+def test_cancel_in_the_tab_leaves_no_entry_and_the_next_job_works(webui, tmp_path):
+    webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
+
+    def cancel_at_compression(fraction, desc=None):
+        if desc and desc.startswith("compressing"):
+            webui.shared.state.interrupt()  # what the Cancel button does
+
+    message = optimize_in_tab(webui, progress_bar=cancel_at_compression, tome=0.0)
+    assert "cancelled" in message and "INT8" not in webui.pkg.tab.recipe_entries_html()
+    assert [o.label for o in webui.sd_unet.unet_options] == ["[OpenVINO] tinyckpt"]
+    leftovers = [p for p in (tmp_path / "cache").glob("*/*") if ".tmp" in p.name or "trash" in p.name]
+    assert leftovers == []
+    webui.shared.state.begin()  # the next job starts as the webui starts any job
+    assert infotext_params(txt2img(webui).infotexts[0])["OpenVINO"] == "fp32, CPU, f32, static"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(sizes_text="100x100"), "multiples of 64"),
+        (dict(tome=0.9), "between 0 and 0.75"),
+        (dict(prompts_text=""), "give at least one prompt"),
+        (dict(device="NPU"), "NPU is not available"),
+        (dict(samples=0), "samples must be between 1"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(webui, tmp_path, changes, message):
+    webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
+    result = optimize_in_tab(webui, **changes)
+    assert "Cannot optimize" in result and message in result, result
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.fixture
+def api(webui, tmp_path):
+    app = FastAPI()
+    webui.callbacks.app_started_callback(None, app)
+    webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
+    return TestClient(app)
+
+
+SMALL = {
+    "int8": "weights",
+    "calib_size": "128x128",
+    "measure_size": "128x128",
+    "sizes_text": "",
+    "compare_picture": False,
+}
+
+
+def test_api_optimizes_and_lists(api):
+    done = api.post("/sd-ov/v1/optimize", json=SMALL)
+    assert done.status_code == 200, done.text
+    assert done.json()["label"] == "[OpenVINO INT8w] tinyckpt" and done.json()["report"]["speedup"] > 0
+    listed = api.get("/sd-ov/v1/recipes").json()["recipes"]
+    assert [r["label"] for r in listed] == ["FP32", "INT8w"]
+    assert listed[1]["option"] == "[OpenVINO INT8w] tinyckpt"
+
+
+def test_api_error_codes(api, webui, monkeypatch):
+    assert api.post("/sd-ov/v1/optimize", json={"int9": "x"}).status_code == 422  # unknown field
+    assert api.post("/sd-ov/v1/optimize", json={"tome": "lots"}).status_code == 422  # wrong type
+    bad = api.post("/sd-ov/v1/optimize", json={"sizes_text": "100x100"})
+    assert bad.status_code == 422 and "multiples of 64" in bad.json()["detail"]
+    from modules import call_queue
+
+    with call_queue.queue_lock:  # a txt2img job is running
+        busy = api.post("/sd-ov/v1/optimize", json=SMALL)
+    assert busy.status_code == 409 and "a job is running" in busy.json()["detail"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("compile failed: out of device memory")
+
+    monkeypatch.setattr(webui.pkg.optimize_job.optimize, "optimize", broken)
+    failed = api.post("/sd-ov/v1/optimize", json=SMALL)
+    assert failed.status_code == 500 and "compile failed" in failed.json()["detail"]
+    assert not call_queue.queue_lock.locked() and threading.active_count() >= 1
+    assert api.get("/sd-ov/v1/recipes").status_code == 200  # the webui keeps serving

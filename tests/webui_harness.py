@@ -1,0 +1,128 @@
+"""The webui stand-in (tests/webui_stub) with a tiny real ldm UNet loaded as the checkpoint, and
+helpers to run jobs through the adapter as the webui would."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+STUB = Path(__file__).resolve().parent / "webui_stub"
+
+
+@pytest.fixture(scope="session")
+def stub_modules():
+    sys.path.insert(0, str(STUB))
+    from modules import sd_hijack_unet
+
+    sd_hijack_unet.hijack()
+    yield
+    sd_hijack_unet.undo()
+    sys.path.remove(str(STUB))
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("webui-models")
+
+
+def load_script(path: Path):
+    """As modules/script_loading.load_module does it."""
+    spec = importlib.util.spec_from_file_location(path.name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def checkpoint(folder: Path, name: str, unet: torch.nn.Module):
+    from modules import sd_models
+
+    path = folder / f"{name}.safetensors"
+    save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in unet.state_dict().items()}, str(path))
+    info = sd_models.CheckpointInfo(str(path))
+    info.register()
+    return info
+
+
+@pytest.fixture
+def webui(stub_modules, tiny_unet, tmp_path, shared_cache):
+    from modules import paths, script_callbacks, scripts, sd_models, sd_unet, shared
+
+    script_callbacks.clear_callbacks()
+    shared.opts = shared.Options()
+    shared.state = shared.State()
+    sd_unet.current_unet = sd_unet.current_unet_option = None
+    paths.models_path = str(shared_cache)
+    sd_models.checkpoints_list.clear()
+    unet = copy.deepcopy(tiny_unet)
+    info = checkpoint(tmp_path, "tinyckpt", unet)
+    shared.sd_model = SimpleNamespace(
+        model=SimpleNamespace(diffusion_model=unet), sd_checkpoint_info=info, lowvram=False
+    )
+    module = load_script(ROOT / "scripts" / "openvino_unet.py")
+    import sd_ov_webui
+
+    script_callbacks.ui_settings_callback()
+    sd_unet.list_unets()
+    yield SimpleNamespace(
+        module=module,
+        pkg=sd_ov_webui,
+        shared=shared,
+        sd_unet=sd_unet,
+        scripts=scripts,
+        info=info,
+        script=module.OpenVINOScript(),
+        callbacks=script_callbacks,
+        tmp_path=tmp_path,
+    )
+    if sd_unet.current_unet is not None:
+        sd_unet.current_unet.deactivate()
+    sd_unet.current_unet = sd_unet.current_unet_option = None
+    script_callbacks.script_unloaded_callback()
+
+
+def txt2img(webui, enabled=True, steps=4, seed=3, deepcache=(0, 0, "uniform"), hires=False, override=None):
+    from modules import processing, scripts
+
+    gen = torch.Generator().manual_seed(99)
+    cond, uncond = torch.randn(1, 77, 64, generator=gen), torch.randn(1, 77, 64, generator=gen)
+    runner = scripts.ScriptRunner([(webui.script, [enabled, *deepcache])])
+    p = processing.StableDiffusionProcessing(
+        webui.shared.sd_model,
+        cond,
+        uncond,
+        steps=steps,
+        seed=seed,
+        scripts=runner,
+        script_args=runner.script_args,
+        override_settings=override,
+    )
+    p.enable_hr = hires
+    return processing.process_images(p)
+
+
+# modules/infotext_utils.py: re_param_code and unquote, as parse_generation_parameters reads a line.
+RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def infotext_params(infotext: str) -> dict:
+    params = {}
+    for key, value in RE_PARAM.findall(infotext):
+        value = value.strip()
+        if len(value) > 1 and value[0] == '"' and value[-1] == '"':
+            value = json.loads(value)
+        params[key] = value
+    return params
+
+
+def openvino_infotext(job) -> str | None:
+    return infotext_params(job.infotexts[0]).get("OpenVINO")
