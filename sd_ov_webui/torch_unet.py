@@ -19,6 +19,8 @@ from sd_ov.errors import UnsupportedCallError
 
 def call_torch(unet: torch.nn.Module, x, timesteps, context, *args, **kwargs):
     """What the torch UNet itself returns for this call."""
+    if getattr(type(unet).forward, "__name__", "") != "UNetModel_forward":  # a class the webui did not patch
+        return unet(x, timesteps, context, *args, **kwargs)
     original = getattr(sd_unet, "original_forward", None)
     if original is not None:
         return original(unet, x, timesteps, context, *args, **kwargs)
