@@ -6,8 +6,8 @@
         refresh: "Read the settings and the cache again.",
     };
     const tabHints = {
-        sd_ov_int8: "hybrid: convolutions INT8 end to end, MatMul weights INT8 (fast, close to torch). weights: smaller only. full: fastest, furthest from torch.",
-        sd_ov_sq: "SmoothQuant moves activation outliers into the weights before quantizing (MatMuls).",
+        sd_ov_int8: "hybrid: convolutions after a normalization INT8 end to end, the residual-stream ones FP32, MatMul weights INT8 (fast, close to torch). weights: smaller only. full: fastest, furthest from torch.",
+        sd_ov_sq: "SmoothQuant moves activation outliers into the weights before quantizing the MatMuls (INT8 full only: hybrid keeps MatMul activations in float).",
         sd_ov_tome: "Merge similar tokens before the top-level self-attention (tomesd's algorithm, compiled into the UNet). 0: off.",
         sd_ov_prune: "ffn: cut the least active feed-forward neurons (dense work shrinks). magnitude: zero the smallest weights (no speed on CPUs).",
         sd_ov_prompts: "The webui samples these prompts with the FP32 OpenVINO UNet; the UNet inputs it sees calibrate INT8 and FFN pruning.",

@@ -9,7 +9,7 @@ import torch
 from sd_ov import engine, metrics
 from sd_ov.sampling import latent_to_image
 
-from .webui_harness import infotext_params, openvino_infotext, txt2img
+from .webui_harness import faulty_runtime_job, infotext_params, openvino_infotext, txt2img
 
 
 def test_an_option_per_checkpoint_and_automatic_picks_it(webui):
@@ -130,22 +130,11 @@ def test_extra_conditioning_is_served_by_torch_and_the_record_says_partly(webui)
 
 
 def test_nan_from_openvino_finishes_the_job_on_torch_with_a_note(webui, monkeypatch):
-    webui.shared.opts.sd_unet = "None"
-    torch_job = txt2img(webui)
-    webui.shared.opts.sd_unet = "Automatic"
-    txt2img(webui)
-    runtime = webui.sd_unet.current_unet.served.plain
-    calls = []
-    real_call = type(runtime).__call__
+    def nan_after_two(n, call):
+        return call() if n <= 2 else call() * float("nan")
 
-    def nan_after_two(self, *args):
-        calls.append(1)
-        out = real_call(self, *args)
-        return out if len(calls) <= 2 else out * float("nan")
-
-    monkeypatch.setattr(type(runtime), "__call__", nan_after_two)
-    job = txt2img(webui)
-    assert len(calls) == 3  # the third call's NaN was caught; the fourth went straight to torch
+    torch_job, job, calls = faulty_runtime_job(webui, monkeypatch, nan_after_two)
+    assert calls == 3  # the third call's NaN was caught; the fourth went straight to torch
     text = openvino_infotext(job)
     assert text.startswith("partly (2/4 calls; 2 on torch: the OpenVINO UNet returned NaN/inf"), text
     assert bool(torch.isfinite(job.latent).all())

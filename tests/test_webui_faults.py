@@ -8,7 +8,7 @@ import torch
 
 from sd_ov import engine, export
 
-from .webui_harness import openvino_infotext, txt2img
+from .webui_harness import faulty_runtime_job, openvino_infotext, txt2img
 
 
 def leftovers(root):
@@ -45,22 +45,12 @@ def test_a_compile_failure_serves_torch_and_the_next_settings_retry(webui, monke
 
 
 def test_a_device_lost_mid_job_finishes_on_torch(webui, monkeypatch):
-    webui.shared.opts.sd_unet = "None"
-    torch_job = txt2img(webui)
-    webui.shared.opts.sd_unet = "Automatic"
-    txt2img(webui)
-    runtime = webui.sd_unet.current_unet.served.plain
-    calls = []
-    real_call = type(runtime).__call__
-
-    def lost_after_one(self, *args):
-        calls.append(1)
-        if len(calls) > 1:
+    def lost_after_one(n, call):
+        if n > 1:
             raise RuntimeError("[GPU] device lost (driver reset)")
-        return real_call(self, *args)
+        return call()
 
-    monkeypatch.setattr(type(runtime), "__call__", lost_after_one)
-    job = txt2img(webui)
+    torch_job, job, _ = faulty_runtime_job(webui, monkeypatch, lost_after_one)
     text = openvino_infotext(job)
     assert text.startswith("partly (1/4 calls; 3 on torch: RuntimeError: [GPU] device lost"), text
     assert webui.sd_unet.current_unet.served is None  # its memory was given back

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -24,6 +25,8 @@ import numpy as np
 import pytest
 
 from sd_ov.metrics import psnr
+
+from .webui_harness import infotext_params
 
 WEBUI = os.environ.get("SD_OV_WEBUI_DIR")
 pytestmark = [
@@ -52,6 +55,14 @@ def api(path: str, payload: dict | None = None, timeout: float = 1800) -> dict:
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
+
+
+def api_status(path: str, payload: dict) -> tuple[int, dict]:
+    """(HTTP status, body) without raising on 4xx/5xx."""
+    try:
+        return 200, api(path, payload)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
 
 
 class Webui:
@@ -95,8 +106,9 @@ class Webui:
 
 
 def txt2img(
-    unet: str, openvino: bool = True, deepcache: tuple = (0, 0, "uniform")
-) -> tuple[np.ndarray, str, float]:
+    unet: str, openvino: bool = True, deepcache: tuple = (0, 0, "uniform"), **overrides
+) -> tuple[np.ndarray, dict, float]:
+    """A picture, its infotext's parameters (parsed as the webui parses them), and seconds."""
     from PIL import Image
 
     started = time.perf_counter()
@@ -104,12 +116,12 @@ def txt2img(
         "/sdapi/v1/txt2img",
         {
             **JOB,
-            "override_settings": {"sd_unet": unet},
+            "override_settings": {"sd_unet": unet, **overrides},
             "alwayson_scripts": {"OpenVINO": {"args": [openvino, *deepcache]}},
         },
     )
     image = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["images"][0]))).convert("RGB"))
-    return image, json.loads(result["info"])["infotexts"][0], time.perf_counter() - started
+    return image, infotext_params(json.loads(result["info"])["infotexts"][0]), time.perf_counter() - started
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +141,19 @@ def test_txt2img_through_openvino_matches_torch_and_restart_reuses_the_cache(ins
         ov_image, ov_info, first_s = txt2img("Automatic")
         cached_image, cached_info, _ = txt2img("Automatic", deepcache=(3, 0, "uniform"))
         after_image, after_info, _ = txt2img("Automatic")
+        # a per-job override of our settings runs, and the infotext says what ran
+        dynamic_image, dynamic_info, _ = txt2img("Automatic", sd_ov_shape_policy="dynamic")
     finally:
         first.stop()
-    assert "OpenVINO:" not in torch_info
-    assert "OpenVINO: fp32" in ov_info, ov_info
+    assert "OpenVINO" not in torch_info
+    assert ov_info["OpenVINO"] == "fp32, CPU, f32, static", ov_info
     assert psnr(ov_image, torch_image) >= 40
-    assert "OpenVINO DeepCache: interval 3, branch 0, uniform" in cached_info, cached_info
+    assert cached_info["OpenVINO DeepCache"] == "interval 3, branch 0, uniform", cached_info
     assert cached_image.shape == ov_image.shape
-    assert "DeepCache" not in after_info and psnr(after_image, ov_image) >= 40  # the next job is unaffected
+    assert (
+        "OpenVINO DeepCache" not in after_info and psnr(after_image, ov_image) >= 40
+    )  # the next job is unaffected
+    assert dynamic_info["OpenVINO"] == "fp32, CPU, f32, dynamic" and psnr(dynamic_image, torch_image) >= 40
     first_log = (installed / "first.log").read_text()
     assert "[sd-ov] tracing the torch UNet" in first_log
 
@@ -149,7 +166,32 @@ def test_txt2img_through_openvino_matches_torch_and_restart_reuses_the_cache(ins
     assert "[sd-ov] using cached OpenVINO UNet" in second_log
     assert "[sd-ov] tracing the torch UNet" not in second_log
     assert second_s < first_s
-    assert psnr(again, ov_image) >= 40 and "OpenVINO: fp32" in again_info
+    assert psnr(again, ov_image) >= 40 and again_info["OpenVINO"] == "fp32, CPU, f32, static"
+
+
+def test_faults_end_with_a_message_and_the_next_job_works(installed):
+    """Issue #8's webui check: a torch job after an OpenVINO job says so; a corrupted cache entry
+    is rebuilt with a message; an absent device serves torch with a message; the API's codes."""
+    webui = Webui(Path(WEBUI), installed / "faults.log")
+    try:
+        torch_image, _, _ = txt2img("None")
+        _, ov_info, _ = txt2img("Automatic")
+        _, npu_info, _ = txt2img("Automatic", sd_ov_device="NPU")  # torch serves this job
+        assert ov_info["OpenVINO"] == "fp32, CPU, f32, static"
+        assert npu_info["OpenVINO"].startswith("off (OpenVINO device NPU is not available"), npu_info
+        plain = [p for p in (Path(WEBUI) / "models" / "OpenVINO").glob("*/fp32-*") if p.name.count("-") == 1]
+        bin_path = plain[0] / "unet.bin"
+        with open(bin_path, "r+b") as f:  # a damaged cache entry
+            f.truncate(bin_path.stat().st_size // 2)
+        txt2img("None")  # the serving UNet is given back: the next job reads the cache again
+        image, info, _ = txt2img("Automatic")
+        assert info["OpenVINO"] == "fp32, CPU, f32, static" and psnr(image, torch_image) >= 40
+        assert api_status("/sd-ov/v1/optimize", {"int9": 1})[0] == 422
+        code, body = api_status("/sd-ov/v1/optimize", {"sizes_text": "100x100"})
+        assert code == 422 and "multiples of 64" in body["detail"]
+    finally:
+        webui.stop()
+    assert "cache entry invalid, rebuilding" in (installed / "faults.log").read_text()
 
 
 def test_optimize_through_the_api_adds_an_option_that_txt2img_uses(installed):
@@ -172,12 +214,11 @@ def test_optimize_through_the_api_adds_an_option_that_txt2img_uses(installed):
             },
             timeout=3600,
         )
-        assert "error" not in result, result
         image, info, _ = txt2img(result["label"])
         listed = api("/sd-ov/v1/recipes")["recipes"]
     finally:
         webui.stop()
-    assert "OpenVINO: int8-tome0.5" in info, info
+    assert info["OpenVINO"] == "int8-tome0.5, CPU, f32, static", info
     assert psnr(image, torch_image) >= 20  # INT8 + ToMe on real weights: close to torch, not identical
     assert result["report"]["speedup"] > 0 and "psnr_db" in result["report"]
     assert any(r["label"] == "INT8 ToMe0.5" for r in listed)

@@ -126,3 +126,22 @@ def infotext_params(infotext: str) -> dict:
 
 def openvino_infotext(job) -> str | None:
     return infotext_params(job.infotexts[0]).get("OpenVINO")
+
+
+def faulty_runtime_job(webui, monkeypatch, fault):
+    """(torch's job, the job whose OpenVINO runtime calls go through `fault(n, call)`, calls made):
+    `call()` runs the real compiled UNet; `n` counts from 1 within the faulty job."""
+    webui.shared.opts.sd_unet = "None"
+    torch_job = txt2img(webui)
+    webui.shared.opts.sd_unet = "Automatic"
+    txt2img(webui)
+    runtime = webui.sd_unet.current_unet.served.plain
+    calls = []
+    real_call = type(runtime).__call__
+
+    def faulty(self, *args):
+        calls.append(1)
+        return fault(len(calls), lambda: real_call(self, *args))
+
+    monkeypatch.setattr(type(runtime), "__call__", faulty)
+    return torch_job, txt2img(webui), len(calls)
