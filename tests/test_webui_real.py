@@ -223,3 +223,38 @@ def test_optimize_through_the_api_adds_an_option_that_txt2img_uses(installed):
     assert result["report"]["speedup"] > 0 and "psnr_db" in result["report"]
     assert any(r["label"] == "INT8 ToMe0.5" for r in listed)
     assert "[sd-ov] calibration picture 1/2" in (installed / "optimize.log").read_text()
+
+
+def test_an_interrupted_optimize_ends_with_a_message_and_the_next_job_works(installed):
+    """Interrupt (the webui's own endpoint) during Optimize's calibration: HTTP 409, no recipe
+    entry, and the next txt2img serves on OpenVINO."""
+    import threading
+
+    webui = Webui(Path(WEBUI), installed / "interrupt.log")
+    answer: dict = {}
+    try:
+        body = {
+            "int8": "hybrid",
+            "calib_size": "256x256",
+            "calib_steps": 8,
+            "sizes_text": "",
+            "measure_size": "256x256",
+        }
+        worker = threading.Thread(target=lambda: answer.update(r=api_status("/sd-ov/v1/optimize", body)))
+        worker.start()
+        deadline = time.time() + 900
+        while (
+            "calibration picture 1/" not in (installed / "interrupt.log").read_text()
+            and time.time() < deadline
+        ):
+            time.sleep(2)
+        api("/sdapi/v1/interrupt", {})
+        worker.join(900)
+        image, info, _ = txt2img("Automatic")
+        listed = api("/sd-ov/v1/recipes")["recipes"]
+    finally:
+        webui.stop()
+    code, detail = answer["r"]
+    assert code == 409 and "interrupted" in detail["detail"], answer
+    assert not any(r["label"] == "INT8" for r in listed)
+    assert info["OpenVINO"] == "fp32, CPU, f32, static" and image.shape == (256, 256, 3)
