@@ -24,9 +24,8 @@ class JobRecord:
     torch_calls: Counter[str] = field(default_factory=Counter)  # reason → calls
     notes: list[str] = field(default_factory=list)
 
-    def served(self, summary: str) -> None:
+    def served(self) -> None:
         self.openvino_calls += 1
-        self.summary = summary
 
     def fell_back(self, reason: str) -> bool:
         """Count one torch call; True the first time this reason appears (tell the user once)."""

@@ -48,6 +48,25 @@ class RuntimeSettings:
         """A recipe made for a precision runs at it; the plain recipe follows the setting."""
         return self if recipe.precision == "f32" else replace(self, precision=recipe.precision)
 
+    def open_kwargs(self) -> dict:
+        """`engine.open_unet`'s runtime keywords."""
+        return {
+            "device": self.device,
+            "precision": self.precision,
+            "shape_policy": self.shape_policy,
+            "max_compiled": self.max_compiled,
+            "cache_compiled": self.cache_compiled,
+        }
+
+
+def run_summary(
+    recipe: Recipe, settings: RuntimeSettings, deepcache: DeepCacheConfig = DeepCacheConfig()
+) -> str:
+    """What runs, as the infotext and the accordion's status say it: recipe (+DeepCache), device,
+    precision, shapes."""
+    name = recipe.name() + (f"+{deepcache.label()}" if deepcache.enabled else "")
+    return f"{name}, {settings.device}, {settings.precision}, {settings.shape_policy}"
+
 
 @dataclass(frozen=True)
 class UNetSource:
@@ -98,20 +117,7 @@ class ServedUNet:
     def open(self) -> None:
         """Find (or export) the entry and read it for the device; compiles come with the first call."""
         self.entry = self.source.entry(self.recipe, self.progress)
-        self.plain = self._open(self.entry)
-
-    def _open(self, entry: cache.CacheEntry, model: str | None = None) -> OVUNet:
-        s = self.settings
-        return engine.open_unet(
-            entry,
-            s.device,
-            s.precision,
-            s.shape_policy,
-            s.max_compiled,
-            s.cache_compiled,
-            self.progress,
-            model,
-        )
+        self.plain = engine.open_unet(self.entry, progress=self.progress, **self.settings.open_kwargs())
 
     @property
     def loaded(self) -> bool:
@@ -148,8 +154,9 @@ class ServedUNet:
                     self.plain.release()
                     self.plain = None
                     gc.collect()
-                full, shallow = (self._open(entry, name) for name in ("full", "shallow"))
-                self.deepcache = DeepCacheUNet(full, shallow, config, branch=config.branch)
+                self.deepcache = engine.open_deepcache(
+                    entry, config, progress=self.progress, **self.settings.open_kwargs()
+                )
             self.deepcache.start(config, expected_calls)
         except Exception as err:
             log.warning("sd-ov: DeepCache unavailable: %s", err)
@@ -174,19 +181,8 @@ class ServedUNet:
         return out
 
     def summary(self) -> str:
-        """What runs, as the infotext records it: recipe (+DeepCache), device, precision, shapes."""
-        name = self.recipe.name()
-        if self.job_deepcache.enabled:
-            name += f"+{self.job_deepcache.label()}"
-        s = self.settings
-        return f"{name}, {s.device}, {s.precision}, {s.shape_policy}"
-
-    @property
-    def runtimes(self) -> list[OVUNet]:
-        models = [self.plain] if self.plain is not None else []
-        if self.deepcache is not None:
-            models += [self.deepcache.full, self.deepcache.shallow]
-        return models
+        """What this job runs (set by `configure` and `start_job`, so fixed within a job)."""
+        return run_summary(self.recipe, self.settings, self.job_deepcache)
 
     def release(self) -> None:
         """Compiled models and graphs go; memory returns to the system. Safe to call twice."""

@@ -7,8 +7,9 @@ import html
 from modules import sd_unet, shared
 
 from sd_ov import cache, ov_core
-from sd_ov.deepcache import SCHEDULES
+from sd_ov.deepcache import SCHEDULES, DeepCacheConfig
 from sd_ov.errors import SdOvError
+from sd_ov.served import run_summary
 
 from .job import INFOTEXT_KEY, pasted_deepcache, token_merging_note
 from .settings import cache_root, deepcache_settings, opt, runtime_settings
@@ -81,13 +82,11 @@ def status_html() -> str:
         ov_core.resolve_device(settings.device)
         name = ov_core.device_full_name(settings.device.split(":")[0])
         device_text = f"{html.escape(settings.device)} ({html.escape(name)})"
-        summary = f"{option.recipe.name()}, {settings.device}, {settings.precision}, {settings.shape_policy}"
+        deepcache = deepcache_settings() if option.recipe.is_plain else DeepCacheConfig()
+        summary = run_summary(option.recipe, settings, deepcache)
     except (SdOvError, ValueError) as err:
         device_text = f"<span style='color:#c33'>{html.escape(str(err))}</span>"
         summary = option.recipe.name()
-    deepcache = deepcache_settings()
-    if option.recipe.is_plain and deepcache.enabled:
-        summary = summary.replace(option.recipe.name(), f"{option.recipe.name()}+{deepcache.label()}", 1)
     lines += [
         f"Device: {device_text}",
         f"Recipe: {html.escape(summary)}",

@@ -140,29 +140,20 @@ class OpenVINOUnet(sd_unet.SdUnet):
             self.record.unavailable = (
                 "another extension (e.g. ControlNet) replaced the UNet's forward; torch served it"
             )
-        try:
-            settings = runtime_settings()
-            if (
-                self.served is None
-                and self.source is not None
-                and self.source.checkpoint_hash
-                and settings != self.failed_settings
-            ):
-                self.open(settings)  # the settings changed since it failed: try again
-            elif self.served is not None:
-                self.served.configure(settings)  # a per-job override_settings takes effect here
-        except Exception as err:
-            self.use_torch(err)
+        self.apply_settings(retry_unchanged=False)  # a per-job override_settings takes effect here
         if self.served is None:
             self.record.unavailable = self.record.unavailable or self.unavailable
             return
         why_not = self.served.start_job(deepcache, expected_calls)
         if why_not:
             self.record.note(why_not)
+        self.record.summary = self.served.summary()
 
     def forward(self, x, timesteps, context, *args, **kwargs):
         reason = self.job_torch_reason or self.unavailable
-        extra = [f"#{i}" for i in range(len(args))] + [k for k, v in kwargs.items() if v is not None]
+        extra = []  # the common call has none: nothing to build
+        if args or kwargs:
+            extra = [f"#{i}" for i in range(len(args))] + [k for k, v in kwargs.items() if v is not None]
         if self.served is None:
             reason = reason or "the OpenVINO UNet is not loaded"
         elif extra:
@@ -170,7 +161,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
         elif reason is None:
             try:
                 out = self.served(x, timesteps, context)
-                self.record.served(self.served.summary())
+                self.record.served()
                 return out
             except UnsupportedCallError as err:  # this call only (e.g. an odd shape)
                 reason = str(err)
@@ -191,17 +182,23 @@ class OpenVINOUnet(sd_unet.SdUnet):
             **kwargs,
         )
 
-    def reopen(self) -> None:
-        """Settings → Apply changed how the UNet is compiled: take effect now."""
+    def apply_settings(self, retry_unchanged: bool) -> None:
+        """Open or reconfigure with the current settings. After a failure, a job tries again only
+        when the settings changed (`retry_unchanged` is Settings → Apply: always)."""
         if self.source is None or not self.source.checkpoint_hash:
             return
         try:
+            settings = runtime_settings()
             if self.served is not None:
-                self.served.configure(runtime_settings())
-            else:
-                self.open(runtime_settings())
+                self.served.configure(settings)
+            elif retry_unchanged or settings != self.failed_settings:
+                self.open(settings)
         except Exception as err:
             self.use_torch(err)
+
+    def reopen(self) -> None:
+        """Settings → Apply changed how the UNet is compiled: take effect now."""
+        self.apply_settings(retry_unchanged=True)
 
     def release(self) -> None:
         if self.served is not None:
