@@ -12,7 +12,7 @@ from .compress import INT8_MODES
 from .errors import SdOvError
 from .form import OPTIMIZE_FIELDS, parse_size
 from .recipe import PRUNE_MODES
-from .runtime import PRECISIONS, SHAPE_POLICIES
+from .runtime import DEFAULT_SHAPE_POLICY, PRECISIONS, SHAPE_POLICIES
 
 DEFAULT_CACHE = "sd_ov_cache"
 
@@ -20,7 +20,7 @@ DEFAULT_CACHE = "sd_ov_cache"
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, NPU, AUTO, ...")
     p.add_argument("--precision", default="f32", choices=PRECISIONS, help="inference precision hint")
-    p.add_argument("--shape-policy", default="static", choices=SHAPE_POLICIES)
+    p.add_argument("--shape-policy", default=DEFAULT_SHAPE_POLICY, choices=SHAPE_POLICIES)
     p.add_argument("--cache", default=DEFAULT_CACHE, help="cache folder for exported UNets")
 
 

@@ -18,6 +18,7 @@ import torch
 from . import engine, metrics
 from .ldm_unet import build_unet, describe, load_config
 from .progress import console
+from .runtime import DEFAULT_SHAPE_POLICY
 from .sampling import latent_to_image, sample_euler
 
 
@@ -45,7 +46,7 @@ def run_demo(
     seed: int = 0,
     device: str = "CPU",
     precision: str = "f32",
-    shape_policy: str = "static",
+    shape_policy: str = DEFAULT_SHAPE_POLICY,
     cache_dir: str | Path = "sd_ov_cache",
     out: str | Path = "sd_ov_demo.png",
 ) -> DemoResult:

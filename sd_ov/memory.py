@@ -66,6 +66,26 @@ def mapped_file_released(path: str | os.PathLike, every_s: float = 0.5) -> Itera
         release_mapped_file(path)
 
 
+def trim_heap() -> None:
+    """Hand freed heap pages back to the system (glibc keeps them otherwise: torch tensors under
+    its mmap threshold, e.g. most of a UNet's biases and norms, come from the heap)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    except (OSError, AttributeError):  # musl and others have no malloc_trim
+        pass
+
+
+def rss_mib() -> float:
+    """This process's resident memory now, in MiB (0 where /proc is absent)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far, in MiB (Linux reports KiB; 0 on Windows,
     which has no `resource` module: the webui runs there too)."""

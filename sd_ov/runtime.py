@@ -1,13 +1,18 @@
 """A compiled OpenVINO UNet that takes and returns torch tensors.
 
 Shape policy:
-- "static": the dynamic IR is reshaped to each call's (batch, channels, H/8, W/8, tokens) and
-  compiled for it; the last few compiled shapes are kept (hires fix alternates two sizes).
-  A job that cycles through more shapes than are kept (cond and uncond of different lengths,
-  plus hires fix) would recompile at every call; a shape evicted and asked for again soon after
-  is served by the dynamic model instead, compiled once.
-- "dynamic": one compiled model serves every shape.
-Static compiles are cheap next to a picture and run faster on CPU (see README, bench).
+- "dynamic" (the default): one compiled model serves every shape, so memory stays flat as
+  sizes are added (hires fix, img2img at another size). Measured on SD1.5 (AMD EPYC Zen 4,
+  2 cores, FP32): one compiled copy is 3.6 GB; each further size adds ~0.1 GB of buffers;
+  per-step time within 2 % of a static model's (4.54 s against 4.46 s at 512², batch 1).
+  The CPU plugin reads the IR's weights once more at the first call of a shape (it repacks
+  them lazily); we give those pages back after that call (`_settle`), or the 2.5 GB of the IR
+  read then would stay resident.
+- "static": the IR is reshaped to each call's (batch, channels, H/8, W/8, tokens) and compiled
+  for it; the last few compiled shapes are kept. Each keeps its own copy of the weights (+3.4 GB
+  per size for SD1.5), so it suits devices that need static shapes (NPU). A job that cycles
+  through more shapes than are kept would recompile at every call; a shape evicted and asked for
+  again soon after is served by the dynamic model instead, compiled once.
 """
 
 from __future__ import annotations
@@ -22,12 +27,12 @@ import openvino as ov
 import torch
 
 from .errors import UnsupportedCallError
-from .memory import mapped_file_released
+from .memory import mapped_file_released, release_mapped_file
 from .ov_core import compile_properties, get_core, resolve_device
 from .progress import ProgressFn, silent
 
 SHAPE_POLICIES = ("static", "dynamic")
-DEFAULT_SHAPE_POLICY = "static"
+DEFAULT_SHAPE_POLICY = "dynamic"
 PRECISIONS = ("f32", "bf16", "f16", "auto")
 
 ShapeKey = tuple[int, ...]  # batch, channels, height, width, tokens, then dims of any extra inputs
@@ -80,6 +85,7 @@ class OVUNet:
         self._compiled: OrderedDict[ShapeKey | None, tuple[ov.CompiledModel, ov.InferRequest]] = OrderedDict()
         self._dynamic: tuple[ov.CompiledModel, ov.InferRequest] | None = None
         self._recent: deque[ShapeKey] = deque(maxlen=8)
+        self._settled: set[ShapeKey] = set()  # shapes whose first call's page reads were given back
         self.stats = RuntimeStats()
 
     def shape_key(
@@ -181,7 +187,15 @@ class OVUNet:
         )
         self.stats.infer_s += time.perf_counter() - started
         self.stats.calls += 1
+        self._settle(key)
         return outs[0] if self.outputs == 1 else outs
+
+    def _settle(self, key: ShapeKey) -> None:
+        """After the first call of a shape, give back the IR pages it read (see module doc)."""
+        if key in self._settled:
+            return
+        self._settled.add(key)
+        release_mapped_file(self.xml_path.with_suffix(".bin"))
 
     @property
     def compiled_shapes(self) -> list[ShapeKey | None]:
@@ -193,6 +207,7 @@ class OVUNet:
         self._compiled.clear()
         self._dynamic = None
         self._recent.clear()
+        self._settled.clear()
 
     def release(self) -> None:
         """Drop compiled models and the graph; memory returns to the system."""

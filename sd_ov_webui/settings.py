@@ -17,6 +17,8 @@ from sd_ov.deepcache import SCHEDULES, DeepCacheConfig
 from sd_ov.runtime import DEFAULT_SHAPE_POLICY, PRECISIONS, SHAPE_POLICIES
 from sd_ov.served import RuntimeSettings
 
+from .offload import OFFLOAD_MODES
+
 log = logging.getLogger("sd_ov")
 
 SECTION = ("openvino", "OpenVINO")
@@ -30,6 +32,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "sd_ov_deepcache_interval": 0,
     "sd_ov_deepcache_branch": 0,
     "sd_ov_deepcache_schedule": "uniform",
+    "sd_ov_offload": "release",
 }
 # Settings that change how the served UNet is compiled: a change reopens it.
 RUNTIME_KEYS = (
@@ -38,6 +41,7 @@ RUNTIME_KEYS = (
     "sd_ov_shape_policy",
     "sd_ov_max_compiled",
     "sd_ov_cache_compiled",
+    "sd_ov_offload",
 )
 
 
@@ -65,6 +69,12 @@ def runtime_settings() -> RuntimeSettings:
         max_compiled=int(opt("sd_ov_max_compiled")),
         cache_compiled=bool(opt("sd_ov_cache_compiled")),
     )
+
+
+def offload_mode() -> str:
+    """What happens to the torch UNet's weights while OpenVINO serves (`offload.OFFLOAD_MODES`)."""
+    mode = str(opt("sd_ov_offload"))
+    return mode if mode in OFFLOAD_MODES else "release"
 
 
 def deepcache_settings() -> DeepCacheConfig:
@@ -110,7 +120,7 @@ def register(on_runtime_change) -> None:
         "Shapes",
         gr.Radio,
         {"choices": list(SHAPE_POLICIES)},
-        "static: compile per picture size (faster on CPU); dynamic: one model for all sizes",
+        "dynamic: one compiled model for every size (memory stays flat); static: a compiled copy per size (NPU needs it)",
     )
     add(
         "sd_ov_max_compiled",
@@ -119,6 +129,14 @@ def register(on_runtime_change) -> None:
         {"minimum": 1, "maximum": 6, "step": 1},
     )
     add("sd_ov_cache_compiled", "Keep compiled blobs on disk (faster start)", gr.Checkbox)
+    add(
+        "sd_ov_offload",
+        "Torch UNet while OpenVINO serves",
+        gr.Radio,
+        {"choices": list(OFFLOAD_MODES)},
+        "release: its weights leave memory and come back from the checkpoint file when torch needs them; "
+        "none: kept (uses as much memory again)",
+    )
     add("sd_ov_cache_dir", "Cache folder (empty: models/OpenVINO)", gr.Textbox)
     add(
         "sd_ov_deepcache_interval",

@@ -8,7 +8,9 @@ serves one checkpoint's weights under another's label.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 from modules import devices, sd_models, sd_unet, shared
 
@@ -21,7 +23,8 @@ from sd_ov.recipe import Recipe
 from sd_ov.record import JobRecord
 from sd_ov.served import RuntimeSettings, ServedUNet, UNetSource
 
-from .settings import cache_root, runtime_settings
+from .offload import TorchUNetWeights
+from .settings import cache_root, offload_mode, runtime_settings
 from .torch_unet import call_torch, foreign_forward, unet_calls_to
 
 log = logging.getLogger("sd_ov")
@@ -76,6 +79,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
         self.failed_settings: RuntimeSettings | None = None
         self.binding_note: str | None = None  # the option was chosen for another checkpoint
         self.job_torch_reason: str | None = None  # torch serves the rest of this job (NaN/inf)
+        self.weights: TorchUNetWeights | None = None  # freed while OpenVINO serves (Settings → memory)
         self.record = JobRecord()
 
     @property
@@ -90,14 +94,32 @@ class OpenVINOUnet(sd_unet.SdUnet):
         try:
             describe(unet)  # refuses SDXL, SD3 & co before anything is written
             name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
-            self.source = UNetSource(
-                cache_root(), name, sha256, unet, torch_calls=lambda: unet_calls_to(None)
-            )
+            self.weights = TorchUNetWeights(unet, model.sd_checkpoint_info.filename)
+            self.source = UNetSource(cache_root(), name, sha256, unet, torch_calls=self.torch_computes)
             self.binding_note = self.check_binding(model.sd_checkpoint_info)
             self.open(runtime_settings())
+            self.offload()
         except Exception as err:  # any failure: report it, torch makes the picture
             self.source = self.source or UNetSource(cache_root(), "", "", unet)
             self.use_torch(err)
+
+    @contextlib.contextmanager
+    def torch_computes(self) -> Iterator[None]:
+        """While inside (an export's trace), the torch UNet has its weights and takes its calls."""
+        if self.weights is not None:
+            self.weights.ensure(webui_progress)
+        with unet_calls_to(None):
+            yield
+
+    def offload(self) -> None:
+        """While OpenVINO serves: free the torch UNet's weights, or bring them back, as set."""
+        if self.weights is None:
+            return
+        torch_needed = self.source is not None and foreign_forward(self.source.unet)  # it calls torch itself
+        if self.served is not None and offload_mode() == "release" and not torch_needed:
+            self.weights.release(webui_progress)
+        else:
+            self.weights.ensure(webui_progress)
 
     def check_binding(self, loaded) -> str | None:
         """A note when the option was made for another checkpoint than the loaded one."""
@@ -126,6 +148,8 @@ class OpenVINOUnet(sd_unet.SdUnet):
         log.warning("sd-ov: the torch UNet serves instead: %s", self.unavailable)
         print(f"[sd-ov] OpenVINO UNet unavailable, using torch: {self.unavailable}")
         shared.state.textinfo = f"OpenVINO unavailable, using torch: {self.unavailable}"
+        if self.weights is not None:
+            self.weights.ensure(webui_progress)
         if self.source is not None:
             self.source.unet.to(devices.device)  # apply_unet moved it to the CPU for us
 
@@ -148,6 +172,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
         if why_not:
             self.record.note(why_not)
         self.record.summary = self.served.summary()
+        self.offload()  # after a torch fallback or an export, the weights go again
 
     def forward(self, x, timesteps, context, *args, **kwargs):
         reason = self.job_torch_reason or self.unavailable
@@ -173,6 +198,8 @@ class OpenVINOUnet(sd_unet.SdUnet):
         if self.record.fell_back(reason):
             shared.state.textinfo = f"OpenVINO: torch serves: {reason}"
             log.info("sd-ov: torch serves: %s", reason)
+        if self.weights is not None:
+            self.weights.ensure(webui_progress)  # freed while OpenVINO served
         return call_torch(
             self.source.unet if self.source else shared.sd_model.model.diffusion_model,
             x,
@@ -193,6 +220,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
                 self.served.configure(settings)
             elif retry_unchanged or settings != self.failed_settings:
                 self.open(settings)
+            self.offload()
         except Exception as err:
             self.use_torch(err)
 
@@ -206,7 +234,11 @@ class OpenVINOUnet(sd_unet.SdUnet):
             self.served = None
 
     def deactivate(self) -> None:
+        """The webui takes its UNet back (another option, or a checkpoint loading into it)."""
         self.release()
+        if self.weights is not None:
+            self.weights.ensure(webui_progress)
+        self.weights = None
         self.source = None  # the torch UNet is the webui's again; keep no reference to it
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from sd_ov import engine, metrics
+from sd_ov.torch_weights import is_released
 from sd_ov.sampling import latent_to_image
 
 from .webui_harness import faulty_runtime_job, infotext_params, openvino_infotext, txt2img
@@ -26,7 +27,7 @@ def test_txt2img_through_openvino_matches_torch(webui):
     ov_job = txt2img(webui)
     unet = webui.sd_unet.current_unet
     assert unet.unavailable is None and unet.record.openvino_calls == 4 and not unet.record.torch_calls
-    assert openvino_infotext(ov_job) == "fp32, CPU, f32, static"
+    assert openvino_infotext(ov_job) == "fp32, CPU, f32, dynamic"
     assert metrics.rel_l2(ov_job.latent, torch_job.latent) < 1e-4
     assert metrics.psnr(latent_to_image(ov_job.latent[0]), latent_to_image(torch_job.latent[0])) >= 40
     # progress reached the webui's progress area, not only the console
@@ -57,7 +58,7 @@ def test_a_job_can_turn_openvino_off(webui):
 def test_a_torch_job_after_an_openvino_job_says_so(webui):
     """A record per job: an extension that replaces the UNet's forward (as ControlNet does) makes
     torch serve every call, and the infotext must not repeat the previous job's claim."""
-    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, static"
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, dynamic"
     from modules import sd_unet
 
     unet = webui.shared.sd_model.model.diffusion_model
@@ -71,17 +72,17 @@ def test_a_torch_job_after_an_openvino_job_says_so(webui):
     text = openvino_infotext(hooked)
     assert text.startswith("off (") and "replaced the UNet's forward" in text, text
     assert webui.sd_unet.current_unet.record.openvino_calls == 0
-    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, static"  # and the next job is honest too
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, dynamic"  # and the next job is honest too
 
 
 def test_per_job_override_settings_change_what_runs(webui):
     """The webui applies override_settings without onchange callbacks: the job itself must."""
-    job = txt2img(webui, override={"sd_ov_device": "AUTO", "sd_ov_shape_policy": "dynamic"})
+    job = txt2img(webui, override={"sd_ov_device": "AUTO", "sd_ov_shape_policy": "static"})
     served = webui.sd_unet.current_unet.served
     assert served.settings.device == "AUTO" and served.plain.device == "AUTO"
-    assert served.plain.compiled_shapes == [None]  # the dynamic model ran
-    assert openvino_infotext(job) == "fp32, AUTO, f32, dynamic"
-    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, static"  # restored for the next job
+    assert served.plain.compiled_shapes == [(2, 4, 32, 32, 77)]  # the static model ran
+    assert openvino_infotext(job) == "fp32, AUTO, f32, static"
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, dynamic"  # restored for the next job
     assert served.plain.device == "CPU"
 
 
@@ -97,7 +98,7 @@ def test_absent_device_falls_back_to_torch_with_a_clear_message(webui):
     assert "NPU" in webui.shared.state.textinfo
     assert torch.equal(job.latent, torch_job.latent)
     webui.shared.opts.sd_ov_device = "CPU"  # fixed between jobs: the next job serves again
-    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, static"
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, dynamic"
 
 
 def test_changing_the_device_setting_reopens_the_runtime_and_registration_does_not(webui, monkeypatch):
@@ -150,7 +151,7 @@ def test_an_option_for_a_checkpoint_that_is_not_loaded(webui, tiny_unet):
     webui.shared.opts.sd_unet = "[OpenVINO] other"
     job = txt2img(webui)
     params = infotext_params(job.infotexts[0])
-    assert params["OpenVINO"] == "fp32, CPU, f32, static"
+    assert params["OpenVINO"] == "fp32, CPU, f32, dynamic"
     assert "tinyckpt's own FP32 UNet serves" in params["OpenVINO note"]
     assert webui.sd_unet.current_unet.served.source.checkpoint_name == "tinyckpt"
     assert other.model_name == "other" and "is loaded" in webui.pkg.accordion.status_html()
@@ -177,12 +178,57 @@ def test_checkpoint_switch_releases_the_served_unet(webui):
 
     txt2img(webui)
     served = webui.sd_unet.current_unet.served
-    compiled = weakref.ref(served.plain._compiled[next(iter(served.plain._compiled))][0])
+    compiled = weakref.ref(served.plain._dynamic[0])
     webui.sd_unet.apply_unet("None")  # what sd_models.reload_model_weights does first
     gc.collect()
     assert served.plain is None and compiled() is None  # the compiled model is gone
+    # the webui loads the next checkpoint into the same Parameters: they must have their bytes
+    assert not is_released(webui.shared.sd_model.model.diffusion_model)
     webui.sd_unet.apply_unet()  # ... and after loading: the (new) checkpoint's option again
-    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, static"
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, dynamic"
+
+
+def test_the_torch_unet_is_freed_while_openvino_serves_and_restored_exactly(webui):
+    """Issue #9's `release`: the storage goes while OpenVINO serves; switching the SD Unet off
+    brings back the same bytes, and torch's picture is unchanged."""
+    unet = webui.shared.sd_model.model.diffusion_model
+    original = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    webui.shared.opts.sd_unet = "None"
+    torch_job = txt2img(webui)
+    webui.shared.opts.sd_unet = "Automatic"
+    ov_job = txt2img(webui)
+    assert is_released(unet) and all(p.untyped_storage().nbytes() == 0 for p in unet.parameters())
+    assert metrics.psnr(latent_to_image(ov_job.latent[0]), latent_to_image(torch_job.latent[0])) >= 40
+    webui.shared.opts.sd_unet = "None"
+    again = txt2img(webui)
+    assert all(torch.equal(p, original[n]) for n, p in unet.named_parameters())
+    assert torch.equal(again.latent, torch_job.latent)
+
+
+def test_a_torch_fallback_after_the_release_gives_torchs_output(webui):
+    """A call OpenVINO cannot serve (here: an extra input) reads the weights back first."""
+    webui.shared.opts.sd_unet = "None"
+    torch_job = txt2img(webui)
+    webui.shared.opts.sd_unet = "Automatic"
+    txt2img(webui)
+    unet = webui.shared.sd_model.model.diffusion_model
+    assert is_released(unet)
+    x, t, c = (torch.randn(2, 4, 32, 32), torch.tensor([10.0, 10.0]), torch.randn(2, 77, 64))
+    out = webui.sd_unet.current_unet.forward(x, t, c, y=None, control="extra")
+    assert not is_released(unet)
+    webui.shared.opts.sd_unet = "None"
+    from modules.sd_unet import original_forward
+
+    with torch.no_grad():
+        assert torch.equal(out, original_forward(unet, x, t, c, control="extra"))
+    assert torch.equal(txt2img(webui).latent, torch_job.latent)
+
+
+def test_offload_none_keeps_the_torch_unet(webui):
+    txt2img(webui, override={"sd_ov_offload": "none"})
+    assert not is_released(webui.shared.sd_model.model.diffusion_model)
+    txt2img(webui)  # the setting back to its default: freed at the next job
+    assert is_released(webui.shared.sd_model.model.diffusion_model)
 
 
 def test_settings_section(webui):
@@ -221,14 +267,14 @@ def test_deepcache_job_records_itself_and_the_next_job_is_unaffected(webui):
     served = webui.sd_unet.current_unet.served
     assert served.deepcache.pattern == list("FSSFSS")  # one batched call per Euler step
     params = infotext_params(cached.infotexts[0])
-    assert params["OpenVINO"] == "fp32+DeepCache3b1, CPU, f32, static"
+    assert params["OpenVINO"] == "fp32+DeepCache3b1, CPU, f32, dynamic"
     assert params["OpenVINO DeepCache"] == "interval 3, branch 1, uniform"
     again = txt2img(webui, steps=6, deepcache=(3, 1, "uniform"))
     assert served.deepcache.pattern == list("FSSFSS")  # counting restarted with the job
     assert torch.equal(again.latent, cached.latent)
     plain = txt2img(webui, steps=6)
     assert "OpenVINO DeepCache" not in infotext_params(plain.infotexts[0])
-    assert openvino_infotext(plain) == "fp32, CPU, f32, static"
+    assert openvino_infotext(plain) == "fp32, CPU, f32, dynamic"
     assert served.deepcache.pattern == []  # nothing ran through the cache schedule
     assert metrics.rel_l2(plain.latent, torch_job.latent) < 1e-4
 
@@ -248,7 +294,7 @@ def test_pasting_an_infotext_restores_the_deepcache_choice(webui):
     params = infotext_params(job.infotexts[0])
     restored = [fn(params) for _, fn in webui.script.infotext_fields]
     assert restored == [True, 4, 2, "non-uniform"]
-    plain = {"OpenVINO": "fp32, CPU, f32, static"}
+    plain = {"OpenVINO": "fp32, CPU, f32, dynamic"}
     assert [fn(plain) for _, fn in webui.script.infotext_fields][:2] == [True, 0]
     assert [fn({"Steps": "20"}) for _, fn in webui.script.infotext_fields] == [None] * 4
     assert len(components) == 4

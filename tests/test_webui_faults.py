@@ -40,8 +40,8 @@ def test_a_compile_failure_serves_torch_and_the_next_settings_retry(webui, monke
     )
     monkeypatch.setattr(ov.Core, "compile_model", real)
     assert openvino_infotext(txt2img(webui)).startswith("off (")  # same settings: not retried every job
-    webui.shared.opts.sd_ov_shape_policy = "dynamic"  # the user changes something: tried again
-    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, dynamic"
+    webui.shared.opts.sd_ov_shape_policy = "static"  # the user changes something: tried again
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, static"
 
 
 def test_a_device_lost_mid_job_finishes_on_torch(webui, monkeypatch):
@@ -87,4 +87,4 @@ def test_interrupt_during_the_first_export_leaves_no_entry_and_the_next_job_work
     assert leftovers(tmp_path / "cache") == [] and not list((tmp_path / "cache").glob("*/*/manifest.json"))
     monkeypatch.setattr(engine, "export_unet", real)
     webui.shared.state.begin()  # the next job tries again
-    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, static"
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, dynamic"

@@ -142,18 +142,18 @@ def test_txt2img_through_openvino_matches_torch_and_restart_reuses_the_cache(ins
         cached_image, cached_info, _ = txt2img("Automatic", deepcache=(3, 0, "uniform"))
         after_image, after_info, _ = txt2img("Automatic")
         # a per-job override of our settings runs, and the infotext says what ran
-        dynamic_image, dynamic_info, _ = txt2img("Automatic", sd_ov_shape_policy="dynamic")
+        static_image, static_info, _ = txt2img("Automatic", sd_ov_shape_policy="static")
     finally:
         first.stop()
     assert "OpenVINO" not in torch_info
-    assert ov_info["OpenVINO"] == "fp32, CPU, f32, static", ov_info
+    assert ov_info["OpenVINO"] == "fp32, CPU, f32, dynamic", ov_info
     assert psnr(ov_image, torch_image) >= 40
     assert cached_info["OpenVINO DeepCache"] == "interval 3, branch 0, uniform", cached_info
     assert cached_image.shape == ov_image.shape
     assert (
         "OpenVINO DeepCache" not in after_info and psnr(after_image, ov_image) >= 40
     )  # the next job is unaffected
-    assert dynamic_info["OpenVINO"] == "fp32, CPU, f32, dynamic" and psnr(dynamic_image, torch_image) >= 40
+    assert static_info["OpenVINO"] == "fp32, CPU, f32, static" and psnr(static_image, torch_image) >= 40
     first_log = (installed / "first.log").read_text()
     assert "[sd-ov] tracing the torch UNet" in first_log
 
@@ -166,7 +166,7 @@ def test_txt2img_through_openvino_matches_torch_and_restart_reuses_the_cache(ins
     assert "[sd-ov] using cached OpenVINO UNet" in second_log
     assert "[sd-ov] tracing the torch UNet" not in second_log
     assert second_s < first_s
-    assert psnr(again, ov_image) >= 40 and again_info["OpenVINO"] == "fp32, CPU, f32, static"
+    assert psnr(again, ov_image) >= 40 and again_info["OpenVINO"] == "fp32, CPU, f32, dynamic"
 
 
 def test_faults_end_with_a_message_and_the_next_job_works(installed):
@@ -177,7 +177,7 @@ def test_faults_end_with_a_message_and_the_next_job_works(installed):
         torch_image, _, _ = txt2img("None")
         _, ov_info, _ = txt2img("Automatic")
         _, npu_info, _ = txt2img("Automatic", sd_ov_device="NPU")  # torch serves this job
-        assert ov_info["OpenVINO"] == "fp32, CPU, f32, static"
+        assert ov_info["OpenVINO"] == "fp32, CPU, f32, dynamic"
         assert npu_info["OpenVINO"].startswith("off (OpenVINO device NPU is not available"), npu_info
         plain = [p for p in (Path(WEBUI) / "models" / "OpenVINO").glob("*/fp32-*") if p.name.count("-") == 1]
         bin_path = plain[0] / "unet.bin"
@@ -185,7 +185,7 @@ def test_faults_end_with_a_message_and_the_next_job_works(installed):
             f.truncate(bin_path.stat().st_size // 2)
         txt2img("None")  # the serving UNet is given back: the next job reads the cache again
         image, info, _ = txt2img("Automatic")
-        assert info["OpenVINO"] == "fp32, CPU, f32, static" and psnr(image, torch_image) >= 40
+        assert info["OpenVINO"] == "fp32, CPU, f32, dynamic" and psnr(image, torch_image) >= 40
         assert api_status("/sd-ov/v1/optimize", {"int9": 1})[0] == 422
         code, body = api_status("/sd-ov/v1/optimize", {"sizes_text": "100x100"})
         assert code == 422 and "multiples of 64" in body["detail"]
@@ -218,7 +218,7 @@ def test_optimize_through_the_api_adds_an_option_that_txt2img_uses(installed):
         listed = api("/sd-ov/v1/recipes")["recipes"]
     finally:
         webui.stop()
-    assert info["OpenVINO"] == "int8-tome0.5, CPU, f32, static", info
+    assert info["OpenVINO"] == "int8-tome0.5, CPU, f32, dynamic", info
     assert psnr(image, torch_image) >= 20  # INT8 + ToMe on real weights: close to torch, not identical
     assert result["report"]["speedup"] > 0 and "psnr_db" in result["report"]
     assert any(r["label"] == "INT8 ToMe0.5" for r in listed)
@@ -257,4 +257,4 @@ def test_an_interrupted_optimize_ends_with_a_message_and_the_next_job_works(inst
     code, detail = answer["r"]
     assert code == 409 and "interrupted" in detail["detail"], answer
     assert not any(r["label"] == "INT8" for r in listed)
-    assert info["OpenVINO"] == "fp32, CPU, f32, static" and image.shape == (256, 256, 3)
+    assert info["OpenVINO"] == "fp32, CPU, f32, dynamic" and image.shape == (256, 256, 3)

@@ -101,7 +101,7 @@ def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path):
     unet = webui.sd_unet.current_unet
     assert unet.unavailable is None and unet.record.openvino_calls == 4
     params = infotext_params(job.infotexts[0])
-    assert params["OpenVINO"] == "int8-tome0.5, CPU, f32, static"
+    assert params["OpenVINO"] == "int8-tome0.5, CPU, f32, dynamic"
     assert "webui ratio 0.3 not applied" in params["OpenVINO token merging"]
     assert "DeepCache runs on the plain [OpenVINO] option only" in params["OpenVINO note"]
     assert metrics.rel_l2(job.latent, torch_job.latent) < 0.25
@@ -131,7 +131,7 @@ def test_cancel_in_the_tab_leaves_no_entry_and_the_next_job_works(webui, tmp_pat
     leftovers = [p for p in (tmp_path / "cache").glob("*/*") if ".tmp" in p.name or "trash" in p.name]
     assert leftovers == []
     webui.shared.state.begin()  # the next job starts as the webui starts any job
-    assert infotext_params(txt2img(webui).infotexts[0])["OpenVINO"] == "fp32, CPU, f32, static"
+    assert infotext_params(txt2img(webui).infotexts[0])["OpenVINO"] == "fp32, CPU, f32, dynamic"
 
 
 @pytest.mark.parametrize(

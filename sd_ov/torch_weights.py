@@ -1,0 +1,159 @@
+"""Free a torch module's weights while OpenVINO serves it, and put the same bytes back later.
+
+Why free and not move: on a CPU-only machine `module.to("cpu")` frees nothing, and the torch
+UNet (3.4 GB for SD1.5 in f32) beside OpenVINO's compiled copy is what made the webui heavier
+than torch alone. The storages are resized to zero in place, as PyTorch's FSDP does between
+uses: every Parameter keeps its identity, shape, dtype and device (hooks, the webui's
+references and `state_dict()` keys stay valid), only the bytes go.
+
+Where the bytes come back from: the checkpoint file, read tensor by tensor (a safetensors file
+through `safe_open`, a pickle through `torch.load(mmap=True)`), so restoring never holds a
+second copy. Before freeing, every tensor is compared with the file's, cast the way the module
+holds it; if any differs (weights changed in memory, a cast the file cannot reproduce) nothing
+is freed and the caller is told why. So a restore gives back exactly what was freed, or refuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import SdOvError
+from .memory import trim_heap
+from .progress import ProgressFn, silent
+
+
+class WeightsNotReleasable(SdOvError):
+    """The module's weights cannot be freed safely (they differ from the file, or are shared)."""
+
+
+class WeightsRestoreError(SdOvError):
+    """The freed weights could not be put back (the checkpoint file changed or went away)."""
+
+
+@dataclass(frozen=True)
+class CheckpointTensors:
+    """A module's tensors inside a checkpoint file, under a key prefix
+    (`model.diffusion_model.` for a Stable Diffusion UNet)."""
+
+    path: Path
+    prefix: str
+
+    def stamp(self) -> tuple[int, int]:
+        """(size, mtime) of the file: a restore refuses a file changed since the release."""
+        st = os.stat(self.path)
+        return st.st_size, st.st_mtime_ns
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Callable[[str], torch.Tensor]]:
+        """A function name → tensor for the module's own names, one tensor read at a time."""
+        if self.path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), framework="pt", device="cpu") as f:
+                keys = set(f.keys())
+
+                def get(name: str) -> torch.Tensor:
+                    key = self.prefix + name
+                    if key not in keys:
+                        raise KeyError(f"{key} is not in {self.path.name}")
+                    return f.get_tensor(key)
+
+                yield get
+            return
+        loaded = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+        state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
+        try:
+
+            def get(name: str) -> torch.Tensor:
+                key = self.prefix + name
+                if key not in state:
+                    raise KeyError(f"{key} is not in {self.path.name}")
+                return state[key]
+
+            yield get
+        finally:
+            del state, loaded
+
+
+def _owned_storage(tensor: torch.Tensor) -> bool:
+    """True when the tensor is the whole of its storage: freeing it touches no other tensor."""
+    storage = tensor.untyped_storage()
+    return tensor.storage_offset() == 0 and storage.nbytes() == tensor.numel() * tensor.element_size()
+
+
+class ReleasedWeights:
+    """The freed parameters of one module; `restore()` puts them back bit-exactly."""
+
+    def __init__(self, module: torch.nn.Module, source: CheckpointTensors, names: list[str]) -> None:
+        self.module = module
+        self.source = source
+        self.names = names
+        self.stamp = source.stamp()
+        self.freed_bytes = sum(self._param(n).numel() * self._param(n).element_size() for n in names)
+        self.restored = False
+
+    def _param(self, name: str) -> torch.Tensor:
+        return self.module.get_parameter(name)
+
+    @classmethod
+    def release(
+        cls, module: torch.nn.Module, source: CheckpointTensors, progress: ProgressFn = silent
+    ) -> ReleasedWeights:
+        """Free `module`'s parameters after checking each against `source`; raises
+        WeightsNotReleasable (and frees nothing) when one differs or shares its storage."""
+        params = [(n, p) for n, p in module.named_parameters() if p.numel() > 0]
+        shared = [n for n, p in params if not _owned_storage(p)]
+        if shared:
+            raise WeightsNotReleasable(f"{len(shared)} weights share storage (e.g. {shared[0]}); kept in memory")
+        progress(f"checking the torch UNet against {source.path.name} before freeing it", 0.0)
+        try:
+            with source.reader() as read:
+                for name, param in params:
+                    stored = read(name)
+                    if stored.shape != param.shape or not torch.equal(
+                        stored.to(param.dtype), param.detach().to("cpu")
+                    ):
+                        raise WeightsNotReleasable(
+                            f"{name} differs from {source.path.name} (changed in memory); kept in memory"
+                        )
+        except (OSError, KeyError, RuntimeError) as err:
+            raise WeightsNotReleasable(f"cannot check against {source.path.name}: {err}") from err
+        released = cls(module, source, [n for n, _ in params])
+        for _, param in params:
+            if not param.untyped_storage().resizable():  # e.g. a tensor over a mapped file or numpy
+                param.data = torch.empty_like(param)  # not touched, so no pages: only resizable
+            param.untyped_storage().resize_(0)
+        gc.collect()
+        trim_heap()
+        return released
+
+    def restore(self, progress: ProgressFn = silent) -> None:
+        """Read the freed weights back from the file into the same Parameters. Safe to call twice."""
+        if self.restored:
+            return
+        if self.source.stamp() != self.stamp:
+            raise WeightsRestoreError(
+                f"{self.source.path.name} changed since its weights were freed: reload the checkpoint"
+            )
+        progress(f"reading the torch UNet back from {self.source.path.name}", 0.0)
+        try:
+            with self.source.reader() as read, torch.no_grad():
+                for name in self.names:
+                    param = self._param(name)
+                    param.untyped_storage().resize_(param.numel() * param.element_size())
+                    param.copy_(read(name))
+        except (OSError, KeyError, RuntimeError) as err:
+            raise WeightsRestoreError(f"cannot read {self.source.path.name}: {err}") from err
+        self.restored = True
+
+
+def is_released(module: torch.nn.Module) -> bool:
+    """True when any parameter of `module` has no bytes (freed by `ReleasedWeights`)."""
+    return any(p.numel() > 0 and p.untyped_storage().nbytes() == 0 for p in module.parameters())

@@ -1,0 +1,105 @@
+"""Freeing the torch UNet's weights while OpenVINO serves: storage gone, restored bit-exactly from
+the checkpoint file, refused when the file cannot give the same bytes back."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sd_ov.ldm_unet import CHECKPOINT_UNET_PREFIX, build_unet
+from sd_ov.memory import rss_mib
+from sd_ov.torch_weights import CheckpointTensors, ReleasedWeights, WeightsNotReleasable, WeightsRestoreError, is_released
+
+from .conftest import MICRO, TINY_SD1, unet_inputs
+
+
+def write_checkpoint(unet: torch.nn.Module, path, dtype=torch.float16) -> CheckpointTensors:
+    """A checkpoint as the webui reads it: the UNet under its prefix, plus another model's key."""
+    state = {CHECKPOINT_UNET_PREFIX + k: v.to(dtype).contiguous() for k, v in unet.state_dict().items()}
+    state["first_stage_model.decoder.conv_in.weight"] = torch.zeros(2, 2)
+    if str(path).endswith(".safetensors"):
+        save_file(state, str(path))
+    else:
+        torch.save({"state_dict": state}, path)
+    return CheckpointTensors(path, CHECKPOINT_UNET_PREFIX)
+
+
+def loaded_like_the_webui(config: dict, source: CheckpointTensors) -> torch.nn.Module:
+    """The UNet as the webui holds it: built, then loaded from the (fp16) file and cast to f32."""
+    unet = build_unet(config, seed=None)
+    with source.reader() as read, torch.no_grad():
+        for name, param in unet.named_parameters():
+            param.copy_(read(name))
+    return unet
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_release_frees_every_weight_and_restore_gives_the_same_bytes(tmp_path, suffix):
+    source = write_checkpoint(build_unet(TINY_SD1, seed=0), tmp_path / f"model{suffix}")
+    unet = loaded_like_the_webui(TINY_SD1, source)
+    before = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    params_before = dict(unet.named_parameters())
+    inputs = unet_inputs(1, 8, 8, 77, 64)
+    with torch.no_grad():
+        expected = unet(*inputs)
+
+    released = ReleasedWeights.release(unet, source)
+    assert is_released(unet)
+    assert all(p.untyped_storage().nbytes() == 0 for p in unet.parameters())
+    assert released.freed_bytes == sum(t.numel() * 4 for t in before.values())
+    assert all(p.shape == before[n].shape for n, p in unet.named_parameters())  # metadata stays
+
+    released.restore()
+    assert not is_released(unet)
+    assert dict(unet.named_parameters()) == params_before  # the same Parameter objects
+    assert all(torch.equal(p, before[n]) for n, p in unet.named_parameters())
+    with torch.no_grad():
+        assert torch.equal(unet(*inputs), expected)
+    released.restore()  # twice is harmless
+
+
+def test_weights_changed_in_memory_are_not_released(tmp_path):
+    source = write_checkpoint(build_unet(MICRO, seed=0), tmp_path / "model.safetensors")
+    unet = loaded_like_the_webui(MICRO, source)
+    with torch.no_grad():
+        unet.out[-1].weight.add_(0.01)  # e.g. a LoRA merged into the weights
+    with pytest.raises(WeightsNotReleasable, match="differs"):
+        ReleasedWeights.release(unet, source)
+    assert not is_released(unet)
+
+
+def test_a_checkpoint_without_the_unet_refuses_and_frees_nothing(tmp_path):
+    source = write_checkpoint(build_unet(MICRO, seed=0), tmp_path / "model.safetensors")
+    unet = loaded_like_the_webui(MICRO, source)
+    other = CheckpointTensors(source.path, "model.other_prefix.")
+    with pytest.raises(WeightsNotReleasable, match="cannot check"):
+        ReleasedWeights.release(unet, other)
+    assert not is_released(unet)
+
+
+def test_a_checkpoint_changed_after_the_release_is_refused(tmp_path):
+    source = write_checkpoint(build_unet(MICRO, seed=0), tmp_path / "model.safetensors")
+    unet = loaded_like_the_webui(MICRO, source)
+    released = ReleasedWeights.release(unet, source)
+    write_checkpoint(build_unet(MICRO, seed=1), source.path)
+    os.utime(source.path, ns=(1, 1))
+    with pytest.raises(WeightsRestoreError, match="changed"):
+        released.restore()
+
+
+def test_release_gives_the_memory_back(tmp_path):
+    """A UNet of ~190 MB in f32: RSS falls by most of it, and rises again on restore."""
+    config = dict(MICRO, model_channels=192, channel_mult=[1, 2, 4])
+    source = write_checkpoint(build_unet(config, seed=0), tmp_path / "big.safetensors")
+    unet = loaded_like_the_webui(config, source)
+    size_mib = sum(p.numel() * 4 for p in unet.parameters()) / 2**20
+    assert size_mib > 150
+    before = rss_mib()
+    released = ReleasedWeights.release(unet, source)
+    freed = before - rss_mib()
+    assert freed > 0.8 * size_mib, f"freed {freed:.0f} of {size_mib:.0f} MiB"
+    released.restore()
+    assert rss_mib() - (before - freed) > 0.8 * size_mib
