@@ -84,17 +84,20 @@ def _manifest_digest(manifest: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class EntryKey:
-    """What identifies an entry: the checkpoint's weights and the recipe applied to them."""
+    """What identifies an entry: the checkpoint's weights, the recipe applied to them, and the
+    component (the UNet, or the VAE, whose hash is then of its own weights: the webui swaps VAEs)."""
 
     checkpoint_name: str
     checkpoint_hash: str
     recipe: Recipe = Recipe()
+    component: str = "unet"
 
     def folder(self, root: Path) -> Path:
+        name = recipe_key(self.recipe.key())
         return (
             Path(root)
             / f"{safe_name(self.checkpoint_name)}-{self.checkpoint_hash[:10]}"
-            / recipe_key(self.recipe.key())
+            / (name if self.component == "unet" else f"{self.component}-{name}")
         )
 
 
@@ -155,6 +158,8 @@ def validate(path: Path, key: EntryKey | None = None) -> CacheEntry:
             )
         if canonical(raw.get("recipe")) != canonical(key.recipe.key()):
             raise CacheEntryInvalid(f"{path}: made with another recipe")
+        if manifest.component != key.component:
+            raise CacheEntryInvalid(f"{path}: holds the {manifest.component}, not the {key.component}")
     for name, meta in manifest.files.items():
         file = path / name
         if not file.is_file():
@@ -256,6 +261,7 @@ def write(
             checkpoint_name=key.checkpoint_name,
             checkpoint_hash=key.checkpoint_hash,
             recipe=key.recipe,
+            component=key.component,
             ir=ir_name,
             files=files,
             sd_ov=__version__,

@@ -56,7 +56,8 @@ class Manifest:
     recipe: Recipe
     ir: str
     files: dict[str, FileRecord]
-    unet: UNetSpec
+    unet: UNetSpec | None = None  # the UNet's interface; None for other components
+    component: str = "unet"  # or "vae": what the entry's IRs are of
     timings: dict[str, float] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)  # DeepCache: {"full": xml, "shallow": xml}
     feature_channels: int | None = None  # DeepCache: channels of the cached feature
@@ -83,10 +84,14 @@ class Manifest:
             "ir": self.ir,
             "files": {name: asdict(f) for name, f in self.files.items()},
             "disk_bytes": self.disk_bytes,
-            "unet": self.unet.to_dict(),
-            "inputs": list(UNET_INPUTS),
-            "timings": dict(self.timings),
         }
+        if self.unet is not None:
+            data["unet"] = self.unet.to_dict()
+            data["inputs"] = list(UNET_INPUTS)
+        if self.component != "unet":  # UNet manifests keep their first layout
+            data["component"] = self.component
+            data["models"] = dict(self.models)
+        data["timings"] = dict(self.timings)
         if self.recipe.deepcache_branch is not None:
             data["deepcache"] = {
                 "branch": self.recipe.deepcache_branch,
@@ -106,13 +111,15 @@ class Manifest:
         """Raises KeyError/TypeError/ValueError on a manifest that is not one of ours."""
         deepcache = data.get("deepcache") or {}
         report = data.get("report")
+        component = str(data.get("component", "unet"))
         return cls(
             checkpoint_name=str(data["checkpoint"]["name"]),
             checkpoint_hash=str(data["checkpoint"]["hash"]),
             recipe=Recipe.from_key(data["recipe"]),
             ir=str(data["ir"]),
             files={name: FileRecord(int(f["size"]), str(f["digest"])) for name, f in data["files"].items()},
-            unet=UNetSpec(**data["unet"]),
+            unet=UNetSpec(**data["unet"]) if component == "unet" else None,
+            component=component,
             timings=dict(data.get("timings") or {}),
             models=dict(data.get("models") or {}),
             feature_channels=deepcache.get("feature_channels"),

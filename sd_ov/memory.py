@@ -71,10 +71,8 @@ def trim_heap() -> None:
     its mmap threshold, e.g. most of a UNet's biases and norms, come from the heap)."""
     if not sys.platform.startswith("linux"):
         return
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # musl and others have no malloc_trim
         ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-    except (OSError, AttributeError):  # musl and others have no malloc_trim
-        pass
 
 
 def rss_mib() -> float:

@@ -261,10 +261,12 @@ def optimize(
 
 
 def recipe_entries(cache_root: str | Path, checkpoint_name: str | None = None) -> list[cache.CacheEntry]:
-    """Valid cache entries with one UNet IR (not DeepCache's pairs), optionally of one checkpoint."""
+    """Valid cache entries with one UNet IR (not DeepCache's pairs, not VAEs), optionally of one
+    checkpoint."""
     return [
         entry
         for entry in cache.list_entries(Path(cache_root))
-        if entry.manifest.recipe.deepcache_branch is None
+        if entry.manifest.component == "unet"
+        and entry.manifest.recipe.deepcache_branch is None
         and checkpoint_name in (None, entry.manifest.checkpoint_name)
     ]

@@ -69,17 +69,14 @@ class CheckpointTensors:
             return
         loaded = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
         state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
-        try:
 
-            def get(name: str) -> torch.Tensor:
-                key = self.prefix + name
-                if key not in state:
-                    raise KeyError(f"{key} is not in {self.path.name}")
-                return state[key]
+        def get_loaded(name: str) -> torch.Tensor:
+            key = self.prefix + name
+            if key not in state:
+                raise KeyError(f"{key} is not in {self.path.name}")
+            return state[key]
 
-            yield get
-        finally:
-            del state, loaded
+        yield get_loaded  # the mapping goes with `loaded` when the caller is done
 
 
 def _owned_storage(tensor: torch.Tensor) -> bool:
@@ -111,7 +108,9 @@ class ReleasedWeights:
         params = [(n, p) for n, p in module.named_parameters() if p.numel() > 0]
         shared = [n for n, p in params if not _owned_storage(p)]
         if shared:
-            raise WeightsNotReleasable(f"{len(shared)} weights share storage (e.g. {shared[0]}); kept in memory")
+            raise WeightsNotReleasable(
+                f"{len(shared)} weights share storage (e.g. {shared[0]}); kept in memory"
+            )
         progress(f"checking the torch UNet against {source.path.name} before freeing it", 0.0)
         try:
             with source.reader() as read:

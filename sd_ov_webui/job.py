@@ -21,7 +21,8 @@ INFOTEXT_KEY = "OpenVINO"
 DEEPCACHE_INFOTEXT_KEY = "OpenVINO DeepCache"
 TOME_INFOTEXT_KEY = "OpenVINO token merging"
 NOTE_INFOTEXT_KEY = "OpenVINO note"
-INFOTEXT_KEYS = (INFOTEXT_KEY, DEEPCACHE_INFOTEXT_KEY, TOME_INFOTEXT_KEY, NOTE_INFOTEXT_KEY)
+VAE_INFOTEXT_KEY = "OpenVINO VAE"
+INFOTEXT_KEYS = (INFOTEXT_KEY, DEEPCACHE_INFOTEXT_KEY, TOME_INFOTEXT_KEY, NOTE_INFOTEXT_KEY, VAE_INFOTEXT_KEY)
 
 
 def job_deepcache(interval, branch, schedule) -> DeepCacheConfig:
@@ -89,6 +90,9 @@ def write_infotext(p) -> None:
         note = token_merging_note(webui_token_merging(p), unet.recipe)
         if note:
             p.extra_generation_params[TOME_INFOTEXT_KEY] = note
+    vae = unet.vae.infotext() if unet.vae is not None else None
+    if vae:
+        p.extra_generation_params[VAE_INFOTEXT_KEY] = vae
     if record.notes:
         p.extra_generation_params[NOTE_INFOTEXT_KEY] = "; ".join(record.notes)
     shared.state.textinfo = f"OpenVINO: {text}"

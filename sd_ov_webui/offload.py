@@ -31,9 +31,10 @@ def undo_lora_weights(unet: torch.nn.Module) -> None:
     if networks is None:
         return
     for module in unet.modules():
-        if getattr(module, "network_weights_backup", None) is not None or getattr(
-            module, "network_bias_backup", None
-        ) is not None:
+        if (
+            getattr(module, "network_weights_backup", None) is not None
+            or getattr(module, "network_bias_backup", None) is not None
+        ):
             networks.network_restore_weights_from_backup(module)
             networks.network_reset_cached_weight(module)
 

@@ -33,6 +33,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "sd_ov_deepcache_branch": 0,
     "sd_ov_deepcache_schedule": "uniform",
     "sd_ov_offload": "release",
+    "sd_ov_vae": False,
 }
 # Settings that change how the served UNet is compiled: a change reopens it.
 RUNTIME_KEYS = (
@@ -120,7 +121,8 @@ def register(on_runtime_change) -> None:
         "Shapes",
         gr.Radio,
         {"choices": list(SHAPE_POLICIES)},
-        "dynamic: one compiled model for every size (memory stays flat); static: a compiled copy per size (NPU needs it)",
+        "dynamic: one compiled model for every size (memory stays flat); "
+        "static: a compiled copy per size (NPU needs it)",
     )
     add(
         "sd_ov_max_compiled",
@@ -136,6 +138,13 @@ def register(on_runtime_change) -> None:
         {"choices": list(OFFLOAD_MODES)},
         "release: its weights leave memory and come back from the checkpoint file when torch needs them; "
         "none: kept (uses as much memory again)",
+    )
+    add(
+        "sd_ov_vae",
+        "VAE through OpenVINO (decode, and encode for img2img)",
+        gr.Checkbox,
+        None,
+        "while an OpenVINO UNet serves; always at f32 (f16 VAEs give black pictures)",
     )
     add("sd_ov_cache_dir", "Cache folder (empty: models/OpenVINO)", gr.Textbox)
     add(

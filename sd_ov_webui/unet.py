@@ -24,8 +24,9 @@ from sd_ov.record import JobRecord
 from sd_ov.served import RuntimeSettings, ServedUNet, UNetSource
 
 from .offload import TorchUNetWeights
-from .settings import cache_root, offload_mode, runtime_settings
+from .settings import cache_root, offload_mode, opt, runtime_settings
 from .torch_unet import call_torch, foreign_forward, unet_calls_to
+from .vae import WebuiVae
 
 log = logging.getLogger("sd_ov")
 LABEL_PREFIX = "[OpenVINO]"
@@ -80,6 +81,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
         self.binding_note: str | None = None  # the option was chosen for another checkpoint
         self.job_torch_reason: str | None = None  # torch serves the rest of this job (NaN/inf)
         self.weights: TorchUNetWeights | None = None  # freed while OpenVINO serves (Settings → memory)
+        self.vae: WebuiVae | None = None  # the VAE on OpenVINO (Settings → VAE through OpenVINO)
         self.record = JobRecord()
 
     @property
@@ -173,6 +175,31 @@ class OpenVINOUnet(sd_unet.SdUnet):
             self.record.note(why_not)
         self.record.summary = self.served.summary()
         self.offload()  # after a torch fallback or an export, the weights go again
+        if first_pass:
+            self.sync_vae()
+
+    def sync_vae(self) -> None:
+        """The VAE on OpenVINO for this job when the setting is on; torch's otherwise."""
+        first_stage = getattr(shared.sd_model, "first_stage_model", None)
+        if not opt("sd_ov_vae") or first_stage is None or self.source is None:
+            if self.vae is not None:
+                self.vae.detach()
+                self.vae = None
+            return
+        try:
+            if self.vae is None or self.vae.module is not first_stage:
+                if self.vae is not None:
+                    self.vae.detach()
+                self.vae = WebuiVae(
+                    first_stage, self.source.checkpoint_name, self.source.checkpoint_hash, webui_progress
+                )
+            self.vae.sync()
+        except Exception as err:  # the VAE stays on torch; the UNet is unaffected
+            if self.vae is not None:
+                self.vae.detach()
+                self.vae = None
+            self.record.note(f"VAE on torch: {explain(err)}")
+            log.warning("sd-ov: the OpenVINO VAE is unavailable: %s", err)
 
     def forward(self, x, timesteps, context, *args, **kwargs):
         reason = self.job_torch_reason or self.unavailable
@@ -236,6 +263,9 @@ class OpenVINOUnet(sd_unet.SdUnet):
     def deactivate(self) -> None:
         """The webui takes its UNet back (another option, or a checkpoint loading into it)."""
         self.release()
+        if self.vae is not None:
+            self.vae.detach()
+            self.vae = None
         if self.weights is not None:
             self.weights.ensure(webui_progress)
         self.weights = None

@@ -59,6 +59,13 @@ MICRO = dict(
 )
 
 
+def TinyAutoencoderKL():  # noqa: N802 - reads as the class it stands in for
+    """ldm's AutoencoderKL modules, tiny, seeded (a factor-2 VAE with the mid-block attention)."""
+    from sd_ov.vae import SD_DDCONFIG, AutoencoderParts
+
+    return AutoencoderParts(dict(SD_DDCONFIG, resolution=64, ch=32, ch_mult=[1, 2], num_res_blocks=1), seed=0)
+
+
 def unet_inputs(
     batch: int, h: int, w: int, tokens: int, context_dim: int, in_channels: int = 4, seed: int = 0
 ):

@@ -11,7 +11,13 @@ from safetensors.torch import save_file
 
 from sd_ov.ldm_unet import CHECKPOINT_UNET_PREFIX, build_unet
 from sd_ov.memory import rss_mib
-from sd_ov.torch_weights import CheckpointTensors, ReleasedWeights, WeightsNotReleasable, WeightsRestoreError, is_released
+from sd_ov.torch_weights import (
+    CheckpointTensors,
+    ReleasedWeights,
+    WeightsNotReleasable,
+    WeightsRestoreError,
+    is_released,
+)
 
 from .conftest import MICRO, TINY_SD1, unet_inputs
 

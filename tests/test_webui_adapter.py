@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from sd_ov import engine, metrics
-from sd_ov.torch_weights import is_released
 from sd_ov.sampling import latent_to_image
+from sd_ov.torch_weights import is_released
 
 from .webui_harness import faulty_runtime_job, infotext_params, openvino_infotext, txt2img
 
@@ -298,3 +298,31 @@ def test_pasting_an_infotext_restores_the_deepcache_choice(webui):
     assert [fn(plain) for _, fn in webui.script.infotext_fields][:2] == [True, 0]
     assert [fn({"Steps": "20"}) for _, fn in webui.script.infotext_fields] == [None] * 4
     assert len(components) == 4
+
+
+def test_the_vae_through_openvino_matches_torch_and_says_so(webui, monkeypatch):
+    """Issue #9's VAE switch: decode on OpenVINO equals torch's, the infotext names it; a failing
+    OpenVINO VAE decodes on torch with the reason; switched off, the webui's own decode is back."""
+    from .conftest import TinyAutoencoderKL
+
+    first_stage = TinyAutoencoderKL()
+    webui.shared.sd_model.first_stage_model = first_stage
+    torch_job = txt2img(webui, override={"sd_ov_vae": False})
+    assert "decode" not in vars(first_stage)
+    job = txt2img(webui, override={"sd_ov_vae": True})
+    params = infotext_params(job.infotexts[0])
+    assert params["OpenVINO VAE"] == "decode"
+    with torch.no_grad():
+        expected = first_stage.decoder(first_stage.post_quant_conv(job.latent / 0.18215))
+    assert torch.allclose(job.decoded, expected, atol=1e-4, rtol=1e-3)
+    assert torch.allclose(job.latent, torch_job.latent, atol=1e-4)
+
+    def broken(self, z):
+        raise RuntimeError("VAE device lost")
+
+    monkeypatch.setattr(type(webui.sd_unet.current_unet.vae.ov), "decode", broken)
+    failed = txt2img(webui, override={"sd_ov_vae": True})
+    assert infotext_params(failed.infotexts[0])["OpenVINO VAE"] == "torch (RuntimeError: VAE device lost)"
+    assert torch.allclose(failed.decoded, first_stage.decode(failed.latent / 0.18215), atol=1e-6)
+    txt2img(webui, override={"sd_ov_vae": False})
+    assert "decode" not in vars(first_stage) and webui.sd_unet.current_unet.vae is None

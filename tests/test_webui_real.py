@@ -106,9 +106,14 @@ class Webui:
 
 
 def txt2img(
-    unet: str, openvino: bool = True, deepcache: tuple = (0, 0, "uniform"), **overrides
+    unet: str,
+    openvino: bool = True,
+    deepcache: tuple = (0, 0, "uniform"),
+    job: dict | None = None,
+    **overrides,
 ) -> tuple[np.ndarray, dict, float]:
-    """A picture, its infotext's parameters (parsed as the webui parses them), and seconds."""
+    """A picture, its infotext's parameters (parsed as the webui parses them), and seconds;
+    `job` changes JOB's fields, `overrides` are settings for this job."""
     from PIL import Image
 
     started = time.perf_counter()
@@ -116,6 +121,7 @@ def txt2img(
         "/sdapi/v1/txt2img",
         {
             **JOB,
+            **(job or {}),
             "override_settings": {"sd_unet": unet, **overrides},
             "alwayson_scripts": {"OpenVINO": {"args": [openvino, *deepcache]}},
         },
@@ -258,3 +264,60 @@ def test_an_interrupted_optimize_ends_with_a_message_and_the_next_job_works(inst
     assert code == 409 and "interrupted" in detail["detail"], answer
     assert not any(r["label"] == "INT8" for r in listed)
     assert info["OpenVINO"] == "fp32, CPU, f32, dynamic" and image.shape == (256, 256, 3)
+
+
+def rss_gib(pid: int) -> tuple[float, float]:
+    """(resident now, peak) of a process, in GiB, from /proc."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 2**20, int(fields["VmHWM"].split()[0]) / 2**20
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="issue #9, open: measured 5.91 GiB after the OpenVINO FP32 job against 5.35 GiB after torch's "
+    "(the compiled FP32 UNet and its buffers are ~0.5 GiB more than torch's weights); the VAE and text "
+    "encoder leaving memory (lowvram) is what closes it, not built yet",
+)
+def test_memory_openvino_is_no_heavier_than_torch_alone(installed):
+    """Issue #9's webui check at 512²: after a job on the OpenVINO FP32 UNet the process is no
+    larger than after the same job on torch alone, and stays within 0.5 GB of that after jobs at
+    two more sizes and a hires fix; back on torch, the picture is torch's again."""
+    webui = Webui(Path(WEBUI), installed / "memory.log")
+    pid = webui.process.pid
+    big = {"width": 512, "height": 512, "steps": 3}
+    rss = {}
+    try:
+        rss["started"] = rss_gib(pid)
+        torch_image, _, torch_s = txt2img("None", job=big)
+        rss["torch 512"] = rss_gib(pid)
+        ov_image, ov_info, ov_s = txt2img("Automatic", job=big)
+        rss["openvino 512"] = rss_gib(pid)
+        txt2img("Automatic", job={"width": 384, "height": 384, "steps": 3})
+        txt2img("Automatic", job={"width": 512, "height": 384, "steps": 3})
+        api(
+            "/sdapi/v1/txt2img",
+            {
+                **JOB,
+                "steps": 3,
+                "enable_hr": True,
+                "hr_scale": 2,
+                "hr_upscaler": "Latent",
+                "hr_second_pass_steps": 2,
+                "denoising_strength": 0.6,
+                "override_settings": {"sd_unet": "Automatic"},
+            },
+        )
+        rss["openvino +2 sizes +hires"] = rss_gib(pid)
+        back_image, back_info, _ = txt2img("None", job=big)
+        rss["torch again"] = rss_gib(pid)
+    finally:
+        webui.stop()
+    report = "; ".join(f"{k}: {now:.2f} GiB (peak {peak:.2f})" for k, (now, peak) in rss.items())
+    print(f"\n[memory] {report}; torch {torch_s:.0f} s, OpenVINO {ov_s:.0f} s per 3-step 512² job")
+    (installed / "memory.txt").write_text(report)
+    assert ov_info["OpenVINO"] == "fp32, CPU, f32, dynamic", ov_info
+    assert psnr(ov_image, torch_image) >= 40
+    assert rss["openvino 512"][0] <= rss["torch 512"][0], report
+    assert rss["openvino +2 sizes +hires"][0] - rss["openvino 512"][0] <= 0.5, report
+    assert "OpenVINO" not in back_info and psnr(back_image, torch_image) >= 60, report
+    assert "torch UNet weights freed while OpenVINO serves" in (installed / "memory.log").read_text()

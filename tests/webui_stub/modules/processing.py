@@ -167,9 +167,14 @@ def process_images_inner(p):
         upscaled = torch.nn.functional.interpolate(result.latent, size=(h, w), mode="nearest")
         hr_noise = torch.randn(upscaled.shape, generator=gen) * 0.3 + upscaled / 14.6
         result = sample_euler(denoise, hr_noise, p.cond, p.uncond, steps=p.hr_second_pass_steps or p.steps)
+    decoded = None
+    first_stage = getattr(p.sd_model, "first_stage_model", None)
+    if first_stage is not None:  # sd_samplers_common.samples_to_images_tensor → decode_first_stage
+        decoded = first_stage.decode(result.latent / 0.18215)
     if p.scripts is not None:
         p.scripts.postprocess_batch(p, result.latent, batch_number=0)
     processed = Processed(p, result.latent, [create_infotext(p)])
+    processed.decoded = decoded
     if p.scripts is not None:
         p.scripts.postprocess(p, processed)
     return processed

@@ -1,0 +1,234 @@
+"""The VAE on OpenVINO: decode (latent → picture) and encode (picture → latent moments) of an ldm
+`AutoencoderKL` (the webui's `first_stage_model`), cached like the UNet.
+
+Why: at 512² the torch VAE decode is a large share of a picture once the UNet is fast, and its
+weights are 0.3 GB more of torch beside OpenVINO. The decoder's output can be turned into 8-bit
+HWC pixels inside the graph (`PrePostProcessor`: scale, clamp, u8, layout), the same arithmetic
+as the webui's `255 * clamp((x + 1) / 2, 0, 1)`, for hosts that want pixels (the demo, the bench);
+the webui gets the float tensor it expects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+import torch
+import torch.nn.functional as F
+
+from . import cache
+from .export import save_ir
+from .memory import mapped_file_released, release_mapped_file
+from .ov_core import compile_properties, get_core, resolve_device
+from .progress import ProgressFn, silent
+from .recipe import Recipe
+
+DECODER_IR = "vae_decoder.xml"
+ENCODER_IR = "vae_encoder.xml"
+COMPONENT = "vae"
+
+
+# ldm's `ddconfig` of SD1.x/SD2.x's AutoencoderKL (83.7 M parameters).
+SD_DDCONFIG = dict(
+    double_z=True,
+    z_channels=4,
+    resolution=256,
+    in_channels=3,
+    out_ch=3,
+    ch=128,
+    ch_mult=[1, 2, 4, 4],
+    num_res_blocks=2,
+    attn_resolutions=[],
+    dropout=0.0,
+)
+
+
+class AutoencoderParts(torch.nn.Module):
+    """ldm's AutoencoderKL's modules and its decode, without its Lightning base class: what the
+    demo, the bench and the tests build (with seeded random weights) in place of a checkpoint's."""
+
+    def __init__(self, ddconfig: dict, seed: int = 0) -> None:
+        super().__init__()
+        from ldm.modules.diffusionmodules.model import Decoder, Encoder
+
+        torch.manual_seed(seed)
+        channels = 2 * ddconfig["z_channels"]
+        self.encoder, self.decoder = Encoder(**ddconfig), Decoder(**ddconfig)
+        self.quant_conv = torch.nn.Conv2d(channels, channels, 1)
+        self.post_quant_conv = torch.nn.Conv2d(channels // 2, channels // 2, 1)
+        self.eval()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z))
+
+    def encode_moments(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(x))
+
+
+class _Decode(torch.nn.Module):
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.post_quant_conv, self.decoder = vae.post_quant_conv, vae.decoder
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z))
+
+
+class _Encode(torch.nn.Module):
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.quant_conv = vae.encoder, vae.quant_conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(x))
+
+
+def _sdpa_attnblock(self, x: torch.Tensor) -> torch.Tensor:
+    """ldm's vanilla `AttnBlock` (one head over all pixels) as SDPA: traceable at any size, unlike
+    the webui's chunked variants, whose chunking would be frozen into the graph."""
+    h_ = self.norm(x)
+    q, k, v = self.q(h_), self.k(h_), self.v(h_)
+    b, c, h, w = q.shape
+    q, k, v = (t.reshape(b, c, h * w).transpose(1, 2).unsqueeze(1) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(b, c, h, w)
+    return x + self.proj_out(out)
+
+
+@contextlib.contextmanager
+def traceable_vae() -> Iterator[None]:
+    from ldm.modules.diffusionmodules import model as vae_model
+
+    saved = vae_model.AttnBlock.__dict__.get("forward")
+    vae_model.AttnBlock.forward = _sdpa_attnblock
+    try:
+        yield
+    finally:
+        vae_model.AttnBlock.forward = saved
+
+
+def _convert(module: torch.nn.Module, example: torch.Tensor, name: str, channels: int) -> ov.Model:
+    with torch.no_grad(), traceable_vae():
+        model = ov.convert_model(module, example_input=(example,))
+    model.inputs[0].get_tensor().set_names({name})
+    model.outputs[0].get_tensor().set_names({"out"})
+    model.reshape({name: ov.PartialShape([-1, channels, -1, -1])})
+    return model
+
+
+def export_vae(vae: torch.nn.Module, folder: Path, progress: ProgressFn = silent) -> dict:
+    """Write the decoder and encoder IRs into `folder`; returns the manifest's fields."""
+    started = time.perf_counter()
+    if next(vae.parameters()).dtype != torch.float32:  # f16 in the webui: export a f32 copy, leave its own
+        vae = copy.deepcopy(vae).float()
+    latent_channels = vae.post_quant_conv.in_channels
+    progress("tracing the VAE decoder", 0.0)
+    gen = torch.Generator().manual_seed(0)
+    save_ir(
+        _convert(_Decode(vae), torch.randn(1, latent_channels, 8, 12, generator=gen), "z", latent_channels),
+        folder / DECODER_IR,
+    )
+    progress("tracing the VAE encoder", 0.5)
+    save_ir(_convert(_Encode(vae), torch.randn(1, 3, 64, 96, generator=gen), "x", 3), folder / ENCODER_IR)
+    progress("VAE exported", 1.0)
+    return {
+        "models": {"decoder": DECODER_IR, "encoder": ENCODER_IR},
+        "timings": {"export_s": time.perf_counter() - started},
+    }
+
+
+def prepare_vae_entry(
+    vae: torch.nn.Module, cache_root: str | Path, name: str, vae_hash: str, progress: ProgressFn = silent
+) -> cache.CacheEntry:
+    """The cache entry of this VAE (`vae_hash` names its weights), exported when absent."""
+    root = Path(cache_root)
+    root.mkdir(parents=True, exist_ok=True)
+    key = cache.EntryKey(name, vae_hash, Recipe(), component=COMPONENT)
+    entry, problem = cache.find(root, key)
+    if entry is not None:
+        return entry
+    with cache.entry_lock(root, key, progress):
+        entry, problem = cache.find(root, key)
+        if entry is not None:
+            return entry
+        if problem:
+            progress(f"VAE cache entry invalid, rebuilding ({problem})", 0.0)
+        return cache.write(root, key, lambda folder: export_vae(vae, folder, progress), ir_name=DECODER_IR)
+
+
+def image_output(model: ov.Model) -> ov.Model:
+    """The decoder with its output as the picture: u8, NHWC, `255 * clamp((x + 1) / 2, 0, 1)`
+    truncated as the webui's `astype(np.uint8)` does."""
+    ppp = ov.preprocess.PrePostProcessor(model)
+    out = ppp.output()
+    out.model().set_layout(ov.Layout("NCHW"))
+    out.tensor().set_layout(ov.Layout("NHWC")).set_element_type(ov.Type.u8)
+
+    def to_pixels(node):
+        scaled = ops.multiply(ops.add(node, np.float32(1.0)), np.float32(127.5))
+        return ops.floor(ops.clamp(scaled, 0.0, 255.0)).output(0)  # floor: Convert alone would round
+
+    out.postprocess().custom(to_pixels)
+    return ppp.build()
+
+
+class OVVae:
+    """The VAE of one cache entry on a device; each model compiles at its first use."""
+
+    def __init__(
+        self,
+        entry: cache.CacheEntry,
+        device: str = "CPU",
+        precision: str = "f32",
+        cache_compiled: bool = True,
+        progress: ProgressFn = silent,
+    ) -> None:
+        self.entry = entry
+        self.core = get_core()
+        self.device = resolve_device(device)
+        blob_dir = entry.blob_dir if cache_compiled else None
+        self.properties = compile_properties(self.device, precision, blob_dir)
+        self.progress = progress
+        self._compiled: dict[str, ov.CompiledModel] = {}
+        self.timings: dict[str, float] = {}
+
+    def _model(self, which: str) -> ov.CompiledModel:
+        if which not in self._compiled:
+            ir = self.entry.ir_path("decoder" if which == "image" else which)
+            self.progress(f"compiling the OpenVINO VAE {which} on {self.device}", 0.0)
+            started = time.perf_counter()
+            model = self.core.read_model(str(ir))
+            if which == "image":
+                model = image_output(model)
+            with mapped_file_released(ir.with_suffix(".bin")):
+                self._compiled[which] = self.core.compile_model(model, self.device, self.properties)
+            self.timings[f"compile_{which}_s"] = time.perf_counter() - started
+        return self._compiled[which]
+
+    def _run(self, which: str, value: torch.Tensor) -> np.ndarray:
+        compiled = self._model(which)
+        array = np.ascontiguousarray(value.detach().to("cpu", torch.float32).numpy())
+        out = compiled.create_infer_request().infer({0: array})[0]  # a request per call: no reuse of outputs
+        ir = self.entry.ir_path("decoder" if which == "image" else which)
+        release_mapped_file(ir.with_suffix(".bin"))  # pages a new shape read (see runtime.py)
+        return out
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """What `first_stage_model.decode(z)` returns, on OpenVINO."""
+        return torch.from_numpy(self._run("decoder", z)).to(device=z.device, dtype=z.dtype)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The moments (mean, logvar) `first_stage_model.encode` wraps into its distribution."""
+        return torch.from_numpy(self._run("encoder", x)).to(device=x.device, dtype=x.dtype)
+
+    def decode_to_pixels(self, z: torch.Tensor) -> np.ndarray:
+        """The picture(s) as uint8 [B, H, W, 3], made inside the graph."""
+        return self._run("image", z)
+
+    def release(self) -> None:
+        self._compiled.clear()

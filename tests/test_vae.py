@@ -1,0 +1,67 @@
+"""The VAE on OpenVINO (the real ldm Encoder/Decoder, tiny): decode and encode equal torch's,
+the in-graph pixels equal the webui's arithmetic, and the entry is cached apart from the UNets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sd_ov import cache, optimize, vae
+from sd_ov.engine import weights_hash
+
+from .conftest import TinyAutoencoderKL
+
+
+@pytest.fixture(scope="module")
+def tiny_vae():
+    return TinyAutoencoderKL()
+
+
+@pytest.fixture(scope="module")
+def vae_entry(tiny_vae, tmp_path_factory):
+    root = tmp_path_factory.mktemp("vae-cache")
+    return vae.prepare_vae_entry(tiny_vae, root, "tinyckpt", weights_hash(tiny_vae)), root
+
+
+def test_decode_and_encode_match_torch_at_two_sizes(tiny_vae, vae_entry):
+    entry, _ = vae_entry
+    ov_vae = vae.OVVae(entry, cache_compiled=False)
+    gen = torch.Generator().manual_seed(1)
+    for h, w in ((8, 8), (6, 10)):  # one dynamic model serves both
+        z = torch.randn(1, 4, h, w, generator=gen)
+        with torch.no_grad():
+            expected = tiny_vae.decode(z)
+        got = ov_vae.decode(z)
+        assert got.shape == expected.shape == (1, 3, 2 * h, 2 * w)  # this tiny VAE scales by 2
+        assert torch.allclose(got, expected, atol=1e-4, rtol=1e-3), (got - expected).abs().max()
+        x = torch.rand(2, 3, 2 * h, 2 * w, generator=gen) * 2 - 1
+        with torch.no_grad():
+            moments = tiny_vae.encode_moments(x)
+        assert torch.allclose(ov_vae.encode(x), moments, atol=1e-4, rtol=1e-3)
+
+
+def test_pixels_made_in_the_graph_equal_the_webuis_arithmetic(tiny_vae, vae_entry):
+    entry, _ = vae_entry
+    ov_vae = vae.OVVae(entry, cache_compiled=False)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * 3  # values beyond [-1, 1]
+    with torch.no_grad():
+        decoded = tiny_vae.decode(z)
+    webui = (255.0 * torch.clamp((decoded + 1.0) / 2.0, 0.0, 1.0)).numpy()
+    webui = np.moveaxis(webui, 1, 3).astype(np.uint8)
+    pixels = ov_vae.decode_to_pixels(z)
+    assert pixels.dtype == np.uint8 and pixels.shape == webui.shape == (2, 16, 16, 3)
+    differs = np.abs(pixels.astype(int) - webui.astype(int))
+    assert differs.max() <= 1 and (differs > 0).mean() < 0.01  # f32 rounding at level edges only
+
+
+def test_the_vae_entry_is_cached_and_not_listed_as_a_recipe(tiny_vae, vae_entry):
+    entry, root = vae_entry
+    assert entry.manifest.component == "vae" and entry.manifest.unet is None
+    assert entry.path.name.startswith("vae-")
+    again = vae.prepare_vae_entry(tiny_vae, root, "tinyckpt", weights_hash(tiny_vae))
+    assert again.path == entry.path and again.manifest.created == entry.manifest.created  # not re-exported
+    assert [e.path for e in cache.list_entries(root)] == [entry.path]
+    assert optimize.recipe_entries(root) == []
+    other = cache.EntryKey("tinyckpt", entry.manifest.checkpoint_hash, component="unet")
+    assert cache.find(root, other) == (None, None)  # another folder: a UNet is never read as a VAE
