@@ -56,6 +56,8 @@ class TorchUNetWeights:
         """Free the weights; False (and a log line) when they must stay (see `kept_because`)."""
         if self.released is not None:
             return True
+        if self.kept_because is not None:  # refused once for these weights: don't re-read the file every job
+            return False
         if int(getattr(shared.opts, "sd_checkpoint_cache", 0) or 0) > 0:
             self.kept_because = "Settings → 'Checkpoints to cache in RAM' holds the weights anyway"
         else:
