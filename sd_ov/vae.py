@@ -71,24 +71,6 @@ class AutoencoderParts(torch.nn.Module):
         return self.quant_conv(self.encoder(x))
 
 
-class _Decode(torch.nn.Module):
-    def __init__(self, vae: torch.nn.Module) -> None:
-        super().__init__()
-        self.post_quant_conv, self.decoder = vae.post_quant_conv, vae.decoder
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z))
-
-
-class _Encode(torch.nn.Module):
-    def __init__(self, vae: torch.nn.Module) -> None:
-        super().__init__()
-        self.encoder, self.quant_conv = vae.encoder, vae.quant_conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant_conv(self.encoder(x))
-
-
 def _sdpa_attnblock(self, x: torch.Tensor) -> torch.Tensor:
     """ldm's vanilla `AttnBlock` (one head over all pixels) as SDPA: traceable at any size, unlike
     the webui's chunked variants, whose chunking would be frozen into the graph."""
@@ -129,12 +111,13 @@ def export_vae(vae: torch.nn.Module, folder: Path, progress: ProgressFn = silent
     latent_channels = vae.post_quant_conv.in_channels
     progress("tracing the VAE decoder", 0.0)
     gen = torch.Generator().manual_seed(0)
-    save_ir(
-        _convert(_Decode(vae), torch.randn(1, latent_channels, 8, 12, generator=gen), "z", latent_channels),
-        folder / DECODER_IR,
-    )
+    # The modules themselves, not vae.decode/encode: a host may have replaced those on the instance.
+    decode = torch.nn.Sequential(vae.post_quant_conv, vae.decoder)
+    z = torch.randn(1, latent_channels, 8, 12, generator=gen)
+    save_ir(_convert(decode, z, "z", latent_channels), folder / DECODER_IR)
     progress("tracing the VAE encoder", 0.5)
-    save_ir(_convert(_Encode(vae), torch.randn(1, 3, 64, 96, generator=gen), "x", 3), folder / ENCODER_IR)
+    encode = torch.nn.Sequential(vae.encoder, vae.quant_conv)
+    save_ir(_convert(encode, torch.randn(1, 3, 64, 96, generator=gen), "x", 3), folder / ENCODER_IR)
     progress("VAE exported", 1.0)
     return {
         "models": {"decoder": DECODER_IR, "encoder": ENCODER_IR},
@@ -197,9 +180,12 @@ class OVVae:
         self._compiled: dict[str, ov.CompiledModel] = {}
         self.timings: dict[str, float] = {}
 
+    def _ir(self, which: str) -> Path:
+        return self.entry.ir_path("decoder" if which == "image" else which)
+
     def _model(self, which: str) -> ov.CompiledModel:
         if which not in self._compiled:
-            ir = self.entry.ir_path("decoder" if which == "image" else which)
+            ir = self._ir(which)
             self.progress(f"compiling the OpenVINO VAE {which} on {self.device}", 0.0)
             started = time.perf_counter()
             model = self.core.read_model(str(ir))
@@ -214,8 +200,7 @@ class OVVae:
         compiled = self._model(which)
         array = np.ascontiguousarray(value.detach().to("cpu", torch.float32).numpy())
         out = compiled.create_infer_request().infer({0: array})[0]  # a request per call: no reuse of outputs
-        ir = self.entry.ir_path("decoder" if which == "image" else which)
-        release_mapped_file(ir.with_suffix(".bin"))  # pages a new shape read (see runtime.py)
+        release_mapped_file(self._ir(which).with_suffix(".bin"))  # pages a new shape read (see runtime.py)
         return out
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

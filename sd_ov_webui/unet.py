@@ -182,24 +182,25 @@ class OpenVINOUnet(sd_unet.SdUnet):
         """The VAE on OpenVINO for this job when the setting is on; torch's otherwise."""
         first_stage = getattr(shared.sd_model, "first_stage_model", None)
         if not opt("sd_ov_vae") or first_stage is None or self.source is None:
-            if self.vae is not None:
-                self.vae.detach()
-                self.vae = None
+            self.drop_vae()
             return
         try:
             if self.vae is None or self.vae.module is not first_stage:
-                if self.vae is not None:
-                    self.vae.detach()
+                self.drop_vae()
                 self.vae = WebuiVae(
                     first_stage, self.source.checkpoint_name, self.source.checkpoint_hash, webui_progress
                 )
             self.vae.sync()
         except Exception as err:  # the VAE stays on torch; the UNet is unaffected
-            if self.vae is not None:
-                self.vae.detach()
-                self.vae = None
+            self.drop_vae()
             self.record.note(f"VAE on torch: {explain(err)}")
             log.warning("sd-ov: the OpenVINO VAE is unavailable: %s", err)
+
+    def drop_vae(self) -> None:
+        """The webui's own VAE decode/encode back, the OpenVINO VAE's memory given back."""
+        if self.vae is not None:
+            self.vae.detach()
+            self.vae = None
 
     def forward(self, x, timesteps, context, *args, **kwargs):
         reason = self.job_torch_reason or self.unavailable
@@ -263,9 +264,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
     def deactivate(self) -> None:
         """The webui takes its UNet back (another option, or a checkpoint loading into it)."""
         self.release()
-        if self.vae is not None:
-            self.vae.detach()
-            self.vae = None
+        self.drop_vae()
         if self.weights is not None:
             self.weights.ensure(webui_progress)
         self.weights = None
