@@ -19,7 +19,7 @@ import gc
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from .recipe import Recipe
 from .runtime import OVUNet
 from .sampling import UNetFn
 from .tome import token_merging
+from .torch_weights import ModuleWeights
 
 # Runs a sampler with the given (FP32 OpenVINO) UNet and returns the UNet inputs it captured.
 CaptureFn = Callable[[UNetFn, ProgressFn], list[Sample]]
@@ -101,6 +102,20 @@ def _export_graph(
     return timings
 
 
+@contextlib.contextmanager
+def torch_weights_in(weights: ModuleWeights | None, progress: ProgressFn = silent) -> Iterator[None]:
+    """The torch UNet's weights in memory inside the block, freed again after it: Optimize needs
+    torch only to export a graph and to measure, and NNCF and calibration hold their own copy."""
+    if weights is None:
+        yield
+        return
+    weights.ensure(progress)
+    try:
+        yield
+    finally:
+        weights.release(progress)
+
+
 def build_recipe_ir(
     unet: torch.nn.Module,
     spec: UNetSpec,
@@ -109,6 +124,7 @@ def build_recipe_ir(
     samples: Sequence[Sample],
     folder: Path,
     progress: ProgressFn = silent,
+    torch_weights: ModuleWeights | None = None,
 ) -> dict[str, float]:
     """Write the recipe's `unet.xml` into `folder`; returns the timings of each stage.
 
@@ -120,7 +136,8 @@ def build_recipe_ir(
     if recipe.changes_graph:
         target = folder if recipe.int8 == "off" else folder / "graph"
         target.mkdir(exist_ok=True)
-        timings.update(_export_graph(unet, spec, recipe, samples, target, scaled(progress, 0.0, 0.4)))
+        with torch_weights_in(torch_weights, progress):
+            timings.update(_export_graph(unet, spec, recipe, samples, target, scaled(progress, 0.0, 0.4)))
         source = target / IR_NAME
     if recipe.int8 != "off":
         progress(f"compressing to INT8 ({recipe.int8}, {len(samples)} samples)", 0.4)
@@ -187,13 +204,52 @@ def optimize(
     measure: Measure | None = Measure(),
     sample_image: ImageFn | None = None,
     progress: ProgressFn = silent,
+    torch_weights: ModuleWeights | None = None,
 ) -> cache.CacheEntry:
     """Make (or remake) the cache entry of `recipe` for this checkpoint, with its report.
 
     `shapes` are (batch, latent height, latent width, tokens) to compile ahead, so the blobs are
     on disk before the first picture. Peak memory stays near the largest of: the torch UNet plus
-    one export, or the torch UNet plus NNCF's working copy of the IR.
+    one export, or the torch UNet plus NNCF's working copy of the IR. With `torch_weights` (the
+    torch UNet's weights and their checkpoint file), they leave memory while calibration and NNCF
+    run and come back for graph exports and the measurement: the peak is then near the largest of
+    the torch UNet, or the compiled FP32 model, or NNCF's copy, not their sum. They are in memory
+    again when this returns or raises.
     """
+    try:
+        return _optimize(
+            unet,
+            cache_root,
+            checkpoint_name,
+            checkpoint_hash,
+            recipe,
+            capture,
+            device,
+            shapes,
+            measure,
+            sample_image,
+            progress,
+            torch_weights,
+        )
+    finally:
+        if torch_weights is not None:
+            torch_weights.ensure(progress)
+
+
+def _optimize(
+    unet: torch.nn.Module,
+    cache_root: str | Path,
+    checkpoint_name: str,
+    checkpoint_hash: str,
+    recipe: Recipe,
+    capture: CaptureFn | None,
+    device: str,
+    shapes: Sequence[tuple[int, int, int, int]],
+    measure: Measure | None,
+    sample_image: ImageFn | None,
+    progress: ProgressFn,
+    torch_weights: ModuleWeights | None,
+) -> cache.CacheEntry:
     started = time.perf_counter()
     spec = describe(unet)
     root = Path(cache_root)
@@ -201,6 +257,8 @@ def optimize(
         unet, root, checkpoint_name, checkpoint_hash, Recipe(), scaled(progress, 0.0, 0.25)
     ).entry
 
+    if torch_weights is not None:
+        torch_weights.release(progress)
     samples: list[Sample] = []
     if recipe.needs_calibration:
         if capture is None:
@@ -222,7 +280,7 @@ def optimize(
 
         def build(folder: Path) -> dict[str, Any]:
             timings = build_recipe_ir(
-                unet, spec, recipe, fp32.xml_path, samples, folder, scaled(progress, 0.4, 0.85)
+                unet, spec, recipe, fp32.xml_path, samples, folder, scaled(progress, 0.4, 0.85), torch_weights
             )
             calibration = {"samples": len(samples), "digest": digest(samples)} if samples else None
             return {"unet": spec, "timings": timings, "label": recipe.label(), "calibration": calibration}
@@ -240,6 +298,8 @@ def optimize(
             runtime.prepare(measure.batch, measure.height // 8, measure.width // 8, measure.tokens)
         measured: dict[str, Any] = {}
         if measure is not None:
+            if torch_weights is not None:
+                torch_weights.ensure(progress)
             measured = measure_entry(unet, runtime, spec, measure, sample_image, scaled(progress, 0.9, 1.0))
         device_name = runtime.device
         runtime.release()

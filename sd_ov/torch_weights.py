@@ -88,8 +88,11 @@ def _owned_storage(tensor: torch.Tensor) -> bool:
 class ReleasedWeights:
     """The freed parameters of one module; `restore()` puts them back bit-exactly."""
 
-    def __init__(self, module: torch.nn.Module, source: CheckpointTensors, names: list[str]) -> None:
+    def __init__(
+        self, module: torch.nn.Module, source: CheckpointTensors, names: list[str], what: str = "torch UNet"
+    ) -> None:
         self.module = module
+        self.what = what
         self.source = source
         self.names = names
         self.stamp = source.stamp()
@@ -101,7 +104,11 @@ class ReleasedWeights:
 
     @classmethod
     def release(
-        cls, module: torch.nn.Module, source: CheckpointTensors, progress: ProgressFn = silent
+        cls,
+        module: torch.nn.Module,
+        source: CheckpointTensors,
+        progress: ProgressFn = silent,
+        what: str = "torch UNet",
     ) -> ReleasedWeights:
         """Free `module`'s parameters after checking each against `source`; raises
         WeightsNotReleasable (and frees nothing) when one differs or shares its storage."""
@@ -111,7 +118,7 @@ class ReleasedWeights:
             raise WeightsNotReleasable(
                 f"{len(shared)} weights share storage (e.g. {shared[0]}); kept in memory"
             )
-        progress(f"checking the torch UNet against {source.path.name} before freeing it", 0.0)
+        progress(f"checking the {what} against {source.path.name} before freeing it", 0.0)
         try:
             with source.reader() as read:
                 for name, param in params:
@@ -124,7 +131,7 @@ class ReleasedWeights:
                         )
         except (OSError, KeyError, RuntimeError) as err:
             raise WeightsNotReleasable(f"cannot check against {source.path.name}: {err}") from err
-        released = cls(module, source, [n for n, _ in params])
+        released = cls(module, source, [n for n, _ in params], what)
         for _, param in params:
             if not param.untyped_storage().resizable():  # e.g. a tensor over a mapped file or numpy
                 param.data = torch.empty_like(param)  # not touched, so no pages: only resizable
@@ -141,7 +148,7 @@ class ReleasedWeights:
             raise WeightsRestoreError(
                 f"{self.source.path.name} changed since its weights were freed: reload the checkpoint"
             )
-        progress(f"reading the torch UNet back from {self.source.path.name}", 0.0)
+        progress(f"reading the {self.what} back from {self.source.path.name}", 0.0)
         try:
             with self.source.reader() as read, torch.no_grad():
                 for name in self.names:
@@ -151,6 +158,53 @@ class ReleasedWeights:
         except (OSError, KeyError, RuntimeError) as err:
             raise WeightsRestoreError(f"cannot read {self.source.path.name}: {err}") from err
         self.restored = True
+
+
+class ModuleWeights:
+    """One torch module's weights and the file they came from: freed while something else serves
+    the module, read back before torch needs it. A refused release is remembered (`kept_because`)
+    so the file is not re-read at every job."""
+
+    def __init__(self, module: torch.nn.Module, source: CheckpointTensors, what: str = "torch UNet") -> None:
+        self.module = module
+        self.source = source
+        self.what = what
+        self.released: ReleasedWeights | None = None
+        self.kept_because: str | None = None
+
+    @property
+    def resident(self) -> bool:
+        return self.released is None
+
+    def refuse(self) -> str | None:
+        """Why the weights must stay (a host's own reasons); None lets `release` go on."""
+        return None
+
+    def prepare_release(self) -> None:
+        """Runs just before the check against the file (a host undoes its own in-place edits)."""
+
+    def release(self, progress: ProgressFn = silent) -> bool:
+        """Free the weights; False when they must stay (see `kept_because`)."""
+        if self.released is not None:
+            return True
+        if self.kept_because is not None:
+            return False
+        self.kept_because = self.refuse()
+        if self.kept_because is None:
+            try:
+                self.prepare_release()
+                self.released = ReleasedWeights.release(self.module, self.source, progress, self.what)
+                return True
+            except (WeightsNotReleasable, OSError) as err:
+                self.kept_because = str(err)
+        return False
+
+    def ensure(self, progress: ProgressFn = silent) -> None:
+        """The weights in memory again (a no-op when they are); raises WeightsRestoreError."""
+        if self.released is None:
+            return
+        self.released.restore(progress)
+        self.released = None
 
 
 def is_released(module: torch.nn.Module) -> bool:

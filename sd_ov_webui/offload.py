@@ -17,7 +17,7 @@ from modules import shared
 
 from sd_ov.ldm_unet import CHECKPOINT_UNET_PREFIX
 from sd_ov.progress import ProgressFn, silent
-from sd_ov.torch_weights import CheckpointTensors, ReleasedWeights, WeightsNotReleasable
+from sd_ov.torch_weights import CheckpointTensors, ModuleWeights
 
 log = logging.getLogger("sd_ov")
 
@@ -39,44 +39,33 @@ def undo_lora_weights(unet: torch.nn.Module) -> None:
             networks.network_reset_cached_weight(module)
 
 
-class TorchUNetWeights:
-    """One torch UNet's weights and the checkpoint file they came from."""
+class WebuiWeights(ModuleWeights):
+    """A webui module's weights (UNet, text encoder, VAE): the webui's Lora backups are undone
+    before the check, and nothing is freed while its checkpoint cache holds the weights anyway."""
 
-    def __init__(self, unet: torch.nn.Module, checkpoint_file: str | Path) -> None:
-        self.unet = unet
-        self.source = CheckpointTensors(Path(checkpoint_file), CHECKPOINT_UNET_PREFIX)
-        self.released: ReleasedWeights | None = None
-        self.kept_because: str | None = None  # why the last release was refused
+    def refuse(self) -> str | None:
+        if int(getattr(shared.opts, "sd_checkpoint_cache", 0) or 0) > 0:
+            return "Settings → 'Checkpoints to cache in RAM' holds the weights anyway"
+        return None
 
-    @property
-    def resident(self) -> bool:
-        return self.released is None
+    def prepare_release(self) -> None:
+        undo_lora_weights(self.module)
 
     def release(self, progress: ProgressFn = silent) -> bool:
-        """Free the weights; False (and a log line) when they must stay (see `kept_because`)."""
-        if self.released is not None:
-            return True
-        if self.kept_because is not None:  # refused once for these weights: don't re-read the file every job
-            return False
-        if int(getattr(shared.opts, "sd_checkpoint_cache", 0) or 0) > 0:
-            self.kept_because = "Settings → 'Checkpoints to cache in RAM' holds the weights anyway"
-        else:
-            try:
-                undo_lora_weights(self.unet)
-                self.released = ReleasedWeights.release(self.unet, self.source, progress)
-                self.kept_because = None
+        was_resident = self.resident
+        if super().release(progress):
+            if was_resident:
                 freed = self.released.freed_bytes / 2**30
-                print(f"[sd-ov] torch UNet weights freed while OpenVINO serves ({freed:.1f} GiB)")
-                return True
-            except (WeightsNotReleasable, OSError) as err:
-                self.kept_because = str(err)
-        log.warning("sd-ov: the torch UNet stays in memory: %s", self.kept_because)
+                print(f"[sd-ov] {self.what} weights freed while OpenVINO serves ({freed:.2f} GiB)")
+            return True
+        log.warning("sd-ov: the %s stays in memory: %s", self.what, self.kept_because)
         return False
 
     def ensure(self, progress: ProgressFn = silent) -> None:
-        """The weights in memory again (a no-op when they are); raises WeightsRestoreError."""
-        if self.released is None:
-            return
-        self.released.restore(progress)
-        self.released = None
-        print("[sd-ov] torch UNet weights restored from the checkpoint")
+        if not self.resident:
+            super().ensure(progress)
+            print(f"[sd-ov] {self.what} weights restored from the checkpoint")
+
+
+def unet_weights(unet: torch.nn.Module, checkpoint_file: str | Path) -> WebuiWeights:
+    return WebuiWeights(unet, CheckpointTensors(Path(checkpoint_file), CHECKPOINT_UNET_PREFIX), "torch UNet")

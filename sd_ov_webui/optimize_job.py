@@ -15,7 +15,8 @@ from sd_ov.errors import Cancelled, SdOvError
 from sd_ov.form import Calibration, OptimizeRequest, parse_optimize_form
 from sd_ov.ldm_unet import describe
 
-from .settings import cache_root, opt
+from .offload import WebuiWeights, unet_weights
+from .settings import cache_root, offload_mode, opt
 from .torch_unet import unet_calls_to
 from .unet import OpenVINOUnetOption, checkpoint_identity, webui_progress
 
@@ -99,6 +100,14 @@ def optimize_loaded_checkpoint(request: OptimizeRequest, progress, wait: bool = 
     raise Busy("a job is running: try again when it has finished")
 
 
+def optimize_weights(model) -> WebuiWeights | None:
+    """The torch UNet's weights, freed while calibration and NNCF run (Settings → memory: not
+    when the user keeps them)."""
+    if offload_mode() == "none":
+        return None
+    return unet_weights(model.model.diffusion_model, model.sd_checkpoint_info.filename)
+
+
 def _optimize_as_job(request: OptimizeRequest, progress) -> cache.CacheEntry:
     model = shared.sd_model
     shared.state.begin(job="sd_ov_optimize")
@@ -119,6 +128,7 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> cache.CacheEntry:
                 measure=request.measure(),
                 sample_image=webui_sample_image(calib) if request.compare_picture else None,
                 progress=progress,
+                torch_weights=optimize_weights(model),
             )
         sd_unet.list_unets()
         return entry

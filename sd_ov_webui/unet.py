@@ -23,7 +23,7 @@ from sd_ov.recipe import Recipe
 from sd_ov.record import JobRecord
 from sd_ov.served import RuntimeSettings, ServedUNet, UNetSource
 
-from .offload import TorchUNetWeights
+from .offload import WebuiWeights, unet_weights
 from .settings import cache_root, offload_mode, opt, runtime_settings
 from .torch_unet import call_torch, foreign_forward, unet_calls_to
 from .vae import WebuiVae
@@ -80,7 +80,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
         self.failed_settings: RuntimeSettings | None = None
         self.binding_note: str | None = None  # the option was chosen for another checkpoint
         self.job_torch_reason: str | None = None  # torch serves the rest of this job (NaN/inf)
-        self.weights: TorchUNetWeights | None = None  # freed while OpenVINO serves (Settings → memory)
+        self.weights: WebuiWeights | None = None  # freed while OpenVINO serves (Settings → memory)
         self.vae: WebuiVae | None = None  # the VAE on OpenVINO (Settings → VAE through OpenVINO)
         self.record = JobRecord()
 
@@ -96,7 +96,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
         try:
             describe(unet)  # refuses SDXL, SD3 & co before anything is written
             name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
-            self.weights = TorchUNetWeights(unet, model.sd_checkpoint_info.filename)
+            self.weights = unet_weights(unet, model.sd_checkpoint_info.filename)
             self.source = UNetSource(cache_root(), name, sha256, unet, torch_calls=self.torch_computes)
             self.binding_note = self.check_binding(model.sd_checkpoint_info)
             self.open(runtime_settings())

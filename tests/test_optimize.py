@@ -128,3 +128,44 @@ def test_cancelling_optimize_leaves_no_entry(tiny_unet, capture, tmp_path, stage
 def test_a_calibrated_recipe_without_a_capture_is_refused(tiny_unet, tmp_path):
     with pytest.raises(ValueError, match="needs calibration"):
         optimize(tiny_unet, tmp_path, "tiny", "c" * 64, Recipe(int8="hybrid"), None, measure=None)
+
+
+def test_optimize_frees_the_torch_unet_while_calibration_and_nncf_run(tmp_path):
+    """With the torch UNet's weights handed over, they are gone while the FP32 OpenVINO UNet
+    calibrates and NNCF compresses, back (bit-exactly) for the ToMe export and the measurement,
+    and in memory when Optimize returns."""
+    from sd_ov.ldm_unet import build_unet
+    from sd_ov.torch_weights import ModuleWeights, is_released
+
+    from .conftest import TINY_SD1
+    from .test_torch_weights import loaded_like_the_webui, write_checkpoint
+
+    source = write_checkpoint(build_unet(TINY_SD1, seed=0), tmp_path / "model.safetensors")
+    unet = loaded_like_the_webui(TINY_SD1, source)
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    weights = ModuleWeights(unet, source)
+    seen = []
+    inner = random_prompt_capture(describe(unet), prompts=1, steps=2, size=(64, 64))
+
+    def capture(runtime, progress=lambda m, f: None):
+        seen.append(("calibration", is_released(unet)))
+        return inner(runtime, progress)
+
+    def progress(message, fraction):
+        if message.startswith(("compressing to INT8", "tracing", "timing torch")):
+            seen.append((message.split(" ")[0], is_released(unet)))
+
+    recipe = Recipe(int8="hybrid", tome=0.5, samples=2)
+    optimize(
+        unet, tmp_path / "cache", "m", "b" * 64, recipe, capture,
+        measure=SMALL, progress=progress, torch_weights=weights,
+    )  # fmt: skip
+    assert seen == [
+        ("tracing", False),  # the FP32 export
+        ("calibration", True),
+        ("tracing", False),  # the ToMe export
+        ("compressing", True),
+        ("timing", False),
+    ]
+    assert not is_released(unet) and weights.resident
+    assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
