@@ -21,6 +21,7 @@ import torch
 from . import cache, engine
 from .deepcache import DeepCacheConfig, DeepCacheUNet
 from .errors import NonFiniteOutputError, SdOvError
+from .memory import trim_heap
 from .progress import ProgressFn, silent
 from .recipe import Recipe
 from .runtime import DEFAULT_SHAPE_POLICY, PRECISIONS, SHAPE_POLICIES, OVUNet
@@ -183,6 +184,16 @@ class ServedUNet:
     def summary(self) -> str:
         """What this job runs (set by `configure` and `start_job`, so fixed within a job)."""
         return run_summary(self.recipe, self.settings, self.job_deepcache)
+
+    def drop_compiled(self) -> None:
+        """The compiled models go, the graphs stay: the next call compiles again (from the blob
+        cache when it is on). Between jobs in `lowvram`, so the UNet is resident only while it samples."""
+        models = [self.plain] + ([self.deepcache.full, self.deepcache.shallow] if self.deepcache else [])
+        for model in models:
+            if model is not None and hasattr(model, "drop_compiled"):
+                model.drop_compiled()
+        gc.collect()
+        trim_heap()
 
     def release(self) -> None:
         """Compiled models and graphs go; memory returns to the system. Safe to call twice."""

@@ -160,6 +160,11 @@ class ReleasedWeights:
         self.restored = True
 
 
+# What reads or writes a module's whole state: `state_dict` (called by a parent's too) and
+# `_load_from_state_dict` (a parent's `load_state_dict` calls it before its children's).
+GUARDED = ("state_dict", "_load_from_state_dict")
+
+
 class ModuleWeights:
     """One torch module's weights and the file they came from: freed while something else serves
     the module, read back before torch needs it. A refused release is remembered (`kept_because`)
@@ -194,6 +199,7 @@ class ModuleWeights:
             try:
                 self.prepare_release()
                 self.released = ReleasedWeights.release(self.module, self.source, progress, self.what)
+                self._guard(progress)
                 return True
             except (WeightsNotReleasable, OSError) as err:
                 self.kept_because = str(err)
@@ -205,6 +211,21 @@ class ModuleWeights:
             return
         self.released.restore(progress)
         self.released = None
+        for name in GUARDED:
+            vars(self.module).pop(name, None)
+
+    def _guard(self, progress: ProgressFn) -> None:
+        """While freed, code that reads or loads the module's state (a host saving a copy of it,
+        loading other weights into it, a parent's `state_dict()`) gets the weights back first,
+        never the empty storages."""
+        for name in GUARDED:
+            method = getattr(self.module, name)
+
+            def guarded(*args, _method=method, **kwargs):
+                self.ensure(progress)
+                return _method(*args, **kwargs)
+
+            setattr(self.module, name, guarded)
 
 
 def is_released(module: torch.nn.Module) -> bool:

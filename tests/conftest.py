@@ -66,6 +66,23 @@ def TinyAutoencoderKL():  # noqa: N802 - reads as the class it stands in for
     return AutoencoderParts(dict(SD_DDCONFIG, resolution=64, ch=32, ch_mult=[1, 2], num_res_blocks=1), seed=0)
 
 
+def TinyCLIPTextModel():  # noqa: N802 - reads as the class it stands in for
+    """transformers' CLIPTextModel (SD1.x's text tower), tiny, seeded."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_hidden_layers=3,
+        vocab_size=1000,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+    )
+    return CLIPTextModel(config).eval()
+
+
 def unet_inputs(
     batch: int, h: int, w: int, tokens: int, context_dim: int, in_channels: int = 4, seed: int = 0
 ):

@@ -13,6 +13,7 @@ from sd_ov.ldm_unet import CHECKPOINT_UNET_PREFIX, build_unet
 from sd_ov.memory import rss_mib
 from sd_ov.torch_weights import (
     CheckpointTensors,
+    ModuleWeights,
     ReleasedWeights,
     WeightsNotReleasable,
     WeightsRestoreError,
@@ -109,3 +110,21 @@ def test_release_gives_the_memory_back(tmp_path):
     assert freed > 0.8 * size_mib, f"freed {freed:.0f} of {size_mib:.0f} MiB"
     released.restore()
     assert rss_mib() - (before - freed) > 0.8 * size_mib
+
+
+def test_reading_or_loading_the_state_of_freed_weights_brings_them_back(tmp_path):
+    """A host that copies the module's state (the webui's base-VAE backup) or loads other weights
+    into it (a VAE switch) while the weights are freed gets real tensors, never empty storages."""
+    source = write_checkpoint(build_unet(MICRO, seed=0), tmp_path / "model.safetensors")
+    parent = torch.nn.ModuleDict({"unet": loaded_like_the_webui(MICRO, source)})
+    expected = {k: v.clone() for k, v in parent.state_dict().items()}
+    weights = ModuleWeights(parent["unet"], source)
+    assert weights.release()
+    copied = parent.state_dict()  # the parent recurses into the freed module
+    assert weights.resident and all(torch.equal(copied[k], v) for k, v in expected.items())
+
+    assert weights.release() and is_released(parent["unet"])
+    other = {k: torch.full_like(v, 0.5) for k, v in expected.items()}
+    parent.load_state_dict(other)
+    assert weights.resident and all(torch.equal(v, other[k]) for k, v in parent.state_dict().items())
+    assert "state_dict" not in vars(parent["unet"])  # the guards go with the release

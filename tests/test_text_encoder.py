@@ -1,0 +1,87 @@
+"""The CLIP text encoder on OpenVINO (a real transformers CLIPTextModel, tiny, seeded): every
+clip skip from one graph equals torch's, token embeddings the host changed (textual inversion)
+go through, and the entry is cached apart from the UNets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sd_ov import cache, optimize, text_encoder
+from sd_ov.engine import weights_hash
+
+from .conftest import TinyCLIPTextModel
+
+# Stated tolerance: f32 OpenVINO against f32 torch, 3 layers (measured ~2e-6).
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    return TinyCLIPTextModel()
+
+
+@pytest.fixture(scope="module")
+def te_entry(tiny_clip, tmp_path_factory):
+    root = tmp_path_factory.mktemp("te-cache")
+    return text_encoder.prepare_text_encoder_entry(tiny_clip, root, "tinyckpt", weights_hash(tiny_clip)), root
+
+
+def test_every_clip_skip_matches_torch_at_two_lengths(tiny_clip, te_entry):
+    entry, _ = te_entry
+    ov_te = text_encoder.OVTextEncoder(entry, cache_compiled=False)
+    assert ov_te.layers == 3
+    gen = torch.Generator().manual_seed(1)
+    for batch, tokens in ((2, 77), (1, 40)):
+        ids = torch.randint(0, 1000, (batch, tokens), generator=gen)
+        with torch.no_grad():
+            ref = tiny_clip(input_ids=ids, output_hidden_states=True)
+            embeds = text_encoder.token_embedding(tiny_clip)(ids)
+            expected = {1: ref.last_hidden_state}
+            for skip in (2, 3):  # the webui's own arithmetic for clip skip > 1
+                expected[skip] = tiny_clip.text_model.final_layer_norm(ref.hidden_states[-skip])
+        for skip, want in expected.items():
+            got = ov_te.hidden(embeds, skip)
+            assert got.shape == want.shape == (batch, tokens, 64)
+            assert torch.allclose(got, want, atol=ATOL), (skip, (got - want).abs().max())
+    with pytest.raises(ValueError, match="clip skip 4"):
+        ov_te.hidden(embeds, 4)
+
+
+def test_changed_embeddings_are_what_the_graph_encodes(tiny_clip, te_entry):
+    """Textual inversion replaces some token vectors before the transformer: the graph takes
+    embeddings, so the result follows them exactly as torch's does."""
+    entry, _ = te_entry
+    ov_te = text_encoder.OVTextEncoder(entry, cache_compiled=False)
+    ids = torch.randint(0, 1000, (1, 77), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        embeds = text_encoder.token_embedding(tiny_clip)(ids)
+        embeds[0, 1:4] = torch.randn(3, 64, generator=torch.Generator().manual_seed(3))
+        pos = tiny_clip.text_model.embeddings.position_embedding.weight[:77]
+        h = embeds + pos
+        mask = torch.full((77, 77), float("-inf")).triu(1)[None, None]
+        for layer in tiny_clip.text_model.encoder.layers:
+            h = layer(h, None, mask)[0] if _takes_causal_mask(layer) else layer(h, mask)[0]
+        want = tiny_clip.text_model.final_layer_norm(h)
+    got = ov_te.hidden(embeds)
+    assert torch.allclose(got, want, atol=ATOL), (got - want).abs().max()
+    plain = ov_te.hidden(text_encoder.token_embedding(tiny_clip)(ids).detach())
+    assert (got - plain).abs().max() > 1e-2  # the changed vectors did change the output
+
+
+def _takes_causal_mask(layer) -> bool:
+    import inspect
+
+    return "causal_attention_mask" in inspect.signature(layer.forward).parameters
+
+
+def test_the_entry_is_cached_apart_from_unets(tiny_clip, te_entry):
+    entry, root = te_entry
+    assert entry.manifest.component == "text_encoder"
+    again = text_encoder.prepare_text_encoder_entry(tiny_clip, root, "tinyckpt", weights_hash(tiny_clip))
+    assert again.path == entry.path
+    assert optimize.recipe_entries(root) == []  # not offered as a UNet recipe
+    assert (
+        cache.find(root, cache.EntryKey("tinyckpt", weights_hash(tiny_clip), entry.manifest.recipe))[0]
+        is None
+    )
