@@ -35,8 +35,12 @@ class OpenVINOScript(scripts.Script):
     def before_hr(self, p, enabled=True, interval=0, branch=0, schedule="uniform", *args):
         job.start_hires_pass(p, interval, branch, schedule)
 
+    def post_sample(self, p, ps, *args):
+        job.sampling_ended(p)
+
     def postprocess_batch(self, p, *args, **kwargs):
         job.write_infotext(p)
+        job.decoding_ended(p)
 
     def postprocess(self, p, processed, *args):
         job.after_process(p)

@@ -22,7 +22,15 @@ DEEPCACHE_INFOTEXT_KEY = "OpenVINO DeepCache"
 TOME_INFOTEXT_KEY = "OpenVINO token merging"
 NOTE_INFOTEXT_KEY = "OpenVINO note"
 VAE_INFOTEXT_KEY = "OpenVINO VAE"
-INFOTEXT_KEYS = (INFOTEXT_KEY, DEEPCACHE_INFOTEXT_KEY, TOME_INFOTEXT_KEY, NOTE_INFOTEXT_KEY, VAE_INFOTEXT_KEY)
+TEXT_ENCODER_INFOTEXT_KEY = "OpenVINO text encoder"
+INFOTEXT_KEYS = (
+    INFOTEXT_KEY,
+    DEEPCACHE_INFOTEXT_KEY,
+    TOME_INFOTEXT_KEY,
+    NOTE_INFOTEXT_KEY,
+    VAE_INFOTEXT_KEY,
+    TEXT_ENCODER_INFOTEXT_KEY,
+)
 
 
 def job_deepcache(interval, branch, schedule) -> DeepCacheConfig:
@@ -90,12 +98,25 @@ def write_infotext(p) -> None:
         note = token_merging_note(webui_token_merging(p), unet.recipe)
         if note:
             p.extra_generation_params[TOME_INFOTEXT_KEY] = note
-    vae = unet.vae.infotext() if unet.vae is not None else None
-    if vae:
-        p.extra_generation_params[VAE_INFOTEXT_KEY] = vae
+    for key, companion in ((VAE_INFOTEXT_KEY, unet.vae), (TEXT_ENCODER_INFOTEXT_KEY, unet.text_encoder)):
+        said = companion.infotext() if companion is not None else None
+        if said:
+            p.extra_generation_params[key] = said
     if record.notes:
         p.extra_generation_params[NOTE_INFOTEXT_KEY] = "; ".join(record.notes)
     shared.state.textinfo = f"OpenVINO: {text}"
+
+
+def sampling_ended(p) -> None:
+    unet = current_openvino_unet()
+    if unet is not None:
+        unet.sampling_ended()
+
+
+def decoding_ended(p) -> None:
+    unet = current_openvino_unet()
+    if unet is not None:
+        unet.decoding_ended()
 
 
 def after_process(p) -> None:

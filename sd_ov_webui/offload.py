@@ -21,7 +21,9 @@ from sd_ov.torch_weights import CheckpointTensors, ModuleWeights
 
 log = logging.getLogger("sd_ov")
 
-OFFLOAD_MODES = ("release", "none")
+# release: torch weights of what OpenVINO serves leave memory; lowvram: also each OpenVINO model
+# is compiled only for its phase (text encoder, UNet, VAE); none: everything stays.
+OFFLOAD_MODES = ("release", "lowvram", "none")
 
 
 def undo_lora_weights(unet: torch.nn.Module) -> None:

@@ -34,6 +34,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "sd_ov_deepcache_schedule": "uniform",
     "sd_ov_offload": "release",
     "sd_ov_vae": False,
+    "sd_ov_text_encoder": False,
 }
 # Settings that change how the served UNet is compiled: a change reopens it.
 RUNTIME_KEYS = (
@@ -44,6 +45,7 @@ RUNTIME_KEYS = (
     "sd_ov_cache_compiled",
     "sd_ov_offload",
 )
+# Read at each job (no reopen needed): sd_ov_vae, sd_ov_text_encoder, DeepCache.
 
 
 def opt(key: str) -> Any:
@@ -136,8 +138,10 @@ def register(on_runtime_change) -> None:
         "Torch UNet while OpenVINO serves",
         gr.Radio,
         {"choices": list(OFFLOAD_MODES)},
-        "release: its weights leave memory and come back from the checkpoint file when torch needs them; "
-        "none: kept (uses as much memory again)",
+        "release: torch's weights of what OpenVINO serves leave memory and come back from the checkpoint "
+        "file when torch needs them; lowvram: also the OpenVINO text encoder, UNet and VAE are each "
+        "compiled only for their part of a job (lightest; each job compiles again, from the blob cache); "
+        "none: torch's weights kept (uses as much memory again)",
     )
     add(
         "sd_ov_vae",
@@ -145,6 +149,14 @@ def register(on_runtime_change) -> None:
         gr.Checkbox,
         None,
         "while an OpenVINO UNet serves; always at f32 (f16 VAEs give black pictures)",
+    )
+    add(
+        "sd_ov_text_encoder",
+        "Text encoder through OpenVINO (SD1.x)",
+        gr.Checkbox,
+        None,
+        "the webui still parses prompts, emphasis and embeddings; torch encodes when a LoRA changes the "
+        "text encoder",
     )
     add("sd_ov_cache_dir", "Cache folder (empty: models/OpenVINO)", gr.Textbox)
     add(

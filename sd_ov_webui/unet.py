@@ -25,6 +25,7 @@ from sd_ov.served import RuntimeSettings, ServedUNet, UNetSource
 
 from .offload import WebuiWeights, unet_weights
 from .settings import cache_root, offload_mode, opt, runtime_settings
+from .text_encoder import WebuiTextEncoder, servable
 from .torch_unet import call_torch, foreign_forward, unet_calls_to
 from .vae import WebuiVae
 
@@ -82,6 +83,8 @@ class OpenVINOUnet(sd_unet.SdUnet):
         self.job_torch_reason: str | None = None  # torch serves the rest of this job (NaN/inf)
         self.weights: WebuiWeights | None = None  # freed while OpenVINO serves (Settings → memory)
         self.vae: WebuiVae | None = None  # the VAE on OpenVINO (Settings → VAE through OpenVINO)
+        self.text_encoder: WebuiTextEncoder | None = None  # likewise, the prompts' text encoder
+        self.sampled = False  # this job's first UNet call has come
         self.record = JobRecord()
 
     @property
@@ -118,7 +121,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
         if self.weights is None:
             return
         torch_needed = self.source is not None and foreign_forward(self.source.unet)  # it calls torch itself
-        if self.served is not None and offload_mode() == "release" and not torch_needed:
+        if self.served is not None and offload_mode() != "none" and not torch_needed:
             self.weights.release(webui_progress)
         else:
             self.weights.ensure(webui_progress)
@@ -176,31 +179,74 @@ class OpenVINOUnet(sd_unet.SdUnet):
         self.record.summary = self.served.summary()
         self.offload()  # after a torch fallback or an export, the weights go again
         if first_pass:
-            self.sync_vae()
+            self.sync_companions()
+            self.sampled = False
 
-    def sync_vae(self) -> None:
-        """The VAE on OpenVINO for this job when the setting is on; torch's otherwise."""
-        first_stage = getattr(shared.sd_model, "first_stage_model", None)
-        if not opt("sd_ov_vae") or first_stage is None or self.source is None:
-            self.drop_vae()
-            return
+    def sync_companions(self) -> None:
+        """The VAE and the text encoder on OpenVINO for this job where the settings say so (their
+        torch weights freed unless Settings → memory keeps them); torch's otherwise."""
+        model = shared.sd_model
+        release_torch = offload_mode() != "none"
+        self.vae = self._sync(
+            self.vae,
+            "VAE",
+            getattr(model, "first_stage_model", None),
+            opt("sd_ov_vae"),
+            WebuiVae,
+            release_torch,
+        )
+        cond = getattr(model, "cond_stage_model", None)
+        wanted = bool(opt("sd_ov_text_encoder")) and cond is not None and servable(cond)
+        self.text_encoder = self._sync(
+            self.text_encoder, "text encoder", cond, wanted, WebuiTextEncoder, release_torch
+        )
+
+    def _sync(self, current, what: str, module, wanted: bool, kind, release_torch: bool):
+        """One companion: kept, made (first use, or the webui replaced the module), or dropped."""
+        if current is not None and (not wanted or current.module is not module):
+            current.detach()
+            current = None
+        if not wanted or module is None or self.source is None:
+            return None
         try:
-            if self.vae is None or self.vae.module is not first_stage:
-                self.drop_vae()
-                self.vae = WebuiVae(
-                    first_stage, self.source.checkpoint_name, self.source.checkpoint_hash, webui_progress
+            if current is None:
+                current = kind(
+                    module,
+                    self.source.checkpoint_name,
+                    self.source.checkpoint_hash,
+                    shared.sd_model.sd_checkpoint_info.filename,
+                    webui_progress,
                 )
-            self.vae.sync()
-        except Exception as err:  # the VAE stays on torch; the UNet is unaffected
-            self.drop_vae()
-            self.record.note(f"VAE on torch: {explain(err)}")
-            log.warning("sd-ov: the OpenVINO VAE is unavailable: %s", err)
+            current.sync(release_torch)
+            return current
+        except Exception as err:  # this part stays on torch; the UNet is unaffected
+            if current is not None:
+                current.detach()
+            self.record.note(f"{what} on torch: {explain(err)}")
+            log.warning("sd-ov: the OpenVINO %s is unavailable: %s", what, err)
+            return None
 
-    def drop_vae(self) -> None:
-        """The webui's own VAE decode/encode back, the OpenVINO VAE's memory given back."""
-        if self.vae is not None:
-            self.vae.detach()
-            self.vae = None
+    def drop_companions(self) -> None:
+        """The webui's own VAE and text encoder back, their OpenVINO models' memory given back."""
+        for companion in (self.vae, self.text_encoder):
+            if companion is not None:
+                companion.detach()
+        self.vae = self.text_encoder = None
+
+    def sampling_starts(self) -> None:
+        """lowvram: the prompts are encoded; the text encoder's compiled model goes."""
+        if offload_mode() == "lowvram" and self.text_encoder is not None:
+            self.text_encoder.drop_compiled()
+
+    def sampling_ended(self) -> None:
+        """lowvram: the UNet's compiled models go until the next job (the VAE decodes next)."""
+        if offload_mode() == "lowvram" and self.served is not None:
+            self.served.drop_compiled()
+
+    def decoding_ended(self) -> None:
+        """lowvram: the VAE's compiled models go until the next job."""
+        if offload_mode() == "lowvram" and self.vae is not None:
+            self.vae.drop_compiled()
 
     def forward(self, x, timesteps, context, *args, **kwargs):
         reason = self.job_torch_reason or self.unavailable
@@ -213,6 +259,9 @@ class OpenVINOUnet(sd_unet.SdUnet):
             reason = f"extra UNet inputs ({', '.join(extra)}) that the compiled UNet does not take"
         elif reason is None:
             try:
+                if not self.sampled:
+                    self.sampled = True
+                    self.sampling_starts()
                 out = self.served(x, timesteps, context)
                 self.record.served()
                 return out
@@ -264,7 +313,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
     def deactivate(self) -> None:
         """The webui takes its UNet back (another option, or a checkpoint loading into it)."""
         self.release()
-        self.drop_vae()
+        self.drop_companions()
         if self.weights is not None:
             self.weights.ensure(webui_progress)
         self.weights = None

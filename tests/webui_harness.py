@@ -90,7 +90,36 @@ def webui(stub_modules, tiny_unet, tmp_path, shared_cache):
     script_callbacks.script_unloaded_callback()
 
 
-def txt2img(webui, enabled=True, steps=4, seed=3, deepcache=(0, 0, "uniform"), hires=False, override=None):
+def add_vae_and_text_encoder(webui):
+    """The loaded model gets a (tiny) VAE and SD1.x prompt encoder, and its checkpoint file their
+    weights under the webui's keys, as a real checkpoint has them. Call before the first job."""
+    from modules.sd_hijack_clip import FrozenCLIPEmbedder, FrozenCLIPEmbedderWithCustomWords
+
+    from .conftest import TinyAutoencoderKL, TinyCLIPTextModel
+
+    model = webui.shared.sd_model
+    model.first_stage_model = TinyAutoencoderKL()
+    clip = TinyCLIPTextModel()
+    state = {f"model.diffusion_model.{k}": v for k, v in model.model.diffusion_model.state_dict().items()}
+    state.update({f"first_stage_model.{k}": v for k, v in model.first_stage_model.state_dict().items()})
+    state.update({f"cond_stage_model.transformer.{k}": v for k, v in clip.state_dict().items()})
+    save_file({k: v.contiguous() for k, v in state.items()}, webui.info.filename)
+    webui.info.sha256 = None
+    model.cond_stage_model = FrozenCLIPEmbedderWithCustomWords(FrozenCLIPEmbedder(clip))
+    return model
+
+
+def txt2img(
+    webui,
+    enabled=True,
+    steps=4,
+    seed=3,
+    deepcache=(0, 0, "uniform"),
+    hires=False,
+    override=None,
+    prompt="a red fox",
+    negative_prompt="",
+):
     from modules import processing, scripts
 
     gen = torch.Generator().manual_seed(99)
@@ -107,6 +136,7 @@ def txt2img(webui, enabled=True, steps=4, seed=3, deepcache=(0, 0, "uniform"), h
         override_settings=override,
     )
     p.enable_hr = hires
+    p.prompt, p.negative_prompt = prompt, negative_prompt
     return processing.process_images(p)
 
 

@@ -43,6 +43,17 @@ class StableDiffusionProcessing:
         self.hr_second_pass_steps = 0
         self.token_merging_ratio = 0
         self.token_merging_ratio_hr = 0
+        self.prompt = ""
+        self.negative_prompt = ""
+
+    def setup_conds(self):
+        """With a text encoder on the model (sd_hijack_clip's stand-in), the prompts are encoded
+        here, after process_batch, as the webui does; otherwise the given tensors are kept."""
+        encoder = getattr(self.sd_model, "cond_stage_model", None)
+        if encoder is not None:
+            with torch.no_grad():
+                self.cond = encoder([self.prompt])
+                self.uncond = encoder([self.negative_prompt])
 
     def get_token_merging_ratio(self, for_hr=False):
         if for_hr:
@@ -151,6 +162,7 @@ def process_images_inner(p):
     sd_unet.apply_unet()
     if p.scripts is not None:
         p.scripts.process_batch(p, batch_number=0)
+    p.setup_conds()
     unet = p.sd_model.model.diffusion_model
     gen = torch.Generator().manual_seed(p.seed)
     channels = unet.in_channels
@@ -167,6 +179,11 @@ def process_images_inner(p):
         upscaled = torch.nn.functional.interpolate(result.latent, size=(h, w), mode="nearest")
         hr_noise = torch.randn(upscaled.shape, generator=gen) * 0.3 + upscaled / 14.6
         result = sample_euler(denoise, hr_noise, p.cond, p.uncond, steps=p.hr_second_pass_steps or p.steps)
+    if p.scripts is not None:
+        from modules import scripts
+
+        ps = scripts.PostSampleArgs(result.latent)
+        p.scripts.post_sample(p, ps)
     decoded = None
     first_stage = getattr(p.sd_model, "first_stage_model", None)
     if first_stage is not None:  # sd_samplers_common.samples_to_images_tensor → decode_first_stage

@@ -8,6 +8,11 @@ class AlwaysVisibleMarker:
 AlwaysVisible = AlwaysVisibleMarker()
 
 
+class PostSampleArgs:
+    def __init__(self, samples):
+        self.samples = samples
+
+
 class Script:
     name = None
     section = None
@@ -47,6 +52,9 @@ class Script:
     def before_hr(self, p, *args):
         pass
 
+    def post_sample(self, p, ps, *args):
+        pass
+
     def postprocess_batch(self, p, *args, **kwargs):
         pass
 
@@ -82,6 +90,9 @@ class ScriptRunner:
 
     def before_hr(self, p):
         self._call("before_hr", p)
+
+    def post_sample(self, p, ps):
+        self._call("post_sample", p, ps)
 
     def postprocess_batch(self, p, images, **kwargs):
         self._call("postprocess_batch", p, images=images, **kwargs)

@@ -1,0 +1,99 @@
+"""Issue #9 in the adapter: the text encoder and VAE through OpenVINO (equal to torch, their torch
+weights freed while OpenVINO serves and back when torch needs them), and `lowvram`, where each
+OpenVINO model is compiled only for its part of the job and the picture is the same."""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+
+import torch
+
+from sd_ov import metrics
+from sd_ov.torch_weights import is_released
+
+from .webui_harness import add_vae_and_text_encoder, infotext_params, txt2img
+
+ON = {"sd_ov_vae": True, "sd_ov_text_encoder": True}
+OFF = {"sd_ov_vae": False, "sd_ov_text_encoder": False}
+
+
+def test_text_encoder_through_openvino_matches_torch_with_embeddings_and_clip_skip(webui):
+    model = add_vae_and_text_encoder(webui)
+    encoder = model.cond_stage_model.wrapped.transformer.text_model.encoder
+    for prompt, skip in (("a red fox <ti> in snow", 1), ("a red fox <ti> in snow", 2)):
+        torch_job = txt2img(webui, prompt=prompt, override={**OFF, "CLIP_stop_at_last_layers": skip})
+        assert not is_released(encoder)
+        job = txt2img(webui, prompt=prompt, override={**ON, "CLIP_stop_at_last_layers": skip})
+        params = infotext_params(job.infotexts[0])
+        assert params["OpenVINO text encoder"] == f"clip skip {skip}", params
+        assert is_released(encoder)  # served by OpenVINO: torch's copy is gone
+        # stated tolerance: the text encoder's f32 difference (~2e-6) carried through 4 UNet steps
+        assert metrics.rel_l2(job.latent, torch_job.latent) < 1e-5
+    # the textual-inversion vectors reached OpenVINO: without them the picture differs
+    plain = txt2img(webui, prompt="a red fox in snow", override=ON)
+    assert metrics.rel_l2(plain.latent, job.latent) > 1e-3
+
+
+def test_a_text_encoder_lora_makes_torch_encode_the_prompt(webui, monkeypatch):
+    """The Lora extension applies a text-encoder LoRA inside torch's forward: OpenVINO must not
+    encode that prompt, and torch needs its weights back."""
+    model = add_vae_and_text_encoder(webui)
+    transformer = model.cond_stage_model.wrapped.transformer
+    txt2img(webui, override=ON)
+    assert is_released(transformer.text_model.encoder)
+    layer = transformer.text_model.encoder.layers[0].mlp.fc1
+    lora = SimpleNamespace(
+        name="inkstyle", te_multiplier=1.0, modules={"te_fc1": SimpleNamespace(sd_module=layer)}
+    )
+    monkeypatch.setitem(sys.modules, "networks", SimpleNamespace(loaded_networks=[lora]))
+    job = txt2img(webui, override=ON)
+    said = infotext_params(job.infotexts[0])["OpenVINO text encoder"]
+    assert said == "torch (LoRA inkstyle changes the text encoder)"
+    assert not is_released(transformer.text_model.encoder)
+    torch_job = txt2img(webui, override=OFF)
+    assert torch.equal(job.latent, torch_job.latent)  # both encoded by torch
+
+
+def test_the_torch_vae_is_freed_while_openvino_decodes_and_a_fallback_or_a_new_vae_brings_it_back(
+    webui, monkeypatch
+):
+    model = add_vae_and_text_encoder(webui)
+    vae = model.first_stage_model
+    expected = {k: v.clone() for k, v in vae.state_dict().items()}
+    job = txt2img(webui, override={"sd_ov_vae": True})
+    assert infotext_params(job.infotexts[0])["OpenVINO VAE"] == "decode" and is_released(vae)
+
+    def broken(self, z):
+        raise RuntimeError("VAE device lost")
+
+    monkeypatch.setattr(type(webui.sd_unet.current_unet.vae.ov), "decode", broken)
+    failed = txt2img(webui, override={"sd_ov_vae": True})
+    assert not is_released(vae)  # torch decoded with its own weights, read back bit-exactly
+    assert all(torch.equal(v, expected[k]) for k, v in vae.state_dict().items())
+    with torch.no_grad():
+        assert torch.allclose(failed.decoded, vae.decode(failed.latent / 0.18215), atol=1e-6)
+    monkeypatch.undo()
+
+    txt2img(webui, override={"sd_ov_vae": True})
+    assert is_released(vae)
+    backup = vae.state_dict()  # what the webui's sd_vae.store_base_vae copies before a VAE switch
+    assert all(torch.equal(v, expected[k]) for k, v in backup.items())
+    txt2img(webui, override={"sd_ov_vae": False})
+    assert not is_released(vae) and "decode" not in vars(vae)
+
+
+def test_lowvram_gives_the_same_picture_and_keeps_each_model_only_for_its_phase(webui):
+    add_vae_and_text_encoder(webui)
+    none = txt2img(webui, override={**ON, "sd_ov_offload": "none"})
+    unet = webui.sd_unet.current_unet
+    assert unet.served.plain.compiled_shapes and unet.vae.ov._compiled and unet.text_encoder.ov.compiled
+    low = txt2img(webui, override={**ON, "sd_ov_offload": "lowvram"})
+    assert torch.equal(low.latent, none.latent) and torch.equal(low.decoded, none.decoded)
+    # after the job nothing compiled is held: the next job compiles again, from the blob cache
+    assert unet.served.plain.compiled_shapes == [] and not unet.vae.ov._compiled
+    assert unet.text_encoder.ov.compiled is None
+    params = infotext_params(low.infotexts[0])
+    assert params["OpenVINO VAE"] == "decode" and params["OpenVINO text encoder"] == "clip skip 1"
+    again = txt2img(webui, override={**ON, "sd_ov_offload": "lowvram"})
+    assert torch.equal(again.latent, none.latent)
