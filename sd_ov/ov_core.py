@@ -140,8 +140,40 @@ def available_devices() -> list[str]:
 
 
 def device_choices() -> list[str]:
-    """What a user may pick: the physical devices, then AUTO (which picks among them)."""
-    return available_devices() + ["AUTO"]
+    """What a user may pick: the physical devices, then AUTO (which picks among them), and
+    HETERO:GPU,CPU where a GPU exists (layers the GPU plugin cannot run go to the CPU)."""
+    present = available_devices()
+    hetero = [f"HETERO:{d},CPU" for d in present if d.startswith("GPU")][:1]
+    return present + ["AUTO"] + hetero
+
+
+def describe_devices() -> str:
+    """`CPU: <full name>; GPU: <full name>` for the devices found, for a settings hint."""
+    return "; ".join(f"{d}: {device_full_name(d)}" for d in available_devices())
+
+
+# Per-device defaults of the UNet (the "auto" precision, the shapes a device can take).
+# CPU: f32. OpenVINO's own CPU default is bf16 wherever the CPU has AVX512-BF16/AMX; measured on
+# a Xeon with AMX (sd-ov's VM of 2026-11) SD1.5 ran 3x slower than f32 and produced NaN, so bf16
+# is an explicit choice, never a default. GPU: f16 (what Intel GPUs run natively); the VAE and
+# text encoder stay f32 everywhere. NPU: f16 and static shapes only (its compiler takes no
+# dynamic dimensions).
+DEFAULT_PRECISION = {"CPU": "f32", "GPU": "f16", "NPU": "f16"}
+STATIC_ONLY = ("NPU",)
+
+
+def default_precision(device: str) -> str:
+    """The precision "auto" means on `device` ("auto" again for AUTO/HETERO: each device its own)."""
+    head = device.split(":")[0].split(".")[0].upper()
+    return DEFAULT_PRECISION.get(head, "auto")
+
+
+def needs_static_shapes(device: str) -> bool:
+    name = device.upper()
+    head, _, tail = name.partition(":")
+    if head in VIRTUAL_DEVICES:  # HETERO/AUTO over an NPU: its part must be static too
+        return any(d.strip().split(".")[0] in STATIC_ONLY for d in tail.split(","))
+    return head.split(".")[0] in STATIC_ONLY
 
 
 def device_full_name(device: str) -> str:
@@ -176,10 +208,12 @@ def compile_properties(
 ) -> dict[str, str]:
     """Compile properties: latency hint (one picture at a time), precision, blob cache.
 
-    precision: "f32", "f16", "bf16", or "auto" for the device's own default.
+    precision: "f32", "f16", "bf16", or "auto" for the device's default (`default_precision`).
     """
     props: dict[str, str] = {"PERFORMANCE_HINT": "LATENCY"}
     physical = device.split(":")[0] not in VIRTUAL_DEVICES
+    if precision == "auto":  # sd-ov's per-device default, not OpenVINO's (bf16 on AMX CPUs)
+        precision = default_precision(device)
     if physical and precision and precision != "auto":
         props["INFERENCE_PRECISION_HINT"] = precision
     if cache_dir:

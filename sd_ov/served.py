@@ -22,6 +22,7 @@ from . import cache, engine
 from .deepcache import DeepCacheConfig, DeepCacheUNet
 from .errors import NonFiniteOutputError, SdOvError
 from .memory import trim_heap
+from .ov_core import default_precision, needs_static_shapes
 from .progress import ProgressFn, silent
 from .recipe import Recipe
 from .runtime import DEFAULT_SHAPE_POLICY, PRECISIONS, SHAPE_POLICIES, OVUNet
@@ -46,8 +47,16 @@ class RuntimeSettings:
             raise ValueError(f"shapes must be one of {SHAPE_POLICIES}, not {self.shape_policy!r}")
 
     def for_recipe(self, recipe: Recipe) -> RuntimeSettings:
-        """A recipe made for a precision runs at it; the plain recipe follows the setting."""
-        return self if recipe.precision == "f32" else replace(self, precision=recipe.precision)
+        """A recipe made for a precision runs at it; the plain recipe follows the setting. Then
+        the device's defaults: "auto" precision becomes the device's (`ov_core.DEFAULT_PRECISION`),
+        and a device that takes static shapes only (NPU) gets them."""
+        settings = self if recipe.precision == "f32" else replace(self, precision=recipe.precision)
+        return settings.for_device()
+
+    def for_device(self) -> RuntimeSettings:
+        precision = default_precision(self.device) if self.precision == "auto" else self.precision
+        shapes = "static" if needs_static_shapes(self.device) else self.shape_policy
+        return replace(self, precision=precision, shape_policy=shapes)
 
     def open_kwargs(self) -> dict:
         """`engine.open_unet`'s runtime keywords."""

@@ -24,7 +24,7 @@ log = logging.getLogger("sd_ov")
 SECTION = ("openvino", "OpenVINO")
 SETTINGS_DEFAULTS: dict[str, Any] = {
     "sd_ov_device": "CPU",
-    "sd_ov_precision": "f32",
+    "sd_ov_precision": "auto",
     "sd_ov_shape_policy": DEFAULT_SHAPE_POLICY,
     "sd_ov_cache_dir": "",
     "sd_ov_max_compiled": 2,
@@ -96,6 +96,14 @@ def device_choices() -> list[str]:
         return ["CPU"]
 
 
+def device_names() -> str:
+    try:
+        return ov_core.describe_devices()
+    except Exception as err:
+        log.warning("sd-ov: cannot name OpenVINO devices: %s", err)
+        return "CPU"
+
+
 def register(on_runtime_change) -> None:
     """Add the options (the webui's on_ui_settings); `on_runtime_change` runs on Settings → Apply."""
     import gradio as gr
@@ -109,14 +117,15 @@ def register(on_runtime_change) -> None:
         "OpenVINO device",
         gr.Dropdown,
         lambda: {"choices": device_choices()},
-        "found at start; AUTO lets OpenVINO choose",
+        f"found at start: {device_names()}; AUTO lets OpenVINO choose; an absent device leaves torch serving",
     )
     add(
         "sd_ov_precision",
         "Inference precision",
         gr.Radio,
         {"choices": list(PRECISIONS)},
-        "f32 matches torch; bf16/f16 are faster only where the device runs them natively",
+        "auto: f32 on CPU, f16 on GPU and NPU (VAE and text encoder always f32); bf16/f16 are faster "
+        "only where the device runs them natively",
     )
     add(
         "sd_ov_shape_policy",
@@ -124,7 +133,7 @@ def register(on_runtime_change) -> None:
         gr.Radio,
         {"choices": list(SHAPE_POLICIES)},
         "dynamic: one compiled model for every size (memory stays flat); "
-        "static: a compiled copy per size (NPU needs it)",
+        "static: a compiled copy per size (NPU always runs static)",
     )
     add(
         "sd_ov_max_compiled",

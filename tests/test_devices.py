@@ -16,9 +16,32 @@ def absent_device() -> str:
     return next(d for d in ("NPU", "GPU", "GPU.3") if d not in present and d.split(".")[0] not in present)
 
 
-def test_cpu_is_found():
+def test_cpu_is_found_with_its_full_name():
     assert "CPU" in ov_core.available_devices()
-    assert ov_core.device_choices()[-1] == "AUTO"
+    choices = ov_core.device_choices()
+    assert "AUTO" in choices and choices.index("AUTO") == len(ov_core.available_devices())
+    cpu_name = ov_core.get_core().get_property("CPU", "FULL_DEVICE_NAME")
+    assert f"CPU: {cpu_name}" in ov_core.describe_devices()
+
+
+def test_per_device_defaults():
+    """auto precision: f32 on CPU (OpenVINO's own default there is bf16 on AMX CPUs), f16 on GPU
+    and NPU; NPU takes static shapes only, also behind HETERO; AUTO keeps each device's own."""
+    from sd_ov.served import RuntimeSettings
+
+    cases = {
+        "CPU": ("f32", "dynamic"),
+        "GPU.1": ("f16", "dynamic"),
+        "NPU": ("f16", "static"),
+        "HETERO:NPU,CPU": ("auto", "static"),
+        "AUTO": ("auto", "dynamic"),
+    }
+    for device, expected in cases.items():
+        settings = RuntimeSettings(device=device, precision="auto", shape_policy="dynamic").for_device()
+        assert (settings.precision, settings.shape_policy) == expected, device
+    assert RuntimeSettings(device="GPU", precision="f32").for_device().precision == "f32"  # a choice stays
+    assert ov_core.compile_properties("CPU", "auto")["INFERENCE_PRECISION_HINT"] == "f32"
+    assert "INFERENCE_PRECISION_HINT" not in ov_core.compile_properties("AUTO", "auto")
 
 
 def test_absent_device_names_the_devices_that_exist():
@@ -45,7 +68,7 @@ def test_compile_properties():
     props = ov_core.compile_properties("CPU", "f32", "/tmp/blobs")
     expected = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": "/tmp/blobs"}
     assert props == expected
-    assert "INFERENCE_PRECISION_HINT" not in ov_core.compile_properties("CPU", "auto")
+    assert ov_core.compile_properties("CPU", "auto")["INFERENCE_PRECISION_HINT"] == "f32"  # not bf16 on AMX
     assert "INFERENCE_PRECISION_HINT" not in ov_core.compile_properties("AUTO", "bf16")
 
 
