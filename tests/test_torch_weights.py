@@ -128,3 +128,17 @@ def test_reading_or_loading_the_state_of_freed_weights_brings_them_back(tmp_path
     parent.load_state_dict(other)
     assert weights.resident and all(torch.equal(v, other[k]) for k, v in parent.state_dict().items())
     assert "state_dict" not in vars(parent["unet"])  # the guards go with the release
+
+
+def test_the_webuis_lowvram_moves_leave_freed_weights_alone(tmp_path):
+    """The webui's --medvram/--lowvram hooks call `module.to(devices.device)`; on a CPU that is a
+    no-op and must neither touch the freed storages nor bring a copy back."""
+    source = write_checkpoint(build_unet(MICRO, seed=0), tmp_path / "model.safetensors")
+    unet = loaded_like_the_webui(MICRO, source)
+    weights = ModuleWeights(unet, source)
+    assert weights.release()
+    unet.to("cpu")
+    unet.to(torch.float32)
+    assert is_released(unet) and not weights.resident
+    weights.ensure()
+    assert not is_released(unet)
