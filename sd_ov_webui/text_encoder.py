@@ -11,7 +11,6 @@ forward), when clip skip is beyond the model's layers, or on any failure.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from sd_ov.text_encoder import OVTextEncoder, prepare_text_encoder_entry, token_
 from sd_ov.torch_weights import CheckpointTensors
 
 from .component import ServedComponent
+from .lora import networks_changing
 from .offload import WebuiWeights
 from .settings import cache_root, opt
 
@@ -36,17 +36,7 @@ def servable(cond_stage_model) -> bool:
 
 def text_encoder_loras(cond_stage_model: torch.nn.Module) -> list[str]:
     """Loaded networks (the webui's Lora extension) that change this text encoder."""
-    networks = sys.modules.get("networks")
-    if networks is None:
-        return []
-    inside = {id(m) for m in cond_stage_model.modules()}
-    names = []
-    for net in getattr(networks, "loaded_networks", []):
-        if float(getattr(net, "te_multiplier", 1.0) or 0) == 0:
-            continue
-        if any(id(getattr(m, "sd_module", None)) in inside for m in getattr(net, "modules", {}).values()):
-            names.append(str(getattr(net, "name", "?")))
-    return names
+    return networks_changing(cond_stage_model, "te_multiplier")
 
 
 class WebuiTextEncoder(ServedComponent):

@@ -23,6 +23,7 @@ from sd_ov.recipe import Recipe
 from sd_ov.record import JobRecord
 from sd_ov.served import RuntimeSettings, ServedUNet, UNetSource
 
+from .lora import networks_changing
 from .offload import WebuiWeights, unet_weights
 from .settings import cache_root, offload_mode, opt, runtime_settings
 from .text_encoder import WebuiTextEncoder, servable
@@ -120,7 +121,9 @@ class OpenVINOUnet(sd_unet.SdUnet):
         """While OpenVINO serves: free the torch UNet's weights, or bring them back, as set."""
         if self.weights is None:
             return
-        torch_needed = self.source is not None and foreign_forward(self.source.unet)  # it calls torch itself
+        torch_needed = self.job_torch_reason is not None or (  # this job is torch's (a LoRA), or
+            self.source is not None and foreign_forward(self.source.unet)  # an extension calls torch itself
+        )
         if self.served is not None and offload_mode() != "none" and not torch_needed:
             self.weights.release(webui_progress)
         else:
@@ -169,6 +172,9 @@ class OpenVINOUnet(sd_unet.SdUnet):
             self.record.unavailable = (
                 "another extension (e.g. ControlNet) replaced the UNet's forward; torch served it"
             )
+        loras = networks_changing(self.source.unet, "unet_multiplier") if self.source is not None else []
+        if loras:  # the Lora extension applies them in torch's forward only: never drop them silently
+            self.job_torch_reason = f"LoRA {', '.join(loras)} changes the UNet (not applied on OpenVINO yet)"
         self.apply_settings(retry_unchanged=False)  # a per-job override_settings takes effect here
         if self.served is None:
             self.record.unavailable = self.record.unavailable or self.unavailable
