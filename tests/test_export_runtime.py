@@ -121,3 +121,20 @@ def test_traceable_restores_the_attention_the_host_installed(tiny_unet):
 def test_describe_refuses_non_ldm_models():
     with pytest.raises(UnsupportedModelError, match="not supported"):
         describe(torch.nn.Linear(4, 4))
+
+
+def test_nan_in_the_inputs_is_not_blamed_on_openvino(tiny_unet, tiny_entry):
+    """A NaN context (from a text encoder or the host's own arithmetic) makes any UNet's output
+    NaN: the served UNet says the input was already bad, not that OpenVINO failed."""
+    from sd_ov.errors import NonFiniteOutputError
+    from sd_ov.recipe import Recipe
+    from sd_ov.served import RuntimeSettings, ServedUNet, UNetSource
+
+    source = UNetSource(tiny_entry.path.parents[1], "tiny", tiny_entry.manifest.checkpoint_hash, tiny_unet)
+    served = ServedUNet(source, Recipe(), RuntimeSettings())
+    served.open()
+    x, t, c = unet_inputs(1, 8, 8, 77, 64)
+    c[0, 3, 5] = float("nan")
+    with pytest.raises(NonFiniteOutputError, match="input context already had NaN"):
+        served(x, t, c)
+    served.release()
