@@ -7,10 +7,13 @@ Any failure runs that call on torch (weights read back first) and says why; a jo
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 
 import torch
+
+from sd_ov.memory import trim_heap
 
 from .offload import WebuiWeights
 
@@ -80,9 +83,11 @@ class ServedComponent:
         return ", ".join(self.calls) or None
 
     def drop_compiled(self) -> None:
-        """lowvram: the compiled model goes until the next call needs it."""
+        """The compiled model (and the activation buffers it keeps) goes until the next call."""
         if self.ov is not None:
             self.ov.release()
+            gc.collect()
+            trim_heap()
 
     def detach(self) -> None:
         """The webui's own methods and torch weights back, the OpenVINO model's memory given back."""

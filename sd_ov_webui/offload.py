@@ -21,8 +21,8 @@ from sd_ov.torch_weights import CheckpointTensors, ModuleWeights
 
 log = logging.getLogger("sd_ov")
 
-# release: torch weights of what OpenVINO serves leave memory; lowvram: also each OpenVINO model
-# is compiled only for its phase (text encoder, UNet, VAE); none: everything stays.
+# release: torch weights of what OpenVINO serves leave memory, and the OpenVINO text encoder and
+# VAE are compiled for their phase only; lowvram: the OpenVINO UNet too; none: everything stays.
 OFFLOAD_MODES = ("release", "lowvram", "none")
 
 

@@ -83,7 +83,7 @@ def test_the_torch_vae_is_freed_while_openvino_decodes_and_a_fallback_or_a_new_v
     assert not is_released(vae) and "decode" not in vars(vae)
 
 
-def test_lowvram_gives_the_same_picture_and_keeps_each_model_only_for_its_phase(webui):
+def test_each_offload_mode_gives_the_same_picture_and_keeps_what_it_says(webui):
     add_vae_and_text_encoder(webui)
     none = txt2img(webui, override={**ON, "sd_ov_offload": "none"})
     unet = webui.sd_unet.current_unet
@@ -97,6 +97,14 @@ def test_lowvram_gives_the_same_picture_and_keeps_each_model_only_for_its_phase(
     assert params["OpenVINO VAE"] == "decode" and params["OpenVINO text encoder"] == "clip skip 1"
     again = txt2img(webui, override={**ON, "sd_ov_offload": "lowvram"})
     assert torch.equal(again.latent, none.latent)
+    # release: the UNet stays compiled between jobs; the VAE and text encoder (once per job) do not
+    release = txt2img(webui, override={**ON, "sd_ov_offload": "release"})
+    assert torch.equal(release.decoded, none.decoded)
+    assert (
+        unet.served.plain.compiled_shapes
+        and not unet.vae.ov._compiled
+        and unet.text_encoder.ov.compiled is None
+    )
 
 
 def test_a_unet_lora_is_never_dropped_silently(webui, monkeypatch):
