@@ -340,3 +340,22 @@ def list_entries(root: Path) -> list[CacheEntry]:
         except CacheEntryInvalid:
             continue
     return entries
+
+
+def find_or_write(
+    root: Path, key: EntryKey, build: Callable[[Path], dict], ir_name: str, what: str, progress: ProgressFn
+) -> CacheEntry:
+    """The valid entry for `key`, or one written by `build` (under the entry's lock, so two
+    processes write it once); a damaged entry is rebuilt, and the progress says why."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    entry, _ = find(root, key)
+    if entry is not None:
+        return entry
+    with entry_lock(root, key, progress):
+        entry, problem = find(root, key)
+        if entry is not None:
+            return entry
+        if problem:
+            progress(f"{what} cache entry invalid, rebuilding ({problem})", 0.0)
+        return write(root, key, build, ir_name=ir_name)

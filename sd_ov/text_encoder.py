@@ -104,21 +104,15 @@ def prepare_text_encoder_entry(
     progress: ProgressFn = silent,
 ) -> cache.CacheEntry:
     """The cache entry of this text encoder (`weights_hash` names its weights), exported when absent."""
-    root = Path(cache_root)
-    root.mkdir(parents=True, exist_ok=True)
     key = cache.EntryKey(name, weights_hash, Recipe(), component=COMPONENT)
-    entry, _ = cache.find(root, key)
-    if entry is not None:
-        return entry
-    with cache.entry_lock(root, key, progress):
-        entry, problem = cache.find(root, key)
-        if entry is not None:
-            return entry
-        if problem:
-            progress(f"text encoder cache entry invalid, rebuilding ({problem})", 0.0)
-        return cache.write(
-            root, key, lambda folder: export_text_encoder(transformer, folder, progress), ir_name=IR_NAME
-        )
+    return cache.find_or_write(
+        Path(cache_root),
+        key,
+        lambda folder: export_text_encoder(transformer, folder, progress),
+        IR_NAME,
+        "text encoder",
+        progress,
+    )
 
 
 class OVTextEncoder:

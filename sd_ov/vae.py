@@ -129,19 +129,10 @@ def prepare_vae_entry(
     vae: torch.nn.Module, cache_root: str | Path, name: str, vae_hash: str, progress: ProgressFn = silent
 ) -> cache.CacheEntry:
     """The cache entry of this VAE (`vae_hash` names its weights), exported when absent."""
-    root = Path(cache_root)
-    root.mkdir(parents=True, exist_ok=True)
     key = cache.EntryKey(name, vae_hash, Recipe(), component=COMPONENT)
-    entry, problem = cache.find(root, key)
-    if entry is not None:
-        return entry
-    with cache.entry_lock(root, key, progress):
-        entry, problem = cache.find(root, key)
-        if entry is not None:
-            return entry
-        if problem:
-            progress(f"VAE cache entry invalid, rebuilding ({problem})", 0.0)
-        return cache.write(root, key, lambda folder: export_vae(vae, folder, progress), ir_name=DECODER_IR)
+    return cache.find_or_write(
+        Path(cache_root), key, lambda folder: export_vae(vae, folder, progress), DECODER_IR, "VAE", progress
+    )
 
 
 def image_output(model: ov.Model) -> ov.Model:

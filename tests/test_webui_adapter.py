@@ -81,7 +81,7 @@ def test_per_job_override_settings_change_what_runs(webui):
     served = webui.sd_unet.current_unet.served
     assert served.settings.device == "AUTO" and served.plain.device == "AUTO"
     assert served.plain.compiled_shapes == [(2, 4, 32, 32, 77)]  # the static model ran
-    assert openvino_infotext(job) == "fp32, AUTO, f32, static"
+    assert openvino_infotext(job) == "fp32, AUTO, auto, static"  # AUTO: each device its own precision
     assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, dynamic"  # restored for the next job
     assert served.plain.device == "CPU"
 
