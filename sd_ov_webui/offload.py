@@ -54,13 +54,14 @@ class WebuiWeights(ModuleWeights):
         undo_lora_weights(self.module)
 
     def release(self, progress: ProgressFn = silent) -> bool:
-        was_resident = self.resident
+        was_resident, refused_before = self.resident, self.kept_because is not None
         if super().release(progress):
             if was_resident:
                 freed = self.released.freed_bytes / 2**30
                 print(f"[sd-ov] {self.what} weights freed while OpenVINO serves ({freed:.2f} GiB)")
             return True
-        log.warning("sd-ov: the %s stays in memory: %s", self.what, self.kept_because)
+        if not refused_before:  # said once, not at every job
+            log.warning("sd-ov: the %s stays in memory: %s", self.what, self.kept_because)
         return False
 
     def ensure(self, progress: ProgressFn = silent) -> None:

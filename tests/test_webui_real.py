@@ -56,6 +56,17 @@ JOB = {
 NO_NORM = {"emphasis": "No norm"}
 
 
+# Optimize INT8 hybrid + ToMe 0.5, calibrated on two short pictures (the tests add sizes).
+INT8_TOME_REQUEST = {
+    "int8": "hybrid",
+    "tome": 0.5,
+    "prompts_text": f"{JOB['prompt']}\na red vintage car in the rain, photograph",
+    "calib_size": "256x256",
+    "calib_steps": 4,
+    "samples": 8,
+}
+
+
 def api(path: str, payload: dict | None = None, timeout: float = 1800) -> dict:
     data = None if payload is None else json.dumps(payload).encode()
     request = urllib.request.Request(
@@ -216,16 +227,7 @@ def test_optimize_through_the_api_adds_an_option_that_txt2img_uses(installed):
         torch_image, _, _ = txt2img("None")
         result = api(
             "/sd-ov/v1/optimize",
-            {
-                "int8": "hybrid",
-                "tome": 0.5,
-                "prompts_text": f"{JOB['prompt']}\na red vintage car in the rain, photograph",
-                "calib_size": "256x256",
-                "calib_steps": 4,
-                "samples": 8,
-                "sizes_text": "256x256",
-                "measure_size": "256x256",
-            },
+            {**INT8_TOME_REQUEST, "sizes_text": "256x256", "measure_size": "256x256"},
             timeout=3600,
         )
         image, info, _ = txt2img(result["label"])
@@ -344,16 +346,7 @@ def test_memory_openvino_is_lighter_than_torch_alone(installed):
         started = time.perf_counter()
         result = api(
             "/sd-ov/v1/optimize",
-            {
-                "int8": "hybrid",
-                "tome": 0.5,
-                "prompts_text": f"{JOB['prompt']}\na red vintage car in the rain, photograph",
-                "calib_size": "256x256",
-                "calib_steps": 4,
-                "samples": 8,
-                "sizes_text": "",
-                "measure_size": "512x512",
-            },
+            {**INT8_TOME_REQUEST, "sizes_text": "", "measure_size": "512x512"},
             timeout=3600,
         )
         seconds["optimize"] = time.perf_counter() - started
