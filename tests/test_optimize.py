@@ -137,11 +137,11 @@ def test_optimize_frees_the_torch_unet_while_calibration_and_nncf_run(tmp_path):
     from sd_ov.ldm_unet import build_unet
     from sd_ov.torch_weights import ModuleWeights, is_released
 
-    from .conftest import TINY_SD1
+    from .conftest import MICRO
     from .test_torch_weights import loaded_like_the_webui, write_checkpoint
 
-    source = write_checkpoint(build_unet(TINY_SD1, seed=0), tmp_path / "model.safetensors")
-    unet = loaded_like_the_webui(TINY_SD1, source)
+    source = write_checkpoint(build_unet(MICRO, seed=0), tmp_path / "model.safetensors")
+    unet = loaded_like_the_webui(MICRO, source)
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     weights = ModuleWeights(unet, source)
     seen = []
