@@ -72,6 +72,8 @@ class OVUNet:
         self.max_compiled = max(1, int(max_compiled))
         self.downsample = max(1, int(downsample))
         self.properties = compile_properties(self.device, precision, blob_dir)
+        # Pages to give back once compiled: the IR's weights, and a blob imported from the cache.
+        self.mapped_sources = (Path(xml_path).with_suffix(".bin"), *([Path(blob_dir)] if blob_dir else []))
         self.progress = progress
         self.xml_path = Path(xml_path)
         self.model: ov.Model | None = self.core.read_model(str(xml_path))
@@ -132,7 +134,7 @@ class OVUNet:
         if shapes is not None:
             model = self.model.clone()
             model.reshape(shapes)
-        with mapped_file_released(self.xml_path.with_suffix(".bin")):  # the compiled copy serves
+        with mapped_file_released(*self.mapped_sources):  # the compiled copy serves
             compiled = self.core.compile_model(model, self.device, self.properties)
         del model
         self.stats.compiles[label] = time.perf_counter() - started
@@ -195,7 +197,7 @@ class OVUNet:
         if key in self._settled:
             return
         self._settled.add(key)
-        release_mapped_file(self.xml_path.with_suffix(".bin"))
+        release_mapped_file(*self.mapped_sources)
 
     @property
     def compiled_shapes(self) -> list[ShapeKey | None]:

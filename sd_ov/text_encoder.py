@@ -130,12 +130,12 @@ class OVTextEncoder:
         self.entry = entry
         self.core = get_core()
         self.device = resolve_device(device)
-        self.properties = compile_properties(
-            self.device, precision, entry.blob_dir if cache_compiled else None
-        )
+        blob_dir = entry.blob_dir if cache_compiled else None
+        self.properties = compile_properties(self.device, precision, blob_dir)
         self.progress = progress
         self.compiled: ov.CompiledModel | None = None
         self.xml = entry.ir_path("text_encoder")
+        self.mapped_sources = (self.xml.with_suffix(".bin"), *([blob_dir] if blob_dir else []))
         self.layers = int(self.core.read_model(str(self.xml)).output(0).get_partial_shape()[0].get_length())
 
     def hidden(self, embeds: torch.Tensor, skip: int = 1) -> torch.Tensor:
@@ -144,11 +144,11 @@ class OVTextEncoder:
             raise ValueError(f"clip skip {skip} is outside 1..{self.layers}")
         if self.compiled is None:
             self.progress(f"compiling the OpenVINO text encoder on {self.device}", 0.0)
-            with mapped_file_released(self.xml.with_suffix(".bin")):
+            with mapped_file_released(*self.mapped_sources):
                 self.compiled = self.core.compile_model(str(self.xml), self.device, self.properties)
         array = np.ascontiguousarray(embeds.detach().to("cpu", torch.float32).numpy())
         out = self.compiled.create_infer_request().infer({0: array})[0]
-        release_mapped_file(self.xml.with_suffix(".bin"))
+        release_mapped_file(*self.mapped_sources)
         return torch.from_numpy(out[skip - 1].copy()).to(device=embeds.device, dtype=embeds.dtype)
 
     def release(self) -> None:

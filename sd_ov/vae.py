@@ -167,6 +167,7 @@ class OVVae:
         self.device = resolve_device(device)
         blob_dir = entry.blob_dir if cache_compiled else None
         self.properties = compile_properties(self.device, precision, blob_dir)
+        self.blob_sources = [blob_dir] if blob_dir else []  # an imported blob's pages, given back too
         self.progress = progress
         self._compiled: dict[str, ov.CompiledModel] = {}
         self.timings: dict[str, float] = {}
@@ -182,7 +183,7 @@ class OVVae:
             model = self.core.read_model(str(ir))
             if which == "image":
                 model = image_output(model)
-            with mapped_file_released(ir.with_suffix(".bin")):
+            with mapped_file_released(ir.with_suffix(".bin"), *self.blob_sources):
                 self._compiled[which] = self.core.compile_model(model, self.device, self.properties)
             self.timings[f"compile_{which}_s"] = time.perf_counter() - started
         return self._compiled[which]
@@ -191,7 +192,8 @@ class OVVae:
         compiled = self._model(which)
         array = np.ascontiguousarray(value.detach().to("cpu", torch.float32).numpy())
         out = compiled.create_infer_request().infer({0: array})[0]  # a request per call: no reuse of outputs
-        release_mapped_file(self._ir(which).with_suffix(".bin"))  # pages a new shape read (see runtime.py)
+        # pages a new shape read (see runtime.py)
+        release_mapped_file(self._ir(which).with_suffix(".bin"), *self.blob_sources)
         return out
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
