@@ -107,6 +107,7 @@ def open_unet(
     cache_compiled: bool = True,
     progress: ProgressFn = silent,
     model: str | None = None,
+    lora: bool = False,
 ) -> OVUNet:
     """Read one of the entry's IRs (its main one by default) for `device`; compiles are lazy.
 
@@ -123,6 +124,7 @@ def open_unet(
         downsample=entry.manifest.unet.downsample,
         blob_dir=blob_dir,
         progress=progress,
+        lora=lora,
     )
 
 

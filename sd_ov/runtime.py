@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,14 @@ import openvino as ov
 import torch
 
 from .errors import UnsupportedCallError
+from .lora_branch import (
+    BranchSlot,
+    LoraLayer,
+    UnsupportedLoraError,
+    add_lora_branches,
+    check_layers,
+    set_states,
+)
 from .memory import mapped_file_released, release_mapped_file
 from .ov_core import compile_properties, get_core, resolve_device
 from .progress import ProgressFn, silent
@@ -60,6 +69,7 @@ class OVUNet:
         downsample: int = 1,
         blob_dir: str | Path | None = None,
         progress: ProgressFn = silent,
+        lora: bool = False,
     ) -> None:
         if shape_policy not in SHAPE_POLICIES:
             raise ValueError(f"shape_policy must be one of {SHAPE_POLICIES}, not {shape_policy!r}")
@@ -77,6 +87,12 @@ class OVUNet:
         self.progress = progress
         self.xml_path = Path(xml_path)
         self.model: ov.Model | None = self.core.read_model(str(xml_path))
+        # LoRA: a branch per layer whose matrices are request states (lora_branch.py); off, the
+        # graph is the IR's.
+        self.lora_slots: dict[str, BranchSlot] = add_lora_branches(self.model) if lora else {}
+        self._lora: dict[str, LoraLayer] = {}
+        self._lora_version = 0
+        self._lora_applied: dict[int, int] = {}  # id(request) → version of the states it holds
         x_shape = self.model.input("x").get_partial_shape()
         self.in_channels = x_shape[1].get_length()
         self.context_dim = self.model.input("context").get_partial_shape()[2].get_length()
@@ -153,10 +169,33 @@ class OVUNet:
             return self._dynamic_request()
         if key not in self._compiled:
             while len(self._compiled) >= self.max_compiled:
-                self._compiled.popitem(last=False)
+                _, (_, evicted) = self._compiled.popitem(last=False)
+                self._lora_applied.pop(id(evicted), None)  # its id may come back with another request
             self._compiled[key] = self._compile(key, self._shapes(key, extra))
         self._compiled.move_to_end(key)
         return self._compiled[key][1]
+
+    def set_lora(self, layers: Mapping[str, LoraLayer], every_layer: bool = True) -> None:
+        """The LoRA updates of the next calls (empty: none). Only request states change, at the
+        next call of each compiled shape: no recompile. Raises UnsupportedLoraError for a layer
+        this graph has no branch for (or every layer, when it was opened without `lora`)."""
+        if layers and not self.lora_slots:
+            raise UnsupportedLoraError("this OpenVINO UNet was opened without LoRA branches")
+        placed = check_layers(self.lora_slots, layers, every_layer=every_layer)
+        if placed or self._lora:
+            self._lora = placed
+            self._lora_version += 1
+
+    @property
+    def lora_layers(self) -> int:
+        """How many layers the current LoRA set changes."""
+        return len(self._lora)
+
+    def _with_lora(self, request: ov.InferRequest) -> ov.InferRequest:
+        if self.lora_slots and self._lora_applied.get(id(request), 0) != self._lora_version:
+            set_states(request, self.lora_slots, self._lora)
+            self._lora_applied[id(request)] = self._lora_version
+        return request
 
     def prepare(self, batch: int, height: int, width: int, tokens: int = 77) -> None:
         """Compile ahead for a shape (latent height/width), so the first step is not slower."""
@@ -169,7 +208,7 @@ class OVUNet:
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """One UNet call; a model with several outputs returns them all, as a tuple."""
         key = self.shape_key(x, timesteps, context, *extra)
-        request = self._request(key, extra)
+        request = self._with_lora(self._request(key, extra))
         batch = key[0]
         t = timesteps.detach().reshape(-1).to("cpu", torch.float32)
         if t.numel() == 1 and batch > 1:
@@ -206,6 +245,7 @@ class OVUNet:
 
     def drop_compiled(self) -> None:
         """Free the compiled models but keep the graph: the next call compiles again."""
+        self._lora_applied.clear()
         self._compiled.clear()
         self._dynamic = None
         self._recent.clear()
@@ -213,6 +253,7 @@ class OVUNet:
 
     def release(self) -> None:
         """Drop compiled models and the graph; memory returns to the system."""
+        self._lora_applied.clear()
         self._compiled.clear()
         self._dynamic = None
         self.model = None

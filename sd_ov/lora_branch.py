@@ -1,0 +1,232 @@
+"""LoRA on a compiled UNet: a low-rank branch beside every Linear and 1x1 convolution of the graph,
+whose matrices are OpenVINO state variables set per job.
+
+A LoRA changes a layer's output by `up @ (down @ x) * scale`. Merging that into the weights would
+mean a new graph, a new compile, and a second copy of the weights for every LoRA set and weight.
+Instead each adaptable layer gets `y + up @ (down @ x)` where `down` [rank, in] and `up`
+[out, rank] (the scale folded in) are `ReadValue` variables of dynamic rank, as OpenVINO GenAI
+serves LoRA to LLMs. The base weights stay constants (an INT8 recipe keeps its INT8 weights),
+several LoRAs are concatenated along the rank, and switching LoRAs or their weights only sets the
+infer request's states: no export, no compile. A variable never set is empty (rank 0): the branch
+adds nothing, so the picture without LoRA is the base model's.
+
+Not served here (the host runs such a job on torch and says why): kxk convolutions (LoCon's 3x3
+parts; the CPU plugin takes no convolution weights of dynamic shape), and layers a recipe changed
+(pruned widths).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+from openvino import PartialShape, Type
+from openvino.op.util import Variable, VariableInfo
+
+from .errors import SdOvError
+
+LINEAR_TAG = "/aten::linear/"
+CONV_TAG = "/aten::_convolution/"
+MODULE_PREFIX = "__module."
+
+
+class UnsupportedLoraError(SdOvError):
+    """A LoRA layer this graph has no branch for, or of another shape: the job runs on torch."""
+
+
+@dataclass(frozen=True)
+class LoraLayer:
+    """One layer's low-rank update: `down` [rank, in], `up` [out, rank], scale and multiplier
+    already folded into `up`."""
+
+    down: np.ndarray
+    up: np.ndarray
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+
+@dataclass(frozen=True)
+class BranchSlot:
+    """Where a layer's branch lives in the graph: its variables and the shapes they take."""
+
+    layer: str  # the torch module's path in the UNet, e.g. input_blocks.1.1.proj_in
+    kind: str  # "linear" or "conv1x1"
+    in_features: int
+    out_features: int
+
+    @property
+    def down_id(self) -> str:
+        return f"lora_down:{self.layer}"
+
+    @property
+    def up_id(self) -> str:
+        return f"lora_up:{self.layer}"
+
+
+def layer_path(friendly_name: str) -> str | None:
+    """The torch module path of a MatMul/Convolution that `convert_model` made from a Linear or
+    Conv2d (`__module.<path>/aten::linear/MatMul`); None for any other node."""
+    if not friendly_name.startswith(MODULE_PREFIX) or not (
+        LINEAR_TAG in friendly_name or CONV_TAG in friendly_name
+    ):
+        return None
+    return friendly_name[len(MODULE_PREFIX) :].split("/", 1)[0]
+
+
+def _variable(name: str, shape: list[int]) -> tuple[ov.Node, ov.Node]:
+    info = VariableInfo()
+    info.data_shape = PartialShape(shape)
+    info.data_type = Type.f32
+    info.variable_id = name
+    variable = Variable(info)
+    read = ops.read_value(variable)  # no initializer: empty (rank 0) until a state is set
+    return read, ops.assign(read, variable)
+
+
+def _activation(node: ov.Node) -> ov.Output:
+    """The layer's input; before a FakeQuantize an INT8 hybrid recipe put there, so the branch
+    sees the float activation."""
+    source = node.input_value(0)
+    if source.get_node().get_type_name() == "FakeQuantize":
+        source = source.get_node().input_value(0)
+    return source
+
+
+def _static_dims(port: ov.Output) -> list[int] | None:
+    shape = port.get_partial_shape()
+    return [d.get_length() for d in shape] if shape.is_static else None
+
+
+def _slot_for(node: ov.Node, layer: str) -> BranchSlot | None:
+    weight = _static_dims(node.input_value(1))
+    if weight is None:
+        return None
+    kind = node.get_type_name()
+    if kind == "MatMul" and len(weight) == 2:
+        transposed = node.get_attributes().get("transpose_b", False)
+        out_f, in_f = weight if transposed else weight[::-1]
+        return BranchSlot(layer, "linear", int(in_f), int(out_f))
+    if kind == "Convolution" and len(weight) == 4 and weight[2:] == [1, 1]:
+        attrs = node.get_attributes()
+        plain = all(int(v) == 1 for v in attrs["strides"]) and all(int(v) == 0 for v in attrs["pads_begin"])
+        if plain and all(int(v) == 0 for v in attrs["pads_end"]):
+            return BranchSlot(layer, "conv1x1", int(weight[1]), int(weight[0]))
+    return None
+
+
+def _branch(node: ov.Node, slot: BranchSlot) -> tuple[ov.Output, list[ov.Node]]:
+    down, down_assign = _variable(slot.down_id, [-1, slot.in_features])
+    up, up_assign = _variable(slot.up_id, [slot.out_features, -1])
+    x = _activation(node)
+    if slot.kind == "linear":  # x [..., in]
+        low = ops.matmul(x, down, False, True)
+        delta = ops.matmul(low, up, False, True)
+    else:  # x [B, in, H, W]: as matrices [B, in, H*W], so no transposes
+        flat = ops.reshape(x, ops.constant(np.array([0, 0, -1], np.int64)), special_zero=True)
+        low = ops.matmul(down, flat, False, False)
+        delta = ops.reshape(
+            ops.matmul(up, low, False, False), ops.shape_of(node.output(0)), special_zero=False
+        )
+    return delta.output(0), [down_assign, up_assign]
+
+
+def add_lora_branches(model: ov.Model) -> dict[str, BranchSlot]:
+    """Give every Linear and 1x1 Conv2d of `model` (in place) a branch of empty state; returns the
+    slots by layer path. kxk convolutions are left as they are (see the module doc)."""
+    slots: dict[str, BranchSlot] = {}
+    sinks: list[ov.Node] = []
+    for node in model.get_ordered_ops():
+        if node.get_type_name() not in ("MatMul", "Convolution"):
+            continue
+        layer = layer_path(node.get_friendly_name())
+        if layer is None or layer in slots:
+            continue
+        slot = _slot_for(node, layer)
+        if slot is None:
+            continue
+        targets = list(node.output(0).get_target_inputs())
+        delta, assigns = _branch(node, slot)
+        total = ops.add(node.output(0), delta)
+        total.set_friendly_name(f"{node.get_friendly_name()}/lora")
+        for target in targets:
+            target.replace_source_output(total.output(0))
+        slots[slot.layer] = slot
+        sinks.extend(assigns)
+    if sinks:
+        model.add_sinks(sinks)
+    return slots
+
+
+def resolve(slots: Mapping[str, BranchSlot], layer: str) -> BranchSlot | None:
+    """The slot of a torch layer path; a graph made from a wrapper (DeepCache's `unet.`) carries
+    one more leading component."""
+    found = slots.get(layer)
+    if found is not None:
+        return found
+    matches = [slot for path, slot in slots.items() if path.endswith("." + layer)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def check_layers(
+    slots: Mapping[str, BranchSlot], layers: Mapping[str, LoraLayer], *, every_layer: bool = True
+) -> dict[str, LoraLayer]:
+    """`layers` by slot path, checked against the graph. every_layer: a layer the graph lacks is an
+    error (a model that holds only part of the UNet, DeepCache's shallow one, passes False)."""
+    placed: dict[str, LoraLayer] = {}
+    for layer, update in layers.items():
+        slot = resolve(slots, layer)
+        if slot is None:
+            if every_layer:
+                raise UnsupportedLoraError(f"no LoRA branch for layer {layer} in this OpenVINO UNet")
+            continue
+        shape_ok = update.down.shape == (update.rank, slot.in_features) and update.up.shape == (
+            slot.out_features,
+            update.rank,
+        )
+        if not shape_ok:
+            raise UnsupportedLoraError(
+                f"LoRA for {layer} has down {tuple(update.down.shape)} / up {tuple(update.up.shape)}; "
+                f"the OpenVINO layer is {slot.out_features}x{slot.in_features}"
+            )
+        placed[slot.layer] = update
+    return placed
+
+
+def set_states(
+    request: ov.InferRequest, slots: Mapping[str, BranchSlot], placed: Mapping[str, LoraLayer]
+) -> None:
+    """Put `placed` (from `check_layers`) into a request's variables; every other branch is reset
+    to empty. Only states change: nothing recompiles."""
+    values: dict[str, np.ndarray] = {}
+    for layer, update in placed.items():
+        slot = slots[layer]
+        values[slot.down_id] = np.ascontiguousarray(update.down, dtype=np.float32)
+        values[slot.up_id] = np.ascontiguousarray(update.up, dtype=np.float32)
+    for state in request.query_state():
+        value = values.get(state.name)
+        if value is None:
+            state.reset()
+        else:
+            state.state = ov.Tensor(value)
+
+
+def concatenate(parts: Iterable[Mapping[str, LoraLayer]]) -> dict[str, LoraLayer]:
+    """Several LoRAs as one: per layer, their ranks side by side (`up_a @ down_a + up_b @ down_b`
+    is `[up_a up_b] @ [down_a; down_b]`)."""
+    merged: dict[str, list[LoraLayer]] = {}
+    for part in parts:
+        for layer, update in part.items():
+            merged.setdefault(layer, []).append(update)
+    return {
+        layer: updates[0]
+        if len(updates) == 1
+        else LoraLayer(
+            np.concatenate([u.down for u in updates], 0), np.concatenate([u.up for u in updates], 1)
+        )
+        for layer, updates in merged.items()
+    }
