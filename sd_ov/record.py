@@ -23,6 +23,7 @@ class JobRecord:
     openvino_calls: int = 0
     torch_calls: Counter[str] = field(default_factory=Counter)  # reason → calls
     notes: list[str] = field(default_factory=list)
+    lora: str = ""  # the UNet LoRAs OpenVINO applied, "name:weight, ..."
 
     def served(self) -> None:
         self.openvino_calls += 1

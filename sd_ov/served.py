@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +21,7 @@ import torch
 from . import cache, engine
 from .deepcache import DeepCacheConfig, DeepCacheUNet
 from .errors import NonFiniteOutputError, SdOvError
+from .lora_branch import LoraLayer, UnsupportedLoraError
 from .memory import trim_heap
 from .ov_core import default_precision, needs_static_shapes
 from .progress import ProgressFn, silent
@@ -39,6 +40,7 @@ class RuntimeSettings:
     shape_policy: str = DEFAULT_SHAPE_POLICY
     max_compiled: int = 2
     cache_compiled: bool = True
+    lora: bool = False  # a LoRA branch beside every Linear/1x1 conv (lora_branch.py); off: the IR's graph
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -66,6 +68,7 @@ class RuntimeSettings:
             "shape_policy": self.shape_policy,
             "max_compiled": self.max_compiled,
             "cache_compiled": self.cache_compiled,
+            "lora": self.lora,
         }
 
 
@@ -123,11 +126,35 @@ class ServedUNet:
         self.plain: OVUNet | None = None
         self.deepcache: DeepCacheUNet | None = None
         self.job_deepcache = DeepCacheConfig()
+        self.lora: dict[str, LoraLayer] = {}
 
     def open(self) -> None:
         """Find (or export) the entry and read it for the device; compiles come with the first call."""
         self.entry = self.source.entry(self.recipe, self.progress)
         self.plain = engine.open_unet(self.entry, progress=self.progress, **self.settings.open_kwargs())
+        self._reapply_lora()
+
+    def set_lora(self, layers: Mapping[str, LoraLayer]) -> None:
+        """The LoRA updates (by torch layer path) of the next calls, on whichever models serve
+        them; empty: none. Raises UnsupportedLoraError (the job is then torch's)."""
+        self.lora = dict(layers)
+        self._apply_lora()
+
+    def _reapply_lora(self) -> None:
+        """On models opened anew, the set of the last `set_lora`; none if they can't take it (the
+        host's next `set_lora` says why)."""
+        try:
+            self._apply_lora()
+        except UnsupportedLoraError:
+            self.lora = {}
+            self._apply_lora()
+
+    def _apply_lora(self) -> None:
+        if self.plain is not None:
+            self.plain.set_lora(self.lora)
+        if self.deepcache is not None:
+            self.deepcache.full.set_lora(self.lora)
+            self.deepcache.shallow.set_lora(self.lora, every_layer=False)  # it holds the outer blocks only
 
     @property
     def loaded(self) -> bool:
@@ -167,6 +194,7 @@ class ServedUNet:
                 self.deepcache = engine.open_deepcache(
                     entry, config, progress=self.progress, **self.settings.open_kwargs()
                 )
+                self._reapply_lora()
             self.deepcache.start(config, expected_calls)
         except Exception as err:
             log.warning("sd-ov: DeepCache unavailable: %s", err)

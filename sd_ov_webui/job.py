@@ -23,6 +23,7 @@ TOME_INFOTEXT_KEY = "OpenVINO token merging"
 NOTE_INFOTEXT_KEY = "OpenVINO note"
 VAE_INFOTEXT_KEY = "OpenVINO VAE"
 TEXT_ENCODER_INFOTEXT_KEY = "OpenVINO text encoder"
+LORA_INFOTEXT_KEY = "OpenVINO LoRA"
 INFOTEXT_KEYS = (
     INFOTEXT_KEY,
     DEEPCACHE_INFOTEXT_KEY,
@@ -30,6 +31,7 @@ INFOTEXT_KEYS = (
     NOTE_INFOTEXT_KEY,
     VAE_INFOTEXT_KEY,
     TEXT_ENCODER_INFOTEXT_KEY,
+    LORA_INFOTEXT_KEY,
 )
 
 
@@ -95,6 +97,8 @@ def write_infotext(p) -> None:
     if record.openvino_calls and served is not None:
         if served.job_deepcache.enabled:
             p.extra_generation_params[DEEPCACHE_INFOTEXT_KEY] = served.job_deepcache.infotext()
+        if record.lora:
+            p.extra_generation_params[LORA_INFOTEXT_KEY] = record.lora
         note = token_merging_note(webui_token_merging(p), unet.recipe)
         if note:
             p.extra_generation_params[TOME_INFOTEXT_KEY] = note

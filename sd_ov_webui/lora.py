@@ -2,15 +2,19 @@
 imported by the webui as the top-level module `networks`), and which of our modules it changes.
 
 The extension applies a network inside torch's forward of each layer it maps to (`sd_module`);
-a compiled OpenVINO model never runs those forwards, so a network that changes a module we serve
-must not be dropped silently: that module runs on torch for the job, with a note.
+a compiled OpenVINO model never runs those forwards. So the UNet's low-rank networks are handed
+to the OpenVINO UNet's LoRA branch (`sd_ov.lora_branch`), and any network it can't take makes the
+job torch's, with a note: never dropped silently.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 
 import torch
+
+from sd_ov.lora_branch import LoraLayer, concatenate
 
 
 def loaded_networks() -> list:
@@ -32,3 +36,80 @@ def networks_changing(module: torch.nn.Module, multiplier: str) -> list[str]:
         if any(id(getattr(m, "sd_module", None)) in inside for m in getattr(net, "modules", {}).values()):
             names.append(f"{getattr(net, 'name', '?')}:{weight:g}")
     return names
+
+
+# The Lora extension's module classes (network_*.py) and what users call them.
+NETWORK_KINDS = {
+    "NetworkModuleHada": "LoHa",
+    "NetworkModuleLokr": "LoKr",
+    "NetworkModuleIa3": "IA3",
+    "NetworkModuleOFT": "OFT",
+    "NetworkModuleGLora": "GLoRA",
+    "NetworkModuleFull": "full-weight diff",
+    "NetworkModuleNorm": "norm",
+}
+
+
+def _why_not_low_rank(module) -> str | None:
+    """Why a network module is not a plain low-rank update of a Linear or 1x1 conv; None if it is."""
+    kind = type(module).__name__
+    if kind != "NetworkModuleLora":
+        return f"{NETWORK_KINDS.get(kind, kind)} layers are not served on OpenVINO yet"
+    if getattr(module, "mid_model", None) is not None:
+        return "a CP-decomposed (LoCon mid) layer is not served on OpenVINO yet"
+    if getattr(module, "dora_scale", None) is not None:
+        return "DoRA layers are not served on OpenVINO yet"
+    if getattr(module, "bias", None) is not None:
+        return "a LoRA with a bias diff is not served on OpenVINO yet"
+    down = module.down_model.weight
+    if down.dim() == 4 and tuple(down.shape[2:]) != (1, 1):
+        return "3x3 convolution LoRA (LoCon) is not served on OpenVINO yet"
+    return None
+
+
+def _low_rank(module) -> LoraLayer:
+    """The webui's own numbers (`rebuild_conventional`, `finalize_updown`): rank cut to the
+    network's dyn_dim, `calc_scale()` (alpha / rank, or scale) and `multiplier()` folded into up."""
+    up = module.up_model.weight.detach().float()
+    down = module.down_model.weight.detach().float()
+    up, down = up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1)
+    dyn_dim = getattr(module.network, "dyn_dim", None)
+    if dyn_dim is not None:
+        up, down = up[:, :dyn_dim], down[:dyn_dim]
+    scale = float(module.multiplier()) * float(module.calc_scale())
+    return LoraLayer(down.cpu().numpy(), (up * scale).cpu().numpy())
+
+
+@dataclass
+class UNetLora:
+    """The job's UNet LoRAs: their low-rank updates by layer path, their names for the infotext,
+    or why they can't run on OpenVINO (the job is then torch's)."""
+
+    layers: dict[str, LoraLayer] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    why_not: str | None = None
+
+
+def unet_lora(unet: torch.nn.Module) -> UNetLora:
+    paths: dict[int, str] | None = None
+    parts, names = [], []
+    for net in loaded_networks():
+        weight = float(getattr(net, "unet_multiplier", 1.0) or 0)
+        if weight == 0:
+            continue
+        if paths is None:
+            paths = {id(m): name for name, m in unet.named_modules()}
+        label = f"{getattr(net, 'name', '?')}:{weight:g}"
+        layers: dict[str, LoraLayer] = {}
+        for key, module in getattr(net, "modules", {}).items():
+            path = paths.get(id(getattr(module, "sd_module", None)))
+            if path is None:
+                continue  # the text encoder's (served by torch, see text_encoder.py)
+            why = _why_not_low_rank(module)
+            if why:
+                return UNetLora(why_not=f"LoRA {label}: {why} ({key})")
+            layers[path] = _low_rank(module)
+        if layers:
+            parts.append(layers)
+            names.append(label)
+    return UNetLora(concatenate(parts), names)

@@ -35,6 +35,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "sd_ov_offload": "release",
     "sd_ov_vae": False,
     "sd_ov_text_encoder": False,
+    "sd_ov_lora": True,
 }
 # Settings that change how the served UNet is compiled: a change reopens it.
 RUNTIME_KEYS = (
@@ -44,6 +45,7 @@ RUNTIME_KEYS = (
     "sd_ov_max_compiled",
     "sd_ov_cache_compiled",
     "sd_ov_offload",
+    "sd_ov_lora",
 )
 # Read at each job (no reopen needed): sd_ov_vae, sd_ov_text_encoder, DeepCache.
 
@@ -71,6 +73,7 @@ def runtime_settings() -> RuntimeSettings:
         shape_policy=str(opt("sd_ov_shape_policy")),
         max_compiled=int(opt("sd_ov_max_compiled")),
         cache_compiled=bool(opt("sd_ov_cache_compiled")),
+        lora=bool(opt("sd_ov_lora")),
     )
 
 
@@ -166,6 +169,14 @@ def register(on_runtime_change) -> None:
         None,
         "the webui still parses prompts, emphasis and embeddings; torch encodes when a LoRA changes the "
         "text encoder",
+    )
+    add(
+        "sd_ov_lora",
+        "LoRA on the OpenVINO UNet",
+        gr.Checkbox,
+        None,
+        "a low-rank branch beside each layer takes the prompt's LoRAs and their weights without a "
+        "recompile; off: the graph has no branch, and a job with a UNet LoRA runs on torch",
     )
     add("sd_ov_cache_dir", "Cache folder (empty: models/OpenVINO)", gr.Textbox)
     add(

@@ -19,11 +19,12 @@ from sd_ov.deepcache import DeepCacheConfig
 from sd_ov.engine import file_hash
 from sd_ov.errors import Cancelled, NonFiniteOutputError, SdOvError, UnsupportedCallError
 from sd_ov.ldm_unet import describe
+from sd_ov.lora_branch import UnsupportedLoraError
 from sd_ov.recipe import Recipe
 from sd_ov.record import JobRecord
 from sd_ov.served import RuntimeSettings, ServedUNet, UNetSource
 
-from .lora import networks_changing
+from .lora import UNetLora, unet_lora
 from .offload import WebuiWeights, unet_weights
 from .settings import cache_root, offload_mode, opt, runtime_settings
 from .text_encoder import WebuiTextEncoder, servable
@@ -172,9 +173,9 @@ class OpenVINOUnet(sd_unet.SdUnet):
             self.record.unavailable = (
                 "another extension (e.g. ControlNet) replaced the UNet's forward; torch served it"
             )
-        loras = networks_changing(self.source.unet, "unet_multiplier") if self.source is not None else []
-        if loras:  # the Lora extension applies them in torch's forward only: never drop them silently
-            self.job_torch_reason = f"LoRA {', '.join(loras)} changes the UNet (not applied on OpenVINO yet)"
+        lora = unet_lora(self.source.unet) if self.source is not None else UNetLora()
+        if lora.why_not:  # the Lora extension applies it in torch's forward: never dropped silently
+            self.job_torch_reason = lora.why_not
         self.apply_settings(retry_unchanged=False)  # a per-job override_settings takes effect here
         if self.served is None:
             self.record.unavailable = self.record.unavailable or self.unavailable
@@ -182,11 +183,24 @@ class OpenVINOUnet(sd_unet.SdUnet):
         why_not = self.served.start_job(deepcache, expected_calls)
         if why_not:
             self.record.note(why_not)
+        if not lora.why_not:
+            self.serve_lora(lora)
         self.record.summary = self.served.summary()
         self.offload()  # after a torch fallback or an export, the weights go again
         if first_pass:
             self.sync_companions()
             self.sampled = False
+
+    def serve_lora(self, lora: UNetLora) -> None:
+        """The job's UNet LoRAs into the OpenVINO UNet's branch (none: the branch is emptied); one it
+        can't take makes the job torch's, with the reason in the infotext."""
+        try:
+            self.served.set_lora(lora.layers)
+        except UnsupportedLoraError as err:
+            why = "LoRA support is off in Settings → OpenVINO" if not self.served.settings.lora else str(err)
+            self.job_torch_reason = f"LoRA {', '.join(lora.names)}: {why}"
+            return
+        self.record.lora = ", ".join(lora.names)
 
     def sync_companions(self) -> None:
         """The VAE and the text encoder on OpenVINO for this job where the settings say so (their

@@ -105,26 +105,3 @@ def test_each_offload_mode_gives_the_same_picture_and_keeps_what_it_says(webui):
         and not unet.vae.ov._compiled
         and unet.text_encoder.ov.compiled is None
     )
-
-
-def test_a_unet_lora_is_never_dropped_silently(webui, monkeypatch):
-    """Until the compiled UNet applies LoRAs (issue #10), a job with a LoRA on the UNet runs on
-    torch (its weights read back), and the infotext names the LoRA; without it, OpenVINO again."""
-    unet = webui.shared.sd_model.model.diffusion_model
-    webui.shared.opts.sd_unet = "None"
-    torch_job = txt2img(webui)
-    webui.shared.opts.sd_unet = "Automatic"
-    txt2img(webui)
-    assert is_released(unet)
-    layer = next(m for name, m in unet.named_modules() if name.endswith("attn2.to_k"))
-    lora = SimpleNamespace(
-        name="inkstyle", unet_multiplier=0.8, modules={"k": SimpleNamespace(sd_module=layer)}
-    )
-    monkeypatch.setitem(sys.modules, "networks", SimpleNamespace(loaded_networks=[lora]))
-    job = txt2img(webui)
-    said = infotext_params(job.infotexts[0])["OpenVINO"]
-    assert said == "off (LoRA inkstyle:0.8 changes the UNet (not applied on OpenVINO yet))", said
-    assert not is_released(unet) and torch.equal(job.latent, torch_job.latent)
-    monkeypatch.setattr(sys.modules["networks"], "loaded_networks", [])
-    again = txt2img(webui)
-    assert infotext_params(again.infotexts[0])["OpenVINO"] == "fp32, CPU, f32, dynamic" and is_released(unet)

@@ -1,0 +1,184 @@
+"""Issue #10 in the webui stand-in: the Lora extension's loaded networks (stand-ins of its own
+classes and math, tests/webui_stub/extensions-builtin/Lora) served by the OpenVINO UNet's LoRA
+branch, against torch with the same networks merged into its weights the way the extension does
+(`calc_updown` added to each layer's weight)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sd_ov import metrics
+from sd_ov.torch_weights import is_released
+
+from .webui_harness import infotext_params, txt2img
+
+LORA_EXTENSION = Path(__file__).parent / "webui_stub" / "extensions-builtin" / "Lora"
+EXTENSION_MODULES = ("network", "network_lora", "network_hada", "networks")
+# Attention and feed-forward Linears and a 1x1 conv (an SD1 transformer's proj_in): what a
+# kohya-style LoRA for SD1.5 trains.
+LAYERS = (
+    "input_blocks.1.1.transformer_blocks.0.attn1.to_q",
+    "input_blocks.1.1.transformer_blocks.0.attn2.to_k",
+    "middle_block.1.transformer_blocks.0.ff.net.2",
+    "output_blocks.3.1.transformer_blocks.0.attn1.to_out.0",
+    "input_blocks.1.1.proj_in",
+)
+MATCH = 1e-3  # rel L2 of the final latent, OpenVINO with the branch against torch merged
+
+
+@pytest.fixture
+def lora_ext(monkeypatch):
+    """The stand-in extension on sys.path, as the webui puts extensions-builtin/Lora there."""
+    monkeypatch.syspath_prepend(str(LORA_EXTENSION))
+    for name in EXTENSION_MODULES:
+        sys.modules.pop(name, None)
+    import network
+    import network_hada
+    import network_lora
+    import networks
+
+    yield SimpleNamespace(
+        network=network, network_lora=network_lora, network_hada=network_hada, networks=networks
+    )
+    networks.loaded_networks.clear()
+    for name in EXTENSION_MODULES:
+        sys.modules.pop(name, None)
+
+
+def _weights(ext, path: str, module, w: dict):
+    key = path.replace(".", "_")
+    return ext.network.NetworkWeights(
+        network_key=f"lora_unet_{key}", sd_key=f"diffusion_model_{key}", w=w, sd_module=module
+    )
+
+
+def lora_network(ext, webui, tiny_unet, name, layers=LAYERS, rank=4, multiplier=1.0, seed=0):
+    """A LoRA network as the extension loads it from a file: up/down per layer, alpha = rank / 2."""
+    net = ext.network.Network(name)
+    net.unet_multiplier = multiplier
+    served = dict(webui.shared.sd_model.model.diffusion_model.named_modules())
+    original = dict(tiny_unet.named_modules())  # the same weights, never released: for magnitudes
+    gen = torch.Generator().manual_seed(seed)
+    for path in layers:
+        weight = original[path].weight.detach()
+        out_f, in_f = weight.shape[0], weight[0].numel()
+        down = torch.randn(rank, in_f, generator=gen) / in_f**0.5
+        up = torch.randn(out_f, rank, generator=gen) * weight.abs().mean() * 8
+        if weight.dim() == 4:
+            down, up = down.reshape(rank, in_f, 1, 1), up.reshape(out_f, rank, 1, 1)
+        w = {"lora_up.weight": up, "lora_down.weight": down, "alpha": torch.tensor(rank / 2)}
+        weights = _weights(ext, path, served[path], w)
+        net.modules[weights.network_key] = ext.network_lora.NetworkModuleLora(net, weights)
+    return net
+
+
+@contextlib.contextmanager
+def merged_into_torch(nets):
+    """What the extension does in torch's forward: each layer's weight plus its `calc_updown`."""
+    saved = {}
+    with torch.no_grad():
+        for net in nets:
+            for module in net.modules.values():
+                layer = module.sd_module
+                saved.setdefault(id(layer), (layer, layer.weight.detach().clone()))
+                updown, _ = module.calc_updown(layer.weight)
+                layer.weight += updown
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, weight in saved.values():
+                layer.weight.copy_(weight)
+
+
+def torch_job(webui, nets=()):
+    webui.shared.opts.sd_unet = "None"
+    with merged_into_torch(nets):
+        return txt2img(webui)
+
+
+def openvino_job(webui, ext, nets=(), override=None):
+    webui.shared.opts.sd_unet = "Automatic"
+    ext.networks.loaded_networks[:] = list(nets)
+    return txt2img(webui, override=override)
+
+
+def test_loras_run_on_openvino_and_switch_without_a_recompile(webui, lora_ext, tiny_unet):
+    style = lora_network(lora_ext, webui, tiny_unet, "style", multiplier=0.8, seed=1)
+    ink = lora_network(lora_ext, webui, tiny_unet, "ink", LAYERS[1:], rank=8, seed=2)
+    base = torch_job(webui)
+    expected = {
+        "style:0.8": torch_job(webui, [style]),
+        "style:0.4": None,
+        "style:0.8, ink:1": torch_job(webui, [style, ink]),
+    }
+    style.unet_multiplier = 0.4
+    expected["style:0.4"] = torch_job(webui, [style])
+    style.unet_multiplier = 0.8
+    assert metrics.rel_l2(expected["style:0.8"].latent, base.latent) > 0.05, "the LoRA must matter"
+
+    unet = webui.shared.sd_model.model.diffusion_model
+    job = openvino_job(webui, lora_ext, [style])
+    params = infotext_params(job.infotexts[0])
+    assert params["OpenVINO"] == "fp32, CPU, f32, dynamic" and params["OpenVINO LoRA"] == "style:0.8"
+    assert metrics.rel_l2(job.latent, expected["style:0.8"].latent) <= MATCH
+    assert is_released(unet), "the torch UNet's weights stay freed: OpenVINO applies the LoRA"
+
+    served = webui.sd_unet.current_unet.served
+    compiles = dict(served.plain.stats.compiles)
+    style.unet_multiplier = 0.4  # <lora:style:0.4>
+    job = openvino_job(webui, lora_ext, [style])
+    assert infotext_params(job.infotexts[0])["OpenVINO LoRA"] == "style:0.4"
+    assert metrics.rel_l2(job.latent, expected["style:0.4"].latent) <= MATCH
+    style.unet_multiplier = 0.8
+    job = openvino_job(webui, lora_ext, [style, ink])  # two at once, another rank
+    assert infotext_params(job.infotexts[0])["OpenVINO LoRA"] == "style:0.8, ink:1"
+    assert metrics.rel_l2(job.latent, expected["style:0.8, ink:1"].latent) <= MATCH
+    job = openvino_job(webui, lora_ext, [])  # and none again
+    assert "OpenVINO LoRA" not in infotext_params(job.infotexts[0])
+    assert metrics.rel_l2(job.latent, base.latent) <= MATCH
+    assert webui.sd_unet.current_unet.served is served and served.plain.stats.compiles == compiles
+
+
+def test_a_network_the_branch_cannot_take_runs_on_torch_with_the_reason(webui, lora_ext, tiny_unet):
+    """LoHa is not a low-rank update: the job is torch's (its weights read back), never a picture
+    without the LoRA; the next job without it is OpenVINO's again."""
+    unet = webui.shared.sd_model.model.diffusion_model
+    openvino_job(webui, lora_ext)
+    assert is_released(unet)
+    path = LAYERS[0]
+    layer = dict(unet.named_modules())[path]
+    rank, (out_f, in_f) = 2, tuple(dict(tiny_unet.named_modules())[path].weight.shape)
+    w = {
+        "hada_w1_a": torch.randn(out_f, rank),
+        "hada_w1_b": torch.randn(rank, in_f),
+        "hada_w2_a": torch.randn(out_f, rank),
+        "hada_w2_b": torch.randn(rank, in_f),
+    }
+    loha = lora_ext.network.Network("weave")
+    weights = _weights(lora_ext, path, layer, w)
+    loha.modules[weights.network_key] = lora_ext.network_hada.NetworkModuleHada(loha, weights)
+    job = openvino_job(webui, lora_ext, [loha])
+    said = infotext_params(job.infotexts[0])["OpenVINO"]
+    assert said.startswith("off (LoRA weave:1: LoHa layers are not served on OpenVINO yet"), said
+    assert not is_released(unet)
+    again = openvino_job(webui, lora_ext, [])
+    assert infotext_params(again.infotexts[0])["OpenVINO"] == "fp32, CPU, f32, dynamic" and is_released(unet)
+
+
+def test_with_lora_support_off_a_lora_job_is_torchs(webui, lora_ext, tiny_unet):
+    """Settings → OpenVINO → LoRA off: no branch in the graph, and a LoRA job runs on torch (the
+    stand-in's torch forward applies no network, so its picture is torch's base picture)."""
+    base = torch_job(webui)
+    style = lora_network(lora_ext, webui, tiny_unet, "style")
+    job = openvino_job(webui, lora_ext, [style], override={"sd_ov_lora": False})
+    said = infotext_params(job.infotexts[0])["OpenVINO"]
+    assert said == "off (LoRA style:1: LoRA support is off in Settings → OpenVINO)", said
+    assert not webui.sd_unet.current_unet.served.plain.lora_slots  # no branch in the graph
+    assert torch.equal(job.latent, base.latent)
