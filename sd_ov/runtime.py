@@ -191,6 +191,18 @@ class OVUNet:
         """How many layers the current LoRA set changes."""
         return len(self._lora)
 
+    def apply_lora(self) -> int:
+        """Put the current LoRA set into every compiled model's request now (calls do it lazily);
+        returns how many requests were updated."""
+        requests = [request for _, request in self._compiled.values()]
+        requests += [self._dynamic[1]] if self._dynamic is not None else []
+        stale = [r for r in requests if self._lora_applied.get(id(r), 0) != self._lora_version]
+        if not self.lora_slots:
+            return 0
+        for request in stale:
+            self._with_lora(request)
+        return len(stale)
+
     def _with_lora(self, request: ov.InferRequest) -> ov.InferRequest:
         if self.lora_slots and self._lora_applied.get(id(request), 0) != self._lora_version:
             set_states(request, self.lora_slots, self._lora)

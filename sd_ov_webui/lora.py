@@ -9,7 +9,9 @@ job torch's, with a note: never dropped silently.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +22,24 @@ from sd_ov.lora_branch import LoraLayer, concatenate
 def loaded_networks() -> list:
     networks = sys.modules.get("networks")
     return list(getattr(networks, "loaded_networks", []) or []) if networks is not None else []
+
+
+@contextlib.contextmanager
+def networks_set_aside() -> Iterator[None]:
+    """While inside (an export's trace), the Lora extension has no network loaded: its patched
+    forwards then restore the base weights instead of merging the prompt's LoRAs, so a LoRA in
+    the job that first exports a checkpoint is never baked into the cached IR."""
+    networks = sys.modules.get("networks")
+    loaded = getattr(networks, "loaded_networks", None) if networks is not None else None
+    if not loaded:
+        yield
+        return
+    saved = list(loaded)
+    loaded.clear()
+    try:
+        yield
+    finally:
+        loaded[:] = saved
 
 
 def networks_changing(module: torch.nn.Module, multiplier: str) -> list[str]:

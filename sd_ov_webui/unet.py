@@ -24,8 +24,8 @@ from sd_ov.recipe import Recipe
 from sd_ov.record import JobRecord
 from sd_ov.served import RuntimeSettings, ServedUNet, UNetSource
 
-from .lora import UNetLora, unet_lora
-from .offload import WebuiWeights, unet_weights
+from .lora import UNetLora, networks_set_aside, unet_lora
+from .offload import WebuiWeights, undo_lora_weights, unet_weights
 from .settings import cache_root, offload_mode, opt, runtime_settings
 from .text_encoder import WebuiTextEncoder, servable
 from .torch_unet import call_torch, foreign_forward, unet_calls_to
@@ -112,10 +112,13 @@ class OpenVINOUnet(sd_unet.SdUnet):
 
     @contextlib.contextmanager
     def torch_computes(self) -> Iterator[None]:
-        """While inside (an export's trace), the torch UNet has its weights and takes its calls."""
+        """While inside (an export's trace), the torch UNet has its base weights (no LoRA merged in)
+        and takes its calls."""
         if self.weights is not None:
             self.weights.ensure(webui_progress)
-        with unet_calls_to(None):
+        with networks_set_aside(), unet_calls_to(None):
+            if self.source is not None:
+                undo_lora_weights(self.source.unet)
             yield
 
     def offload(self) -> None:

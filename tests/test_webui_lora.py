@@ -182,3 +182,25 @@ def test_with_lora_support_off_a_lora_job_is_torchs(webui, lora_ext, tiny_unet):
     assert said == "off (LoRA style:1: LoRA support is off in Settings → OpenVINO)", said
     assert not webui.sd_unet.current_unet.served.plain.lora_slots  # no branch in the graph
     assert torch.equal(job.latent, base.latent)
+
+
+def test_a_lora_in_the_first_job_is_not_baked_into_the_export(webui, lora_ext, tiny_unet, tmp_path):
+    """The export traces torch's forward, which the real Lora extension patches to merge the loaded
+    networks: while it traces, no network is loaded (the cached IR is the checkpoint's own)."""
+    unet = webui.shared.sd_model.model.diffusion_model
+    seen = []
+
+    def record(*_):
+        if torch.jit.is_tracing():  # the export's calls, not the job's
+            seen.append(len(lora_ext.networks.loaded_networks))
+
+    hook = unet.register_forward_pre_hook(record)
+    style = lora_network(lora_ext, webui, tiny_unet, "style")
+    try:
+        job = openvino_job(webui, lora_ext, [style], override={"sd_ov_cache_dir": str(tmp_path / "fresh")})
+    finally:
+        hook.remove()
+    assert any(tmp_path.joinpath("fresh").rglob("unet.xml")), "this job exported"
+    assert seen and set(seen) == {0}, seen
+    assert lora_ext.networks.loaded_networks == [style]
+    assert infotext_params(job.infotexts[0])["OpenVINO LoRA"] == "style:1"

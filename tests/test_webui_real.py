@@ -290,14 +290,6 @@ def reset_peak(pid: int) -> None:
 COMPANIONS = {"sd_ov_vae": True, "sd_ov_text_encoder": True}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue #9, open: measured (AMD EPYC Zen 4, 2 cores) 8.38 GiB after the OpenVINO FP32 job in "
-    "`release` against 5.54 GiB after torch's; INT8 `release` 4.40 GiB (1.14 below torch, not 2); Optimize "
-    "peak 8.92 GiB (before its measurement ran OpenVINO and torch one after the other). `lowvram` passes: "
-    "1.34 GiB (FP32), 1.65 GiB (INT8). The compiled UNet held ~7 GiB here against ~3.8 GiB in the run "
-    "without the VAE/text encoder on OpenVINO: not explained yet",
-)
 def test_memory_openvino_is_lighter_than_torch_alone(installed):
     """Issue #9's webui checks at 512² (3 steps), in one webui process:
     - after a job on the OpenVINO FP32 UNet (VAE and text encoder through OpenVINO, `release`) the
