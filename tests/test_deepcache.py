@@ -159,3 +159,24 @@ def test_labels_differ_per_interval_while_the_ir_is_shared(deepcache_entry, tiny
     )
     assert again.entry.path == deepcache_entry.entry.path
     assert Recipe().with_deepcache(0).key() != Recipe().with_deepcache(1).key()
+
+
+def test_a_lora_serves_through_the_full_and_the_shallow_model(deepcache_entry, tiny_unet):
+    """Issue #10: with the LoRA branch, DeepCache's full model takes the whole LoRA set and the
+    shallow one the layers it holds; both equal torch with the LoRA merged."""
+    from .test_lora_branch import make_lora, merged
+
+    lora = make_lora(tiny_unet, seed=7)
+    shallow_only = "output_blocks.5.1.transformer_blocks.0.attn1.to_v"  # a layer of the outer blocks
+    lora.update(make_lora(tiny_unet, layers=(shallow_only,), seed=8))
+    runner = engine.open_deepcache(deepcache_entry.entry, DeepCacheConfig(3, 1), lora=True)
+    runner.full.set_lora(lora)
+    runner.shallow.set_lora(lora, every_layer=False)
+    assert runner.shallow.lora_layers < runner.full.lora_layers == len(lora)
+    x, t, c = unet_inputs(2, 32, 32, 77, 64, seed=9)
+    with torch.no_grad():
+        ref = merged(tiny_unet, lora)(x, t, c)
+    out, feature = runner.full(x, t, c)
+    assert metrics.rel_l2(out, ref) <= TOLERANCE
+    assert metrics.rel_l2(runner.shallow(x, t, c, feature), ref) <= TOLERANCE
+    assert metrics.rel_l2(tiny_unet(x, t, c).detach(), ref) > 0.05
