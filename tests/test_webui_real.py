@@ -374,3 +374,83 @@ def test_memory_openvino_is_lighter_than_torch_alone(installed):
     assert psnr(int8_image, torch_image) >= 20  # INT8 + ToMe on random weights: close, not identical
     assert rss["torch 512"][0] - rss["int8 512"][0] >= 2.0 / 1.073741824, report  # 2 GB
     assert "OpenVINO" not in back_info and psnr(back_image, torch_image) >= 60, report
+
+
+# SD1.5's transformer blocks and their widths: where a kohya-style LoRA trains.
+SD15_TRANSFORMERS = {
+    **{f"input_blocks.{i}.1": w for i, w in ((1, 320), (2, 320), (4, 640), (5, 640), (7, 1280), (8, 1280))},
+    "middle_block.1": 1280,
+    **{f"output_blocks.{i}.1": 1280 for i in (3, 4, 5)},
+    **{f"output_blocks.{i}.1": 640 for i in (6, 7, 8)},
+    **{f"output_blocks.{i}.1": 320 for i in (9, 10, 11)},
+}
+
+
+def write_lora(path: Path, rank: int, seed: int, strength: float) -> None:
+    """A seeded random LoRA file as kohya's scripts write them (fp16, `lora_unet_<layer>` keys,
+    alpha = rank), on attention Linears and the 1x1 proj_in convolutions of every block."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for block, width in SD15_TRANSFORMERS.items():
+        layers = {
+            "transformer_blocks.0.attn1.to_q": (width, width),
+            "transformer_blocks.0.attn2.to_k": (width, 768),
+            "transformer_blocks.0.attn1.to_out.0": (width, width),
+            "proj_in": (width, width),
+        }
+        for layer, (out_f, in_f) in layers.items():
+            key = "lora_unet_" + f"{block}.{layer}".replace(".", "_")
+            down = torch.randn(rank, in_f, generator=gen) / in_f**0.5
+            up = torch.randn(out_f, rank, generator=gen) * strength / rank**0.5
+            if layer == "proj_in":
+                down, up = down[..., None, None], up[..., None, None]
+            tensors[f"{key}.lora_down.weight"] = down.half()
+            tensors[f"{key}.lora_up.weight"] = up.half()
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path))
+
+
+def test_loras_on_openvino_match_torch_and_switch_without_a_recompile(installed):
+    """Issue #10's webui check: one and two LoRAs in the prompt on the OpenVINO UNet match torch's
+    picture with the same LoRAs (PSNR >= 35 dB, FP32), a weight change or another set recompiles
+    nothing, and the infotext names them."""
+    folder = Path(WEBUI) / "models" / "Lora"
+    folder.mkdir(exist_ok=True)
+    files = [folder / "sdov-test-a.safetensors", folder / "sdov-test-b.safetensors"]
+    write_lora(files[0], rank=8, seed=1, strength=0.5)
+    write_lora(files[1], rank=4, seed=2, strength=0.5)
+    prompts = {
+        "a:0.8": f"{JOB['prompt']} <lora:sdov-test-a:0.8>",
+        "a:0.4": f"{JOB['prompt']} <lora:sdov-test-a:0.4>",
+        "a+b": f"{JOB['prompt']} <lora:sdov-test-a:0.8> <lora:sdov-test-b:1>",
+    }
+    webui = Webui(Path(WEBUI), installed / "lora.log")
+    try:
+        base, _, _ = txt2img("None")
+        torch_pics = {name: txt2img("None", job={"prompt": prompt})[0] for name, prompt in prompts.items()}
+        txt2img("Automatic")  # compiles (or imports) the UNet with its LoRA branch
+        compiles_before = webui.log.read_text().count("[sd-ov] compiling the OpenVINO UNet")
+        ov = {name: txt2img("Automatic", job={"prompt": prompt})[:2] for name, prompt in prompts.items()}
+        ov_base, ov_base_info, _ = txt2img("Automatic")
+        compiles_after = webui.log.read_text().count("[sd-ov] compiling the OpenVINO UNet")
+    finally:
+        webui.stop()
+        for file in files:
+            file.unlink(missing_ok=True)
+    report = {name: round(psnr(image, torch_pics[name]), 1) for name, (image, _) in ov.items()}
+    print(
+        f"\n[lora] PSNR OpenVINO vs torch: {report}; LoRA vs none on torch: "
+        f"{psnr(torch_pics['a:0.8'], base):.1f} dB"
+    )
+    assert psnr(torch_pics["a:0.8"], base) < 30, "the LoRA must change torch's picture"
+    for name, (image, info) in ov.items():
+        assert info["OpenVINO"] == "fp32, CPU, f32, dynamic", info
+        assert psnr(image, torch_pics[name]) >= 35, report
+    assert ov["a:0.8"][1]["OpenVINO LoRA"] == "sdov-test-a:0.8"
+    assert ov["a:0.4"][1]["OpenVINO LoRA"] == "sdov-test-a:0.4"
+    assert ov["a+b"][1]["OpenVINO LoRA"] == "sdov-test-a:0.8, sdov-test-b:1"
+    assert "OpenVINO LoRA" not in ov_base_info and psnr(ov_base, base) >= 40
+    assert compiles_after == compiles_before, "switching LoRAs must not recompile"
