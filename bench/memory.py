@@ -12,8 +12,9 @@ not the model loading's. Modes:
 - torch: torch's text encoder, UNet (SDPA attention) and VAE;
 - openvino-none: OpenVINO serves all three, torch's modules stay in memory beside it;
 - openvino-release: OpenVINO serves, torch's weights are not held (what `release` leaves: their
-  storages freed; the host keeps only the token embedding for its prompt lookup);
-- openvino-lowvram: as release, and each compiled model lives only for its phase;
+  storages freed; the host keeps only the token embedding for its prompt lookup), and the text
+  encoder's and VAE's compiled models live only for their phase, as in the webui;
+- openvino-lowvram: as release, and the UNet's compiled model too;
 - int8-release / int8-lowvram: the same with the INT8 hybrid UNet recipe.
 
 Run by hand (minutes, GBs); the tables are in the README with the CPU they were measured on.
@@ -198,14 +199,14 @@ def picture_in_this_process(mode: str, root: Path, steps: int, size: int) -> Non
             image = vae.decode(latent / 0.18215)
         else:
             hidden = te.hidden(embedding(ids))
-            if lowvram:
+            if mode != "openvino-none":  # as the webui adapter: compiled for its phase only
                 te.release()
             latent = sample_euler(ov_unet, noise, hidden[:1], hidden[1:], steps=steps).latent
             if lowvram:
                 ov_unet.drop_compiled()
                 trim_heap()
             image = ov_vae.decode(latent / 0.18215)
-            if lowvram:
+            if mode != "openvino-none":
                 ov_vae.release()
     seconds = time.perf_counter() - started
     trim_heap()

@@ -40,7 +40,9 @@ class RuntimeSettings:
     shape_policy: str = DEFAULT_SHAPE_POLICY
     max_compiled: int = 2
     cache_compiled: bool = True
-    lora: bool = False  # a LoRA branch beside every Linear/1x1 conv (lora_branch.py); off: the IR's graph
+    # LoRA allowed: the branch beside every Linear/1x1 conv (lora_branch.py) is added at the first
+    # LoRA; off, the graph stays the IR's and a LoRA is refused.
+    lora: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -68,7 +70,6 @@ class RuntimeSettings:
             "shape_policy": self.shape_policy,
             "max_compiled": self.max_compiled,
             "cache_compiled": self.cache_compiled,
-            "lora": self.lora,
         }
 
 
@@ -127,16 +128,28 @@ class ServedUNet:
         self.deepcache: DeepCacheUNet | None = None
         self.job_deepcache = DeepCacheConfig()
         self.lora: dict[str, LoraLayer] = {}
+        # The branch costs memory (+0.36 GiB for SD1.5 at 512²) and a few % per step: the graph
+        # gets it at the first LoRA, then keeps it, so later switches recompile nothing.
+        self.with_branch = False
 
     def open(self) -> None:
         """Find (or export) the entry and read it for the device; compiles come with the first call."""
         self.entry = self.source.entry(self.recipe, self.progress)
-        self.plain = engine.open_unet(self.entry, progress=self.progress, **self.settings.open_kwargs())
+        self.plain = engine.open_unet(
+            self.entry, progress=self.progress, lora=self.with_branch, **self.settings.open_kwargs()
+        )
         self._reapply_lora()
 
     def set_lora(self, layers: Mapping[str, LoraLayer]) -> None:
         """The LoRA updates (by torch layer path) of the next calls, on whichever models serve
-        them; empty: none. Raises UnsupportedLoraError (the job is then torch's)."""
+        them; empty: none. The first LoRA reopens the models with the branch (one compile; call
+        this before `start_job`, which then opens DeepCache's with it too). Raises
+        UnsupportedLoraError (the job is then torch's)."""
+        if layers and not self.with_branch and self.settings.lora:
+            self.progress("adding the LoRA branch to the OpenVINO UNet (compiled once)", 0.0)
+            self.release()
+            self.with_branch = True
+            self.open()
         self.lora = dict(layers)
         self._apply_lora()
 
@@ -168,6 +181,7 @@ class ServedUNet:
             return False
         self.release()
         self.settings = wanted
+        self.with_branch = self.with_branch and wanted.lora
         self.open()
         return True
 
@@ -192,7 +206,11 @@ class ServedUNet:
                     self.plain = None
                     gc.collect()
                 self.deepcache = engine.open_deepcache(
-                    entry, config, progress=self.progress, **self.settings.open_kwargs()
+                    entry,
+                    config,
+                    progress=self.progress,
+                    lora=self.with_branch,
+                    **self.settings.open_kwargs(),
                 )
                 self._reapply_lora()
             self.deepcache.start(config, expected_calls)

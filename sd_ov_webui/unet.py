@@ -183,11 +183,11 @@ class OpenVINOUnet(sd_unet.SdUnet):
         if self.served is None:
             self.record.unavailable = self.record.unavailable or self.unavailable
             return
+        if not lora.why_not:
+            self.serve_lora(lora)  # before start_job: the first LoRA reopens the models with the branch
         why_not = self.served.start_job(deepcache, expected_calls)
         if why_not:
             self.record.note(why_not)
-        if not lora.why_not:
-            self.serve_lora(lora)
         self.record.summary = self.served.summary()
         self.offload()  # after a torch fallback or an export, the weights go again
         if first_pass:

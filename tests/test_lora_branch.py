@@ -65,10 +65,19 @@ def inputs():
     return unet_inputs(2, 16, 16, 77, 64, seed=4)
 
 
-def test_a_lora_on_linear_and_1x1_conv_layers_matches_torch_with_merged_weights(
-    tiny_unet, tiny_entry, inputs
-):
-    runtime = engine.open_unet(tiny_entry, cache_compiled=False, lora=True)
+@pytest.fixture(scope="module")
+def branch_unet(tiny_entry):
+    """One compiled UNet with the branch for the module's tests: each sets its own LoRA set."""
+    return engine.open_unet(tiny_entry, cache_compiled=False, lora=True)
+
+
+@pytest.fixture
+def runtime(branch_unet):
+    branch_unet.set_lora({})
+    return branch_unet
+
+
+def test_a_lora_on_linear_and_1x1_conv_layers_matches_torch_with_merged_weights(tiny_unet, runtime, inputs):
     assert set(LAYERS) <= set(runtime.lora_slots)
     base = runtime(*inputs)
     lora = make_lora(tiny_unet)
@@ -81,9 +90,8 @@ def test_a_lora_on_linear_and_1x1_conv_layers_matches_torch_with_merged_weights(
     )
 
 
-def test_no_lora_gives_the_plain_models_output(tiny_entry, inputs):
+def test_no_lora_gives_the_plain_models_output(tiny_entry, runtime, inputs):
     plain = engine.open_unet(tiny_entry, cache_compiled=False)(*inputs)
-    runtime = engine.open_unet(tiny_entry, cache_compiled=False, lora=True)
     assert metrics.rel_l2(runtime(*inputs), plain) <= 1e-6
     runtime.set_lora(make_lora_for(runtime))
     runtime(*inputs)
@@ -101,8 +109,7 @@ def make_lora_for(runtime) -> dict[str, LoraLayer]:
     }
 
 
-def test_weights_and_lora_sets_change_between_calls_without_a_recompile(tiny_unet, tiny_entry, inputs):
-    runtime = engine.open_unet(tiny_entry, cache_compiled=False, lora=True)
+def test_weights_and_lora_sets_change_between_calls_without_a_recompile(tiny_unet, runtime, inputs):
     first = make_lora(tiny_unet, seed=1)
     second = make_lora(tiny_unet, layers=LAYERS[2:], rank=8, seed=2)
     runtime.set_lora(first)
@@ -119,17 +126,15 @@ def test_weights_and_lora_sets_change_between_calls_without_a_recompile(tiny_une
     assert runtime.stats.compiles == compiles
 
 
-def test_two_loras_concatenated_equal_both_merged(tiny_unet, tiny_entry, inputs):
+def test_two_loras_concatenated_equal_both_merged(tiny_unet, runtime, inputs):
     a = make_lora(tiny_unet, seed=3)
     b = make_lora(tiny_unet, layers=LAYERS[:3], rank=2, seed=4)
     both = merged(merged(tiny_unet, a), b)
-    runtime = engine.open_unet(tiny_entry, cache_compiled=False, lora=True)
     runtime.set_lora(concatenate([a, b]))
     assert metrics.rel_l2(runtime(*inputs), run_torch(both, inputs)) <= TOLERANCE
 
 
-def test_layers_without_a_branch_or_of_another_shape_are_refused(tiny_unet, tiny_entry):
-    runtime = engine.open_unet(tiny_entry, cache_compiled=False, lora=True)
+def test_layers_without_a_branch_or_of_another_shape_are_refused(tiny_unet, tiny_entry, runtime):
     conv3 = "input_blocks.1.0.in_layers.2"  # a 3x3 convolution: LoCon's kind, not served
     assert conv3 not in runtime.lora_slots
     with pytest.raises(UnsupportedLoraError, match=conv3):

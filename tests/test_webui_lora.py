@@ -124,7 +124,10 @@ def test_loras_run_on_openvino_and_switch_without_a_recompile(webui, lora_ext, t
     assert metrics.rel_l2(expected["style:0.8"].latent, base.latent) > 0.05, "the LoRA must matter"
 
     unet = webui.shared.sd_model.model.diffusion_model
-    job = openvino_job(webui, lora_ext, [style])
+    openvino_job(webui, lora_ext, [])
+    assert not webui.sd_unet.current_unet.served.plain.lora_slots, "no LoRA yet: no branch, no cost"
+    job = openvino_job(webui, lora_ext, [style])  # the first LoRA: the graph gets its branch
+    assert webui.sd_unet.current_unet.served.plain.lora_slots
     params = infotext_params(job.infotexts[0])
     assert params["OpenVINO"] == "fp32, CPU, f32, dynamic" and params["OpenVINO LoRA"] == "style:0.8"
     assert metrics.rel_l2(job.latent, expected["style:0.8"].latent) <= MATCH
@@ -204,3 +207,19 @@ def test_a_lora_in_the_first_job_is_not_baked_into_the_export(webui, lora_ext, t
     assert seen and set(seen) == {0}, seen
     assert lora_ext.networks.loaded_networks == [style]
     assert infotext_params(job.infotexts[0])["OpenVINO LoRA"] == "style:1"
+
+
+def test_a_lora_with_deepcache_runs_on_both_models(webui, lora_ext, tiny_unet):
+    """The first LoRA reopens the models with the branch before DeepCache's open for the job."""
+    outer = "output_blocks.5.1.transformer_blocks.0.attn1.to_v"  # in the shallow model too
+    style = lora_network(lora_ext, webui, tiny_unet, "style", (*LAYERS, outer), seed=3)
+    webui.shared.opts.sd_unet = "Automatic"
+    lora_ext.networks.loaded_networks[:] = [style]
+    job = txt2img(webui, deepcache=(2, 0, "uniform"))
+    params = infotext_params(job.infotexts[0])
+    assert params["OpenVINO"].startswith("fp32+DeepCache") and params["OpenVINO LoRA"] == "style:1", params
+    served = webui.sd_unet.current_unet.served
+    assert served.deepcache.full.lora_layers == len(LAYERS) + 1 and served.deepcache.shallow.lora_layers == 1
+    lora_ext.networks.loaded_networks[:] = []
+    plain_dc = txt2img(webui, deepcache=(2, 0, "uniform"))
+    assert metrics.rel_l2(job.latent, plain_dc.latent) > 0.05  # the LoRA reached the picture
