@@ -33,8 +33,8 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "sd_ov_deepcache_branch": 0,
     "sd_ov_deepcache_schedule": "uniform",
     "sd_ov_offload": "release",
-    "sd_ov_vae": False,
-    "sd_ov_text_encoder": False,
+    "sd_ov_vae": True,
+    "sd_ov_text_encoder": True,
     "sd_ov_lora": True,
 }
 # Settings that change how the served UNet is compiled: a change reopens it.
