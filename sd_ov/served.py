@@ -135,6 +135,9 @@ class ServedUNet:
     def open(self) -> None:
         """Find (or export) the entry and read it for the device; compiles come with the first call."""
         self.entry = self.source.entry(self.recipe, self.progress)
+        self._open_plain()
+
+    def _open_plain(self) -> None:
         self.plain = engine.open_unet(
             self.entry, progress=self.progress, lora=self.with_branch, **self.settings.open_kwargs()
         )
@@ -149,7 +152,10 @@ class ServedUNet:
             self.progress("adding the LoRA branch to the OpenVINO UNet (compiled once)", 0.0)
             self.release()
             self.with_branch = True
-            self.open()
+            if self.entry is None:
+                self.open()
+            else:  # the entry found before: no lookup (which would read torch's weights back)
+                self._open_plain()
         self.lora = dict(layers)
         self._apply_lora()
 

@@ -431,9 +431,11 @@ def test_loras_on_openvino_match_torch_and_switch_without_a_recompile(installed)
     try:
         base, _, _ = txt2img("None")
         torch_pics = {name: txt2img("None", job={"prompt": prompt})[0] for name, prompt in prompts.items()}
-        txt2img("Automatic")  # compiles (or imports) the UNet with its LoRA branch
+        ov_plain, ov_plain_info, _ = txt2img("Automatic")  # no LoRA: the graph has no branch
+        ov = {"a:0.8": txt2img("Automatic", job={"prompt": prompts["a:0.8"]})[:2]}  # adds it: one compile
         compiles_before = webui.log.read_text().count("[sd-ov] compiling the OpenVINO UNet")
-        ov = {name: txt2img("Automatic", job={"prompt": prompt})[:2] for name, prompt in prompts.items()}
+        for name in ("a:0.4", "a+b"):
+            ov[name] = txt2img("Automatic", job={"prompt": prompts[name]})[:2]
         ov_base, ov_base_info, _ = txt2img("Automatic")
         compiles_after = webui.log.read_text().count("[sd-ov] compiling the OpenVINO UNet")
     finally:
@@ -453,4 +455,6 @@ def test_loras_on_openvino_match_torch_and_switch_without_a_recompile(installed)
     assert ov["a:0.4"][1]["OpenVINO LoRA"] == "sdov-test-a:0.4"
     assert ov["a+b"][1]["OpenVINO LoRA"] == "sdov-test-a:0.8, sdov-test-b:1"
     assert "OpenVINO LoRA" not in ov_base_info and psnr(ov_base, base) >= 40
+    assert "OpenVINO LoRA" not in ov_plain_info and psnr(ov_plain, base) >= 40
     assert compiles_after == compiles_before, "switching LoRAs must not recompile"
+    assert "[sd-ov] adding the LoRA branch" in webui.log.read_text()
