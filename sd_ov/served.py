@@ -128,7 +128,7 @@ class ServedUNet:
         self.deepcache: DeepCacheUNet | None = None
         self.job_deepcache = DeepCacheConfig()
         self.lora: dict[str, LoraLayer] = {}
-        # The branch costs memory (+0.36 GiB for SD1.5 at 512²) and a few % per step: the graph
+        # The branch costs memory (+0.31 GiB for SD1.5 at 512², bench/lora.py), so the graph
         # gets it at the first LoRA, then keeps it, so later switches recompile nothing.
         self.with_branch = False
 
