@@ -51,6 +51,12 @@ def release_mapped_file(*paths: str | os.PathLike) -> int:
     return advised
 
 
+def mapped_sources(ir_path: str | os.PathLike, blob_dir: str | os.PathLike | None) -> tuple[Path, ...]:
+    """What a compiled model leaves mapped, to give back after compiling: its IR's `.bin`, and the
+    blob cache it may have been imported from."""
+    return (Path(ir_path).with_suffix(".bin"), *([Path(blob_dir)] if blob_dir else []))
+
+
 def mapped_resident_bytes(*paths: str | os.PathLike) -> int:
     """Resident bytes of this process's mappings of `paths` (folders: every file under them), from
     /proc/self/smaps: what a memory report should name when RSS looks too high. Linux only."""

@@ -36,7 +36,7 @@ from .lora_branch import (
     check_layers,
     set_states,
 )
-from .memory import mapped_file_released, release_mapped_file
+from .memory import mapped_file_released, mapped_sources, release_mapped_file
 from .ov_core import compile_properties, get_core, resolve_device
 from .progress import ProgressFn, silent
 
@@ -82,8 +82,7 @@ class OVUNet:
         self.max_compiled = max(1, int(max_compiled))
         self.downsample = max(1, int(downsample))
         self.properties = compile_properties(self.device, precision, blob_dir)
-        # Pages to give back once compiled: the IR's weights, and a blob imported from the cache.
-        self.mapped_sources = (Path(xml_path).with_suffix(".bin"), *([Path(blob_dir)] if blob_dir else []))
+        self.mapped_sources = mapped_sources(xml_path, blob_dir)
         self.progress = progress
         self.xml_path = Path(xml_path)
         self.model: ov.Model | None = self.core.read_model(str(xml_path))

@@ -22,7 +22,7 @@ import torch
 
 from . import cache
 from .export import save_ir
-from .memory import mapped_file_released, release_mapped_file
+from .memory import mapped_file_released, mapped_sources, release_mapped_file
 from .ov_core import compile_properties, get_core, resolve_device
 from .progress import ProgressFn, silent
 from .recipe import Recipe
@@ -135,7 +135,7 @@ class OVTextEncoder:
         self.progress = progress
         self.compiled: ov.CompiledModel | None = None
         self.xml = entry.ir_path("text_encoder")
-        self.mapped_sources = (self.xml.with_suffix(".bin"), *([blob_dir] if blob_dir else []))
+        self.mapped_sources = mapped_sources(self.xml, blob_dir)
         self.layers = int(self.core.read_model(str(self.xml)).output(0).get_partial_shape()[0].get_length())
 
     def hidden(self, embeds: torch.Tensor, skip: int = 1) -> torch.Tensor:

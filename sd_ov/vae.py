@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from . import cache
 from .export import save_ir
-from .memory import mapped_file_released, release_mapped_file
+from .memory import mapped_file_released, mapped_sources, release_mapped_file
 from .ov_core import compile_properties, get_core, resolve_device
 from .progress import ProgressFn, silent
 from .recipe import Recipe
@@ -165,9 +165,8 @@ class OVVae:
         self.entry = entry
         self.core = get_core()
         self.device = resolve_device(device)
-        blob_dir = entry.blob_dir if cache_compiled else None
-        self.properties = compile_properties(self.device, precision, blob_dir)
-        self.blob_sources = [blob_dir] if blob_dir else []  # an imported blob's pages, given back too
+        self.blob_dir = entry.blob_dir if cache_compiled else None
+        self.properties = compile_properties(self.device, precision, self.blob_dir)
         self.progress = progress
         self._compiled: dict[str, ov.CompiledModel] = {}
         self.timings: dict[str, float] = {}
@@ -183,7 +182,7 @@ class OVVae:
             model = self.core.read_model(str(ir))
             if which == "image":
                 model = image_output(model)
-            with mapped_file_released(ir.with_suffix(".bin"), *self.blob_sources):
+            with mapped_file_released(*mapped_sources(ir, self.blob_dir)):
                 self._compiled[which] = self.core.compile_model(model, self.device, self.properties)
             self.timings[f"compile_{which}_s"] = time.perf_counter() - started
         return self._compiled[which]
@@ -193,7 +192,7 @@ class OVVae:
         array = np.ascontiguousarray(value.detach().to("cpu", torch.float32).numpy())
         out = compiled.create_infer_request().infer({0: array})[0]  # a request per call: no reuse of outputs
         # pages a new shape read (see runtime.py)
-        release_mapped_file(self._ir(which).with_suffix(".bin"), *self.blob_sources)
+        release_mapped_file(*mapped_sources(self._ir(which), self.blob_dir))
         return out
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
