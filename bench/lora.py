@@ -4,7 +4,8 @@ the LoRA branch (no LoRA, 1 LoRA, 3 LoRAs), the time to switch LoRA sets, and me
 Question it answers (issue #10): what does serving LoRAs through state variables cost a user who
 has none, and one who has some, against recompiling (what the anchors do)? The LoRAs are seeded
 random, rank 16 on every layer a kohya SD1.5 LoRA trains (attention q/k/v/out, feed-forward,
-proj_in/proj_out); the UNet has seeded random weights. Speed only: what the branch computes is
+proj_in/proj_out), and one LoCon on every layer, 3x3 convs included (as LCM-LoRA trains); the
+UNet has seeded random weights. Speed only: what the branch computes is
 checked against torch by tests/test_lora_branch.py.
 
 Fairness: both models are compiled first; then each round calls plain, branch+none, branch+1 and
@@ -47,11 +48,12 @@ BATCH, TOKENS, TIMESTEP = 2, 77, 500.0
 KOHYA_LAYERS = ("attn1.to_", "attn2.to_", "ff.net.", "proj_in", "proj_out")
 
 
-def random_lora(runtime: OVUNet, rank: int, seed: int) -> dict[str, LoraLayer]:
+def random_lora(runtime: OVUNet, rank: int, seed: int, every_layer: bool = False) -> dict[str, LoraLayer]:
+    """kohya's layers, or every_layer: each Linear and conv, 3x3 ones too (LoCon, LCM-LoRA)."""
     rng = np.random.default_rng(seed)
     lora = {}
     for path, slot in runtime.lora_slots.items():
-        if any(part in path for part in KOHYA_LAYERS):
+        if every_layer or any(part in path for part in KOHYA_LAYERS):
             down = rng.standard_normal((rank, slot.in_features), dtype=np.float32) / slot.in_features**0.5
             up = rng.standard_normal((slot.out_features, rank), dtype=np.float32) * 1e-3
             lora[path] = LoraLayer(down, up)
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "none": {},
         "1 LoRA": random_lora(branch, args.rank, 1),
         "3 LoRAs": concatenate(random_lora(branch, args.rank, s) for s in (2, 3, 4)),
+        "1 LoCon (every layer)": random_lora(branch, args.rank, 5, every_layer=True),
     }
 
     switch_s = {}

@@ -1,4 +1,4 @@
-"""LoRA on a compiled UNet: a low-rank branch beside every Linear and 1x1 convolution of the graph,
+"""LoRA on a compiled UNet: a low-rank branch beside every Linear and convolution of the graph,
 whose matrices are OpenVINO state variables set per job.
 
 A LoRA changes a layer's output by `up @ (down @ x) * scale`. Merging that into the weights would
@@ -10,9 +10,15 @@ several LoRAs are concatenated along the rank, and switching LoRAs or their weig
 infer request's states: no export, no compile. A variable never set is empty (rank 0): the branch
 adds nothing, so the picture without LoRA is the base model's.
 
-Not served here (the host runs such a job on torch and says why): kxk convolutions (LoCon's 3x3
-parts; the CPU plugin takes no convolution weights of dynamic shape), and layers a recipe changed
-(pruned widths).
+A kxk convolution's LoRA (LoCon, LCM-LoRA: `down` a kxk conv of rank r, `up` a 1x1 conv) can't be
+a Convolution whose weights are a variable of dynamic rank: the CPU plugin takes no convolution
+weights of dynamic shape. So the down conv is one MatMul of all its taps, `down` [kh*kw*r, in]
+(set_states reorders torch's [r, in, kh, kw]), followed by the sum of each tap's r channels
+shifted by the tap's offset (`_kxk_low`). Cutting the input into patches instead
+(`ExtractImagePatches`) cost ~5 GiB of buffers for SD1.5 at 512², even at rank 0.
+
+Not served here (the host runs such a job on torch and says why): grouped convolutions, and layers
+a recipe changed (pruned widths).
 """
 
 from __future__ import annotations
@@ -55,9 +61,16 @@ class BranchSlot:
     """Where a layer's branch lives in the graph: its variables and the shapes they take."""
 
     layer: str  # the torch module's path in the UNet, e.g. input_blocks.1.1.proj_in
-    kind: str  # "linear" or "conv1x1"
-    in_features: int
+    kind: str  # "linear", "conv1x1" or "conv" (kxk)
+    in_features: int  # as torch's weight counts them: in channels * kh * kw for a conv
     out_features: int
+    kernel: tuple[int, int] = (1, 1)
+
+    @property
+    def channels(self) -> int:
+        """Width of the `down` variable: in features, or a conv's input channels (one block of
+        rows per kernel tap)."""
+        return self.in_features // (self.kernel[0] * self.kernel[1])
 
     @property
     def down_id(self) -> str:
@@ -102,6 +115,10 @@ def _static_dims(port: ov.Output) -> list[int] | None:
     return [d.get_length() for d in shape] if shape.is_static else None
 
 
+def _ints(values) -> list[int]:
+    return [int(v) for v in values]
+
+
 def _slot_for(node: ov.Node, layer: str) -> BranchSlot | None:
     weight = _static_dims(node.input_value(1))
     if weight is None:
@@ -111,24 +128,61 @@ def _slot_for(node: ov.Node, layer: str) -> BranchSlot | None:
         transposed = node.get_attributes().get("transpose_b", False)
         out_f, in_f = weight if transposed else weight[::-1]
         return BranchSlot(layer, "linear", int(in_f), int(out_f))
-    if kind == "Convolution" and len(weight) == 4 and weight[2:] == [1, 1]:
+    if kind == "Convolution" and len(weight) == 4:
         attrs = node.get_attributes()
-        plain = all(int(v) == 1 for v in attrs["strides"]) and all(int(v) == 0 for v in attrs["pads_begin"])
-        if plain and all(int(v) == 0 for v in attrs["pads_end"]):
-            return BranchSlot(layer, "conv1x1", int(weight[1]), int(weight[0]))
+        out_c, in_c, kh, kw = (int(d) for d in weight)
+        pointwise = (kh, kw) == (1, 1) and _ints(attrs["strides"]) == [1, 1]
+        if pointwise and not any(_ints(attrs["pads_begin"]) + _ints(attrs["pads_end"])):
+            return BranchSlot(layer, "conv1x1", in_c, out_c)
+        return BranchSlot(layer, "conv", in_c * kh * kw, out_c, (kh, kw))
     return None
 
 
+def _i64(values) -> ov.Node:
+    return ops.constant(np.array(values, np.int64))
+
+
+def _kxk_low(x: ov.Output, down: ov.Output, conv: ov.Node, kernel: tuple[int, int]) -> ov.Node:
+    """The down conv of a kxk LoRA, [B, r, H', W']: one MatMul gives every tap's r channels at
+    every pixel, `y[tap] = down[tap] @ x`; the conv's output is then the sum over taps of `y[tap]`
+    shifted by the tap's offset (a strided Slice of the padded `y`). All of it is r channels wide,
+    so the cost follows the LoRA's rank: nothing at rank 0, and no copy of x per tap."""
+    attrs = conv.get_attributes()
+    strides, dilations = _ints(attrs["strides"]), _ints(attrs["dilations"])
+    taps = kernel[0] * kernel[1]
+    y = ops.matmul(down, ops.reshape(x, _i64([0, 0, -1]), special_zero=True), False, False)
+    x_shape = ops.shape_of(x)
+    rank = ops.divide(ops.gather(ops.shape_of(down), _i64([0]), _i64(0)), _i64([taps]))
+    batch, spatial = ops.gather(x_shape, _i64([0]), _i64(0)), ops.gather(x_shape, _i64([2, 3]), _i64(0))
+    y = ops.reshape(y, ops.concat([batch, _i64([taps]), rank, spatial], 0), special_zero=False)
+    pads_begin, pads_end = _ints(attrs["pads_begin"]), _ints(attrs["pads_end"])
+    y = ops.pad(y, _i64([0, 0, 0, *pads_begin]), _i64([0, 0, 0, *pads_end]), "constant")
+    out_hw = ops.gather(ops.shape_of(conv.output(0)), _i64([2, 3]), _i64(0))
+    span = ops.add(ops.multiply(ops.subtract(out_hw, _i64([1, 1])), _i64(strides)), _i64([1, 1]))
+    total = None
+    for tap in range(taps):
+        i, j = divmod(tap, kernel[1])
+        offset = _i64([i * dilations[0], j * dilations[1]])
+        start = ops.concat([_i64([tap]), offset], 0)
+        stop = ops.concat([_i64([tap + 1]), ops.add(offset, span)], 0)
+        piece = ops.slice(y, start, stop, _i64([1, *strides]), _i64([1, 3, 4]))
+        piece = ops.squeeze(piece, _i64([1]))
+        total = piece if total is None else ops.add(total, piece)
+    return total
+
+
 def _branch(node: ov.Node, slot: BranchSlot) -> tuple[ov.Output, list[ov.Node]]:
-    down, down_assign = _variable(slot.down_id, [-1, slot.in_features])
+    down, down_assign = _variable(slot.down_id, [-1, slot.channels])
     up, up_assign = _variable(slot.up_id, [slot.out_features, -1])
     x = _activation(node)
     if slot.kind == "linear":  # x [..., in]
         low = ops.matmul(x, down, False, True)
         delta = ops.matmul(low, up, False, True)
     else:  # x [B, in, H, W]: as matrices [B, in, H*W], so no transposes
-        flat = ops.reshape(x, ops.constant(np.array([0, 0, -1], np.int64)), special_zero=True)
-        low = ops.matmul(down, flat, False, False)
+        if slot.kind == "conv":
+            low = ops.reshape(_kxk_low(x, down, node, slot.kernel), _i64([0, 0, -1]), special_zero=True)
+        else:
+            low = ops.matmul(down, ops.reshape(x, _i64([0, 0, -1]), special_zero=True), False, False)
         delta = ops.reshape(
             ops.matmul(up, low, False, False), ops.shape_of(node.output(0)), special_zero=False
         )
@@ -136,8 +190,8 @@ def _branch(node: ov.Node, slot: BranchSlot) -> tuple[ov.Output, list[ov.Node]]:
 
 
 def add_lora_branches(model: ov.Model) -> dict[str, BranchSlot]:
-    """Give every Linear and 1x1 Conv2d of `model` (in place) a branch of empty state; returns the
-    slots by layer path. kxk convolutions are left as they are (see the module doc)."""
+    """Give every Linear and Conv2d of `model` (in place) a branch of empty state; returns the
+    slots by layer path. A grouped convolution is a GroupConvolution node: left as it is."""
     slots: dict[str, BranchSlot] = {}
     sinks: list[ov.Node] = []
     for node in model.get_ordered_ops():
@@ -205,7 +259,11 @@ def set_states(
     values: dict[str, np.ndarray] = {}
     for layer, update in placed.items():
         slot = slots[layer]
-        values[slot.down_id] = np.ascontiguousarray(update.down, dtype=np.float32)
+        down = update.down
+        if slot.kind == "conv":  # torch's [r, in, kh, kw] to one [r, in] block per tap: [kh*kw*r, in]
+            taps_first = down.reshape(update.rank, slot.channels, *slot.kernel).transpose(2, 3, 0, 1)
+            down = taps_first.reshape(-1, slot.channels)
+        values[slot.down_id] = np.ascontiguousarray(down, dtype=np.float32)
         values[slot.up_id] = np.ascontiguousarray(update.up, dtype=np.float32)
     for state in request.query_state():
         value = values.get(state.name)

@@ -75,27 +75,29 @@ def _why_not_low_rank(module) -> str | None:
     kind = type(module).__name__
     if kind != "NetworkModuleLora":
         return f"{NETWORK_KINDS.get(kind, kind)} layers are not served on OpenVINO yet"
-    if getattr(module, "mid_model", None) is not None:
-        return "a CP-decomposed (LoCon mid) layer is not served on OpenVINO yet"
     if getattr(module, "dora_scale", None) is not None:
         return "DoRA layers are not served on OpenVINO yet"
     if getattr(module, "bias", None) is not None:
         return "a LoRA with a bias diff is not served on OpenVINO yet"
-    down = module.down_model.weight
-    if down.dim() == 4 and tuple(down.shape[2:]) != (1, 1):
-        return "3x3 convolution LoRA (LoCon) is not served on OpenVINO yet"
     return None
 
 
 def _low_rank(module) -> LoraLayer:
-    """The webui's own numbers (`rebuild_conventional`, `finalize_updown`): rank cut to the
-    network's dyn_dim, `calc_scale()` (alpha / rank, or scale) and `multiplier()` folded into up."""
+    """The webui's own numbers (`rebuild_conventional`, `rebuild_cp_decomposition`,
+    `finalize_updown`): rank cut to the network's dyn_dim, `calc_scale()` (alpha / rank, or scale)
+    and `multiplier()` folded into up. A LoCon 3x3 layer's down keeps torch's (in, kh, kw) order;
+    a CP-decomposed one (1x1 down, kxk mid) is the same as a kxk down of the mid's rank."""
     up = module.up_model.weight.detach().float()
     down = module.down_model.weight.detach().float()
     up, down = up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1)
-    dyn_dim = getattr(module.network, "dyn_dim", None)
-    if dyn_dim is not None:
-        up, down = up[:, :dyn_dim], down[:dyn_dim]
+    mid = getattr(module, "mid_model", None)
+    if mid is not None:  # einsum('n m k l, i n, m j -> i j k l', mid, up, down), as the webui
+        down = torch.einsum("nmkl,mj->njkl", mid.weight.detach().float(), down)
+        down = down.reshape(down.shape[0], -1)
+    else:
+        dyn_dim = getattr(module.network, "dyn_dim", None)
+        if dyn_dim is not None:
+            up, down = up[:, :dyn_dim], down[:dyn_dim]
     scale = float(module.multiplier()) * float(module.calc_scale())
     return LoraLayer(down.cpu().numpy(), (up * scale).cpu().numpy())
 

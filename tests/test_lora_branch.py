@@ -17,8 +17,10 @@ from sd_ov.recipe import Recipe
 
 from .conftest import unet_inputs
 
-# Linear layers of attention and feed-forward (3-D inputs), the time embedding (2-D), and 1x1
-# convolutions (proj_in / proj_out of an SD1 transformer, a ResBlock's skip connection).
+# Linear layers of attention and feed-forward (3-D inputs), the time embedding (2-D), 1x1
+# convolutions (proj_in / proj_out of an SD1 transformer, a ResBlock's skip connection), and 3x3
+# ones as LoCon and LCM-LoRA train them: a ResBlock's conv, the stride-2 downsample, the
+# upsample's conv, conv_in (4 input channels).
 LAYERS = (
     "input_blocks.1.1.transformer_blocks.0.attn1.to_q",
     "input_blocks.1.1.transformer_blocks.0.attn2.to_k",
@@ -26,6 +28,10 @@ LAYERS = (
     "time_embed.0",
     "input_blocks.1.1.proj_in",
     "output_blocks.0.0.skip_connection",
+    "input_blocks.1.0.in_layers.2",
+    "input_blocks.2.0.op",
+    "output_blocks.1.2.conv",
+    "input_blocks.0.0",
 )
 TOLERANCE = 1e-4  # rel L2, FP32 branch against torch's merged weights (measured ~1e-6)
 
@@ -77,7 +83,7 @@ def runtime(branch_unet):
     return branch_unet
 
 
-def test_a_lora_on_linear_and_1x1_conv_layers_matches_torch_with_merged_weights(tiny_unet, runtime, inputs):
+def test_a_lora_on_linear_1x1_and_3x3_conv_layers_equals_torch_merged(tiny_unet, runtime, inputs):
     assert set(LAYERS) <= set(runtime.lora_slots)
     base = runtime(*inputs)
     lora = make_lora(tiny_unet)
@@ -135,10 +141,12 @@ def test_two_loras_concatenated_equal_both_merged(tiny_unet, runtime, inputs):
 
 
 def test_layers_without_a_branch_or_of_another_shape_are_refused(tiny_unet, tiny_entry, runtime):
-    conv3 = "input_blocks.1.0.in_layers.2"  # a 3x3 convolution: LoCon's kind, not served
-    assert conv3 not in runtime.lora_slots
-    with pytest.raises(UnsupportedLoraError, match=conv3):
-        runtime.set_lora({conv3: LoraLayer(np.zeros((2, 32 * 9)), np.zeros((32, 2)))})
+    missing = "input_blocks.1.0.emb_layers.9"  # no such layer in this graph
+    with pytest.raises(UnsupportedLoraError, match=missing):
+        runtime.set_lora({missing: LoraLayer(np.zeros((2, 32)), np.zeros((32, 2)))})
+    proj_in = "input_blocks.1.1.proj_in"  # a 1x1 conv given a 3x3 LoRA
+    with pytest.raises(UnsupportedLoraError, match="down"):
+        runtime.set_lora({proj_in: LoraLayer(np.zeros((2, 32 * 9)), np.zeros((32, 2)))})
     wrong = make_lora(tiny_unet, layers=LAYERS[:1])
     layer = wrong[LAYERS[0]]
     with pytest.raises(UnsupportedLoraError, match="down"):

@@ -21,13 +21,16 @@ from .webui_harness import infotext_params, txt2img
 LORA_EXTENSION = Path(__file__).parent / "webui_stub" / "extensions-builtin" / "Lora"
 EXTENSION_MODULES = ("network", "network_lora", "network_hada", "networks")
 # Attention and feed-forward Linears and a 1x1 conv (an SD1 transformer's proj_in): what a
-# kohya-style LoRA for SD1.5 trains.
+# kohya-style LoRA for SD1.5 trains; and 3x3 convs (a ResBlock's, the upsample's) as LoCon and
+# LCM-LoRA train them.
 LAYERS = (
     "input_blocks.1.1.transformer_blocks.0.attn1.to_q",
     "input_blocks.1.1.transformer_blocks.0.attn2.to_k",
     "middle_block.1.transformer_blocks.0.ff.net.2",
     "output_blocks.3.1.transformer_blocks.0.attn1.to_out.0",
     "input_blocks.1.1.proj_in",
+    "input_blocks.1.0.in_layers.2",
+    "output_blocks.1.2.conv",
 )
 MATCH = 1e-3  # rel L2 of the final latent, OpenVINO with the branch against torch merged
 
@@ -58,8 +61,10 @@ def _weights(ext, path: str, module, w: dict):
     )
 
 
-def lora_network(ext, webui, tiny_unet, name, layers=LAYERS, rank=4, multiplier=1.0, seed=0):
-    """A LoRA network as the extension loads it from a file: up/down per layer, alpha = rank / 2."""
+def lora_network(ext, webui, tiny_unet, name, layers=LAYERS, rank=4, multiplier=1.0, seed=0, cp=False):
+    """A LoRA network as the extension loads it from a file: up/down per layer (down with the
+    conv's kernel), alpha = rank / 2. cp: a 3x3 conv's layer as LoCon's CP decomposition (1x1
+    down, 3x3 mid, 1x1 up)."""
     net = ext.network.Network(name)
     net.unet_multiplier = multiplier
     served = dict(webui.shared.sd_model.model.diffusion_model.named_modules())
@@ -70,9 +75,14 @@ def lora_network(ext, webui, tiny_unet, name, layers=LAYERS, rank=4, multiplier=
         out_f, in_f = weight.shape[0], weight[0].numel()
         down = torch.randn(rank, in_f, generator=gen) / in_f**0.5
         up = torch.randn(out_f, rank, generator=gen) * weight.abs().mean() * 8
+        w = {"alpha": torch.tensor(rank / 2)}
         if weight.dim() == 4:
-            down, up = down.reshape(rank, in_f, 1, 1), up.reshape(out_f, rank, 1, 1)
-        w = {"lora_up.weight": up, "lora_down.weight": down, "alpha": torch.tensor(rank / 2)}
+            down, up = down.reshape(rank, *weight.shape[1:]), up.reshape(out_f, rank, 1, 1)
+            if cp and weight.shape[2:] != (1, 1):
+                channels = weight.shape[1]
+                down = torch.randn(rank, channels, 1, 1, generator=gen) / channels**0.5
+                w["lora_mid.weight"] = torch.randn(rank, rank, *weight.shape[2:], generator=gen) / 3
+        w.update({"lora_up.weight": up, "lora_down.weight": down})
         weights = _weights(ext, path, served[path], w)
         net.modules[weights.network_key] = ext.network_lora.NetworkModuleLora(net, weights)
     return net
@@ -111,7 +121,7 @@ def openvino_job(webui, ext, nets=(), override=None):
 
 def test_loras_run_on_openvino_and_switch_without_a_recompile(webui, lora_ext, tiny_unet):
     style = lora_network(lora_ext, webui, tiny_unet, "style", multiplier=0.8, seed=1)
-    ink = lora_network(lora_ext, webui, tiny_unet, "ink", LAYERS[1:], rank=8, seed=2)
+    ink = lora_network(lora_ext, webui, tiny_unet, "ink", LAYERS[1:], rank=8, seed=2, cp=True)
     base = torch_job(webui)
     expected = {
         "style:0.8": torch_job(webui, [style]),

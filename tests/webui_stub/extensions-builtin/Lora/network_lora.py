@@ -1,6 +1,7 @@
 """Stand-in of extensions-builtin/Lora/network_lora.py (v1.10): `up_model`/`down_model` built as
-the webui builds them (Linear, or Conv2d with the layer's kernel for the down of a conv), and the
-webui's `calc_updown` math (`up @ down`, cut to dyn_dim, then scale and multiplier)."""
+the webui builds them (Linear, or Conv2d with the layer's kernel for the down or mid of a conv),
+and the webui's `calc_updown` math (`up @ down`, cut to dyn_dim, or the CP rebuild with a mid; then
+scale and multiplier)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ class NetworkModuleLora(network.NetworkModule):
         if isinstance(self.sd_module, torch.nn.Linear):
             weight = weight.reshape(weight.shape[0], -1)
             module = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        elif key == "lora_mid.weight":
+            module = torch.nn.Conv2d(
+                weight.shape[1],
+                weight.shape[0],
+                self.sd_module.kernel_size,
+                self.sd_module.stride,
+                self.sd_module.padding,
+                bias=False,
+            )
         elif key == "lora_down.weight":
             if weight.dim() == 2:
                 weight = weight.reshape(weight.shape[0], -1, 1, 1)
@@ -49,6 +59,10 @@ class NetworkModuleLora(network.NetworkModule):
         up = self.up_model.weight.reshape(self.up_model.weight.shape[0], -1)
         down = self.down_model.weight
         output_shape = [up.size(0), down.size(1)]
+        if self.mid_model is not None:  # lyco_helpers.rebuild_cp_decomposition
+            mid = self.mid_model.weight
+            updown = torch.einsum("n m k l, i n, m j -> i j k l", mid, up, down.reshape(down.size(0), -1))
+            return self.finalize_updown(updown, orig_weight, output_shape + list(mid.shape[2:]))
         if down.dim() == 4:
             output_shape += down.shape[2:]
         down = down.reshape(down.size(0), -1)
