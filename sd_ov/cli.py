@@ -102,6 +102,7 @@ def optimize_form_values(args: argparse.Namespace) -> dict:
         "chunks": args.chunks,
         "device": args.device,
         "measure_size": args.measure_size,
+        "deepcache_branch": args.deepcache_branch,
         "compare_picture": False,  # no text encoder or VAE here: no picture to compare
     }
 
@@ -111,7 +112,7 @@ def _optimize(args: argparse.Namespace) -> int:
     from .calibration import random_prompt_capture
     from .form import parse_optimize_form
     from .ldm_unet import build_unet, describe, load_config, load_unet_from_checkpoint
-    from .optimize import optimize
+    from .optimize import optimize_with_deepcache
     from .progress import console
 
     request = parse_optimize_form(optimize_form_values(args))  # every input checked before any work
@@ -129,20 +130,28 @@ def _optimize(args: argparse.Namespace) -> int:
     capture = random_prompt_capture(
         describe(unet), args.calib_prompts, calib.steps, (calib.width, calib.height)
     )
-    entry = optimize(
+    entries = optimize_with_deepcache(
         unet,
         args.cache,
         name,
         key,
         request.recipe,
         capture,
+        deepcache_branch=request.deepcache_branch,
         device=request.device,
         shapes=request.shapes,
         measure=request.measure(calls=args.calls),
         progress=console,
     )
-    report = entry.manifest.report.to_json() if entry.manifest.report else {}
-    print(json.dumps({"entry": str(entry.path), "label": request.recipe.label(), **report}, indent=2))
+    for entry in entries:
+        report = entry.manifest.report.to_json() if entry.manifest.report else {}
+        branch = entry.manifest.recipe.deepcache_branch
+        extra = {} if branch is None else {"deepcache_branch": branch}
+        print(
+            json.dumps(
+                {"entry": str(entry.path), "label": request.recipe.label(), **extra, **report}, indent=2
+            )
+        )
     return 0
 
 
@@ -218,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunks", type=int, default=OPTIMIZE_FIELDS["chunks"], help="prompt chunks of 75 tokens"
     )
     opt.add_argument("--calls", type=int, default=2, help="timed UNet calls per runtime")
+    opt.add_argument(
+        "--deepcache-branch",
+        default=OPTIMIZE_FIELDS["deepcache_branch"],
+        help="also make the recipe's DeepCache pair (full + shallow model) at this skip branch; off: none",
+    )
     _add_runtime_args(opt)
     opt.set_defaults(run=_optimize)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,10 @@ Sample = dict[str, np.ndarray]  # {"x": ..., "timesteps": ..., "context": ...}
 
 
 # Convolutions whose input is the un-normalized residual stream (ldm UNet module names).
-RAW_INPUT_CONVS = re.compile(r"input_blocks\.0\.0/|skip_connection|\.op/|\.conv/|proj_out|__module\.out\.")
+# (DeepCache's graphs trace the UNet as a submodule: `__module.unet.out.2`.)
+RAW_INPUT_CONVS = re.compile(
+    r"input_blocks\.0\.0/|skip_connection|\.op/|\.conv/|proj_out|__module\.(?:unet\.)?out\."
+)
 
 
 def raw_input_convolutions(model: ov.Model) -> list[str]:
@@ -115,9 +118,18 @@ def _quantize(
 
 
 def compress_ir(
-    source: Path, target: Path, mode: str, samples: Sequence[Sample] = (), smooth_quant: bool = False
+    source: Path,
+    target: Path,
+    mode: str,
+    samples: Sequence[Sample] = (),
+    smooth_quant: bool = False,
+    calibrated_on: Callable[[Path], None] | None = None,
 ) -> None:
     """Compress the IR at `source` by `mode` (one of INT8_MODES) and save it at `target`.
+
+    `calibrated_on(ir)` is told the IR whose activations NNCF's statistics came from (the source,
+    or hybrid's weight-compressed stage) while it still exists: DeepCache's shallow model is
+    calibrated on the features that graph computes, so its quantizers match the full model's.
 
     Works from files so that peak memory stays low beside the torch UNet: the FP32 IR is read
     memory-mapped (its pages given back as they are read), and "hybrid" saves its
@@ -137,6 +149,8 @@ def compress_ir(
             return
         if mode == "full":
             save_ir(_quantize(model, samples, (), smooth_quant), target)
+            if calibrated_on is not None:
+                calibrated_on(source)
             return
         weight_only = matmuls_with_weights(model) + raw_input_convolutions(model)
         stage = target.with_name(f"{target.stem}.weights-int8.xml")
@@ -146,6 +160,8 @@ def compress_ir(
     try:
         with mapped_file_released(stage.with_suffix(".bin")):
             save_ir(_quantize(core.read_model(str(stage)), samples, weight_only, smooth_quant), target)
+        if calibrated_on is not None:
+            calibrated_on(stage)
     finally:
         gc.collect()
         for path in (stage, stage.with_suffix(".bin")):

@@ -19,6 +19,7 @@ from .recipe import Recipe
 # Sides the compiled SD UNet takes: the latent (side / 8) must divide by 8 (three downsamplings).
 SIZE_MULTIPLE = 64
 MAX_SIDE = 4096
+MAX_DEEPCACHE_BRANCH = 10  # an SD UNet has 12 input blocks; the export checks the real count
 
 # Field → default, in the tab's order. prune_ratio is in percent, as the tab's slider shows it.
 OPTIMIZE_FIELDS: dict[str, Any] = {
@@ -28,6 +29,7 @@ OPTIMIZE_FIELDS: dict[str, Any] = {
     "prune": "off",
     "prune_ratio": 20,
     "precision": "f32",
+    "deepcache_branch": "off",  # "off", or the skip branch of DeepCache's pair to make as well
     "samples": 16,
     "prompts_text": None,  # None: the first four shipped prompts; "" is refused
     "sampler": "Euler",
@@ -64,6 +66,7 @@ class OptimizeRequest:
     tokens: int
     device: str
     compare_picture: bool
+    deepcache_branch: int | None = None  # also make the recipe's DeepCache pair at this branch
 
     def measure(self, calls: int = 2) -> Measure:
         width, height = self.measure_size
@@ -98,6 +101,19 @@ def _number(fields: Mapping[str, Any], name: str, kind: type, low: float, high: 
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low:g} and {high:g}, not {value:g}")
     return value
+
+
+def parse_deepcache_branch(value: Any) -> int | None:
+    """ "off" (or empty, None, -1) → None; a branch number → that branch."""
+    if value is None or str(value).strip().lower() in ("", "off", "none", "-1"):
+        return None
+    try:
+        branch = int(str(value).strip())
+    except ValueError as err:
+        raise ValueError(f"the DeepCache branch is 'off' or a number, not {value!r}") from err
+    if not 0 <= branch <= MAX_DEEPCACHE_BRANCH:
+        raise ValueError(f"the DeepCache branch must be between 0 and {MAX_DEEPCACHE_BRANCH}, not {branch}")
+    return branch
 
 
 def parse_optimize_form(values: Mapping[str, Any], default_device: str = "CPU") -> OptimizeRequest:
@@ -137,4 +153,5 @@ def parse_optimize_form(values: Mapping[str, Any], default_device: str = "CPU") 
         tokens=tokens,
         device=resolve_device(str(f["device"] or default_device)),
         compare_picture=bool(f["compare_picture"]),
+        deepcache_branch=parse_deepcache_branch(f["deepcache_branch"]),
     )

@@ -32,6 +32,8 @@ class Report:
     measure: dict[str, int] | None = None
     torch_s_per_step: float | None = None
     s_per_step: float | None = None
+    shallow_s_per_step: float | None = None  # DeepCache's shallow call (s_per_step: the full one)
+    shallow_rel_l2: float | None = None  # the shallow call against the full one, fresh cache
     speedup: float | None = None
     rel_l2: float | None = None
     psnr_db: float | None = None

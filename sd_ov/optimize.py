@@ -14,12 +14,10 @@ an entry whose measurement was cancelled is deleted again.
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import shutil
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,18 +27,16 @@ import torch
 
 from . import cache, engine, metrics
 from .calibration import digest, spread
-from .compress import Sample, compress_ir
-from .export import IR_NAME, example_inputs, export_unet, save_ir
+from .compress import Sample
+from .deepcache import FULL_IR
 from .ldm_unet import UNetSpec, describe, traceable
 from .manifest import Report
 from .memory import peak_rss_mib, trim_heap
-from .ov_core import get_core
 from .progress import ProgressFn, scaled, silent
-from .prune import ffn_activity, magnitude_pruned_copy, neurons_to_keep, pruned_ffn
 from .recipe import Recipe
+from .recipe_ir import build_recipe_ir, feature_channels, ir_files
 from .runtime import OVUNet
 from .sampling import UNetFn
-from .tome import token_merging
 from .torch_weights import ModuleWeights
 
 # Runs a sampler with the given (FP32 OpenVINO) UNet and returns the UNet inputs it captured.
@@ -71,87 +67,6 @@ def median_call(fn: UNetFn, inputs: tuple[torch.Tensor, ...], calls: int) -> tup
     return statistics.median(times), out
 
 
-def _export_graph(
-    unet: torch.nn.Module,
-    spec: UNetSpec,
-    recipe: Recipe,
-    samples: Sequence[Sample],
-    folder: Path,
-    progress: ProgressFn,
-) -> dict[str, float]:
-    """Export the UNet with the recipe's graph changes (token merging, pruning) into `folder`."""
-    timings: dict[str, float] = {}
-    model = unet
-    with contextlib.ExitStack() as stack:
-        if recipe.prune == "ffn":
-            progress("measuring FFN neuron activity on the calibration samples", 0.0)
-            started = time.perf_counter()
-            keep = neurons_to_keep(ffn_activity(unet, samples), recipe.prune_ratio)
-            timings["ffn_stats_s"] = time.perf_counter() - started
-            stack.enter_context(pruned_ffn(unet, keep))
-        elif recipe.prune == "magnitude":
-            progress("pruning the smallest weights (NNCF magnitude pruning)", 0.0)
-            started = time.perf_counter()
-            model = magnitude_pruned_copy(unet, recipe.prune_ratio, example_inputs(spec))
-            timings["magnitude_prune_s"] = time.perf_counter() - started
-        if recipe.tome > 0:
-            stack.enter_context(token_merging(model, recipe.tome))
-        timings.update(export_unet(model, spec, folder, scaled(progress, 0.2, 1.0)))
-    del model
-    gc.collect()
-    return timings
-
-
-@contextlib.contextmanager
-def torch_weights_in(weights: ModuleWeights | None, progress: ProgressFn = silent) -> Iterator[None]:
-    """The torch UNet's weights in memory inside the block, freed again after it: Optimize needs
-    torch only to export a graph and to measure, and NNCF and calibration hold their own copy."""
-    if weights is None:
-        yield
-        return
-    weights.ensure(progress)
-    try:
-        yield
-    finally:
-        weights.release(progress)
-
-
-def build_recipe_ir(
-    unet: torch.nn.Module,
-    spec: UNetSpec,
-    recipe: Recipe,
-    fp32_ir: Path,
-    samples: Sequence[Sample],
-    folder: Path,
-    progress: ProgressFn = silent,
-    torch_weights: ModuleWeights | None = None,
-) -> dict[str, float]:
-    """Write the recipe's `unet.xml` into `folder`; returns the timings of each stage.
-
-    Without graph changes INT8 compresses the plain FP32 IR as it is; with them the modified UNet
-    is exported first (into a subfolder, removed afterwards).
-    """
-    timings: dict[str, float] = {}
-    source = fp32_ir
-    if recipe.changes_graph:
-        target = folder if recipe.int8 == "off" else folder / "graph"
-        target.mkdir(exist_ok=True)
-        with torch_weights_in(torch_weights, progress):
-            timings.update(_export_graph(unet, spec, recipe, samples, target, scaled(progress, 0.0, 0.4)))
-        source = target / IR_NAME
-    if recipe.int8 != "off":
-        progress(f"compressing to INT8 ({recipe.int8}, {len(samples)} samples)", 0.4)
-        started = time.perf_counter()
-        compress_ir(source, folder / IR_NAME, recipe.int8, samples, recipe.smooth_quant)
-        timings["compress_s"] = time.perf_counter() - started
-    elif not recipe.changes_graph:  # a precision of its own only: the FP32 IR, 16-bit on disk
-        save_ir(get_core().read_model(str(source)), folder / IR_NAME, fp16=True)
-    if source.parent != folder and source != fp32_ir:
-        shutil.rmtree(source.parent)
-    progress("IR written", 1.0)
-    return timings
-
-
 def measure_entry(
     unet: torch.nn.Module,
     runtime: OVUNet,
@@ -160,8 +75,12 @@ def measure_entry(
     sample_image: ImageFn | None,
     progress: ProgressFn,
     torch_weights: ModuleWeights | None = None,
+    shallow: OVUNet | None = None,
 ) -> dict[str, Any]:
     """Seconds per UNet call of torch and of the recipe, relative L2, and the sample picture.
+    A DeepCache pair: `runtime` is its full model (the recipe's every output, and the picture),
+    `shallow` is timed on the feature the full model just gave it, and its output compared with
+    the full model's (they are equal when the cache is fresh).
 
     OpenVINO is measured first, then its compiled model goes before torch's weights come back:
     the peak is the larger of the two, not their sum."""
@@ -173,11 +92,19 @@ def measure_entry(
         torch.randn(measure.batch, measure.tokens, spec.context_dim, generator=gen),
     )
     progress("timing the OpenVINO UNet", 0.0)
-    ov_s, out = median_call(runtime, inputs, measure.calls)
+    call: UNetFn = runtime if shallow is None else (lambda *args: runtime(*args)[0])
+    ov_s, out = median_call(call, inputs, measure.calls)
+    extra: dict[str, Any] = {}
+    if shallow is not None:
+        progress("timing DeepCache's shallow model", 0.1)
+        full_out, feature = runtime(*inputs)
+        shallow_s, shallow_out = median_call(shallow, (*inputs, feature), measure.calls)
+        extra = {"shallow_s_per_step": shallow_s, "shallow_rel_l2": metrics.rel_l2(shallow_out, full_out)}
+        shallow.drop_compiled()
     image = None
     if sample_image is not None:
         progress("sample picture with the OpenVINO UNet", 0.25)
-        image = sample_image(runtime)
+        image = sample_image(call)
     runtime.drop_compiled()
     gc.collect()
     trim_heap()
@@ -192,6 +119,7 @@ def measure_entry(
         "s_per_step": ov_s,
         "speedup": torch_s / ov_s,
         "rel_l2": metrics.rel_l2(out, reference),
+        **extra,
     }
     if sample_image is not None:
         progress("sample picture with torch", 0.75)
@@ -264,9 +192,16 @@ def _optimize(
     started = time.perf_counter()
     spec = describe(unet)
     root = Path(cache_root)
+    branch = recipe.deepcache_branch
     fp32 = engine.prepare_entry(
         unet, root, checkpoint_name, checkpoint_hash, Recipe(), scaled(progress, 0.0, 0.25)
     ).entry
+    # The plain FP32 IRs the recipe starts from: the FP32 entry's, or DeepCache's plain pair.
+    source = fp32
+    if branch is not None and (recipe.base.is_plain or not recipe.changes_graph):
+        source = engine.prepare_entry(
+            unet, root, checkpoint_name, checkpoint_hash, Recipe().with_deepcache(branch), progress
+        ).entry
 
     if torch_weights is not None:
         torch_weights.release(progress)
@@ -285,35 +220,43 @@ def _optimize(
         if not samples:
             raise ValueError("calibration captured no UNet calls")
 
-    entry = fp32
+    entry = source
     if not recipe.is_plain:
         key = cache.EntryKey(checkpoint_name, checkpoint_hash, recipe)
 
         def build(folder: Path) -> dict[str, Any]:
             timings = build_recipe_ir(
-                unet, spec, recipe, fp32.xml_path, samples, folder, scaled(progress, 0.4, 0.85), torch_weights
+                unet, spec, recipe, source.path, samples, folder, scaled(progress, 0.4, 0.85), torch_weights
             )
             calibration = {"samples": len(samples), "digest": digest(samples)} if samples else None
-            return {"unet": spec, "timings": timings, "label": recipe.label(), "calibration": calibration}
+            fields = {"unet": spec, "timings": timings, "label": recipe.label(), "calibration": calibration}
+            if branch is not None:
+                fields.update(models=ir_files(branch), feature_channels=feature_channels(folder / FULL_IR))
+            return fields
 
         with cache.entry_lock(root, key, progress):
-            entry = cache.write(root, key, build)
+            entry = cache.write(root, key, build, ir_name=ir_files(branch).get("full", "unet.xml"))
 
     try:
-        runtime = engine.open_unet(
-            entry, device=device, precision=recipe.precision, progress=scaled(progress, 0.85, 0.9)
-        )
-        for batch, height, width, tokens in shapes:
+        runtime_kwargs = dict(device=device, precision=recipe.precision, progress=scaled(progress, 0.85, 0.9))
+        opened = [
+            engine.open_unet(entry, model=model, **runtime_kwargs)
+            for model in ((None,) if branch is None else ("full", "shallow"))
+        ]
+        runtime, shallow = opened[0], (opened[1] if len(opened) > 1 else None)
+        for batch, height, width, tokens in shapes:  # the shallow model compiles at its first call
             runtime.prepare(batch, height, width, tokens)
         if measure is not None:
             runtime.prepare(measure.batch, measure.height // 8, measure.width // 8, measure.tokens)
         measured: dict[str, Any] = {}
         if measure is not None:
             measured = measure_entry(
-                unet, runtime, spec, measure, sample_image, scaled(progress, 0.9, 1.0), torch_weights
+                unet, runtime, spec, measure, sample_image, scaled(progress, 0.9, 1.0), torch_weights, shallow
             )
         device_name = runtime.device
-        runtime.release()
+        for model in opened:
+            model.release()
+        del runtime, shallow, opened
         report = Report(
             label=recipe.label(),
             device=device_name,
@@ -324,11 +267,68 @@ def _optimize(
         )
         entry = cache.update_report(entry, report)
     except BaseException:
-        if entry is not fp32:  # the recipe's entry is only kept with its report
+        if entry not in (fp32, source):  # the recipe's entry is only kept with its report
             cache.delete(entry.path)
         raise
     progress(f"optimized: {recipe.label()}", 1.0)
     return entry
+
+
+def optimize_with_deepcache(
+    unet: torch.nn.Module,
+    cache_root: str | Path,
+    checkpoint_name: str,
+    checkpoint_hash: str,
+    recipe: Recipe,
+    capture: CaptureFn | None = None,
+    *,
+    deepcache_branch: int | None = None,
+    progress: ProgressFn = silent,
+    **kwargs: Any,
+) -> list[cache.CacheEntry]:
+    """`optimize` the recipe; with `deepcache_branch`, then its DeepCache pair too (the recipe
+    applied to the full and the shallow model), calibrated on the same samples, captured once.
+    Returns the entries made: the recipe's, then the pair's. `kwargs` are optimize's."""
+    captured: list[list[Sample]] = []
+
+    def capture_once(runtime: UNetFn, progress_: ProgressFn) -> list[Sample]:
+        if not captured:
+            captured.append(capture(runtime, progress_))
+        return captured[0]
+
+    recipes = [recipe.base] + (
+        [recipe.with_deepcache(deepcache_branch)] if deepcache_branch is not None else []
+    )
+    entries = []
+    for i, each in enumerate(recipes):
+        share = scaled(progress, i / len(recipes), (i + 1) / len(recipes))
+        entries.append(
+            optimize(
+                unet,
+                cache_root,
+                checkpoint_name,
+                checkpoint_hash,
+                each,
+                capture_once if capture is not None else None,
+                progress=share,
+                **kwargs,
+            )
+        )
+    return entries
+
+
+def deepcache_pairs(cache_root: str | Path, entry: cache.CacheEntry) -> list[cache.CacheEntry]:
+    """The DeepCache pairs made of `entry`'s recipe for its checkpoint (deleted with it)."""
+    made = entry.manifest
+    return [
+        pair
+        for pair in cache.list_entries(Path(cache_root))
+        if pair.manifest.component == "unet"
+        and pair.manifest.recipe.deepcache_branch is not None
+        and pair.manifest.recipe.base == made.recipe.base
+        and (pair.manifest.checkpoint_name, pair.manifest.checkpoint_hash)
+        == (made.checkpoint_name, made.checkpoint_hash)
+    ]
 
 
 def recipe_entries(cache_root: str | Path, checkpoint_name: str | None = None) -> list[cache.CacheEntry]:

@@ -105,9 +105,15 @@ class UNetSource:
             Path(self.cache_root), cache.EntryKey(self.checkpoint_name, self.checkpoint_hash, recipe)
         )
         if found is None:
+            why = problem or "deleted or never made"
+            if recipe.deepcache_branch is not None:  # what to do first: infotext notes are short
+                raise SdOvError(
+                    f"no DeepCache pair (branch {recipe.deepcache_branch}) of {recipe.label()}: Optimize it "
+                    f"with 'DeepCache pair too' = {recipe.deepcache_branch} ({why})"
+                )
             raise SdOvError(
                 f"{recipe.label()} of {self.checkpoint_name} is not in the cache "
-                f"({problem or 'deleted or never made'}): make it with Optimize in the OpenVINO tab"
+                f"({why}): make it with Optimize in the OpenVINO tab"
             )
         return found
 
@@ -199,14 +205,13 @@ class ServedUNet:
             if self.deepcache is not None:
                 self.deepcache.start(config)
             return None
-        if not self.recipe.is_plain:
-            return f"DeepCache runs on the plain [OpenVINO] option only, not on {self.recipe.label()}"
         try:
             if self.deepcache is None or self.deepcache.branch != config.branch:
+                # Found (or exported) first: a pair that isn't there leaves the models as they are.
+                entry = self.source.entry(self.recipe.with_deepcache(config.branch), self.progress)
                 if self.deepcache is not None:
                     self.deepcache.release()  # another branch: its models go before the new ones come
                     self.deepcache = None
-                entry = self.source.entry(self.recipe.with_deepcache(config.branch), self.progress)
                 if self.plain is not None:  # the full model serves plain calls too: one copy in memory
                     self.plain.release()
                     self.plain = None
@@ -221,8 +226,10 @@ class ServedUNet:
                 self._reapply_lora()
             self.deepcache.start(config, expected_calls)
         except Exception as err:
+            if not self.loaded:  # the pair failed to open after the plain model went
+                self._open_plain()
             log.warning("sd-ov: DeepCache unavailable: %s", err)
-            return f"DeepCache unavailable, plain OpenVINO UNet used: {err}"
+            return f"DeepCache off: {err}"
         self.job_deepcache = config
         return None
 

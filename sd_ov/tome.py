@@ -132,7 +132,9 @@ def token_merging(unet: torch.nn.Module, ratio: float) -> Iterator[None]:
     def remember_grid(_module: torch.nn.Module, args: tuple) -> None:
         grid[0] = (args[0].shape[2], args[0].shape[3])
 
-    hook = unet.register_forward_pre_hook(remember_grid)
+    # On the first input block, not the UNet: DeepCache's full and shallow wrappers call the
+    # blocks without the UNet's own forward.
+    hook = unet.input_blocks[0].register_forward_pre_hook(remember_grid)
     blocks = [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
     saved = [(m, m.__dict__.get("_forward")) for m in blocks]
     for m in blocks:

@@ -7,7 +7,7 @@ import html
 from modules import sd_unet, shared
 
 from sd_ov import cache, ov_core
-from sd_ov.deepcache import SCHEDULES, DeepCacheConfig
+from sd_ov.deepcache import SCHEDULES
 from sd_ov.errors import SdOvError
 from sd_ov.served import run_summary
 
@@ -77,12 +77,12 @@ def status_html() -> str:
             "The torch UNet will run (choose an [OpenVINO] option or Automatic in Settings → SD Unet)."
         )
         return "<br>".join(lines)
+    deepcache = deepcache_settings()
     try:
         settings = runtime_settings().for_recipe(option.recipe)
         ov_core.resolve_device(settings.device)
         name = ov_core.device_full_name(settings.device.split(":")[0])
         device_text = f"{html.escape(settings.device)} ({html.escape(name)})"
-        deepcache = deepcache_settings() if option.recipe.is_plain else DeepCacheConfig()
         summary = run_summary(option.recipe, settings, deepcache)
     except (SdOvError, ValueError) as err:
         device_text = f"<span style='color:#c33'>{html.escape(str(err))}</span>"
@@ -92,6 +92,9 @@ def status_html() -> str:
         f"Recipe: {html.escape(summary)}",
         f"Cached: {html.escape(cached_text(info, option))}",
     ]
+    if deepcache.enabled and not option.recipe.is_plain:
+        pair = OpenVINOUnetOption(option.checkpoint_info, option.recipe.with_deepcache(deepcache.branch))
+        lines.append(f"DeepCache pair: {html.escape(cached_text(info, pair))}")
     if getattr(option.checkpoint_info, "filename", None) != getattr(info, "filename", None):
         chosen, loaded = html.escape(option.model_name), html.escape(info.model_name)
         lines.append(f"Note: this option is for {chosen}; {loaded} is loaded, and its own UNet serves")

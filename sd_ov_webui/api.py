@@ -35,6 +35,9 @@ class OptimizeBody(BaseModel):
     prune: str = Field(D["prune"], description="off, magnitude or ffn")
     prune_ratio: float = Field(D["prune_ratio"], description="percent pruned when pruning is on")
     precision: str = Field(D["precision"], description="f32, bf16, f16 or auto")
+    deepcache_branch: str | int = Field(
+        D["deepcache_branch"], description="off, or the skip branch of the DeepCache pair to make too"
+    )
     samples: int = Field(D["samples"], description="calibration samples kept")
     prompts_text: str | None = Field(
         D["prompts_text"], description="calibration prompts, one per line (null: shipped)"
@@ -61,6 +64,7 @@ class RecipeItem(BaseModel):
     option: str | None = None
     entry: str
     report: dict[str, Any] = {}
+    deepcache_branches: list[int] = []  # the DeepCache pairs made of this recipe
 
 
 class OptimizeResponse(BaseModel):
@@ -112,6 +116,9 @@ def recipes_route() -> RecipesResponse:
                 else f"[OpenVINO {e.manifest.recipe.label()}] {e.manifest.checkpoint_name}",
                 entry=str(e.path),
                 report=e.manifest.report.to_json() if e.manifest.report else {},
+                deepcache_branches=sorted(
+                    p.manifest.recipe.deepcache_branch for p in optimize.deepcache_pairs(cache_root(), e)
+                ),
             )
             for e in entries
         ]

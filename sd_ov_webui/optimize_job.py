@@ -88,7 +88,8 @@ def parse_request(values: dict) -> OptimizeRequest:
 
 def optimize_loaded_checkpoint(request: OptimizeRequest, progress, wait: bool = True) -> cache.CacheEntry:
     """Optimize as one webui job (no picture runs beside it); the new option is listed at once.
-    With `wait=False`, a busy queue raises Busy instead of waiting."""
+    With `wait=False`, a busy queue raises Busy instead of waiting. Returns the recipe's entry
+    (its DeepCache pair, when asked for, is made in the same job, after it)."""
     describe(shared.sd_model.model.diffusion_model)
     lock = getattr(call_queue, "queue_lock", None) or contextlib.nullcontext()
     if isinstance(lock, contextlib.nullcontext) or lock.acquire(blocking=wait):
@@ -116,13 +117,14 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> cache.CacheEntry:
         name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
         calib = request.calibration
         with unet_calls_to(None):
-            entry = optimize.optimize(
+            entry, *_pair = optimize.optimize_with_deepcache(
                 model.model.diffusion_model,
                 cache_root(),
                 name,
                 sha256,
                 request.recipe,
                 webui_capture(calib),
+                deepcache_branch=request.deepcache_branch,
                 device=request.device,
                 shapes=request.shapes,
                 measure=request.measure(),

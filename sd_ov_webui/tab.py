@@ -46,7 +46,8 @@ def entry_choices() -> list[str]:
 
 
 def delete_entry(choice: str) -> str:
-    """Delete the chosen entry (giving it back first if it serves) and refresh the SD Unet list."""
+    """Delete the chosen entry and its DeepCache pairs (giving them back first if they serve) and
+    refresh the SD Unet list."""
     folder = str(choice or "").rsplit("|", 1)[-1].strip()
     matches = [e for e in optimize.recipe_entries(cache_root()) if entry_folder(e) == folder]
     if not matches:
@@ -54,6 +55,8 @@ def delete_entry(choice: str) -> str:
     serving = current_openvino_unet()
     if serving is not None and serving.served is not None and serving.served.entry.path == matches[0].path:
         sd_unet.apply_unet("None")  # it is in use: give it back first
+    for pair in optimize.deepcache_pairs(cache_root(), matches[0]):
+        cache.delete(pair.path)
     cache.delete(matches[0].path)
     sd_unet.list_unets()
     return f"<p>Deleted {html.escape(matches[0].path.name)}.</p>"
@@ -98,6 +101,12 @@ def form_components() -> dict:
                 value=D["precision"],
                 label="Inference precision",
                 elem_id="sd_ov_recipe_precision",
+            )
+            c["deepcache_branch"] = gr.Dropdown(
+                choices=["off", *(str(b) for b in range(4))],
+                value=D["deepcache_branch"],
+                label="DeepCache pair too (skip branch)",
+                elem_id="sd_ov_recipe_deepcache",
             )
             c["device"] = gr.Dropdown(
                 choices=device_choices(),

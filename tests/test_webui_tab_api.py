@@ -31,6 +31,7 @@ TAB_VALUES = dict(
     device="CPU",
     measure_size="128x128",
     compare_picture=True,
+    deepcache_branch="off",
 )
 # What each Optimize field's component is, in the tab: (elem_id, label).
 TAB_COMPONENTS = {
@@ -38,6 +39,7 @@ TAB_COMPONENTS = {
     "smooth_quant": ("sd_ov_sq", "SmoothQuant (INT8 full)"),
     "tome": ("sd_ov_tome", "Token merging ratio"),
     "prune": ("sd_ov_prune", "Pruning"),
+    "deepcache_branch": ("sd_ov_recipe_deepcache", "DeepCache pair too (skip branch)"),
     "prune_ratio": ("sd_ov_prune_ratio", "Pruning %"),
     "precision": ("sd_ov_recipe_precision", "Inference precision"),
     "samples": ("sd_ov_samples", "Calibration samples"),
@@ -84,11 +86,13 @@ def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path):
 
     webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
     bar = gr.Progress()
-    message = optimize_in_tab(webui, progress_bar=bar)
+    message = optimize_in_tab(webui, progress_bar=bar, deepcache_branch="0")  # and its DeepCache pair
     assert "ready" in message and "PSNR" in message, message
     assert "INT8 ToMe0.5" in webui.pkg.tab.recipe_entries_html()
     descs = " | ".join(d for _, d in bar.calls)
     assert "calibration picture 1/2: a red apple" in descs and "compressing to INT8" in descs
+    assert descs.count("calibration picture 1/2") == 1, "the pair is calibrated on the same samples"
+    assert "compressing the shallow model to INT8" in descs
     assert bar.calls[-1][0] == 1.0 and webui.shared.state.job == ""  # the job ended
     label = "[OpenVINO INT8 ToMe0.5] tinyckpt"
     assert [o.label for o in webui.sd_unet.unet_options] == ["[OpenVINO] tinyckpt", label]
@@ -97,19 +101,28 @@ def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path):
     torch_job = txt2img(webui)
     webui.shared.opts.sd_unet = label
     webui.shared.opts.token_merging_ratio = 0.3
-    job = txt2img(webui, deepcache=(3, 0, "uniform"))
+    job = txt2img(webui, deepcache=(3, 0, "uniform"))  # the recipe's own DeepCache pair serves
     unet = webui.sd_unet.current_unet
     assert unet.unavailable is None and unet.record.openvino_calls == 4
+    assert unet.served.deepcache.pattern == ["F", "S", "S", "F"]
+    params = infotext_params(job.infotexts[0])
+    assert params["OpenVINO"].startswith("int8-tome0.5+DeepCache"), params
+    assert "OpenVINO note" not in params
+    assert "webui ratio 0.3 not applied" in params["OpenVINO token merging"]
+    assert metrics.rel_l2(job.latent, torch_job.latent) < 0.25
+    job = txt2img(webui, deepcache=(3, 1, "uniform"))  # a branch Optimize did not make
     params = infotext_params(job.infotexts[0])
     assert params["OpenVINO"] == "int8-tome0.5, CPU, f32, dynamic"
-    assert "webui ratio 0.3 not applied" in params["OpenVINO token merging"]
-    assert "DeepCache runs on the plain [OpenVINO] option only" in params["OpenVINO note"]
-    assert metrics.rel_l2(job.latent, torch_job.latent) < 0.25
+    said = "DeepCache off: no DeepCache pair (branch 1) of INT8 ToMe0.5: Optimize it with 'DeepCache pair"
+    assert params["OpenVINO note"].startswith(said), params
     assert "webui ratio 0.3 not applied" in webui.pkg.accordion.status_html()
 
     # delete it from the tab: the option goes, the serving UNet was given back first
     (choice,) = [c for c in webui.pkg.tab.entry_choices() if "INT8 ToMe0.5" in c]
+    cache_dir = tmp_path / "cache"
+    assert len(list(cache_dir.rglob("unet_shallow.xml"))) == 1
     assert "Deleted" in webui.pkg.tab.delete_entry(choice)
+    assert not list(cache_dir.rglob("unet_shallow.xml")), "its DeepCache pair went with it"
     assert webui.sd_unet.current_unet is None
     assert [o.label for o in webui.sd_unet.unet_options] == ["[OpenVINO] tinyckpt"]
     webui.sd_unet.unet_options.append(webui.pkg.unet.OpenVINOUnetOption(webui.info, unet.recipe))
@@ -169,12 +182,13 @@ SMALL = {
 
 
 def test_api_optimizes_and_lists(api):
-    done = api.post("/sd-ov/v1/optimize", json=SMALL)
+    done = api.post("/sd-ov/v1/optimize", json={**SMALL, "deepcache_branch": 1})
     assert done.status_code == 200, done.text
     assert done.json()["label"] == "[OpenVINO INT8w] tinyckpt" and done.json()["report"]["speedup"] > 0
     listed = api.get("/sd-ov/v1/recipes").json()["recipes"]
     assert [r["label"] for r in listed] == ["FP32", "INT8w"]
-    assert listed[1]["option"] == "[OpenVINO INT8w] tinyckpt"
+    assert listed[1]["option"] == "[OpenVINO INT8w] tinyckpt" and listed[1]["deepcache_branches"] == [1]
+    assert listed[0]["deepcache_branches"] == [1], "the FP32 pair it was made from"
 
 
 def test_api_error_codes(api, webui, monkeypatch):
