@@ -103,6 +103,7 @@ def optimize_form_values(args: argparse.Namespace) -> dict:
         "device": args.device,
         "measure_size": args.measure_size,
         "deepcache_branch": args.deepcache_branch,
+        "preset": args.preset,
         "compare_picture": False,  # no text encoder or VAE here: no picture to compare
     }
 
@@ -138,6 +139,7 @@ def _optimize(args: argparse.Namespace) -> int:
         request.recipe,
         capture,
         deepcache_branch=request.deepcache_branch,
+        preset=request.preset,
         device=request.device,
         shapes=request.shapes,
         measure=request.measure(calls=args.calls),
@@ -227,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunks", type=int, default=OPTIMIZE_FIELDS["chunks"], help="prompt chunks of 75 tokens"
     )
     opt.add_argument("--calls", type=int, default=2, help="timed UNet calls per runtime")
+    opt.add_argument(
+        "--preset",
+        default=OPTIMIZE_FIELDS["preset"],
+        help="fastest: the recipe, precision and DeepCache pair that made the fastest picture (overrides "
+        "--int8/--tome/--prune/--precision/--deepcache-branch)",
+    )
     opt.add_argument(
         "--deepcache-branch",
         default=OPTIMIZE_FIELDS["deepcache_branch"],

@@ -14,6 +14,7 @@ from typing import Any
 from .calibration import default_prompts
 from .optimize import Measure
 from .ov_core import resolve_device
+from .preset import PRESETS
 from .recipe import Recipe
 
 # Sides the compiled SD UNet takes: the latent (side / 8) must divide by 8 (three downsamplings).
@@ -23,6 +24,7 @@ MAX_DEEPCACHE_BRANCH = 10  # an SD UNet has 12 input blocks; the export checks t
 
 # Field → default, in the tab's order. prune_ratio is in percent, as the tab's slider shows it.
 OPTIMIZE_FIELDS: dict[str, Any] = {
+    "preset": "none",  # "fastest": the recipe, precision and DeepCache pair of sd_ov/preset.py
     "int8": "hybrid",
     "smooth_quant": False,
     "tome": 0.0,
@@ -67,6 +69,7 @@ class OptimizeRequest:
     device: str
     compare_picture: bool
     deepcache_branch: int | None = None  # also make the recipe's DeepCache pair at this branch
+    preset: str = ""  # the preset that set the recipe's fields, if any
 
     def measure(self, calls: int = 2) -> Measure:
         width, height = self.measure_size
@@ -122,6 +125,11 @@ def parse_optimize_form(values: Mapping[str, Any], default_device: str = "CPU") 
     if unknown:
         raise ValueError(f"unknown Optimize fields: {sorted(unknown)}")
     f = {**OPTIMIZE_FIELDS, **{k: v for k, v in values.items() if v is not None or k == "prompts_text"}}
+    preset_name = str(f["preset"] or "none").strip().lower()
+    if preset_name not in ("none", *PRESETS):
+        raise ValueError(f"preset must be none or one of {sorted(PRESETS)}, not {f['preset']!r}")
+    if preset_name != "none":  # the preset's recipe fields win over the form's
+        f.update(PRESETS[preset_name].form_values(str(f["device"] or default_device)))
     recipe = Recipe(
         int8=str(f["int8"]),
         tome=_number(f, "tome", float, 0.0, 0.75),
@@ -154,4 +162,5 @@ def parse_optimize_form(values: Mapping[str, Any], default_device: str = "CPU") 
         device=resolve_device(str(f["device"] or default_device)),
         compare_picture=bool(f["compare_picture"]),
         deepcache_branch=parse_deepcache_branch(f["deepcache_branch"]),
+        preset="" if preset_name == "none" else preset_name,
     )

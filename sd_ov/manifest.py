@@ -66,6 +66,7 @@ class Manifest:
     calibration: dict[str, Any] | None = None  # {"samples": n, "digest": ...}
     report: Report | None = None
     label: str = ""
+    preset: str = ""  # the preset (sd_ov/preset.py) that chose this recipe, if one did
     format: int = FORMAT
     sd_ov: str = ""
     openvino: str = ""
@@ -102,6 +103,8 @@ class Manifest:
             data["models"] = dict(self.models)
         if self.label:
             data["label"] = self.label
+        if self.preset:
+            data["preset"] = self.preset
         if self.calibration is not None or self.label:
             data["calibration"] = self.calibration
         if self.report is not None:
@@ -128,6 +131,7 @@ class Manifest:
             calibration=data.get("calibration"),
             report=Report.from_json(report) if isinstance(report, dict) else None,
             label=str(data.get("label", "")),
+            preset=str(data.get("preset", "")),
             format=int(data.get("format", 0)),
             sd_ov=str(data.get("sd_ov", "")),
             openvino=str(data.get("openvino", "")),

@@ -144,8 +144,10 @@ def optimize(
     sample_image: ImageFn | None = None,
     progress: ProgressFn = silent,
     torch_weights: ModuleWeights | None = None,
+    preset: str = "",
 ) -> cache.CacheEntry:
     """Make (or remake) the cache entry of `recipe` for this checkpoint, with its report.
+    `preset`: the preset that chose the recipe, recorded in the manifest.
 
     `shapes` are (batch, latent height, latent width, tokens) to compile ahead, so the blobs are
     on disk before the first picture. Peak memory stays near the largest of: the torch UNet plus
@@ -169,6 +171,7 @@ def optimize(
             sample_image,
             progress,
             torch_weights,
+            preset,
         )
     finally:
         if torch_weights is not None:
@@ -188,6 +191,7 @@ def _optimize(
     sample_image: ImageFn | None,
     progress: ProgressFn,
     torch_weights: ModuleWeights | None,
+    preset: str,
 ) -> cache.CacheEntry:
     started = time.perf_counter()
     spec = describe(unet)
@@ -230,6 +234,8 @@ def _optimize(
             )
             calibration = {"samples": len(samples), "digest": digest(samples)} if samples else None
             fields = {"unet": spec, "timings": timings, "label": recipe.label(), "calibration": calibration}
+            if preset:
+                fields["preset"] = preset
             if branch is not None:
                 fields.update(models=ir_files(branch), feature_channels=feature_channels(folder / FULL_IR))
             return fields

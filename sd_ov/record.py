@@ -24,6 +24,7 @@ class JobRecord:
     torch_calls: Counter[str] = field(default_factory=Counter)  # reason → calls
     notes: list[str] = field(default_factory=list)
     lora: str = ""  # the UNet LoRAs OpenVINO applied, "name:weight, ..."
+    preset: str = ""  # the preset this job ran as it was made (recipe and DeepCache schedule)
 
     def served(self) -> None:
         self.openvino_calls += 1

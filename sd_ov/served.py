@@ -13,17 +13,19 @@ import gc
 import logging
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from . import cache, engine
+from .cpu_caps import cpu_caps
 from .deepcache import DeepCacheConfig, DeepCacheUNet
 from .errors import NonFiniteOutputError, SdOvError
 from .lora_branch import LoraLayer, UnsupportedLoraError
 from .memory import trim_heap
 from .ov_core import default_precision, needs_static_shapes
+from .preset import PRESETS
 from .progress import ProgressFn, silent
 from .recipe import Recipe
 from .runtime import DEFAULT_SHAPE_POLICY, PRECISIONS, SHAPE_POLICIES, OVUNet
@@ -43,6 +45,8 @@ class RuntimeSettings:
     # LoRA allowed: the branch beside every Linear/1x1 conv (lora_branch.py) is added at the first
     # LoRA; off, the graph stays the IR's and a LoRA is refused.
     lora: bool = False
+    # Why the precision that runs is not the one asked for (bf16 on a CPU that runs it slower).
+    precision_note: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -60,7 +64,14 @@ class RuntimeSettings:
     def for_device(self) -> RuntimeSettings:
         precision = default_precision(self.device) if self.precision == "auto" else self.precision
         shapes = "static" if needs_static_shapes(self.device) else self.shape_policy
-        return replace(self, precision=precision, shape_policy=shapes)
+        note = ""
+        if precision == "bf16" and self.device.split(":")[0].split(".")[0].upper() == "CPU":
+            caps = cpu_caps()
+            if not caps.bf16_native:  # measured slower than f32 here (and NaN on an AMX VM): f32 runs
+                precision = "f32"
+                speed = f" (bf16 ran {caps.bf16_speedup:.2f}x f32's speed)" if caps.bf16_speedup else ""
+                note = f"bf16 asked, f32 ran: this CPU does not run bf16 faster than f32{speed}"
+        return replace(self, precision=precision, shape_policy=shapes, precision_note=note)
 
     def open_kwargs(self) -> dict:
         """`engine.open_unet`'s runtime keywords."""
@@ -251,6 +262,11 @@ class ServedUNet:
                 "precision (f32 avoids this)"
             )
         return out
+
+    def preset_of_job(self) -> str:
+        """The preset that made this recipe, when the job also runs its DeepCache schedule."""
+        made = PRESETS.get(self.entry.manifest.preset) if self.entry is not None else None
+        return made.name if made is not None and self.job_deepcache == made.deepcache else ""
 
     def summary(self) -> str:
         """What this job runs (set by `configure` and `start_job`, so fixed within a job)."""

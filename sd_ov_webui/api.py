@@ -29,6 +29,10 @@ D = OPTIMIZE_FIELDS
 class OptimizeBody(BaseModel):
     """The OpenVINO tab's Optimize form (prune_ratio in percent)."""
 
+    preset: str = Field(
+        D["preset"],
+        description="none, or fastest: the recipe, precision and DeepCache pair of the fastest picture",
+    )
     int8: str = Field(D["int8"], description="off, weights, hybrid or full")
     smooth_quant: bool = Field(D["smooth_quant"], description="SmoothQuant the MatMuls (INT8 full only)")
     tome: float = Field(D["tome"], description="token merging ratio, 0 to 0.75")

@@ -24,6 +24,7 @@ NOTE_INFOTEXT_KEY = "OpenVINO note"
 VAE_INFOTEXT_KEY = "OpenVINO VAE"
 TEXT_ENCODER_INFOTEXT_KEY = "OpenVINO text encoder"
 LORA_INFOTEXT_KEY = "OpenVINO LoRA"
+PRESET_INFOTEXT_KEY = "OpenVINO preset"
 INFOTEXT_KEYS = (
     INFOTEXT_KEY,
     DEEPCACHE_INFOTEXT_KEY,
@@ -32,6 +33,7 @@ INFOTEXT_KEYS = (
     VAE_INFOTEXT_KEY,
     TEXT_ENCODER_INFOTEXT_KEY,
     LORA_INFOTEXT_KEY,
+    PRESET_INFOTEXT_KEY,
 )
 
 
@@ -99,6 +101,8 @@ def write_infotext(p) -> None:
             p.extra_generation_params[DEEPCACHE_INFOTEXT_KEY] = served.job_deepcache.infotext()
         if record.lora:
             p.extra_generation_params[LORA_INFOTEXT_KEY] = record.lora
+        if record.preset:
+            p.extra_generation_params[PRESET_INFOTEXT_KEY] = record.preset
         note = token_merging_note(webui_token_merging(p), unet.recipe)
         if note:
             p.extra_generation_params[TOME_INFOTEXT_KEY] = note

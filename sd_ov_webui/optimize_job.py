@@ -14,6 +14,7 @@ from sd_ov.calibration import CapturingUNet
 from sd_ov.errors import Cancelled, SdOvError
 from sd_ov.form import Calibration, OptimizeRequest, parse_optimize_form
 from sd_ov.ldm_unet import describe
+from sd_ov.preset import PRESETS
 
 from .offload import WebuiWeights, unet_weights
 from .settings import cache_root, offload_mode, opt
@@ -125,6 +126,7 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> cache.CacheEntry:
                 request.recipe,
                 webui_capture(calib),
                 deepcache_branch=request.deepcache_branch,
+                preset=request.preset,
                 device=request.device,
                 shapes=request.shapes,
                 measure=request.measure(),
@@ -165,6 +167,16 @@ def run_optimize(values: dict, progress_bar=None) -> str:
         log.exception("sd-ov: Optimize failed")
         return f"<p style='color:#c33'>Optimize failed: {html.escape(f'{type(err).__name__}: {err}')}</p>"
     label = option_label(request)
-    return report.report_html(entry) + (
-        f"<br>Choose <b>{html.escape(label)}</b> in Settings → SD Unet (refresh its list) to use it."
-    )
+    advice = f"<br>Choose <b>{html.escape(label)}</b> in Settings → SD Unet (refresh its list) to use it."
+    preset = PRESETS.get(request.preset)
+    if preset is not None:
+        advice += (
+            f" The {preset.name} preset runs it with DeepCache {html.escape(preset.deepcache.infotext())}: "
+            "set that in the OpenVINO accordion or Settings → OpenVINO → DeepCache."
+        )
+    elif request.deepcache_branch is not None:
+        advice += (
+            f" Its DeepCache pair (branch {request.deepcache_branch}) serves a job with DeepCache on at "
+            "that branch (OpenVINO accordion)."
+        )
+    return report.report_html(entry) + advice

@@ -14,6 +14,7 @@ from sd_ov import cache, optimize, report
 from sd_ov.calibration import default_prompts
 from sd_ov.compress import INT8_MODES
 from sd_ov.form import OPTIMIZE_FIELDS
+from sd_ov.preset import PRESETS
 from sd_ov.recipe import PRUNE_MODES
 from sd_ov.runtime import PRECISIONS
 from sd_ov.tome import MAX_RATIO
@@ -85,6 +86,12 @@ def form_components() -> dict:
     c: dict = {}
     with gr.Row():
         with gr.Column():
+            c["preset"] = gr.Radio(
+                choices=["none", *PRESETS],
+                value=D["preset"],
+                label="Preset (fastest: the fastest picture measured)",
+                elem_id="sd_ov_preset",
+            )
             c["int8"] = gr.Radio(
                 choices=list(INT8_MODES), value=D["int8"], label="INT8", elem_id="sd_ov_int8"
             )

@@ -188,6 +188,9 @@ class OpenVINOUnet(sd_unet.SdUnet):
         why_not = self.served.start_job(deepcache, expected_calls)
         if why_not:
             self.record.note(why_not)
+        if self.served.settings.precision_note:
+            self.record.note(self.served.settings.precision_note)
+        self.record.preset = self.served.preset_of_job()
         self.record.summary = self.served.summary()
         self.offload()  # after a torch fallback or an export, the weights go again
         if first_pass:

@@ -9,7 +9,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from sd_ov import cpu_caps as cpu_caps_module
 from sd_ov import metrics
+from sd_ov.cpu_caps import CpuCaps
 
 from .webui_harness import infotext_params, txt2img
 
@@ -32,6 +34,7 @@ TAB_VALUES = dict(
     measure_size="128x128",
     compare_picture=True,
     deepcache_branch="off",
+    preset="none",
 )
 # What each Optimize field's component is, in the tab: (elem_id, label).
 TAB_COMPONENTS = {
@@ -40,6 +43,10 @@ TAB_COMPONENTS = {
     "tome": ("sd_ov_tome", "Token merging ratio"),
     "prune": ("sd_ov_prune", "Pruning"),
     "deepcache_branch": ("sd_ov_recipe_deepcache", "DeepCache pair too (skip branch)"),
+    "preset": (
+        "sd_ov_preset",
+        "Preset (fastest: the fastest picture measured)",
+    ),
     "prune_ratio": ("sd_ov_prune_ratio", "Pruning %"),
     "precision": ("sd_ov_recipe_precision", "Inference precision"),
     "samples": ("sd_ov_samples", "Calibration samples"),
@@ -81,13 +88,17 @@ def test_each_tab_input_reaches_its_own_form_field(webui, monkeypatch):
     assert received == [{f: f"value of {f}" for f in TAB_COMPONENTS}]
 
 
-def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path):
+def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path, monkeypatch):
+    """The fastest preset: INT8 hybrid + ToMe 0.5 and its DeepCache pair (f32 here: the CPU's
+    bf16 verdict is pinned, test_preset.py tests that choice)."""
     import gradio as gr
 
+    monkeypatch.setattr(cpu_caps_module, "cpu_caps", lambda: CpuCaps(("FP32", "INT8"), 0.0))
     webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
     bar = gr.Progress()
-    message = optimize_in_tab(webui, progress_bar=bar, deepcache_branch="0")  # and its DeepCache pair
+    message = optimize_in_tab(webui, progress_bar=bar, preset="fastest", int8="weights", tome=0.0)
     assert "ready" in message and "PSNR" in message, message
+    assert "fastest preset runs it with DeepCache interval 3, branch 0, non-uniform" in message
     assert "INT8 ToMe0.5" in webui.pkg.tab.recipe_entries_html()
     descs = " | ".join(d for _, d in bar.calls)
     assert "calibration picture 1/2: a red apple" in descs and "compressing to INT8" in descs
@@ -101,18 +112,19 @@ def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path):
     torch_job = txt2img(webui)
     webui.shared.opts.sd_unet = label
     webui.shared.opts.token_merging_ratio = 0.3
-    job = txt2img(webui, deepcache=(3, 0, "uniform"))  # the recipe's own DeepCache pair serves
+    job = txt2img(webui, deepcache=(3, 0, "non-uniform"))  # the recipe's own DeepCache pair serves
     unet = webui.sd_unet.current_unet
     assert unet.unavailable is None and unet.record.openvino_calls == 4
-    assert unet.served.deepcache.pattern == ["F", "S", "S", "F"]
+    assert {"F", "S"} <= set(unet.served.deepcache.pattern)
     params = infotext_params(job.infotexts[0])
-    assert params["OpenVINO"].startswith("int8-tome0.5+DeepCache"), params
-    assert "OpenVINO note" not in params
+    assert params["OpenVINO"].startswith("int8-tome0.5+DeepCache3b0nu"), params
+    assert params["OpenVINO preset"] == "fastest" and "OpenVINO note" not in params
+    assert unet.served.entry.manifest.preset == "fastest"
     assert "webui ratio 0.3 not applied" in params["OpenVINO token merging"]
     assert metrics.rel_l2(job.latent, torch_job.latent) < 0.25
     job = txt2img(webui, deepcache=(3, 1, "uniform"))  # a branch Optimize did not make
     params = infotext_params(job.infotexts[0])
-    assert params["OpenVINO"] == "int8-tome0.5, CPU, f32, dynamic"
+    assert params["OpenVINO"] == "int8-tome0.5, CPU, f32, dynamic" and "OpenVINO preset" not in params
     said = "DeepCache off: no DeepCache pair (branch 1) of INT8 ToMe0.5: Optimize it with 'DeepCache pair"
     assert params["OpenVINO note"].startswith(said), params
     assert "webui ratio 0.3 not applied" in webui.pkg.accordion.status_html()

@@ -1,0 +1,59 @@
+"""The "fastest" preset: the combination of recipe, precision and DeepCache schedule that made the
+fastest picture within the fidelity floor in bench/picture.py (README, "The whole picture").
+
+Measured on 2 cores (AMD EPYC Zen 4 and earlier Xeons), SD1.5 at 512², 20 Euler steps: INT8
+hybrid + ToMe 0.5 is the fastest recipe within rel L2 0.1 of torch (bench/recipes.py), and
+DeepCache's non-uniform schedule at interval 3 keeps the picture closest to the uncached one for
+its speed (bench/deepcache.py). bf16 for the float parts only where this CPU runs bf16 faster
+than f32 (`cpu_caps`): a claim of BF16 is not enough (3x slower on an AMX VM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .deepcache import DeepCacheConfig
+from .ov_core import default_precision
+from .recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    recipe: Recipe
+    deepcache: DeepCacheConfig
+
+    def recipe_for(self, device: str = "CPU") -> Recipe:
+        """The recipe with the precision `device` runs fastest (`preset_precision`)."""
+        return replace(self.recipe, precision=preset_precision(device))
+
+    def describe(self, device: str = "CPU") -> str:
+        """What it runs, for reports."""
+        return f"{self.recipe_for(device).label()} + {self.deepcache.label()}"
+
+    def form_values(self, device: str = "CPU") -> dict:
+        """The Optimize form's fields that make the preset's recipe and its DeepCache pair."""
+        recipe = self.recipe_for(device)
+        return {
+            "int8": recipe.int8,
+            "tome": recipe.tome,
+            "prune": recipe.prune,
+            "smooth_quant": recipe.smooth_quant,
+            "precision": recipe.precision,
+            "deepcache_branch": str(self.deepcache.branch),
+        }
+
+
+FASTEST = Preset("fastest", Recipe(int8="hybrid", tome=0.5), DeepCacheConfig(3, 0, "non-uniform"))
+PRESETS = {p.name: p for p in (FASTEST,)}
+
+
+def preset_precision(device: str = "CPU") -> str:
+    """The preset's inference precision on `device`: bf16 on a CPU that runs it faster than f32,
+    f32 on other CPUs, the device's own default elsewhere."""
+    head = device.split(":")[0].split(".")[0].upper()
+    if head != "CPU":
+        return default_precision(device)
+    from .cpu_caps import cpu_caps
+
+    return "bf16" if cpu_caps().bf16_native else "f32"

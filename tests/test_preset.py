@@ -1,0 +1,57 @@
+"""The CPU's measured bf16 verdict, where bf16 is used, and the fastest preset's form (issue #12)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from sd_ov import cpu_caps as cpu_caps_module
+from sd_ov.cpu_caps import MIN_BF16_SPEEDUP, CpuCaps, cpu_caps
+from sd_ov.form import parse_optimize_form
+from sd_ov.preset import FASTEST, preset_precision
+from sd_ov.served import RuntimeSettings
+
+SLOW_BF16 = CpuCaps(("BF16", "FP32", "INT8"), 0.35)  # claimed, 3x slower: the AMX VM of 2026-11
+FAST_BF16 = CpuCaps(("BF16", "FP32", "INT8"), 1.8)
+NO_BF16 = CpuCaps(("FP32", "INT8"), 0.0)
+
+
+def test_this_cpus_verdict_is_measured_only_where_bf16_is_claimed_and_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    caps = cpu_caps()
+    assert "FP32" in caps.claimed
+    if "BF16" in caps.claimed:
+        assert caps.bf16_speedup > 0, "the timing child ran"
+    else:
+        assert caps.bf16_speedup == 0 and not caps.bf16_native
+    assert caps.bf16_native == ("BF16" in caps.claimed and caps.bf16_speedup >= MIN_BF16_SPEEDUP)
+    assert (tmp_path / "sd_ov" / "cpu_caps.json").exists()
+    assert cpu_caps() == caps  # from the file: the same verdict, no second measurement
+
+
+@pytest.mark.parametrize("caps, runs", [(SLOW_BF16, "f32"), (FAST_BF16, "bf16"), (NO_BF16, "f32")])
+def test_bf16_runs_only_where_this_cpu_runs_it_faster(monkeypatch, caps, runs):
+    monkeypatch.setattr(cpu_caps_module, "cpu_caps", lambda: caps)
+    monkeypatch.setattr("sd_ov.served.cpu_caps", lambda: caps)
+    settings = RuntimeSettings(precision="bf16").for_device()
+    assert settings.precision == runs
+    assert bool(settings.precision_note) == (runs == "f32")
+    if caps is SLOW_BF16:
+        assert settings.precision_note == (
+            "bf16 asked, f32 ran: this CPU does not run bf16 faster than f32 (bf16 ran 0.35x f32's speed)"
+        )
+    assert preset_precision("CPU") == runs
+    assert RuntimeSettings(device="GPU", precision="bf16").for_device().precision == "bf16"  # not the CPU's
+
+
+def test_the_fastest_preset_sets_the_recipe_and_its_deepcache_pair(monkeypatch):
+    monkeypatch.setattr(cpu_caps_module, "cpu_caps", lambda: NO_BF16)
+    request = parse_optimize_form({"preset": "fastest", "int8": "off", "tome": 0.2, "samples": 4})
+    assert request.recipe == replace(FASTEST.recipe, samples=4)  # the preset's fields win over the form's
+    assert request.deepcache_branch == FASTEST.deepcache.branch and request.preset == "fastest"
+    monkeypatch.setattr(cpu_caps_module, "cpu_caps", lambda: FAST_BF16)
+    assert parse_optimize_form({"preset": "fastest"}).recipe.precision == "bf16"
+    with pytest.raises(ValueError, match="preset must be"):
+        parse_optimize_form({"preset": "turbo"})
+    assert parse_optimize_form({}).preset == "" and parse_optimize_form({}).deepcache_branch is None
