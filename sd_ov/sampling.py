@@ -122,6 +122,30 @@ def sample_heun(
     return result
 
 
+def sample_lcm(
+    unet: UNetFn, noise: torch.Tensor, cond: torch.Tensor, steps: int = 4, seed: int = 0
+) -> SampleResult:
+    """k-diffusion's sample_lcm (the webui's LCM sampler) at CFG 1: one UNet call per step on the
+    prompt alone (batch 1, no uncond), the denoised latent renoised to the next sigma."""
+    denoiser = Denoiser(unet, 1.0)
+    sigmas = denoiser.schedule(steps)
+    gen = torch.Generator().manual_seed(seed)
+    x = noise * sigmas[0]
+    result = SampleResult(latent=x)
+    with torch.no_grad():
+        for i in range(steps):
+            started = time.perf_counter()
+            sigma = torch.full((x.shape[0],), float(sigmas[i]))
+            c_in = (1.0 / (sigma**2 + 1) ** 0.5)[:, None, None, None]
+            eps = unet(x * c_in, denoiser.sigma_to_t(sigma), cond)
+            x = x - eps * float(sigmas[i])
+            if sigmas[i + 1] > 0:
+                x = x + float(sigmas[i + 1]) * torch.randn(x.shape, generator=gen)
+            result.step_seconds.append(time.perf_counter() - started)
+    result.latent = x
+    return result
+
+
 # The webui's "Approx cheap" live preview: a fixed linear map from SD1 latents to RGB.
 _LATENT_RGB = torch.tensor(
     [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]

@@ -14,6 +14,7 @@ from sd_ov import engine, metrics
 from sd_ov.lora_branch import LoraLayer, UnsupportedLoraError, concatenate
 from sd_ov.optimize import optimize
 from sd_ov.recipe import Recipe
+from sd_ov.sampling import sample_lcm
 
 from .conftest import unet_inputs
 
@@ -168,3 +169,17 @@ def test_a_lora_on_an_int8_weight_compressed_base(tiny_unet, tmp_path, inputs):
     error = metrics.rel_l2(runtime(*inputs), expected)
     assert error <= 0.05  # INT8 weights' own error (test_compress.WEIGHTS_TOLERANCE)
     assert metrics.rel_l2(int8_base, expected) > 3 * error
+
+
+def test_the_lcm_lora_path_batch_1_without_cfg_matches_torch(tiny_unet, runtime):
+    """LCM-LoRA as the webui's LCM sampler runs it at CFG 1: one batch-1 call per step (no uncond
+    batched in), the LoRA on every layer LCM-LoRA trains (3x3 convs included)."""
+    lora = make_lora(tiny_unet, layers=tuple(runtime.lora_slots), rank=8, seed=6, strength=0.5)
+    runtime.set_lora(lora)
+    gen = torch.Generator().manual_seed(7)
+    noise, cond = torch.randn(1, 4, 16, 16, generator=gen), torch.randn(1, 77, 64, generator=gen)
+    calls = runtime.stats.calls
+    served = sample_lcm(runtime, noise, cond, steps=4).latent
+    expected = sample_lcm(merged(tiny_unet, lora), noise, cond, steps=4).latent
+    assert runtime.stats.calls - calls == 4
+    assert metrics.rel_l2(served, expected) <= 1e-3
