@@ -302,6 +302,7 @@ def optimize_with_deepcache(
             captured.append(capture(runtime, progress_))
         return captured[0]
 
+    sample_image = kwargs.pop("sample_image", None)  # the recipe's picture; its pair's full model is the same
     recipes = [recipe.base] + (
         [recipe.with_deepcache(deepcache_branch)] if deepcache_branch is not None else []
     )
@@ -317,6 +318,7 @@ def optimize_with_deepcache(
                 each,
                 capture_once if capture is not None else None,
                 progress=share,
+                sample_image=sample_image if i == 0 else None,
                 **kwargs,
             )
         )

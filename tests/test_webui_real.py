@@ -386,9 +386,18 @@ SD15_TRANSFORMERS = {
 }
 
 
-def write_lora(path: Path, rank: int, seed: int, strength: float) -> None:
+# ResBlock 3x3 convolutions (LoCon's, LCM-LoRA's): (in, out) channels.
+SD15_RESBLOCK_CONVS = {
+    "input_blocks.1.0.in_layers.2": (320, 320),
+    "middle_block.0.out_layers.3": (1280, 1280),
+    "output_blocks.11.0.out_layers.3": (320, 320),
+}
+
+
+def write_lora(path: Path, rank: int, seed: int, strength: float, locon: bool = False) -> None:
     """A seeded random LoRA file as kohya's scripts write them (fp16, `lora_unet_<layer>` keys,
-    alpha = rank), on attention Linears and the 1x1 proj_in convolutions of every block."""
+    alpha = rank), on attention Linears and the 1x1 proj_in convolutions of every block; locon:
+    also on some ResBlocks' 3x3 convolutions (a 3x3 down, a 1x1 up, as LyCORIS writes LoCon)."""
     import torch
     from safetensors.torch import save_file
 
@@ -410,18 +419,25 @@ def write_lora(path: Path, rank: int, seed: int, strength: float) -> None:
             tensors[f"{key}.lora_down.weight"] = down.half()
             tensors[f"{key}.lora_up.weight"] = up.half()
             tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    for layer, (in_c, out_c) in SD15_RESBLOCK_CONVS.items() if locon else ():
+        key = "lora_unet_" + layer.replace(".", "_")
+        down = torch.randn(rank, in_c, 3, 3, generator=gen) / (9 * in_c) ** 0.5
+        up = torch.randn(out_c, rank, 1, 1, generator=gen) * strength / rank**0.5
+        tensors[f"{key}.lora_down.weight"] = down.half()
+        tensors[f"{key}.lora_up.weight"] = up.half()
+        tensors[f"{key}.alpha"] = torch.tensor(float(rank))
     save_file(tensors, str(path))
 
 
 def test_loras_on_openvino_match_torch_and_switch_without_a_recompile(installed):
-    """Issue #10's webui check: one and two LoRAs in the prompt on the OpenVINO UNet match torch's
-    picture with the same LoRAs (PSNR >= 35 dB, FP32), a weight change or another set recompiles
-    nothing, and the infotext names them."""
+    """Issue #10's webui check: one and two LoRAs in the prompt (the second a LoCon with 3x3 conv
+    layers) on the OpenVINO UNet match torch's picture with the same LoRAs (PSNR >= 35 dB, FP32),
+    a weight change or another set recompiles nothing, and the infotext names them."""
     folder = Path(WEBUI) / "models" / "Lora"
     folder.mkdir(exist_ok=True)
     files = [folder / "sdov-test-a.safetensors", folder / "sdov-test-b.safetensors"]
     write_lora(files[0], rank=8, seed=1, strength=0.5)
-    write_lora(files[1], rank=4, seed=2, strength=0.5)
+    write_lora(files[1], rank=4, seed=2, strength=0.5, locon=True)  # 3x3 conv layers too
     prompts = {
         "a:0.8": f"{JOB['prompt']} <lora:sdov-test-a:0.8>",
         "a:0.4": f"{JOB['prompt']} <lora:sdov-test-a:0.4>",

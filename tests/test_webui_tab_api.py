@@ -9,10 +9,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from sd_ov import cache, engine, metrics
 from sd_ov import cpu_caps as cpu_caps_module
-from sd_ov import metrics
 from sd_ov.cpu_caps import CpuCaps
+from sd_ov.deepcache import DeepCacheConfig
 
+from .conftest import unet_inputs
 from .webui_harness import infotext_params, txt2img
 
 TAB_VALUES = dict(
@@ -88,6 +90,32 @@ def test_each_tab_input_reaches_its_own_form_field(webui, monkeypatch):
     assert received == [{f: f"value of {f}" for f in TAB_COMPONENTS}]
 
 
+def pair_equals_its_recipe(single, deepcache: DeepCacheConfig) -> None:
+    """The recipe's DeepCache pair (INT8 hybrid + ToMe, made by Optimize from the same calibration)
+    against the recipe's own model: the full call equals it, and so does the shallow call on the
+    feature just cached. Each half of the recipe would break this alone: ToMe's grid taken from
+    the UNet's forward, which DeepCache's graphs never call; a quantizer only one graph has."""
+    made = single.manifest
+    key = cache.EntryKey(
+        made.checkpoint_name, made.checkpoint_hash, made.recipe.with_deepcache(deepcache.branch)
+    )
+    pair = cache.find(single.path.parents[1], key)[0]
+    for model in ("full", "shallow"):  # both graphs carry the recipe's INT8 and its token merging
+        text = pair.ir_path(model).read_text()
+        assert "FakeQuantize" in text and "ScatterElementsUpdate" in text, model
+    report = pair.manifest.report
+    assert report.shallow_s_per_step > 0 and report.shallow_rel_l2 <= 1e-5
+    x, t, c = unet_inputs(2, 16, 16, 77, 64, seed=8)
+    expected = engine.open_unet(single)(x, t, c)
+    runner = engine.open_deepcache(pair, deepcache)
+    runner.start(deepcache)
+    full, shallow = runner(x, t, c), runner(x, t, c)
+    assert runner.pattern == ["F", "S"]
+    assert (
+        metrics.rel_l2(full, expected) <= 1e-3 and metrics.rel_l2(shallow, expected) <= 1e-3
+    )  # measured ~1e-6
+
+
 def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path, monkeypatch):
     """The fastest preset: INT8 hybrid + ToMe 0.5 and its DeepCache pair (f32 here: the CPU's
     bf16 verdict is pinned, test_preset.py tests that choice)."""
@@ -120,6 +148,9 @@ def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path, m
     assert params["OpenVINO"].startswith("int8-tome0.5+DeepCache3b0nu"), params
     assert params["OpenVINO preset"] == "fastest" and "OpenVINO note" not in params
     assert unet.served.entry.manifest.preset == "fastest"
+    listed = {r.label: r for r in webui.pkg.api.recipes_route().recipes}  # what GET /sd-ov/v1/recipes says
+    assert listed["INT8 ToMe0.5"].deepcache_branches == [0]
+    pair_equals_its_recipe(unet.served.entry, DeepCacheConfig(2, 0))
     assert "webui ratio 0.3 not applied" in params["OpenVINO token merging"]
     assert metrics.rel_l2(job.latent, torch_job.latent) < 0.25
     job = txt2img(webui, deepcache=(3, 1, "uniform"))  # a branch Optimize did not make
@@ -194,13 +225,12 @@ SMALL = {
 
 
 def test_api_optimizes_and_lists(api):
-    done = api.post("/sd-ov/v1/optimize", json={**SMALL, "deepcache_branch": 1})
+    done = api.post("/sd-ov/v1/optimize", json=SMALL)
     assert done.status_code == 200, done.text
     assert done.json()["label"] == "[OpenVINO INT8w] tinyckpt" and done.json()["report"]["speedup"] > 0
     listed = api.get("/sd-ov/v1/recipes").json()["recipes"]
     assert [r["label"] for r in listed] == ["FP32", "INT8w"]
-    assert listed[1]["option"] == "[OpenVINO INT8w] tinyckpt" and listed[1]["deepcache_branches"] == [1]
-    assert listed[0]["deepcache_branches"] == [1], "the FP32 pair it was made from"
+    assert listed[1]["option"] == "[OpenVINO INT8w] tinyckpt" and listed[1]["deepcache_branches"] == []
 
 
 def test_api_error_codes(api, webui, monkeypatch):
