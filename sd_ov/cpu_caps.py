@@ -61,10 +61,6 @@ class CpuCaps:
     def bf16_native(self) -> bool:
         return "BF16" in self.claimed and self.bf16_speedup >= MIN_BF16_SPEEDUP
 
-    @property
-    def int8(self) -> bool:
-        return "INT8" in self.claimed
-
 
 def _measure_bf16_speedup() -> float:
     try:
@@ -78,8 +74,8 @@ def _measure_bf16_speedup() -> float:
 
 
 def cpu_caps() -> CpuCaps:
-    """This CPU's capabilities, measured once per machine, kernel and OpenVINO version."""
-    claimed = tuple(sorted(str(c) for c in get_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
+    """This CPU's capabilities, measured once per machine, kernel and OpenVINO version (a job that
+    asks for bf16 reads the verdict from the file)."""
     cache = _probe_cache_file().with_name("cpu_caps.json")
     fingerprint = _machine_fingerprint() + os.environ.get("ONEDNN_MAX_CPU_ISA", "")
     try:
@@ -88,6 +84,7 @@ def cpu_caps() -> CpuCaps:
             return CpuCaps(tuple(cached["claimed"]), float(cached["bf16_speedup"]))
     except (OSError, ValueError, KeyError):
         pass
+    claimed = tuple(sorted(str(c) for c in get_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
     caps = CpuCaps(claimed, _measure_bf16_speedup() if "BF16" in claimed else 0.0)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -162,10 +162,14 @@ DEFAULT_PRECISION = {"CPU": "f32", "GPU": "f16", "NPU": "f16"}
 STATIC_ONLY = ("NPU",)
 
 
+def device_kind(device: str) -> str:
+    """`GPU.1` → GPU, `HETERO:GPU,CPU` → HETERO: the plugin a device string names."""
+    return device.split(":")[0].split(".")[0].upper()
+
+
 def default_precision(device: str) -> str:
     """The precision "auto" means on `device` ("auto" again for AUTO/HETERO: each device its own)."""
-    head = device.split(":")[0].split(".")[0].upper()
-    return DEFAULT_PRECISION.get(head, "auto")
+    return DEFAULT_PRECISION.get(device_kind(device), "auto")
 
 
 def needs_static_shapes(device: str) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .deepcache import DeepCacheConfig
-from .ov_core import default_precision
+from .ov_core import default_precision, device_kind
 from .recipe import Recipe
 
 
@@ -53,8 +53,7 @@ PRESETS = {p.name: p for p in (FASTEST,)}
 def preset_precision(device: str = "CPU") -> str:
     """The preset's inference precision on `device`: bf16 on a CPU that runs it faster than f32,
     f32 on other CPUs, the device's own default elsewhere."""
-    head = device.split(":")[0].split(".")[0].upper()
-    if head != "CPU":
+    if device_kind(device) != "CPU":
         return default_precision(device)
     from .cpu_caps import cpu_caps
 

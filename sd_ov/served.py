@@ -24,7 +24,7 @@ from .deepcache import DeepCacheConfig, DeepCacheUNet
 from .errors import NonFiniteOutputError, SdOvError
 from .lora_branch import LoraLayer, UnsupportedLoraError
 from .memory import trim_heap
-from .ov_core import default_precision, needs_static_shapes
+from .ov_core import default_precision, device_kind, needs_static_shapes
 from .preset import PRESETS
 from .progress import ProgressFn, silent
 from .recipe import Recipe
@@ -65,7 +65,7 @@ class RuntimeSettings:
         precision = default_precision(self.device) if self.precision == "auto" else self.precision
         shapes = "static" if needs_static_shapes(self.device) else self.shape_policy
         note = ""
-        if precision == "bf16" and self.device.split(":")[0].split(".")[0].upper() == "CPU":
+        if precision == "bf16" and device_kind(self.device) == "CPU":
             caps = cpu_caps()
             if not caps.bf16_native:  # measured slower than f32 here (and NaN on an AMX VM): f32 runs
                 precision = "f32"
