@@ -60,7 +60,7 @@ def _export(args: argparse.Namespace) -> int:
     )
     entry = prepared.entry
     ov_unet = engine.open_unet(entry, args.device, args.precision, args.shape_policy, progress=console)
-    width, height = parse_size(args.size, multiple=8 * entry.manifest.unet.downsample)
+    width, height = parse_size(args.size, multiple=8 * entry.manifest.unet.size_multiple)
     spec = entry.manifest.unet
     started = time.perf_counter()
     ov_unet.prepare(args.batch, height // 8, width // 8)

@@ -51,6 +51,15 @@ class Prepared:
     rebuilt_because: str | None = None
 
 
+def _find(root: Path, key: cache.EntryKey) -> tuple[cache.CacheEntry | None, str | None]:
+    """cache.find, where a plain entry from before the any-size trace counts as stale: it is
+    re-exported once, so every picture size the webui makes runs on OpenVINO."""
+    entry, problem = cache.find(root, key)
+    if entry is not None and entry.manifest.unet is not None and not entry.manifest.unet.latent_multiple:
+        return None, "exported by an older sd-ov that served only sides that are multiples of 64 px"
+    return entry, problem
+
+
 def prepare_entry(
     unet: torch.nn.Module,
     cache_root: str | Path,
@@ -69,20 +78,20 @@ def prepare_entry(
     root = Path(cache_root)
     root.mkdir(parents=True, exist_ok=True)
     key = cache.EntryKey(checkpoint_name, checkpoint_hash, recipe)
-    entry, problem = cache.find(root, key)
+    entry, problem = _find(root, key)
     if entry is not None:
         progress(f"using cached OpenVINO UNet {entry.path.name}", 1.0)
         return Prepared(entry, exported=False)
     with cache.entry_lock(root, key, progress):
         cache.cleanup_stale(root)
-        entry, problem = cache.find(root, key)  # another process may have written it meanwhile
+        entry, problem = _find(root, key)  # another process may have written it meanwhile
         if entry is not None:
             progress(f"using cached OpenVINO UNet {entry.path.name}", 1.0)
             return Prepared(entry, exported=False)
         if problem:
             log.warning("sd-ov: rebuilding a cache entry: %s", problem)
             progress(f"cache entry invalid, rebuilding ({problem})", 0.0)
-        spec = describe(unet)
+        spec = describe(unet).exported(tome=False)
         branch = recipe.deepcache_branch
 
         def build(folder: Path) -> dict[str, Any]:
@@ -121,7 +130,7 @@ def open_unet(
         precision=precision,
         shape_policy=shape_policy,
         max_compiled=max_compiled,
-        downsample=entry.manifest.unet.downsample,
+        latent_multiple=entry.manifest.unet.size_multiple,
         blob_dir=blob_dir,
         progress=progress,
         lora=lora,

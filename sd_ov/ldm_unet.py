@@ -10,7 +10,7 @@ import contextlib
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,20 @@ class UNetSpec:
     context_dim: int
     model_channels: int
     parameters: int
-    downsample: int  # latent H and W must be multiples of this
+    downsample: int  # the UNet's own downsampling: 2 ** (levels - 1)
+    # What an exported IR takes: latent H and W multiples of this. 0 (entries exported before
+    # the skip joins were traced with the webui's resize): multiples of `downsample` only.
+    latent_multiple: int = 0
+
+    @property
+    def size_multiple(self) -> int:
+        """Latent sides must be multiples of this for the IR (1: any size the webui makes)."""
+        return self.latent_multiple or self.downsample
+
+    def exported(self, tome: bool) -> UNetSpec:
+        """The spec of an IR traced under `traceable`: its skip joins resize like the webui's,
+        so any latent size runs; ToMe's 2x2 windows need even sides."""
+        return replace(self, latent_multiple=2 if tome else 1)
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -158,9 +171,55 @@ def _sdpa_cross_attention(self, x, context=None, mask=None):
     return self.to_out(out.transpose(1, 2).flatten(2))
 
 
+class _SkipJoinResize:
+    """openaimodel's `th` while tracing: the host's torch, with a `cat` that resizes an
+    upsampled feature to its skip connection's size before joining them.
+
+    The webui's `TorchHijackForUnet.cat` resizes (nearest) when the two sizes differ, which is
+    what lets it make pictures whose sides are multiples of 8 px, not 64: an odd latent side
+    halves up (41 → 21) and doubles back to 42. A trace at an even size would never take that
+    branch, so the resize is put into the graph at every join that follows an Upsample; where
+    the sizes agree it is the identity (nearest, same size), so every size gives the webui's
+    numbers and the IR's spatial dimensions stay free.
+    """
+
+    def __init__(self, host: Any) -> None:
+        self._host = host
+        self.upsampled = False
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self._host, item)
+
+    def cat(self, tensors, *args, **kwargs):
+        if self.upsampled and len(tensors) == 2 and tensors[0].dim() == 4:
+            self.upsampled = False
+            a, b = tensors
+            tensors = (F.interpolate(a, size=b.shape[-2:], mode="nearest"), b)
+        return torch.cat(tensors, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _resized_skip_joins(unet: torch.nn.Module) -> Iterator[None]:
+    module = _openaimodel()
+    join = _SkipJoinResize(module.th)
+
+    def mark(*_: Any) -> None:
+        join.upsampled = True
+
+    hooks = [m.register_forward_hook(mark) for m in unet.modules() if isinstance(m, module.Upsample)]
+    saved, module.th = module.th, join
+    try:
+        yield
+    finally:
+        module.th = saved
+        for hook in hooks:
+            hook.remove()
+
+
 @contextlib.contextmanager
 def traceable(unet: torch.nn.Module) -> Iterator[None]:
-    """Make an ldm UNet traceable for the duration: SDPA attention, no gradient checkpointing.
+    """Make an ldm UNet traceable for the duration: SDPA attention, no gradient checkpointing,
+    skip joins that take any latent size (`_SkipJoinResize`).
 
     Everything is put back as it was, whatever the webui had installed before.
     """
@@ -184,7 +243,8 @@ def traceable(unet: torch.nn.Module) -> Iterator[None]:
     try:
         for c in classes:
             c.forward = _sdpa_cross_attention
-        yield
+        with _resized_skip_joins(unet):
+            yield
     finally:
         for c, fwd in saved_forwards.items():
             if fwd is None:

@@ -233,7 +233,12 @@ def _optimize(
                 unet, spec, recipe, source.path, samples, folder, scaled(progress, 0.4, 0.85), torch_weights
             )
             calibration = {"samples": len(samples), "digest": digest(samples)} if samples else None
-            fields = {"unet": spec, "timings": timings, "label": recipe.label(), "calibration": calibration}
+            fields = {
+                "unet": spec.exported(tome=recipe.tome > 0),
+                "timings": timings,
+                "label": recipe.label(),
+                "calibration": calibration,
+            }
             if preset:
                 fields["preset"] = preset
             if branch is not None:

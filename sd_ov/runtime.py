@@ -66,7 +66,7 @@ class OVUNet:
         precision: str = "f32",
         shape_policy: str = DEFAULT_SHAPE_POLICY,
         max_compiled: int = 2,
-        downsample: int = 1,
+        latent_multiple: int = 1,
         blob_dir: str | Path | None = None,
         progress: ProgressFn = silent,
         lora: bool = False,
@@ -80,7 +80,7 @@ class OVUNet:
         self.precision = precision
         self.shape_policy = shape_policy
         self.max_compiled = max(1, int(max_compiled))
-        self.downsample = max(1, int(downsample))
+        self.latent_multiple = max(1, int(latent_multiple))  # the IR's: UNetSpec.size_multiple
         self.properties = compile_properties(self.device, precision, blob_dir)
         self.mapped_sources = mapped_sources(xml_path, blob_dir)
         self.progress = progress
@@ -121,10 +121,10 @@ class OVUNet:
             raise UnsupportedCallError(
                 f"context {tuple(context.shape)} does not fit batch {b} and width {self.context_dim}"
             )
-        if h % self.downsample or w % self.downsample:
+        if h % self.latent_multiple or w % self.latent_multiple:
             raise UnsupportedCallError(
-                f"latent {h}x{w} is not a multiple of {self.downsample} "
-                f"(picture sides must be multiples of {8 * self.downsample} px)"
+                f"latent {h}x{w} is not a multiple of {self.latent_multiple} (this OpenVINO UNet "
+                f"takes picture sides that are multiples of {8 * self.latent_multiple} px)"
             )
         if timesteps.numel() not in (1, b):
             raise UnsupportedCallError(f"{timesteps.numel()} timesteps for a batch of {b}")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from ldm.modules import attention
 
-from sd_ov import engine, metrics
+from sd_ov import cache, engine, metrics
 from sd_ov.errors import UnsupportedCallError, UnsupportedModelError
 from sd_ov.ldm_unet import build_unet, describe, traceable
 
-from .conftest import TINY_SD2, unet_inputs
+from .conftest import TINY_SD1, TINY_SD2, unet_inputs
 
 TOLERANCE = 1e-4  # relative L2, FP32 both sides
 SHAPES = [(b, s, s, n) for b in (1, 2, 4) for s in (32, 48) for n in (77, 154)]
@@ -55,10 +57,41 @@ def test_cycling_through_more_shapes_than_kept_does_not_recompile(tiny_entry, ti
         assert metrics.rel_l2(out, tiny_unet(*long)) <= TOLERANCE
 
 
-def test_sizes_the_unet_cannot_take_are_refused(tiny_entry):
+@pytest.mark.parametrize("h,w", [(30, 32), (41, 25)])
+def test_sides_that_are_not_multiples_of_64_px_match_the_webuis_torch(stub_modules, ov_unet, tiny_unet, h, w):
+    """A 328x200 px picture (latent 41x25): halving rounds up (41 → 21 → 11 → 6) and doubling
+    gives 12, so the webui's TorchHijackForUnet resizes at the skip joins; the IR does the same."""
+    x, t, c = unet_inputs(2, h, w, 77, 64, seed=h * w)
+    with torch.no_grad():
+        ref = tiny_unet(x, t, c)  # openaimodel.th is the webui's (the stand-in installs it)
+    out = ov_unet(x, t, c)
+    assert out.shape == ref.shape == x.shape
+    assert metrics.rel_l2(out, ref) <= TOLERANCE
+
+
+def test_an_entry_from_before_the_any_size_trace_is_re_exported_once(tiny_unet, tmp_path):
+    root = tmp_path / "cache"
+    entry = engine.prepare_entry(tiny_unet, root, "tiny", "h").entry
+    assert entry.manifest.unet.size_multiple == 1
+    old = replace(entry.manifest, unet=replace(entry.manifest.unet, latent_multiple=0))
+    cache._write_manifest(entry.path / cache.MANIFEST, old)  # as an older sd-ov wrote it
+    assert (
+        cache.find(root, cache.EntryKey("tiny", "h", entry.manifest.recipe))[0].manifest.unet.size_multiple
+        == 4
+    )  # the tiny UNet's downsample
+    again = engine.prepare_entry(tiny_unet, root, "tiny", "h")
+    assert again.exported and "multiples of 64 px" in again.rebuilt_because
+    assert again.entry.manifest.unet.size_multiple == 1
+    assert not engine.prepare_entry(tiny_unet, root, "tiny", "h").exported
+
+
+def test_sizes_the_ir_cannot_take_are_refused(tiny_entry):
+    """A ToMe recipe's 2x2 windows need even latent sides: the runtime refuses odd ones (the
+    adapter then serves that call on torch) instead of failing inside OpenVINO."""
     unet = engine.open_unet(tiny_entry)
-    with pytest.raises(UnsupportedCallError, match="multiple of 4"):
-        unet(*unet_inputs(2, 30, 32, 77, 64))
+    unet.latent_multiple = 2
+    with pytest.raises(UnsupportedCallError, match="multiples of 16 px"):
+        unet(*unet_inputs(2, 41, 32, 77, 64))
 
 
 def test_dynamic_policy_compiles_once(tiny_entry):
@@ -94,12 +127,31 @@ def test_bad_inputs_are_refused_clearly(tiny_entry, x_shape, c_shape, why):
 
 
 def test_sd2_architecture_matches_torch(tmp_path):
+    """SD2's linear projections and heads by channel count, at 512² and at SD2-v's 768² (96²
+    latent); v-prediction is the webui's denoiser's arithmetic, outside the UNet."""
     unet = build_unet(TINY_SD2, seed=1)
     entry = engine.prepare_entry(unet, tmp_path, "tiny-sd2", engine.weights_hash(unet)).entry
-    x, t, c = unet_inputs(2, 32, 32, 77, 96)
+    served = engine.open_unet(entry)
+    for side in (64, 96):
+        x, t, c = unet_inputs(2, side, side, 77, 96, seed=side)
+        with torch.no_grad():
+            ref = unet(x, t, c)
+        assert metrics.rel_l2(served(x, t, c), ref) <= TOLERANCE
+
+
+@pytest.mark.parametrize("channels", [9, 8])
+def test_inpainting_and_instruct_pix2pix_unets_match_torch(tmp_path, channels):
+    """Inpainting (9 channels: latent, mask, masked picture) and instruct-pix2pix (8) UNets: the
+    webui concatenates the image conditioning (c_concat) into x before the UNet's forward."""
+    unet = build_unet({**TINY_SD1, "in_channels": channels}, seed=2)
+    entry = engine.prepare_entry(unet, tmp_path, f"tiny-{channels}ch", engine.weights_hash(unet)).entry
+    assert entry.manifest.unet.in_channels == channels
+    x, t, c = unet_inputs(2, 40, 24, 77, 64, in_channels=channels, seed=channels)
     with torch.no_grad():
         ref = unet(x, t, c)
-    assert metrics.rel_l2(engine.open_unet(entry)(x, t, c), ref) <= TOLERANCE
+    out = engine.open_unet(entry)(x, t, c)
+    assert out.shape == ref.shape == (2, 4, 40, 24)
+    assert metrics.rel_l2(out, ref) <= TOLERANCE
 
 
 def test_traceable_restores_the_attention_the_host_installed(tiny_unet):

@@ -68,6 +68,7 @@ def test_optimize_makes_a_measured_entry_per_recipe(tiny_unet, capture, tmp_path
     manifest = entry.manifest
     assert manifest.label == combo.label() == "INT8 ToMe0.5 FFN25%"
     assert manifest.calibration["samples"] == 6
+    assert manifest.unet.size_multiple == 2  # ToMe's 2x2 windows: even latent sides
     report = manifest.report
     for field in ("torch_s_per_step", "s_per_step", "speedup", "rel_l2", "psnr_db", "ssim", "peak_rss_mib"):
         assert getattr(report, field) > 0, field

@@ -34,6 +34,18 @@ def test_txt2img_through_openvino_matches_torch(webui):
     assert any(t.startswith("OpenVINO:") for t in webui.shared.state.textinfo_history)
 
 
+def test_sides_that_are_multiples_of_8_not_64_px_run_on_openvino(webui):
+    """328x200 px (a 41x25 latent): every call on OpenVINO, the webui's torch picture."""
+    webui.shared.opts.sd_unet = "None"
+    torch_job = txt2img(webui, width=328, height=200)
+    webui.shared.opts.sd_unet = "Automatic"
+    ov_job = txt2img(webui, width=328, height=200)
+    record = webui.sd_unet.current_unet.record
+    assert record.openvino_calls == 4 and not record.torch_calls
+    assert ov_job.latent.shape[-2:] == (25, 41)
+    assert metrics.rel_l2(ov_job.latent, torch_job.latent) < 1e-4
+
+
 def test_restart_reuses_the_cache(webui, monkeypatch):
     txt2img(webui)  # exports unless an earlier test did
     webui.sd_unet.current_unet.deactivate()

@@ -119,6 +119,8 @@ def txt2img(
     override=None,
     prompt="a red fox",
     negative_prompt="",
+    width=256,
+    height=256,
 ):
     from modules import processing, scripts
 
@@ -131,6 +133,8 @@ def txt2img(
         uncond,
         steps=steps,
         seed=seed,
+        width=width,
+        height=height,
         scripts=runner,
         script_args=runner.script_args,
         override_settings=override,
