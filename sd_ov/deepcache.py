@@ -24,24 +24,18 @@ import torch
 
 from .errors import UnsupportedModelError
 from .export import (
-    INPUT_NAMES,
     OUTPUT_NAME,
     check_disk_space,
     convert_module,
     dynamic_shapes,
     example_inputs,
+    input_names,
     save_ir,
 )
-from .ldm_unet import UNetSpec
+from .ldm_unet import UNetSpec, openaimodel_of
 from .progress import ProgressFn
 
 SCHEDULES = ("uniform", "non-uniform")
-
-
-def _openaimodel():
-    from ldm.modules.diffusionmodules import openaimodel
-
-    return openaimodel
 
 
 def check_branch(unet: torch.nn.Module, branch: int) -> None:
@@ -52,9 +46,23 @@ def check_branch(unet: torch.nn.Module, branch: int) -> None:
         )
 
 
-def _embedding(unet: torch.nn.Module, timesteps: torch.Tensor) -> torch.Tensor:
-    om = _openaimodel()
-    return unet.time_embed(om.timestep_embedding(timesteps, unet.model_channels, repeat_only=False))
+def _embedding(unet: torch.nn.Module, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """The UNet's time embedding, plus SDXL's vector conditioning where the UNet takes one."""
+    om = _module(unet)
+    emb = unet.time_embed(om.timestep_embedding(timesteps, unet.model_channels, repeat_only=False))
+    return emb if y is None else emb + unet.label_emb(y)
+
+
+def _module(unet: torch.nn.Module):
+    module = openaimodel_of(unet)
+    if module is None:
+        raise UnsupportedModelError(f"DeepCache takes the ldm or sgm UNetModel, not {type(unet).__name__}")
+    return module
+
+
+def _cat(unet: torch.nn.Module):
+    """The host's cat of the UNet's own module (ldm or sgm; the webui's handles odd sizes)."""
+    return _module(unet).th.cat
 
 
 class DeepCacheFull(torch.nn.Module):
@@ -65,9 +73,11 @@ class DeepCacheFull(torch.nn.Module):
         check_branch(unet, branch)
         self.unet, self.branch = unet, branch
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor):
-        cat = _openaimodel().th.cat  # the host's cat (the webui's handles odd sizes)
-        unet, emb = self.unet, _embedding(self.unet, timesteps)
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None
+    ):
+        cat = _cat(self.unet)
+        unet, emb = self.unet, _embedding(self.unet, timesteps, y)
         hs, h = [], x
         for module in unet.input_blocks:
             h = module(h, emb, context)
@@ -90,9 +100,11 @@ class DeepCacheShallow(torch.nn.Module):
         check_branch(unet, branch)
         self.unet, self.branch = unet, branch
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, feature: torch.Tensor):
-        cat = _openaimodel().th.cat
-        unet, emb = self.unet, _embedding(self.unet, timesteps)
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *rest: torch.Tensor):
+        """rest: (feature,), or (y, feature) for a UNet with vector conditioning."""
+        cat = _cat(self.unet)
+        *y, feature = rest
+        unet, emb = self.unet, _embedding(self.unet, timesteps, *y)
         hs, h = [], x
         for module in unet.input_blocks[: self.branch + 1]:
             h = module(h, emb, context)
@@ -202,7 +214,7 @@ class DeepCacheState:
 
 
 class DeepCacheUNet:
-    """Calls a full and a shallow UNet by the schedule; each is `fn(x, t, c[, feature])`."""
+    """Calls a full and a shallow UNet by the schedule; each is `fn(x, t, c[, y][, feature])`."""
 
     def __init__(self, full, shallow, config: DeepCacheConfig, branch: int | None = None) -> None:
         self.full, self.shallow = full, shallow
@@ -221,16 +233,18 @@ class DeepCacheUNet:
             if hasattr(model, "release"):
                 model.release()
 
-    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *y: torch.Tensor
+    ) -> torch.Tensor:
         slot, full = self.state.plan(x, context)
         if full or not self.state.config.enabled:
-            out, slot.feature = self.full(x, timesteps, context)
+            out, slot.feature = self.full(x, timesteps, context, *y)
             self.state.full_calls += 1
             self.pattern.append("F")
             return out
         self.state.shallow_calls += 1
         self.pattern.append("S")
-        return self.shallow(x, timesteps, context, slot.feature)
+        return self.shallow(x, timesteps, context, *y, slot.feature)
 
 
 FULL_IR = "unet_full.xml"
@@ -249,15 +263,14 @@ def export_deepcache(
         _, feature = full(*example)
     feature_shape = ov.PartialShape([-1, int(feature.shape[1]), -1, -1])
     progress(f"tracing the full UNet (DeepCache branch {branch})", 0.0)
-    model = convert_module(full, unet, example, INPUT_NAMES, (OUTPUT_NAME, "feature"), dynamic_shapes(spec))
+    names = input_names(spec)
+    model = convert_module(full, unet, example, names, (OUTPUT_NAME, "feature"), dynamic_shapes(spec))
     progress("saving the full IR", 0.4)
     save_ir(model, folder / FULL_IR)
     del model
     progress(f"tracing the shallow UNet (DeepCache branch {branch})", 0.5)
     shapes = {**dynamic_shapes(spec), "feature": feature_shape}
-    model = convert_module(
-        shallow, unet, (*example, feature), (*INPUT_NAMES, "feature"), (OUTPUT_NAME,), shapes
-    )
+    model = convert_module(shallow, unet, (*example, feature), (*names, "feature"), (OUTPUT_NAME,), shapes)
     progress("saving the shallow IR", 0.9)
     save_ir(model, folder / SHALLOW_IR)
     progress("saved", 1.0)

@@ -25,23 +25,33 @@ IR_NAME = "unet.xml"
 DISK_HEADROOM = 1.10
 
 
-def example_inputs(spec: UNetSpec, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def input_names(spec: UNetSpec) -> tuple[str, ...]:
+    """The IR's inputs, in the UNet forward's order: SDXL's vector conditioning `y` comes last."""
+    return (*INPUT_NAMES, "y") if spec.adm_channels else INPUT_NAMES
+
+
+def example_inputs(spec: UNetSpec, batch: int = 2) -> tuple[torch.Tensor, ...]:
     """Small, non-square example inputs: height and width must not be confused in the trace."""
     gen = torch.Generator().manual_seed(0)
     h, w = 2 * spec.downsample, 3 * spec.downsample
     x = torch.randn(batch, spec.in_channels, h, w, generator=gen)
     t = torch.full((batch,), 500.0)
     context = torch.randn(batch, 77, spec.context_dim, generator=gen)
+    if spec.adm_channels:
+        return x, t, context, torch.randn(batch, spec.adm_channels, generator=gen)
     return x, t, context
 
 
 def dynamic_shapes(spec: UNetSpec) -> dict[str, ov.PartialShape]:
     """Batch, height, width and context length free; channels fixed."""
-    return {
+    shapes = {
         "x": ov.PartialShape([-1, spec.in_channels, -1, -1]),
         "timesteps": ov.PartialShape([-1]),
         "context": ov.PartialShape([-1, -1, spec.context_dim]),
     }
+    if spec.adm_channels:
+        shapes["y"] = ov.PartialShape([-1, spec.adm_channels])
+    return shapes
 
 
 def convert_module(
@@ -73,7 +83,7 @@ def convert_unet(unet: torch.nn.Module, spec: UNetSpec, progress: ProgressFn = s
     """The plain UNet: (x, timesteps, context) → noise prediction."""
     progress("tracing the torch UNet", 0.0)
     shapes = dynamic_shapes(spec)
-    model = convert_module(unet, unet, example_inputs(spec), INPUT_NAMES, (OUTPUT_NAME,), shapes)
+    model = convert_module(unet, unet, example_inputs(spec), input_names(spec), (OUTPUT_NAME,), shapes)
     progress("converted", 1.0)
     return model
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
@@ -23,10 +24,24 @@ from .errors import UnsupportedModelError
 CHECKPOINT_UNET_PREFIX = "model.diffusion_model."
 
 
+# The UNet's module in the webui: ldm's for SD1/SD2, sgm's (Stability's generative-models) for
+# SDXL. Both classes have the same blocks and forward; sgm's adds the vector conditioning `y`.
+UNET_MODULES = ("ldm.modules.diffusionmodules.openaimodel", "sgm.modules.diffusionmodules.openaimodel")
+ATTENTION_MODULES = ("ldm.modules.attention", "sgm.modules.attention")
+
+
 def _openaimodel():
     from ldm.modules.diffusionmodules import openaimodel
 
     return openaimodel
+
+
+def openaimodel_of(unet: torch.nn.Module):
+    """The openaimodel module `unet`'s class comes from (ldm's or sgm's), or None."""
+    module = sys.modules.get(type(unet).__module__)
+    if type(unet).__module__ in UNET_MODULES and isinstance(unet, module.UNetModel):
+        return module
+    return None
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,7 @@ class UNetSpec:
     model_channels: int
     parameters: int
     downsample: int  # the UNet's own downsampling: 2 ** (levels - 1)
+    adm_channels: int = 0  # width of the vector conditioning `y` (SDXL: 2816); 0: none
     # What an exported IR takes: latent H and W multiples of this. 0 (entries exported before
     # the skip joins were traced with the webui's resize): multiples of `downsample` only.
     latent_multiple: int = 0
@@ -78,26 +94,36 @@ def build_unet(config: dict[str, Any], seed: int | None = 0) -> torch.nn.Module:
     if seed is not None:
         torch.manual_seed(seed)
     model = _openaimodel().UNetModel(**config).eval()
-    if seed is not None:
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for param in model.parameters():
-                if param.dim() > 1 and not param.any():
-                    fan_in = param[0].numel()
-                    param.copy_(torch.randn(param.shape, generator=gen) / math.sqrt(fan_in))
+    return model if seed is None else randomize_zero_init(model, seed)
+
+
+def randomize_zero_init(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Give the zero-initialised weights (output convolutions, proj_out) random values of
+    sensible scale, so that two runtimes' outputs can be compared at all."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1 and not param.any():
+                fan_in = param[0].numel()
+                param.copy_(torch.randn(param.shape, generator=gen) / math.sqrt(fan_in))
     return model
 
 
 def describe(unet: torch.nn.Module) -> UNetSpec:
     """Read the interface off a UNet; refuses what the exporter does not support."""
-    cls = _openaimodel().UNetModel
-    if not isinstance(unet, cls):
+    if openaimodel_of(unet) is None:
         raise UnsupportedModelError(
             f"{type(unet).__module__}.{type(unet).__name__} is not supported: sd-ov exports the SD1/SD2 "
-            "UNet (ldm UNetModel); SDXL and other architectures keep running on torch."
+            "UNet (ldm UNetModel) and SDXL's (sgm UNetModel); other architectures keep running on torch."
         )
-    if getattr(unet, "num_classes", None) is not None:
-        raise UnsupportedModelError("class-conditional UNets (y input, e.g. SD2 unCLIP) are not supported")
+    adm_channels = 0
+    num_classes = getattr(unet, "num_classes", None)
+    if num_classes == "sequential":  # SDXL's vector conditioning: label_emb = Sequential(Linear, ...)
+        adm_channels = int(unet.label_emb[0][0].in_features)
+    elif num_classes is not None:
+        raise UnsupportedModelError(
+            f"class-conditional UNets (num_classes={num_classes!r}, e.g. SD2 unCLIP) are not supported"
+        )
     context_dim = next(
         (m.to_k.in_features for name, m in unet.named_modules() if name.endswith("attn2")), None
     )
@@ -110,6 +136,7 @@ def describe(unet: torch.nn.Module) -> UNetSpec:
         model_channels=int(unet.model_channels),
         parameters=sum(p.numel() for p in unet.parameters()),
         downsample=2 ** (len(unet.channel_mult) - 1),
+        adm_channels=adm_channels,
     )
 
 
@@ -156,14 +183,16 @@ def load_unet_from_checkpoint(path: str | Path, config: dict[str, Any] | None = 
     return unet.eval()
 
 
-def _sdpa_cross_attention(self, x, context=None, mask=None):
+def _sdpa_cross_attention(
+    self, x, context=None, mask=None, additional_tokens=None, n_times_crossframe_attn_in_self=0
+):
     """ldm CrossAttention as one scaled_dot_product_attention: OpenVINO fuses it into one op.
 
     The webui swaps CrossAttention.forward for split/sub-quadratic variants whose chunking is
     fixed at trace time; this one keeps batch, tokens and context length free.
     """
-    if mask is not None:
-        raise UnsupportedModelError("attention masks are not supported by the exporter")
+    if mask is not None or additional_tokens is not None or n_times_crossframe_attn_in_self:
+        raise UnsupportedModelError("attention masks and extra tokens are not supported by the exporter")
     context = x if context is None else context
     q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
     q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
@@ -200,7 +229,7 @@ class _SkipJoinResize:
 
 @contextlib.contextmanager
 def _resized_skip_joins(unet: torch.nn.Module) -> Iterator[None]:
-    module = _openaimodel()
+    module = openaimodel_of(unet) or _openaimodel()
     join = _SkipJoinResize(module.th)
 
     def mark(*_: Any) -> None:
@@ -223,10 +252,12 @@ def traceable(unet: torch.nn.Module) -> Iterator[None]:
 
     Everything is put back as it was, whatever the webui had installed before.
     """
-    from ldm.modules import attention
+    import ldm.modules.attention  # noqa: F401 - the SD1/SD2 attention, always there
 
     classes = [
         c
+        for attention in (sys.modules.get(name) for name in ATTENTION_MODULES)
+        if attention is not None
         for c in (
             getattr(attention, "CrossAttention", None),
             getattr(attention, "MemoryEfficientCrossAttention", None),

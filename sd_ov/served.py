@@ -244,13 +244,16 @@ class ServedUNet:
         self.job_deepcache = config
         return None
 
-    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *y: torch.Tensor
+    ) -> torch.Tensor:
+        """y: SDXL's vector conditioning, for an entry whose UNet takes it (`takes_y`)."""
         if self.deepcache is not None and self.job_deepcache.enabled:
-            out = self.deepcache(x, timesteps, context)
+            out = self.deepcache(x, timesteps, context, *y)
         elif self.deepcache is not None:  # same weights and output as the plain model
-            out = self.deepcache.full(x, timesteps, context)[0]
+            out = self.deepcache.full(x, timesteps, context, *y)[0]
         elif self.plain is not None:
-            out = self.plain(x, timesteps, context)
+            out = self.plain(x, timesteps, context, *y)
         else:
             raise SdOvError("the OpenVINO UNet was released")
         if not bool(torch.isfinite(out).all()):
@@ -262,6 +265,11 @@ class ServedUNet:
                 "precision (f32 avoids this)"
             )
         return out
+
+    @property
+    def takes_y(self) -> bool:
+        """Whether the UNet takes a vector conditioning `y` (SDXL)."""
+        return self.entry is not None and bool(self.entry.manifest.unet.adm_channels)
 
     def preset_of_job(self) -> str:
         """The preset that made this recipe, when the job also runs its DeepCache schedule."""

@@ -13,7 +13,6 @@ from sd_ov import cache, optimize, report
 from sd_ov.calibration import CapturingUNet
 from sd_ov.errors import Cancelled, SdOvError
 from sd_ov.form import Calibration, OptimizeRequest, parse_optimize_form
-from sd_ov.ldm_unet import describe
 from sd_ov.preset import PRESETS
 
 from .offload import WebuiWeights, unet_weights
@@ -91,7 +90,8 @@ def optimize_loaded_checkpoint(request: OptimizeRequest, progress, wait: bool = 
     """Optimize as one webui job (no picture runs beside it); the new option is listed at once.
     With `wait=False`, a busy queue raises Busy instead of waiting. Returns the recipe's entry
     (its DeepCache pair, when asked for, is made in the same job, after it)."""
-    describe(shared.sd_model.model.diffusion_model)
+    # Refuses what Optimize can't make (e.g. SDXL recipes) before waiting for the queue.
+    optimize.optimizable(shared.sd_model.model.diffusion_model)
     lock = getattr(call_queue, "queue_lock", None) or contextlib.nullcontext()
     if isinstance(lock, contextlib.nullcontext) or lock.acquire(blocking=wait):
         try:

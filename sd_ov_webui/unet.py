@@ -281,19 +281,24 @@ class OpenVINOUnet(sd_unet.SdUnet):
 
     def forward(self, x, timesteps, context, *args, **kwargs):
         reason = self.job_torch_reason or self.unavailable
-        extra = []  # the common call has none: nothing to build
+        extra, y = [], ()  # the common call has none: nothing to build
         if args or kwargs:
-            extra = [f"#{i}" for i in range(len(args))] + [k for k, v in kwargs.items() if v is not None]
+            named = {k: v for k, v in kwargs.items() if v is not None}
+            if self.served is not None and self.served.takes_y and "y" in named:  # SDXL's vector
+                y = (named.pop("y"),)
+            extra = [f"#{i}" for i in range(len(args))] + list(named)
         if self.served is None:
             reason = reason or "the OpenVINO UNet is not loaded"
         elif extra:
             reason = f"extra UNet inputs ({', '.join(extra)}) that the compiled UNet does not take"
+        elif self.served.takes_y and not y:
+            reason = "this UNet takes a vector conditioning (y) and the call gave none"
         elif reason is None:
             try:
                 if not self.sampled:
                     self.sampled = True
                     self.sampling_starts()
-                out = self.served(x, timesteps, context)
+                out = self.served(x, timesteps, context, *y)
                 self.record.served()
                 return out
             except UnsupportedCallError as err:  # this call only (e.g. an odd shape)

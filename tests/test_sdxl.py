@@ -1,0 +1,97 @@
+"""SDXL's UNet (sgm UNetModel, with its vector conditioning `y`) on OpenVINO equals torch's.
+
+The sgm package ships with Stability's generative-models (the webui has it in
+repositories/generative-models), not on PyPI: these tests run where it is importable, e.g.
+`PYTHONPATH=<webui>/repositories/generative-models:<webui>/repositories/stable-diffusion-stability-ai
+<webui>/venv/bin/python -m pytest tests/test_sdxl.py`, and are skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sd_ov import engine, metrics
+from sd_ov.deepcache import DeepCacheConfig, DeepCacheShallow
+from sd_ov.ldm_unet import describe, randomize_zero_init
+from sd_ov.recipe import Recipe
+
+openaimodel = pytest.importorskip(
+    "sgm.modules.diffusionmodules.openaimodel",
+    reason="sgm (Stability's generative-models, the webui's SDXL code) is not importable here",
+)
+
+TOLERANCE = 1e-4
+# SDXL's architecture, small: linear projections, heads by channel count, transformer depth per
+# level (none at the top one), and the vector conditioning `y` (2816 wide in SDXL).
+TINY_SDXL = dict(
+    adm_in_channels=40,
+    num_classes="sequential",
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    attention_resolutions=[4, 2],
+    num_res_blocks=1,
+    channel_mult=[1, 2, 2],
+    num_head_channels=16,
+    use_spatial_transformer=True,
+    use_linear_in_transformer=True,
+    transformer_depth=[0, 1, 2],
+    context_dim=48,
+    spatial_transformer_attn_type="softmax",
+    legacy=False,
+)
+
+
+@pytest.fixture(scope="module")
+def sdxl_unet():
+    torch.manual_seed(0)
+    return randomize_zero_init(openaimodel.UNetModel(**TINY_SDXL).eval(), seed=0)
+
+
+def inputs(batch: int, h: int, w: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(batch, 4, h, w, generator=gen),
+        torch.randint(0, 1000, (batch,), generator=gen).float(),
+        torch.randn(batch, 77, 48, generator=gen),
+        torch.randn(batch, 40, generator=gen),
+    )
+
+
+def test_describe_reads_the_vector_conditioning(sdxl_unet):
+    spec = describe(sdxl_unet)
+    assert spec.adm_channels == 40 and spec.context_dim == 48 and spec.downsample == 4
+
+
+def test_sdxl_unet_with_y_matches_torch(sdxl_unet, tmp_path):
+    entry = engine.prepare_entry(sdxl_unet, tmp_path, "tiny-sdxl", engine.weights_hash(sdxl_unet)).entry
+    assert entry.manifest.unet.adm_channels == 40
+    served = engine.open_unet(entry)
+    assert served.extra_inputs == ["y"]
+    for batch, h, w in ((2, 32, 24), (1, 40, 40)):
+        x, t, c, y = inputs(batch, h, w, seed=h)
+        with torch.no_grad():
+            ref = sdxl_unet(x, t, c, y)
+        out = served(x, t, c, y)
+        assert ref.abs().max() > 0.1
+        assert metrics.rel_l2(out, ref) <= TOLERANCE
+    with torch.no_grad():  # y matters: another vector, another output
+        other = sdxl_unet(x, t, c, torch.zeros_like(y))
+    assert metrics.rel_l2(other, ref) > 1e-2
+
+
+def test_sdxl_deepcache_pair_with_y_matches_torch(sdxl_unet, tmp_path):
+    recipe = Recipe().with_deepcache(0)
+    entry = engine.prepare_entry(sdxl_unet, tmp_path, "tiny-sdxl", "h", recipe).entry
+    pair = engine.open_deepcache(entry, DeepCacheConfig(2, 0, "uniform"))
+    x, t, c, y = inputs(2, 32, 32, seed=3)
+    with torch.no_grad():
+        ref_full = sdxl_unet(x, t, c, y)
+    assert metrics.rel_l2(pair(x, t, c, y), ref_full) <= TOLERANCE  # the first call is full
+    feature = next(iter(pair.state.slots.values())).feature  # cached by the full call
+    x2 = x + 0.1
+    with torch.no_grad():
+        ref_shallow = DeepCacheShallow(sdxl_unet, 0)(x2, t - 10, c, y, feature)
+    assert metrics.rel_l2(pair(x2, t - 10, c, y), ref_shallow) <= TOLERANCE
+    assert pair.pattern == ["F", "S"]
