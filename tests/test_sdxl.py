@@ -95,3 +95,14 @@ def test_sdxl_deepcache_pair_with_y_matches_torch(sdxl_unet, tmp_path):
         ref_shallow = DeepCacheShallow(sdxl_unet, 0)(x2, t - 10, c, y, feature)
     assert metrics.rel_l2(pair(x2, t - 10, c, y), ref_shallow) <= TOLERANCE
     assert pair.pattern == ["F", "S"]
+
+
+def test_optimize_refuses_sdxl_before_any_work(sdxl_unet, tmp_path):
+    from sd_ov.errors import UnsupportedModelError
+    from sd_ov.optimize import optimizable, optimize
+
+    with pytest.raises(UnsupportedModelError, match="Optimize does not make recipes for SDXL"):
+        optimizable(sdxl_unet)
+    with pytest.raises(UnsupportedModelError, match="SDXL"):
+        optimize(sdxl_unet, tmp_path, "tiny-sdxl", "h", Recipe(int8="weights"), capture=None)
+    assert not any(tmp_path.iterdir())

@@ -599,3 +599,39 @@ def test_an_inpainting_checkpoint_inpaints_on_openvino_like_torch(installed):
         assert "OpenVINO" not in pt[1]
         assert ov[1]["OpenVINO"] == "fp32, CPU, f32, dynamic", ov[1]
         assert psnr(ov[0], pt[0]) >= 35, report
+
+
+# An SDXL checkpoint in models/Stable-diffusion, by file name without its extension; e.g. a
+# seeded random one of a small SDXL config (a .yaml of the same name beside it, as the webui reads).
+SDXL_CHECKPOINT = os.environ.get("SD_OV_WEBUI_SDXL_CHECKPOINT", "tiny-sdxl-random")
+
+
+def test_an_sdxl_checkpoint_runs_on_openvino_like_torch(installed):
+    """Issue #11's webui check for SDXL: txt2img (and a DeepCache job) with an SDXL checkpoint on
+    the OpenVINO UNet (sgm UNetModel with the vector conditioning y) matches torch's picture
+    (PSNR >= 35 dB, FP32), the infotext saying so; per-step seconds of both are reported."""
+    if not any((Path(WEBUI) / "models" / "Stable-diffusion").glob(f"{SDXL_CHECKPOINT}.*")):
+        pytest.skip(f"no {SDXL_CHECKPOINT} checkpoint in the webui's models/Stable-diffusion")
+    webui = Webui(Path(WEBUI), installed / "sdxl.log")
+    try:
+        title = next(m["title"] for m in api("/sdapi/v1/sd-models") if m["model_name"] == SDXL_CHECKPOINT)
+        previous = api("/sdapi/v1/options")["sd_model_checkpoint"]
+        api("/sdapi/v1/options", {"sd_model_checkpoint": title})
+        txt2img("Automatic", job={"steps": 1})  # first use: export
+        torch_image, torch_info, torch_s = txt2img("None")
+        ov_image, ov_info, ov_s = txt2img("Automatic")
+        dc_image, dc_info, _ = txt2img("Automatic", deepcache=(2, 0, "uniform"))
+        api("/sdapi/v1/options", {"sd_model_checkpoint": previous})
+    finally:
+        webui.stop()
+    report = (
+        f"PSNR {psnr(ov_image, torch_image):.1f} dB (DeepCache 2: {psnr(dc_image, torch_image):.1f}); "
+        f"s/step incl. text encoder and VAE: torch {torch_s / JOB['steps']:.2f}, "
+        f"OpenVINO {ov_s / JOB['steps']:.2f}"
+    )
+    print(f"\n[sdxl] {report}")
+    assert "OpenVINO" not in torch_info
+    assert ov_info["OpenVINO"] == "fp32, CPU, f32, dynamic", ov_info
+    assert dc_info["OpenVINO DeepCache"] == "interval 2, branch 0, uniform", dc_info
+    assert psnr(ov_image, torch_image) >= 35, report
+    assert psnr(dc_image, torch_image) >= 20, report
