@@ -32,7 +32,7 @@ from .export import (
     input_names,
     save_ir,
 )
-from .ldm_unet import UNetSpec, openaimodel_of
+from .ldm_unet import UNetSpec, ends_with_upsample, join_follows_upsample, openaimodel_of
 from .progress import ProgressFn
 
 SCHEDULES = ("uniform", "non-uniform")
@@ -110,7 +110,10 @@ class DeepCacheShallow(torch.nn.Module):
             h = module(h, emb, context)
             hs.append(h)
         h = feature
-        for module in unet.output_blocks[len(unet.output_blocks) - 1 - self.branch :]:
+        first = len(unet.output_blocks) - 1 - self.branch
+        if first > 0 and ends_with_upsample(unet, unet.output_blocks[first - 1]):
+            join_follows_upsample(unet)  # the feature was upsampled: odd sizes resize at the join
+        for module in unet.output_blocks[first:]:
             h = module(cat([h, hs.pop()], dim=1), emb, context)
         return unet.out(h)
 

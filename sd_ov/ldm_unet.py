@@ -227,6 +227,22 @@ class _SkipJoinResize:
         return torch.cat(tensors, *args, **kwargs)
 
 
+def join_follows_upsample(unet: torch.nn.Module) -> None:
+    """Tell the tracing cat that the next skip join's first tensor was upsampled, when the
+    upsample itself is not in the graph (DeepCache's shallow model starts from a cached
+    feature that its full model took after an upsample). Outside tracing: nothing to do, the
+    host's cat resizes by comparing sizes."""
+    join = getattr(openaimodel_of(unet), "th", None)
+    if isinstance(join, _SkipJoinResize):
+        join.upsampled = True
+
+
+def ends_with_upsample(unet: torch.nn.Module, block: torch.nn.Module) -> bool:
+    """Whether an output block's last layer is an Upsample (its output is the next join's h)."""
+    module = openaimodel_of(unet) or _openaimodel()
+    return isinstance(block, torch.nn.Sequential) and isinstance(block[-1], module.Upsample)
+
+
 @contextlib.contextmanager
 def _resized_skip_joins(unet: torch.nn.Module) -> Iterator[None]:
     module = openaimodel_of(unet) or _openaimodel()

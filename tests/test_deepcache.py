@@ -58,6 +58,20 @@ def test_openvino_full_and_shallow_equal_torch(deepcache_entry, tiny_unet):
     assert sizes["unet_shallow.bin"] < sizes["unet_full.bin"] / 3  # the shallow part is small
 
 
+def test_odd_sizes_in_the_full_and_the_shallow_model(stub_modules, deepcache_entry, tiny_unet):
+    """A 41x25 latent: branch 1's cached feature leaves an upsample at 42x26, and the shallow
+    model's first skip join must resize it as the webui's cat does (the stand-in installs it)."""
+    runner = engine.open_deepcache(deepcache_entry.entry, DeepCacheConfig(3, 1))
+    x, t, c = unet_inputs(2, 41, 25, 77, 64, seed=7)
+    with torch.no_grad():
+        ref = tiny_unet(x, t, c)
+        ref_feature = DeepCacheFull(tiny_unet, 1)(x, t, c)[1]
+    out, feature = runner.full(x, t, c)
+    assert feature.shape[-2:] == (42, 26)  # upsampled, before the join resizes it
+    assert metrics.rel_l2(out, ref) <= TOLERANCE and metrics.rel_l2(feature, ref_feature) <= TOLERANCE
+    assert metrics.rel_l2(runner.shallow(x, t, c, feature), ref) <= TOLERANCE
+
+
 class Recorder:
     """Stand-ins for the full and shallow models: torch UNet arithmetic, calls recorded."""
 
