@@ -519,7 +519,7 @@ def test_an_int8_recipe_with_deepcache_is_five_times_faster_per_picture_than_tor
     print(f"\n[fastest] 20-step 512² picture: {report}")
     (installed / "fastest.txt").write_text(report)
     assert "OpenVINO" not in torch_info
-    assert int8_info["OpenVINO"].startswith("int8, CPU"), int8_info
+    assert int8_info["OpenVINO"].startswith("int8+DeepCache3b0nu, CPU"), int8_info  # both named
     assert int8_info["OpenVINO DeepCache"] == "interval 3, branch 0, non-uniform", int8_info
     assert fast_info["OpenVINO preset"] == "fastest", fast_info
     assert seconds["torch"] >= 5 * seconds["int8+dc"], report
