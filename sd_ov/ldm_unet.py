@@ -118,11 +118,11 @@ def describe(unet: torch.nn.Module) -> UNetSpec:
         )
     adm_channels = 0
     num_classes = getattr(unet, "num_classes", None)
-    if num_classes == "sequential":  # SDXL's vector conditioning: label_emb = Sequential(Linear, ...)
+    if num_classes == "sequential":  # a vector (SDXL's, SD2 unCLIP's): label_emb = Sequential(Linear, ...)
         adm_channels = int(unet.label_emb[0][0].in_features)
     elif num_classes is not None:
         raise UnsupportedModelError(
-            f"class-conditional UNets (num_classes={num_classes!r}, e.g. SD2 unCLIP) are not supported"
+            f"class-conditional UNets (num_classes={num_classes!r}: labels, not a vector) are not supported"
         )
     context_dim = next(
         (m.to_k.in_features for name, m in unet.named_modules() if name.endswith("attn2")), None

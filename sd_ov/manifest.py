@@ -90,7 +90,7 @@ class Manifest:
         }
         if self.unet is not None:
             data["unet"] = self.unet.to_dict()
-            data["inputs"] = list(UNET_INPUTS)
+            data["inputs"] = [*UNET_INPUTS, *(["y"] if self.unet.adm_channels else [])]
         if self.component != "unet":  # UNet manifests keep their first layout
             data["component"] = self.component
             data["models"] = dict(self.models)
