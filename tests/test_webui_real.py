@@ -635,3 +635,35 @@ def test_an_sdxl_checkpoint_runs_on_openvino_like_torch(installed):
     assert dc_info["OpenVINO DeepCache"] == "interval 2, branch 0, uniform", dc_info
     assert psnr(ov_image, torch_image) >= 35, report
     assert psnr(dc_image, torch_image) >= 20, report
+
+
+# An SD2.x v-prediction checkpoint (768²) in models/Stable-diffusion, by file name without its
+# extension; e.g. a seeded random one with the v2-inference-v.yaml config beside it.
+SD2V_CHECKPOINT = os.environ.get("SD_OV_WEBUI_SD2V_CHECKPOINT", "sd2v-random")
+
+
+def test_an_sd2_v_prediction_checkpoint_at_768_runs_on_openvino_like_torch(installed):
+    """Issue #11's end-to-end check for SD2.x v-prediction at 768²: the same txt2img on torch and
+    on the OpenVINO UNet (the webui's v-denoiser wraps either) match (PSNR >= 35 dB, FP32)."""
+    if not any((Path(WEBUI) / "models" / "Stable-diffusion").glob(f"{SD2V_CHECKPOINT}.*")):
+        pytest.skip(f"no {SD2V_CHECKPOINT} checkpoint in the webui's models/Stable-diffusion")
+    job = {"width": 768, "height": 768, "steps": 3}
+    webui = Webui(Path(WEBUI), installed / "sd2v.log")
+    try:
+        title = next(m["title"] for m in api("/sdapi/v1/sd-models") if m["model_name"] == SD2V_CHECKPOINT)
+        previous = api("/sdapi/v1/options")["sd_model_checkpoint"]
+        api("/sdapi/v1/options", {"sd_model_checkpoint": title})
+        txt2img("Automatic", job={**job, "steps": 1})  # first use: export
+        torch_image, torch_info, torch_s = txt2img("None", job=job)
+        ov_image, ov_info, ov_s = txt2img("Automatic", job=job)
+        api("/sdapi/v1/options", {"sd_model_checkpoint": previous})
+    finally:
+        webui.stop()
+    report = (
+        f"PSNR {psnr(ov_image, torch_image):.1f} dB; s/picture (3 steps): torch {torch_s:.1f}, "
+        f"OpenVINO {ov_s:.1f}"
+    )
+    print(f"\n[sd2-v 768] {report}")
+    assert "OpenVINO" not in torch_info
+    assert ov_info["OpenVINO"] == "fp32, CPU, f32, dynamic", ov_info
+    assert psnr(ov_image, torch_image) >= 35, report
