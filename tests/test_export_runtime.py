@@ -12,7 +12,7 @@ from sd_ov import cache, engine, metrics
 from sd_ov.errors import UnsupportedCallError, UnsupportedModelError
 from sd_ov.ldm_unet import build_unet, describe, traceable
 
-from .conftest import TINY_SD1, TINY_SD2, unet_inputs
+from .conftest import MICRO, TINY_SD2, unet_inputs
 
 TOLERANCE = 1e-4  # relative L2, FP32 both sides
 SHAPES = [(b, s, s, n) for b in (1, 2, 4) for s in (32, 48) for n in (77, 154)]
@@ -69,20 +69,18 @@ def test_sides_that_are_not_multiples_of_64_px_match_the_webuis_torch(stub_modul
     assert metrics.rel_l2(out, ref) <= TOLERANCE
 
 
-def test_an_entry_from_before_the_any_size_trace_is_re_exported_once(tiny_unet, tmp_path):
+def test_an_entry_from_before_the_any_size_trace_is_re_exported_once(micro_unet, tmp_path):
     root = tmp_path / "cache"
-    entry = engine.prepare_entry(tiny_unet, root, "tiny", "h").entry
+    entry = engine.prepare_entry(micro_unet, root, "micro", "h").entry
     assert entry.manifest.unet.size_multiple == 1
     old = replace(entry.manifest, unet=replace(entry.manifest.unet, latent_multiple=0))
     cache._write_manifest(entry.path / cache.MANIFEST, old)  # as an older sd-ov wrote it
-    assert (
-        cache.find(root, cache.EntryKey("tiny", "h", entry.manifest.recipe))[0].manifest.unet.size_multiple
-        == 4
-    )  # the tiny UNet's downsample
-    again = engine.prepare_entry(tiny_unet, root, "tiny", "h")
+    found = cache.find(root, cache.EntryKey("micro", "h", entry.manifest.recipe))[0]
+    assert found.manifest.unet.size_multiple == 2  # the micro UNet's downsample, as before
+    again = engine.prepare_entry(micro_unet, root, "micro", "h")
     assert again.exported and "multiples of 64 px" in again.rebuilt_because
     assert again.entry.manifest.unet.size_multiple == 1
-    assert not engine.prepare_entry(tiny_unet, root, "tiny", "h").exported
+    assert not engine.prepare_entry(micro_unet, root, "micro", "h").exported
 
 
 def test_sizes_the_ir_cannot_take_are_refused(tiny_entry):
@@ -143,10 +141,10 @@ def test_sd2_architecture_matches_torch(tmp_path):
 def test_inpainting_and_instruct_pix2pix_unets_match_torch(tmp_path, channels):
     """Inpainting (9 channels: latent, mask, masked picture) and instruct-pix2pix (8) UNets: the
     webui concatenates the image conditioning (c_concat) into x before the UNet's forward."""
-    unet = build_unet({**TINY_SD1, "in_channels": channels}, seed=2)
+    unet = build_unet({**MICRO, "in_channels": channels}, seed=2)
     entry = engine.prepare_entry(unet, tmp_path, f"tiny-{channels}ch", engine.weights_hash(unet)).entry
     assert entry.manifest.unet.in_channels == channels
-    x, t, c = unet_inputs(2, 40, 24, 77, 64, in_channels=channels, seed=channels)
+    x, t, c = unet_inputs(2, 40, 24, 77, 32, in_channels=channels, seed=channels)
     with torch.no_grad():
         ref = unet(x, t, c)
     out = engine.open_unet(entry)(x, t, c)
