@@ -106,3 +106,28 @@ def test_optimize_refuses_sdxl_before_any_work(sdxl_unet, tmp_path):
     with pytest.raises(UnsupportedModelError, match="SDXL"):
         optimize(sdxl_unet, tmp_path, "tiny-sdxl", "h", Recipe(int8="weights"), capture=None)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_lora_on_the_sdxl_graph_equals_torch_merged(sdxl_unet, tmp_path):
+    """The LoRA branch on SDXL's graph: attention, feed-forward, the y embedding's Linear and a
+    ResBlock's 3x3 convolution, against torch with the updates merged into the weights."""
+    from .test_lora_branch import make_lora, merged
+
+    layers = (
+        "input_blocks.3.1.transformer_blocks.0.attn1.to_q",
+        "input_blocks.5.1.transformer_blocks.1.attn2.to_k",
+        "middle_block.1.transformer_blocks.0.ff.net.2",
+        "label_emb.0.0",
+        "input_blocks.1.0.in_layers.2",
+    )
+    entry = engine.prepare_entry(sdxl_unet, tmp_path, "tiny-sdxl", "h").entry
+    runtime = engine.open_unet(entry, cache_compiled=False, lora=True)
+    assert set(layers) <= set(runtime.lora_slots)
+    lora = make_lora(sdxl_unet, layers)
+    runtime.set_lora(lora)
+    x, t, c, y = inputs(2, 16, 16, seed=9)
+    with torch.no_grad():
+        expected = merged(sdxl_unet, lora)(x, t, c, y)
+        base = sdxl_unet(x, t, c, y)
+    assert metrics.rel_l2(runtime(x, t, c, y), expected) <= TOLERANCE
+    assert metrics.rel_l2(base, expected) > 0.05  # the LoRA changes the output
