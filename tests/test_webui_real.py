@@ -11,6 +11,7 @@ that the second start reuses the cache. Skipped when SD_OV_WEBUI_DIR is unset.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -551,6 +553,17 @@ def img2img(unet: str, payload: dict, **overrides) -> tuple[np.ndarray, dict, fl
     return image, infotext_params(json.loads(result["info"])["infotexts"][0]), time.perf_counter() - started
 
 
+@contextlib.contextmanager
+def checkpoint_loaded(model_name: str) -> Iterator[None]:
+    """The webui's checkpoint is `model_name` (a file name without extension) while inside; the
+    one before is loaded again afterwards, so the next webui start loads the usual one."""
+    title = next(m["title"] for m in api("/sdapi/v1/sd-models") if m["model_name"] == model_name)
+    previous = api("/sdapi/v1/options")["sd_model_checkpoint"]
+    api("/sdapi/v1/options", {"sd_model_checkpoint": title})
+    yield
+    api("/sdapi/v1/options", {"sd_model_checkpoint": previous})
+
+
 # An inpainting checkpoint (9 input channels) in models/Stable-diffusion, by file name without
 # its extension; e.g. a seeded random one made with the webui's configs/v1-inpainting-inference.yaml.
 INPAINT_CHECKPOINT = os.environ.get("SD_OV_WEBUI_INPAINT_CHECKPOINT", "sd15-inpainting-random")
@@ -580,14 +593,10 @@ def test_an_inpainting_checkpoint_inpaints_on_openvino_like_torch(installed):
     webui = Webui(Path(WEBUI), installed / "inpaint.log")
     results = {}
     try:
-        models = api("/sdapi/v1/sd-models")
-        title = next(m["title"] for m in models if m["model_name"] == INPAINT_CHECKPOINT)
-        previous = api("/sdapi/v1/options")["sd_model_checkpoint"]
-        api("/sdapi/v1/options", {"sd_model_checkpoint": title})
-        img2img("Automatic", {**base, **modes["fill, only masked"], "steps": 1})  # first use: export
-        for name, mode in modes.items():
-            results[name] = (img2img("None", {**base, **mode}), img2img("Automatic", {**base, **mode}))
-        api("/sdapi/v1/options", {"sd_model_checkpoint": previous})
+        with checkpoint_loaded(INPAINT_CHECKPOINT):
+            img2img("Automatic", {**base, **modes["fill, only masked"], "steps": 1})  # first use: export
+            for name, mode in modes.items():
+                results[name] = (img2img("None", {**base, **mode}), img2img("Automatic", {**base, **mode}))
     finally:
         webui.stop()
     report = {
@@ -614,14 +623,11 @@ def test_an_sdxl_checkpoint_runs_on_openvino_like_torch(installed):
         pytest.skip(f"no {SDXL_CHECKPOINT} checkpoint in the webui's models/Stable-diffusion")
     webui = Webui(Path(WEBUI), installed / "sdxl.log")
     try:
-        title = next(m["title"] for m in api("/sdapi/v1/sd-models") if m["model_name"] == SDXL_CHECKPOINT)
-        previous = api("/sdapi/v1/options")["sd_model_checkpoint"]
-        api("/sdapi/v1/options", {"sd_model_checkpoint": title})
-        txt2img("Automatic", job={"steps": 1})  # first use: export
-        torch_image, torch_info, torch_s = txt2img("None")
-        ov_image, ov_info, ov_s = txt2img("Automatic")
-        dc_image, dc_info, _ = txt2img("Automatic", deepcache=(2, 0, "uniform"))
-        api("/sdapi/v1/options", {"sd_model_checkpoint": previous})
+        with checkpoint_loaded(SDXL_CHECKPOINT):
+            txt2img("Automatic", job={"steps": 1})  # first use: export
+            torch_image, torch_info, torch_s = txt2img("None")
+            ov_image, ov_info, ov_s = txt2img("Automatic")
+            dc_image, dc_info, _ = txt2img("Automatic", deepcache=(2, 0, "uniform"))
     finally:
         webui.stop()
     report = (
@@ -650,13 +656,10 @@ def test_an_sd2_v_prediction_checkpoint_at_768_runs_on_openvino_like_torch(insta
     job = {"width": 768, "height": 768, "steps": 3}
     webui = Webui(Path(WEBUI), installed / "sd2v.log")
     try:
-        title = next(m["title"] for m in api("/sdapi/v1/sd-models") if m["model_name"] == SD2V_CHECKPOINT)
-        previous = api("/sdapi/v1/options")["sd_model_checkpoint"]
-        api("/sdapi/v1/options", {"sd_model_checkpoint": title})
-        txt2img("Automatic", job={**job, "steps": 1})  # first use: export
-        torch_image, torch_info, torch_s = txt2img("None", job=job)
-        ov_image, ov_info, ov_s = txt2img("Automatic", job=job)
-        api("/sdapi/v1/options", {"sd_model_checkpoint": previous})
+        with checkpoint_loaded(SD2V_CHECKPOINT):
+            txt2img("Automatic", job={**job, "steps": 1})  # first use: export
+            torch_image, torch_info, torch_s = txt2img("None", job=job)
+            ov_image, ov_info, ov_s = txt2img("Automatic", job=job)
     finally:
         webui.stop()
     report = (
