@@ -560,8 +560,10 @@ def checkpoint_loaded(model_name: str) -> Iterator[None]:
     title = next(m["title"] for m in api("/sdapi/v1/sd-models") if m["model_name"] == model_name)
     previous = api("/sdapi/v1/options")["sd_model_checkpoint"]
     api("/sdapi/v1/options", {"sd_model_checkpoint": title})
-    yield
-    api("/sdapi/v1/options", {"sd_model_checkpoint": previous})
+    try:
+        yield
+    finally:  # the webui saves the choice: a failed test must not leave it for the next start
+        api("/sdapi/v1/options", {"sd_model_checkpoint": previous})
 
 
 # An inpainting checkpoint (9 input channels) in models/Stable-diffusion, by file name without
