@@ -10,7 +10,7 @@ class DeviceNotFoundError(SdOvError):
 
 
 class UnsupportedModelError(SdOvError):
-    """The UNet is not one the exporter knows (e.g. SDXL's sgm UNet)."""
+    """The UNet is not one the exporter knows (e.g. SD3's MMDiT, a label-conditioned UNet)."""
 
 
 class UnsupportedCallError(SdOvError):

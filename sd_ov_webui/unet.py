@@ -99,7 +99,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
         unet = model.model.diffusion_model
         self.record = JobRecord()
         try:
-            describe(unet)  # refuses SDXL, SD3 & co before anything is written
+            describe(unet)  # refuses SD3, Flux & co before anything is written
             name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
             self.weights = unet_weights(unet, model.sd_checkpoint_info.filename)
             self.source = UNetSource(cache_root(), name, sha256, unet, torch_calls=self.torch_computes)
