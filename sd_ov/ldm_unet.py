@@ -145,7 +145,10 @@ def config_for_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]
     k_weight = next((v for k, v in state_dict.items() if k.endswith("attn2.to_k.weight")), None)
     first = state_dict.get("input_blocks.0.0.weight")
     if k_weight is None or first is None:
-        raise UnsupportedModelError("no SD1/SD2 UNet found in this checkpoint (SDXL is not supported)")
+        raise UnsupportedModelError(
+            "no SD1/SD2 UNet found in this checkpoint (the command line reads SD1/SD2 checkpoints; "
+            "SDXL is served inside the webui)"
+        )
     context_dim = k_weight.shape[1]
     if context_dim == 768:
         config = load_config("sd15")
