@@ -79,9 +79,9 @@ def test_int8_hybrid_quantizes_normalized_convolutions_only(tiny_unet, calibrati
     assert entry.manifest.timings["compress_s"] > 0
 
 
-def test_an_empty_capture_leaves_no_entry(tiny_unet, tmp_path):
+def test_an_empty_capture_leaves_no_entry(micro_unet, tmp_path):
     with pytest.raises(ValueError, match="captured no UNet calls"):
         optimize(
-            tiny_unet, tmp_path, "tiny", "f" * 64, Recipe(int8="hybrid"), lambda _u, _p: [], measure=None
+            micro_unet, tmp_path, "micro", "f" * 64, Recipe(int8="hybrid"), lambda _u, _p: [], measure=None
         )
     assert [e.manifest.recipe.name() for e in cache.list_entries(tmp_path)] == ["fp32"]

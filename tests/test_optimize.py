@@ -102,9 +102,10 @@ def _preview(unet, torch_unet):
 
 
 @pytest.mark.parametrize("stage", ["compressing to INT8", "timing the OpenVINO UNet"])
-def test_cancelling_optimize_leaves_no_entry(tiny_unet, capture, tmp_path, stage):
-    engine.prepare_entry(tiny_unet, tmp_path, "tiny", "b" * 64)  # the plain entry exists already
+def test_cancelling_optimize_leaves_no_entry(micro_unet, tmp_path, stage):
+    engine.prepare_entry(micro_unet, tmp_path, "micro", "b" * 64)  # the plain entry exists already
     before = {e.path for e in cache.list_entries(tmp_path)}
+    capture = random_prompt_capture(describe(micro_unet), prompts=1, steps=4, size=(64, 64))
 
     def progress(message, fraction):
         if message.startswith(stage):
@@ -112,13 +113,13 @@ def test_cancelling_optimize_leaves_no_entry(tiny_unet, capture, tmp_path, stage
 
     with pytest.raises(Cancelled):
         optimize(
-            tiny_unet,
+            micro_unet,
             tmp_path,
-            "tiny",
+            "micro",
             "b" * 64,
             Recipe(int8="hybrid", samples=4),
             capture,
-            measure=SMALL,
+            measure=Measure(64, 64, calls=1),
             progress=progress,
         )
     assert {e.path for e in cache.list_entries(tmp_path)} == before
