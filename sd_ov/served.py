@@ -257,7 +257,8 @@ class ServedUNet:
         else:
             raise SdOvError("the OpenVINO UNet was released")
         if not bool(torch.isfinite(out).all()):
-            bad = [name for name, t in (("x", x), ("context", context)) if not bool(torch.isfinite(t).all())]
+            inputs = (("x", x), ("context", context), *(("y", v) for v in y))
+            bad = [name for name, t in inputs if not bool(torch.isfinite(t).all())]
             if bad:  # not the UNet's doing: torch would get the same inputs
                 raise NonFiniteOutputError(f"the UNet's input {' and '.join(bad)} already had NaN/inf")
             raise NonFiniteOutputError(
