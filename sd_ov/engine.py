@@ -117,6 +117,7 @@ def open_unet(
     progress: ProgressFn = silent,
     model: str | None = None,
     lora: bool = False,
+    control: bool = False,
 ) -> OVUNet:
     """Read one of the entry's IRs (its main one by default) for `device`; compiles are lazy.
 
@@ -134,6 +135,7 @@ def open_unet(
         blob_dir=blob_dir,
         progress=progress,
         lora=lora,
+        control=control,
     )
 
 

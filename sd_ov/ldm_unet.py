@@ -186,6 +186,24 @@ def load_unet_from_checkpoint(path: str | Path, config: dict[str, Any] | None = 
     return unet.eval()
 
 
+def feature_shapes(unet: torch.nn.Module, height: int, width: int) -> list[tuple[int, int, int]]:
+    """(channels, height, width) of each input block's output, then the middle block's, for a
+    latent of height x width: where ControlNet adds its residuals (the skip connections)."""
+    module = openaimodel_of(unet) or _openaimodel()
+    channels, h, w = int(unet.model_channels), int(height), int(width)
+    shapes = []
+    for block in unet.input_blocks:
+        for layer in block:
+            if isinstance(layer, module.Downsample):  # a stride-2 conv (pad 1) rounds up, pooling down
+                h, w = ((h + 1) // 2, (w + 1) // 2) if layer.use_conv else (h // 2, w // 2)
+            channels = int(getattr(layer, "out_channels", channels))  # attention keeps its input's
+        shapes.append((channels, h, w))
+    for layer in unet.middle_block:
+        channels = int(getattr(layer, "out_channels", channels))
+    shapes.append((channels, h, w))
+    return shapes
+
+
 def _sdpa_cross_attention(
     self, x, context=None, mask=None, additional_tokens=None, n_times_crossframe_attn_in_self=0
 ):

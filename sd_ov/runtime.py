@@ -27,6 +27,7 @@ import numpy as np
 import openvino as ov
 import torch
 
+from .control_inputs import add_control_inputs
 from .errors import UnsupportedCallError
 from .lora_branch import (
     BranchSlot,
@@ -70,6 +71,7 @@ class OVUNet:
         blob_dir: str | Path | None = None,
         progress: ProgressFn = silent,
         lora: bool = False,
+        control: bool = False,
     ) -> None:
         if shape_policy not in SHAPE_POLICIES:
             raise ValueError(f"shape_policy must be one of {SHAPE_POLICIES}, not {shape_policy!r}")
@@ -92,12 +94,16 @@ class OVUNet:
         self._lora: dict[str, LoraLayer] = {}
         self._lora_version = 0
         self._lora_applied: dict[int, int] = {}  # id(request) → version of the states it holds
+        # ControlNet: its residuals as inputs at the skip joins (control_inputs.py); off, none.
+        self.control_inputs: list[str] = add_control_inputs(self.model) if control else []
         x_shape = self.model.input("x").get_partial_shape()
         self.in_channels = x_shape[1].get_length()
         self.context_dim = self.model.input("context").get_partial_shape()[2].get_length()
-        # Inputs beyond x/timesteps/context (DeepCache's cached feature), in the model's order.
-        names = [port.get_any_name() for port in self.model.inputs]
-        self.extra_inputs = [name for name in names if name not in MAIN_INPUTS]
+        # Inputs beyond x/timesteps/context (SDXL's y, DeepCache's cached feature, ControlNet's
+        # residuals), in the model's order, with the shapes they take.
+        ports = {port.get_any_name(): port.get_partial_shape() for port in self.model.inputs}
+        self.extra_inputs = [name for name in ports if name not in MAIN_INPUTS]
+        self.extra_shapes = [ports[name] for name in self.extra_inputs]
         self.outputs = len(self.model.outputs)
         self._compiled: OrderedDict[ShapeKey | None, tuple[ov.CompiledModel, ov.InferRequest]] = OrderedDict()
         self._dynamic: tuple[ov.CompiledModel, ov.InferRequest] | None = None
@@ -128,6 +134,9 @@ class OVUNet:
             )
         if timesteps.numel() not in (1, b):
             raise UnsupportedCallError(f"{timesteps.numel()} timesteps for a batch of {b}")
+        for name, shape, tensor in zip(self.extra_inputs, self.extra_shapes, extra, strict=True):
+            if not shape.compatible(ov.PartialShape(list(tensor.shape))):
+                raise UnsupportedCallError(f"input {name} takes {shape}, got {list(tensor.shape)}")
         extra_dims = tuple(int(d) for e in extra for d in e.shape)
         return (int(b), int(c), int(h), int(w), int(context.shape[1]), *extra_dims)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +21,7 @@ import torch
 from . import cache, engine
 from .cpu_caps import cpu_caps
 from .deepcache import DeepCacheConfig, DeepCacheUNet
-from .errors import NonFiniteOutputError, SdOvError
+from .errors import NonFiniteOutputError, SdOvError, UnsupportedCallError
 from .lora_branch import LoraLayer, UnsupportedLoraError
 from .memory import trim_heap
 from .ov_core import default_precision, device_kind, needs_static_shapes
@@ -148,6 +148,9 @@ class ServedUNet:
         # The branch costs memory (+0.31 GiB for SD1.5 at 512², bench/lora.py), so the graph
         # gets it at the first LoRA, then keeps it, so later switches recompile nothing.
         self.with_branch = False
+        # ControlNet's residuals as inputs of the plain model (control_inputs.py): set per job by
+        # `set_control`; while on, DeepCache does not run (the residuals reach every block).
+        self.with_control = False
 
     def open(self) -> None:
         """Find (or export) the entry and read it for the device; compiles come with the first call."""
@@ -156,7 +159,11 @@ class ServedUNet:
 
     def _open_plain(self) -> None:
         self.plain = engine.open_unet(
-            self.entry, progress=self.progress, lora=self.with_branch, **self.settings.open_kwargs()
+            self.entry,
+            progress=self.progress,
+            lora=self.with_branch,
+            control=self.with_control,
+            **self.settings.open_kwargs(),
         )
         self._reapply_lora()
 
@@ -175,6 +182,20 @@ class ServedUNet:
                 self._open_plain()
         self.lora = dict(layers)
         self._apply_lora()
+
+    def set_control(self, on: bool) -> None:
+        """Open the plain model with ControlNet's residual inputs (a ControlNet job), or with the
+        IR's graph again (a job without): a switch reopens the model, one compile."""
+        if on == self.with_control and (self.plain is not None or not on):
+            return
+        what = "with ControlNet's residual inputs" if on else "without ControlNet's inputs"
+        self.progress(f"opening the OpenVINO UNet {what} (compiled once)", 0.0)
+        self.release()
+        self.with_control = on
+        if self.entry is None:
+            self.open()
+        else:  # the entry found before: no lookup
+            self._open_plain()
 
     def _reapply_lora(self) -> None:
         """On models opened anew, the set of the last `set_lora`; none if they can't take it (the
@@ -216,6 +237,8 @@ class ServedUNet:
             if self.deepcache is not None:
                 self.deepcache.start(config)
             return None
+        if self.with_control:
+            return "DeepCache off: ControlNet adds its residuals to every skip connection at every step"
         try:
             if self.deepcache is None or self.deepcache.branch != config.branch:
                 # Found (or exported) first: a pair that isn't there leaves the models as they are.
@@ -245,10 +268,27 @@ class ServedUNet:
         return None
 
     def __call__(
-        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *y: torch.Tensor
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        *y: torch.Tensor,
+        control: Sequence[torch.Tensor] = (),
     ) -> torch.Tensor:
-        """y: SDXL's vector conditioning, for an entry whose UNet takes it (`takes_y`)."""
-        if self.deepcache is not None and self.job_deepcache.enabled:
+        """y: SDXL's vector conditioning, for an entry whose UNet takes it (`takes_y`); control:
+        ControlNet's residuals (one per input block, then the middle block's), after
+        `set_control(True)`."""
+        if self.with_control != bool(control):
+            raise UnsupportedCallError(
+                "the OpenVINO UNet is open for ControlNet's residuals and this call has none"
+                if self.with_control
+                else "ControlNet's residuals came, but the OpenVINO UNet was opened without their inputs"
+            )
+        if control:
+            if self.plain is None:
+                raise SdOvError("the OpenVINO UNet was released")
+            out = self.plain(x, timesteps, context, *y, *control)
+        elif self.deepcache is not None and self.job_deepcache.enabled:
             out = self.deepcache(x, timesteps, context, *y)
         elif self.deepcache is not None:  # same weights and output as the plain model
             out = self.deepcache.full(x, timesteps, context, *y)[0]
@@ -258,7 +298,8 @@ class ServedUNet:
             raise SdOvError("the OpenVINO UNet was released")
         if not bool(torch.isfinite(out).all()):
             inputs = (("x", x), ("context", context), *(("y", v) for v in y))
-            bad = [name for name, t in inputs if not bool(torch.isfinite(t).all())]
+            inputs += tuple(("ControlNet's residuals", v) for v in control)
+            bad = list(dict.fromkeys(name for name, t in inputs if not bool(torch.isfinite(t).all())))
             if bad:  # not the UNet's doing: torch would get the same inputs
                 raise NonFiniteOutputError(f"the UNet's input {' and '.join(bad)} already had NaN/inf")
             raise NonFiniteOutputError(

@@ -1,0 +1,98 @@
+"""ControlNet's residuals as inputs of the OpenVINO UNet (sd_ov.control_inputs), against torch's
+forward with the same residuals added, on the real ldm UNet class."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from ldm.modules.diffusionmodules.util import timestep_embedding
+
+from sd_ov import engine
+from sd_ov.control_inputs import control_input_names, skip_joins
+from sd_ov.errors import UnsupportedCallError
+from sd_ov.ldm_unet import feature_shapes
+
+from .conftest import unet_inputs
+
+
+def torch_with_residuals(unet, x, t, context, residuals):
+    """ControlNet's way through the UNet (cldm's ControlledUnetModel, sd-webui-controlnet's
+    hook): each residual added to its skip connection, the last one to the middle block's output;
+    the webui's resize where an upsampled feature meets an odd-sized skip."""
+    residuals = list(residuals)
+    with torch.no_grad():
+        emb = unet.time_embed(timestep_embedding(t, unet.model_channels, repeat_only=False))
+        hs, h = [], x
+        for block in unet.input_blocks:
+            h = block(h, emb, context)
+            hs.append(h)
+        h = unet.middle_block(h, emb, context) + residuals.pop()
+        for block in unet.output_blocks:
+            skip = hs.pop() + residuals.pop()
+            if h.shape[-2:] != skip.shape[-2:]:
+                h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            h = block(torch.cat([h, skip], dim=1), emb, context)
+        return unet.out(h)
+
+
+def random_residuals(unet, batch, h, w, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, *shape, generator=gen) * 0.5 for shape in feature_shapes(unet, h, w)]
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(scope="module")
+def controlled(tiny_entry):
+    return engine.open_unet(tiny_entry, control=True)
+
+
+def test_the_graph_takes_one_residual_per_input_block_and_one_for_the_middle(tiny_unet, controlled):
+    names = control_input_names(len(tiny_unet.input_blocks))
+    assert controlled.control_inputs == names
+    assert controlled.extra_inputs == names  # in ControlNet's order, after x/timesteps/context
+    assert len(names) == len(tiny_unet.input_blocks) + 1
+
+
+@pytest.mark.parametrize("h,w", [(16, 24), (13, 9)])  # 13x9: odd sides, the webui's resize at joins
+def test_openvino_with_residuals_equals_torch_with_the_same_residuals(tiny_unet, controlled, h, w):
+    x, t, c = unet_inputs(2, h, w, 77, 64)
+    residuals = random_residuals(tiny_unet, 2, h, w)
+    expected = torch_with_residuals(tiny_unet, x, t, c, residuals)
+    got = controlled(x, t, c, *residuals)
+    without = torch_with_residuals(tiny_unet, x, t, c, [r * 0 for r in residuals])
+    assert rel_err(expected, without) > 0.05  # the residuals change the output: the test can fail
+    assert rel_err(got, expected) < 1e-4
+
+
+def test_zero_residuals_give_the_plain_graphs_output(tiny_entry, tiny_unet, controlled):
+    x, t, c = unet_inputs(1, 16, 16, 77, 64, seed=3)
+    zeros = [torch.zeros(1, *shape) for shape in feature_shapes(tiny_unet, 16, 16)]
+    plain = engine.open_unet(tiny_entry)
+    np.testing.assert_allclose(controlled(x, t, c, *zeros).numpy(), plain(x, t, c).numpy(), atol=1e-5)
+
+
+def test_a_residual_of_the_wrong_shape_is_refused_before_openvino_runs(tiny_unet, controlled):
+    x, t, c = unet_inputs(1, 16, 16, 77, 64)
+    residuals = random_residuals(tiny_unet, 1, 16, 16)
+    residuals[3] = torch.zeros(1, 7, 8, 8)  # a ControlNet made for another architecture
+    with pytest.raises(UnsupportedCallError, match="control.3"):
+        controlled(x, t, c, *residuals)
+    with pytest.raises(UnsupportedCallError, match="extra inputs"):
+        controlled(x, t, c)
+
+
+def test_a_graph_without_sd_skip_joins_is_refused(tiny_entry):
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from sd_ov.errors import SdOvError
+
+    p = ops.parameter([1, 4, 8, 8], ov.Type.f32, name="x")
+    model = ov.Model([ops.relu(p)], [p])
+    with pytest.raises(SdOvError, match="skip joins"):
+        skip_joins(model)
