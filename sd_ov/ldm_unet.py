@@ -285,7 +285,8 @@ def _resized_skip_joins(unet: torch.nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def traceable(unet: torch.nn.Module) -> Iterator[None]:
     """Make an ldm UNet traceable for the duration: SDPA attention, no gradient checkpointing,
-    skip joins that take any latent size (`_SkipJoinResize`).
+    skip joins that take any latent size (`_SkipJoinResize`), the class's own forward (an
+    extension's forward set on the instance, as sd-webui-controlnet's, is set aside).
 
     Everything is put back as it was, whatever the webui had installed before.
     """
@@ -303,6 +304,7 @@ def traceable(unet: torch.nn.Module) -> Iterator[None]:
     ]
     saved_forwards = {c: c.__dict__.get("forward") for c in classes}
     saved_flags: list[tuple[torch.nn.Module, str, Any]] = []
+    instance_forward = unet.__dict__.pop("forward", None)
     for module in unet.modules():
         for flag in ("use_checkpoint", "checkpoint"):
             if isinstance(getattr(module, flag, None), bool):
@@ -321,3 +323,5 @@ def traceable(unet: torch.nn.Module) -> Iterator[None]:
                 c.forward = fwd
         for module, flag, value in saved_flags:
             setattr(module, flag, value)
+        if instance_forward is not None:
+            unet.forward = instance_forward

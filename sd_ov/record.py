@@ -25,6 +25,7 @@ class JobRecord:
     notes: list[str] = field(default_factory=list)
     lora: str = ""  # the UNet LoRAs OpenVINO applied, "name:weight, ..."
     preset: str = ""  # the preset this job ran as it was made (recipe and DeepCache schedule)
+    controlnet: str = ""  # how ControlNet's units ran with the OpenVINO UNet
 
     def served(self) -> None:
         self.openvino_calls += 1

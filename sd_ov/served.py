@@ -192,10 +192,18 @@ class ServedUNet:
         self.progress(f"opening the OpenVINO UNet {what} (compiled once)", 0.0)
         self.release()
         self.with_control = on
-        if self.entry is None:
-            self.open()
-        else:  # the entry found before: no lookup
-            self._open_plain()
+        try:
+            if self.entry is None:
+                self.open()
+            else:  # the entry found before: no lookup
+                self._open_plain()
+        except Exception:
+            if not on:
+                raise
+            self.with_control = False  # the plain model serves the jobs without ControlNet
+            if self.entry is not None:
+                self._open_plain()
+            raise
 
     def _reapply_lora(self) -> None:
         """On models opened anew, the set of the last `set_lora`; none if they can't take it (the

@@ -25,6 +25,7 @@ VAE_INFOTEXT_KEY = "OpenVINO VAE"
 TEXT_ENCODER_INFOTEXT_KEY = "OpenVINO text encoder"
 LORA_INFOTEXT_KEY = "OpenVINO LoRA"
 PRESET_INFOTEXT_KEY = "OpenVINO preset"
+CONTROLNET_INFOTEXT_KEY = "OpenVINO ControlNet"
 INFOTEXT_KEYS = (
     INFOTEXT_KEY,
     DEEPCACHE_INFOTEXT_KEY,
@@ -34,6 +35,7 @@ INFOTEXT_KEYS = (
     TEXT_ENCODER_INFOTEXT_KEY,
     LORA_INFOTEXT_KEY,
     PRESET_INFOTEXT_KEY,
+    CONTROLNET_INFOTEXT_KEY,
 )
 
 
@@ -103,6 +105,8 @@ def write_infotext(p) -> None:
             p.extra_generation_params[LORA_INFOTEXT_KEY] = record.lora
         if record.preset:
             p.extra_generation_params[PRESET_INFOTEXT_KEY] = record.preset
+        if record.controlnet:
+            p.extra_generation_params[CONTROLNET_INFOTEXT_KEY] = record.controlnet
         note = token_merging_note(webui_token_merging(p), unet.recipe)
         if note:
             p.extra_generation_params[TOME_INFOTEXT_KEY] = note

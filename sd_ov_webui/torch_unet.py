@@ -59,5 +59,7 @@ def unet_calls_to(fn: Callable | None) -> Iterator[None]:
 
 def foreign_forward(unet: torch.nn.Module) -> bool:
     """True when an extension replaced this UNet instance's forward (sd-webui-controlnet does):
-    its calls then never reach the SD Unet mechanism."""
-    return "forward" in vars(unet)
+    its calls then never reach the SD Unet mechanism. A forward put back as the class's own bound
+    method (what ControlNet's `restore` leaves) is not foreign."""
+    forward = vars(unet).get("forward")
+    return forward is not None and getattr(forward, "__func__", None) is not type(unet).forward

@@ -24,6 +24,8 @@ from sd_ov.recipe import Recipe
 from sd_ov.record import JobRecord
 from sd_ov.served import RuntimeSettings, ServedUNet, UNetSource
 
+from . import controlnet
+from .controlnet import TorchServes
 from .lora import UNetLora, networks_set_aside, unet_lora
 from .offload import WebuiWeights, undo_lora_weights, unet_weights
 from .settings import cache_root, offload_mode, opt, runtime_settings
@@ -87,6 +89,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
         self.vae: WebuiVae | None = None  # the VAE on OpenVINO (Settings → VAE through OpenVINO)
         self.text_encoder: WebuiTextEncoder | None = None  # likewise, the prompts' text encoder
         self.sampled = False  # this job's first UNet call has come
+        self.controlnet_job = False  # this job's ControlNet units are served (controlnet.py)
         self.record = JobRecord()
 
     @property
@@ -126,7 +129,9 @@ class OpenVINOUnet(sd_unet.SdUnet):
         if self.weights is None:
             return
         torch_needed = self.job_torch_reason is not None or (  # this job is torch's (a LoRA), or
-            self.source is not None and foreign_forward(self.source.unet)  # an extension calls torch itself
+            self.source is not None
+            and foreign_forward(self.source.unet)  # an extension calls torch itself
+            and not self.controlnet_job  # (unless it is ControlNet's forward, served by us)
         )
         if self.served is not None and offload_mode() != "none" and not torch_needed:
             self.weights.release(webui_progress)
@@ -172,10 +177,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
             self.job_torch_reason = None
             if self.binding_note:
                 self.record.note(self.binding_note)
-        if self.source is not None and foreign_forward(self.source.unet):
-            self.record.unavailable = (
-                "another extension (e.g. ControlNet) replaced the UNet's forward; torch served it"
-            )
+        hook = self.check_controlnet()
         lora = unet_lora(self.source.unet) if self.source is not None else UNetLora()
         if lora.why_not:  # the Lora extension applies it in torch's forward: never dropped silently
             self.job_torch_reason = lora.why_not
@@ -185,6 +187,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
             return
         if not lora.why_not:
             self.serve_lora(lora)  # before start_job: the first LoRA reopens the models with the branch
+        self.serve_controlnet(hook)  # before start_job too: DeepCache does not run with ControlNet
         why_not = self.served.start_job(deepcache, expected_calls)
         if why_not:
             self.record.note(why_not)
@@ -196,6 +199,59 @@ class OpenVINOUnet(sd_unet.SdUnet):
         if first_pass:
             self.sync_companions()
             self.sampled = False
+
+    def check_controlnet(self):
+        """sd-webui-controlnet's hook when this job's units can be served (else None, and the
+        record says why torch serves the job); another extension's forward: torch, with a note."""
+        self.controlnet_job = False
+        unet = self.source.unet if self.source is not None else None
+        if unet is None or not foreign_forward(unet):
+            return None
+        hook = controlnet.controlnet_hook(unet)
+        why = controlnet.why_not_served(hook) if hook is not None else None
+        if hook is None:
+            self.record.unavailable = "another extension replaced the UNet's forward; torch served it"
+        elif why:
+            controlnet.uninstall(unet)
+            self.record.unavailable = f"{why}; torch served the job"
+            return None
+        return hook
+
+    def serve_controlnet(self, hook) -> None:
+        """This job's ControlNet units add their residuals into the OpenVINO UNet (opened with
+        their inputs), or none come (opened without)."""
+        unet = self.source.unet
+        try:
+            self.served.set_control(hook is not None)
+        except Exception as err:  # e.g. a graph without SD skip joins: this job is torch's
+            controlnet.uninstall(unet)
+            self.record.unavailable = f"ControlNet on torch: {explain(err)}"
+            return
+        if hook is None:
+            return
+        controlnet.install(unet, self)
+        self.controlnet_job = True
+        kinds = sorted({p.control_model_type.name for p in hook.control_params})
+        units = len(hook.control_params)
+        self.record.controlnet = (
+            f"{units} unit{'s' if units > 1 else ''} ({', '.join(kinds)}): residuals into the OpenVINO UNet, "
+            "control models on torch"
+        )
+
+    def controlnet_reason(self) -> str | None:
+        """Why torch serves ControlNet's next call; None: OpenVINO does (controlnet.Server)."""
+        reason = self.job_torch_reason or self.unavailable
+        if self.served is None:
+            return reason or "the OpenVINO UNet is not loaded"
+        if not self.served.with_control:
+            return reason or "the OpenVINO UNet was not opened with ControlNet's inputs"
+        return reason
+
+    def serve_controlled(self, x, timesteps, context, y, residuals):
+        """One ControlNet call: the UNet with the units' residuals on OpenVINO (controlnet.Server)."""
+        if self.served.takes_y and y is None:
+            raise TorchServes("this UNet takes a vector conditioning (y) and the call gave none")
+        return self.serve_call(x, timesteps, context, (y,) if self.served.takes_y else (), residuals)
 
     def serve_lora(self, lora: UNetLora) -> None:
         """The job's UNet LoRAs into the OpenVINO UNet's branch (none: the branch is emptied); one it
@@ -295,24 +351,10 @@ class OpenVINOUnet(sd_unet.SdUnet):
             reason = "this UNet takes a vector conditioning (y) and the call gave none"
         elif reason is None:
             try:
-                if not self.sampled:
-                    self.sampled = True
-                    self.sampling_starts()
-                out = self.served(x, timesteps, context, *y)
-                self.record.served()
-                return out
-            except UnsupportedCallError as err:  # this call only (e.g. an odd shape)
+                return self.serve_call(x, timesteps, context, y)
+            except TorchServes as err:
                 reason = str(err)
-            except NonFiniteOutputError as err:  # this job's remaining calls go to torch
-                reason = self.job_torch_reason = str(err)
-            except Exception as err:
-                self.use_torch(err)
-                reason = self.unavailable
-        if self.record.fell_back(reason):
-            shared.state.textinfo = f"OpenVINO: torch serves: {reason}"
-            log.info("sd-ov: torch serves: %s", reason)
-        if self.weights is not None:
-            self.weights.ensure(webui_progress)  # freed while OpenVINO served
+        self.torch_serves(reason)
         return call_torch(
             self.source.unet if self.source else shared.sd_model.model.diffusion_model,
             x,
@@ -321,6 +363,32 @@ class OpenVINOUnet(sd_unet.SdUnet):
             *args,
             **kwargs,
         )
+
+    def serve_call(self, x, timesteps, context, y: tuple = (), control: list | tuple = ()):
+        """One UNet call on OpenVINO; TorchServes with the reason when torch must make it."""
+        try:
+            if not self.sampled:
+                self.sampled = True
+                self.sampling_starts()
+            out = self.served(x, timesteps, context, *y, control=control)
+            self.record.served()
+            return out
+        except UnsupportedCallError as err:  # this call only (e.g. an odd shape)
+            reason = str(err)
+        except NonFiniteOutputError as err:  # this job's remaining calls go to torch
+            reason = self.job_torch_reason = str(err)
+        except Exception as err:
+            self.use_torch(err)
+            reason = self.unavailable
+        raise TorchServes(reason)
+
+    def torch_serves(self, reason: str) -> None:
+        """Torch makes this call: counted with its reason (said once per job), weights back."""
+        if self.record.fell_back(reason):
+            shared.state.textinfo = f"OpenVINO: torch serves: {reason}"
+            log.info("sd-ov: torch serves: %s", reason)
+        if self.weights is not None:
+            self.weights.ensure(webui_progress)  # freed while OpenVINO served
 
     def apply_settings(self, retry_unchanged: bool) -> None:
         """Open or reconfigure with the current settings. After a failure, a job tries again only
@@ -348,6 +416,8 @@ class OpenVINOUnet(sd_unet.SdUnet):
 
     def deactivate(self) -> None:
         """The webui takes its UNet back (another option, or a checkpoint loading into it)."""
+        if self.source is not None:
+            controlnet.uninstall(self.source.unet)  # ControlNet's calls go to torch again
         self.release()
         self.drop_companions()
         if self.weights is not None:

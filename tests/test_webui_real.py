@@ -131,10 +131,12 @@ def txt2img(
     openvino: bool = True,
     deepcache: tuple = (0, 0, "uniform"),
     job: dict | None = None,
+    scripts: dict | None = None,
     **overrides,
 ) -> tuple[np.ndarray, dict, float]:
     """A picture, its infotext's parameters (parsed as the webui parses them), and seconds;
-    `job` changes JOB's fields, `overrides` are settings for this job."""
+    `job` changes JOB's fields, `scripts` adds other always-on scripts' args, `overrides` are
+    settings for this job."""
     from PIL import Image
 
     started = time.perf_counter()
@@ -144,7 +146,7 @@ def txt2img(
             **JOB,
             **(job or {}),
             "override_settings": {"sd_unet": unet, **NO_NORM, **overrides},
-            "alwayson_scripts": {"OpenVINO": {"args": [openvino, *deepcache]}},
+            "alwayson_scripts": {"OpenVINO": {"args": [openvino, *deepcache]}, **(scripts or {})},
         },
     )
     image = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["images"][0]))).convert("RGB"))
@@ -672,3 +674,65 @@ def test_an_sd2_v_prediction_checkpoint_at_768_runs_on_openvino_like_torch(insta
     assert "OpenVINO" not in torch_info
     assert ov_info["OpenVINO"] == "fp32, CPU, f32, dynamic", ov_info
     assert psnr(ov_image, torch_image) >= 35, report
+
+
+# sd-webui-controlnet in the webui's extensions folder (v1.1.455 tried) and an SD1.5 ControlNet in
+# models/ControlNet, by file name without its extension; e.g. a seeded random one built with the
+# extension's own cldm.ControlNet and its default SD1.5 config.
+CONTROLNET_MODEL = os.environ.get("SD_OV_WEBUI_CONTROLNET_MODEL", "control_sd15_random")
+
+
+def test_a_controlnet_job_runs_on_openvino_like_torch(installed):
+    """Issue #11's webui check for ControlNet: a txt2img job with a ControlNet unit (preprocessor
+    none, a hint picture), balanced and "my prompt is more important" ending at half the steps,
+    runs on the OpenVINO UNet with the unit's residuals and matches torch's picture (PSNR >= 35
+    dB, FP32); the infotext says so; per-step seconds of both are reported."""
+    folder = Path(WEBUI)
+    if not (folder / "extensions" / "sd-webui-controlnet").is_dir():
+        pytest.skip("sd-webui-controlnet is not in the webui's extensions folder")
+    if not any((folder / "models" / "ControlNet").glob(f"{CONTROLNET_MODEL}.*")):
+        pytest.skip(f"no {CONTROLNET_MODEL} in the webui's models/ControlNet")
+    gen = np.random.default_rng(7)
+    hint = np.zeros((256, 256, 3), np.uint8)
+    for _ in range(12):  # white rectangles' outlines on black, like an edge map
+        y0, x0 = gen.integers(0, 200, 2)
+        h, w = gen.integers(20, 56, 2)
+        hint[y0 : y0 + h : max(1, h - 1), x0 : x0 + w] = 255
+        hint[y0 : y0 + h, x0 : x0 + w : max(1, w - 1)] = 255
+    webui = Webui(folder, installed / "controlnet.log")
+    results = {}
+    try:
+        model = next(m for m in api("/controlnet/model_list")["model_list"] if m.startswith(CONTROLNET_MODEL))
+        unit = {
+            "enabled": True,
+            "module": "none",
+            "model": model,
+            "weight": 1.0,
+            "image": png_b64(hint),
+            "resize_mode": "Crop and Resize",
+            "processor_res": 256,
+            "pixel_perfect": False,
+        }
+        modes = {
+            "balanced": {"control_mode": "Balanced", "guidance_end": 1.0},
+            "prompt first, end 0.5": {"control_mode": "My prompt is more important", "guidance_end": 0.5},
+        }
+        txt2img("Automatic", job={"steps": 1}, scripts={"controlnet": {"args": [unit]}})  # first use: export
+        plain = txt2img("None")
+        for name, mode in modes.items():
+            scripts = {"controlnet": {"args": [{**unit, **mode}]}}
+            results[name] = (txt2img("None", scripts=scripts), txt2img("Automatic", scripts=scripts))
+    finally:
+        webui.stop()
+    steps = JOB["steps"]
+    report = {
+        name: (round(psnr(ov[0], pt[0]), 1), round(pt[2] / steps, 2), round(ov[2] / steps, 2))
+        for name, (pt, ov) in results.items()
+    }
+    print(f"\n[controlnet] (PSNR dB, torch s/step, OpenVINO s/step incl. text encoder and VAE): {report}")
+    for _name, (pt, ov) in results.items():
+        assert "OpenVINO" not in pt[1] and pt[1].get("ControlNet 0"), pt[1]
+        assert ov[1]["OpenVINO"] == "fp32, CPU, f32, dynamic", ov[1]
+        assert ov[1]["OpenVINO ControlNet"].startswith("1 unit (ControlNet)"), ov[1]
+        assert psnr(pt[0], plain[0]) < 30, report  # the unit changed the picture
+        assert psnr(ov[0], pt[0]) >= 35, report

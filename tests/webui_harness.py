@@ -121,12 +121,14 @@ def txt2img(
     negative_prompt="",
     width=256,
     height=256,
+    also=(),
 ):
+    """`also`: other extensions' always-on scripts of the job (the ControlNet stand-in, ...)."""
     from modules import processing, scripts
 
     gen = torch.Generator().manual_seed(99)
     cond, uncond = torch.randn(1, 77, 64, generator=gen), torch.randn(1, 77, 64, generator=gen)
-    runner = scripts.ScriptRunner([(webui.script, [enabled, *deepcache])])
+    runner = scripts.ScriptRunner([(webui.script, [enabled, *deepcache]), *((script, []) for script in also)])
     p = processing.StableDiffusionProcessing(
         webui.shared.sd_model,
         cond,

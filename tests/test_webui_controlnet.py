@@ -1,0 +1,112 @@
+"""sd-webui-controlnet's jobs through the adapter (its hook's stand-in: tests/webui_stub/
+sd_webui_controlnet.py): served on OpenVINO with the units' residuals, matching torch's job; unit
+types that change torch's attention stay on torch, with the reason."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .conftest import TINY_SD1
+from .webui_harness import infotext_params, openvino_infotext, txt2img
+
+
+@pytest.fixture(scope="module")
+def control_model():
+    from sd_webui_controlnet import PlugableControlModel, TinyControlNet
+
+    return PlugableControlModel(TinyControlNet(TINY_SD1))
+
+
+def hint(p):
+    gen = torch.Generator().manual_seed(11)
+    return torch.rand(1, 3, p.height // 8, p.width // 8, generator=gen)
+
+
+def controlnet(control_model, *kinds, weight=0.8, soft=False):
+    from sd_webui_controlnet import ControlModelType, ControlNetScript, ControlParams
+
+    kinds = kinds or ("ControlNet",)
+    units = [
+        lambda p, kind=kind: ControlParams(
+            control_model, hint(p), weight, control_model_type=ControlModelType[kind], soft_injection=soft
+        )
+        for kind in kinds
+    ]
+    return ControlNetScript(units)
+
+
+def torch_job(webui, **job):
+    webui.shared.opts.sd_unet = "None"
+    try:
+        return txt2img(webui, **job)
+    finally:
+        webui.shared.opts.sd_unet = "Automatic"
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_a_controlnet_job_runs_on_openvino_and_matches_torchs(webui, control_model):
+    size = dict(width=200, height=136)  # a 25x17 latent: odd sides too
+    reference = torch_job(webui, also=[controlnet(control_model, soft=True)], **size)
+    without = torch_job(webui, **size)
+    assert rel_err(reference.latent, without.latent) > 0.05  # the ControlNet changes the picture
+
+    job = txt2img(webui, also=[controlnet(control_model, soft=True)], **size)
+    served = webui.sd_unet.current_unet
+    assert served.record.openvino_calls == 4 and not served.record.torch_calls
+    assert rel_err(job.latent, reference.latent) < 1e-3
+    params = infotext_params(job.infotexts[0])
+    assert params["OpenVINO"] == "fp32, CPU, f32, dynamic"
+    assert params["OpenVINO ControlNet"].startswith("1 unit (ControlNet): residuals into the OpenVINO UNet")
+    assert not served.weights.resident  # the torch UNet's weights stayed freed: ControlNet ran without them
+
+    unet = webui.shared.sd_model.model.diffusion_model
+    assert "forward" not in vars(unet) or vars(unet)["forward"].__func__ is type(unet).forward  # restored
+    plain = txt2img(webui, **size)  # the next job without ControlNet: the IR's graph again
+    assert not served.served.with_control and openvino_infotext(plain) == "fp32, CPU, f32, dynamic"
+    assert "OpenVINO ControlNet" not in infotext_params(plain.infotexts[0])
+    assert rel_err(plain.latent, without.latent) < 1e-3
+
+
+def test_two_units_and_deepcache_asked(webui, control_model):
+    units = controlnet(control_model, "ControlNet", "ControlNetUnion", weight=0.5)
+    reference = torch_job(webui, also=[units])
+    job = txt2img(webui, also=[units], deepcache=(2, 0, "uniform"))
+    params = infotext_params(job.infotexts[0])
+    assert params["OpenVINO"] == "fp32, CPU, f32, dynamic"  # DeepCache did not run ...
+    assert "DeepCache off: ControlNet adds its residuals" in params["OpenVINO note"]  # ... and it says why
+    assert params["OpenVINO ControlNet"].startswith("2 units (ControlNet, ControlNetUnion)")
+    assert rel_err(job.latent, reference.latent) < 1e-3
+
+
+@pytest.mark.parametrize("kind", ["AttentionInjection", "T2I_Adapter", "ControlLoRA"])
+def test_a_unit_type_openvino_cannot_serve_leaves_the_job_to_torch_with_a_reason(webui, control_model, kind):
+    reference = torch_job(webui, also=[controlnet(control_model, "ControlNet", kind)])
+    job = txt2img(webui, also=[controlnet(control_model, "ControlNet", kind)])
+    text = openvino_infotext(job)
+    assert text.startswith(f"off (ControlNet units of type {kind} change torch's attention or blocks"), text
+    assert webui.sd_unet.current_unet.record.openvino_calls == 0
+    assert torch.equal(job.latent, reference.latent)
+    assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, dynamic"  # the next job serves again
+
+
+def test_a_call_openvino_refuses_goes_to_torch_with_controlnets_forward(webui, control_model, monkeypatch):
+    """A call the compiled UNet can't take (here: every one) is made by ControlNet's own forward
+    on the torch UNet, its weights brought back; the job still matches torch."""
+    from sd_ov.errors import UnsupportedCallError
+
+    reference = torch_job(webui, also=[controlnet(control_model)])
+    txt2img(webui)
+    runtime = type(webui.sd_unet.current_unet.served)
+
+    def refuse(self, *args, **kwargs):
+        raise UnsupportedCallError("a shape it does not take")
+
+    monkeypatch.setattr(runtime, "__call__", refuse)
+    job = txt2img(webui, also=[controlnet(control_model)])
+    text = openvino_infotext(job)
+    assert text.startswith("off (a shape it does not take") or "a shape it does not take" in text, text
+    assert torch.equal(job.latent, reference.latent)
