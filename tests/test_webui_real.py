@@ -726,13 +726,22 @@ def test_a_controlnet_job_runs_on_openvino_like_torch(installed):
         webui.stop()
     steps = JOB["steps"]
     report = {
-        name: (round(psnr(ov[0], pt[0]), 1), round(pt[2] / steps, 2), round(ov[2] / steps, 2))
+        name: (
+            round(psnr(ov[0], pt[0]), 1),
+            round(psnr(pt[0], plain[0]), 1),
+            round(pt[2] / steps, 2),
+            round(ov[2] / steps, 2),
+        )
         for name, (pt, ov) in results.items()
     }
-    print(f"\n[controlnet] (PSNR dB, torch s/step, OpenVINO s/step incl. text encoder and VAE): {report}")
+    print(
+        "\n[controlnet] (PSNR dB OpenVINO vs torch, torch with vs without the unit; torch s/step, "
+        f"OpenVINO s/step; both incl. the control model, text encoder and VAE): {report}"
+    )
     for _name, (pt, ov) in results.items():
         assert "OpenVINO" not in pt[1] and pt[1].get("ControlNet 0"), pt[1]
         assert ov[1]["OpenVINO"] == "fp32, CPU, f32, dynamic", ov[1]
         assert ov[1]["OpenVINO ControlNet"].startswith("1 unit (ControlNet)"), ov[1]
-        assert psnr(pt[0], plain[0]) < 30, report  # the unit changed the picture
         assert psnr(ov[0], pt[0]) >= 35, report
+        # the unit changes torch's picture far more than OpenVINO's picture differs from torch's
+        assert psnr(pt[0], plain[0]) < psnr(ov[0], pt[0]) - 20, report
