@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from sd_ov import engine
 from sd_ov.ldm_unet import build_unet
+from sd_ov.ov_core import get_core
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") == str(os.cpu_count()):
+    # One pytest-xdist worker per core: each computes on one thread (torch and OpenVINO), so two
+    # workers do not spin against each other's threads. No test times anything.
+    torch.set_num_threads(1)
+    get_core().set_property("CPU", {"INFERENCE_NUM_THREADS": 1})
 
 # SD1 architecture (conv proj, heads by count), small enough for CI: 3 levels, attention everywhere.
 TINY_SD1 = dict(
@@ -59,6 +68,11 @@ MICRO = dict(
 )
 
 
+# MICRO with its attention at full resolution, where token merging acts: for the recipe tests
+# whose time is mostly NNCF and tracing.
+MICRO_TOME = dict(MICRO, attention_resolutions=[1])
+
+
 def TinyAutoencoderKL():  # noqa: N802 - reads as the class it stands in for
     """ldm's AutoencoderKL modules, tiny, seeded (a factor-2 VAE with the mid-block attention)."""
     from sd_ov.vae import SD_DDCONFIG, AutoencoderParts
@@ -101,6 +115,11 @@ def tiny_unet():
 @pytest.fixture(scope="session")
 def micro_unet():
     return build_unet(MICRO, seed=0)
+
+
+@pytest.fixture(scope="session")
+def micro_tome_unet():
+    return build_unet(MICRO_TOME, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from .conftest import MICRO, TINY_SD1
+from .conftest import MICRO
 
 
 def run(*args, cwd):
@@ -33,13 +33,13 @@ def test_demo_prints_both_timings_and_the_fidelity(tmp_path):
     assert "from cache" in again
 
 
-def test_export_a_checkpoint_file(tiny_unet, tmp_path):
+def test_export_a_checkpoint_file(micro_unet, tmp_path):
     ckpt = tmp_path / "mini.safetensors"
-    tensors = {f"model.diffusion_model.{k}": v.contiguous() for k, v in tiny_unet.state_dict().items()}
+    tensors = {f"model.diffusion_model.{k}": v.contiguous() for k, v in micro_unet.state_dict().items()}
     tensors["first_stage_model.decoder.conv_in.weight"] = torch.zeros(4, 4)  # a VAE key, to be ignored
     save_file(tensors, str(ckpt))
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(TINY_SD1))
+    config = tmp_path / "micro.json"
+    config.write_text(json.dumps(MICRO))
     args = [
         "export",
         "--checkpoint",
@@ -47,7 +47,7 @@ def test_export_a_checkpoint_file(tiny_unet, tmp_path):
         "--config",
         str(config),
         "--size",
-        "256x256",
+        "128x128",
         "--verify",
         "--cache",
         str(tmp_path / "cache"),

@@ -125,13 +125,13 @@ def test_bad_inputs_are_refused_clearly(tiny_entry, x_shape, c_shape, why):
 
 
 def test_sd2_architecture_matches_torch(tmp_path):
-    """SD2's linear projections and heads by channel count, at 512² and at SD2-v's 768² (96²
+    """SD2's linear projections and heads by channel count, batched and at SD2-v's 768² (96²
     latent); v-prediction is the webui's denoiser's arithmetic, outside the UNet."""
     unet = build_unet(TINY_SD2, seed=1)
     entry = engine.prepare_entry(unet, tmp_path, "tiny-sd2", engine.weights_hash(unet)).entry
     served = engine.open_unet(entry)
-    for side in (64, 96):
-        x, t, c = unet_inputs(2, side, side, 77, 96, seed=side)
+    for batch, side in ((2, 32), (1, 96)):
+        x, t, c = unet_inputs(batch, side, side, 77, 96, seed=side)
         with torch.no_grad():
             ref = unet(x, t, c)
         assert metrics.rel_l2(served(x, t, c), ref) <= TOLERANCE

@@ -50,11 +50,13 @@ def test_capture_runs_the_sampler_and_yields_the_unet_inputs(tiny_unet, tiny_ent
     assert runtime.stats.calls == 8  # the OpenVINO UNet served the capture
 
 
-def test_optimize_makes_a_measured_entry_per_recipe(tiny_unet, capture, tmp_path):
+def test_optimize_makes_a_measured_entry_per_recipe(micro_tome_unet, tmp_path):
+    unet = micro_tome_unet
+    capture = random_prompt_capture(describe(unet), prompts=2, steps=4, size=(128, 128))
     combo = Recipe(int8="hybrid", tome=0.5, prune="ffn", prune_ratio=0.25, samples=6)
     steps = []
     entry = optimize(
-        tiny_unet,
+        unet,
         tmp_path,
         "tiny",
         "a" * 64,
@@ -62,7 +64,7 @@ def test_optimize_makes_a_measured_entry_per_recipe(tiny_unet, capture, tmp_path
         capture,
         shapes=[(2, 16, 16, 77)],
         measure=SMALL,
-        sample_image=lambda unet: _preview(unet, tiny_unet),
+        sample_image=lambda served: _preview(served, unet),
         progress=lambda m, f: steps.append((m, f)),
     )
     manifest = entry.manifest
@@ -85,7 +87,7 @@ def test_optimize_makes_a_measured_entry_per_recipe(tiny_unet, capture, tmp_path
     assert any(entry.blob_dir.iterdir())
 
     # a second recipe is a second entry; the plain FP32 entry made on the way is a third
-    weights = optimize(tiny_unet, tmp_path, "tiny", "a" * 64, Recipe(int8="weights"), measure=None)
+    weights = optimize(unet, tmp_path, "tiny", "a" * 64, Recipe(int8="weights"), measure=None)
     paths = {e.path for e in recipe_entries(tmp_path)}
     assert {entry.path, weights.path} <= paths and len(paths) == 3
 
@@ -95,7 +97,8 @@ def _preview(unet, torch_unet):
     from sd_ov.sampling import latent_to_image, sample_euler
 
     gen = torch.Generator().manual_seed(1)
-    cond, uncond = torch.randn(1, 77, 64, generator=gen), torch.randn(1, 77, 64, generator=gen)
+    width = describe(torch_unet).context_dim
+    cond, uncond = torch.randn(1, 77, width, generator=gen), torch.randn(1, 77, width, generator=gen)
     noise = torch.randn(1, 4, 16, 16, generator=gen)
     latent = sample_euler(lambda x, t, c: unet(x, t, c), noise, cond, uncond, steps=3).latent
     return latent_to_image(latent[0])

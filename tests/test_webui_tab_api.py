@@ -104,18 +104,20 @@ def pair_equals_its_recipe(single, deepcache: DeepCacheConfig) -> None:
         text = pair.ir_path(model).read_text()
         assert "FakeQuantize" in text and "ScatterElementsUpdate" in text, model
     report = pair.manifest.report
-    assert report.shallow_s_per_step > 0 and report.shallow_rel_l2 <= 1e-5
-    x, t, c = unet_inputs(2, 16, 16, 77, 64, seed=8)
+    # measured 1e-6 (tiny UNet) to 2e-3 (micro, one OpenVINO thread: other kernels, a few INT8
+    # rounding flips); a quantizer only one graph had would give the INT8 error itself (~0.1)
+    assert report.shallow_s_per_step > 0 and report.shallow_rel_l2 <= 1e-2
+    x, t, c = unet_inputs(2, 16, 16, 77, made.unet.context_dim, seed=8)
     expected = engine.open_unet(single)(x, t, c)
     runner = engine.open_deepcache(pair, deepcache)
     runner.start(deepcache)
     full, shallow = runner(x, t, c), runner(x, t, c)
     assert runner.pattern == ["F", "S"]
-    assert (
-        metrics.rel_l2(full, expected) <= 1e-3 and metrics.rel_l2(shallow, expected) <= 1e-3
-    )  # measured ~1e-6
+    assert metrics.rel_l2(full, expected) <= 1e-5  # measured 0
+    assert metrics.rel_l2(shallow, expected) <= 1e-2  # as the report's shallow_rel_l2 above
 
 
+@pytest.mark.parametrize("webui", ["micro"], indirect=True)  # NNCF and tracing are most of its time
 def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path, monkeypatch):
     """The fastest preset: INT8 hybrid + ToMe 0.5 and its DeepCache pair (f32 here: the CPU's
     bf16 verdict is pinned, test_preset.py tests that choice)."""

@@ -54,7 +54,10 @@ def checkpoint(folder: Path, name: str, unet: torch.nn.Module):
 
 
 @pytest.fixture
-def webui(stub_modules, tiny_unet, tmp_path, shared_cache):
+def webui(request, stub_modules, tiny_unet, tmp_path, shared_cache):
+    """The stand-in webui with the tiny UNet's checkpoint loaded; `indirect` parametrization with
+    "micro" loads the micro UNet's instead, with its attention at full resolution where token
+    merging works (for tests whose cost is mostly NNCF and tracing)."""
     from modules import paths, script_callbacks, scripts, sd_models, sd_unet, shared
 
     script_callbacks.clear_callbacks()
@@ -63,7 +66,14 @@ def webui(stub_modules, tiny_unet, tmp_path, shared_cache):
     sd_unet.current_unet = sd_unet.current_unet_option = None
     paths.models_path = str(shared_cache)
     sd_models.checkpoints_list.clear()
-    unet = copy.deepcopy(tiny_unet)
+    if getattr(request, "param", "tiny") == "micro":
+        from sd_ov.ldm_unet import build_unet
+
+        from .conftest import MICRO_TOME
+
+        unet = build_unet(MICRO_TOME, seed=0)
+    else:
+        unet = copy.deepcopy(tiny_unet)
     info = checkpoint(tmp_path, "tinyckpt", unet)
     shared.sd_model = SimpleNamespace(
         model=SimpleNamespace(diffusion_model=unet), sd_checkpoint_info=info, lowvram=False
@@ -126,8 +136,11 @@ def txt2img(
     """`also`: other extensions' always-on scripts of the job (the ControlNet stand-in, ...)."""
     from modules import processing, scripts
 
+    from sd_ov.ldm_unet import describe
+
+    width_of_context = describe(webui.shared.sd_model.model.diffusion_model).context_dim
     gen = torch.Generator().manual_seed(99)
-    cond, uncond = torch.randn(1, 77, 64, generator=gen), torch.randn(1, 77, 64, generator=gen)
+    cond, uncond = (torch.randn(1, 77, width_of_context, generator=gen) for _ in range(2))
     runner = scripts.ScriptRunner([(webui.script, [enabled, *deepcache]), *((script, []) for script in also)])
     p = processing.StableDiffusionProcessing(
         webui.shared.sd_model,
