@@ -8,6 +8,7 @@ OpenVINO UNet can be the wrapped one, which makes the capture fast.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 
@@ -27,15 +28,19 @@ class CapturingUNet:
         self.unet = unet
         self.samples: list[Sample] = []
 
-    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        self.samples.append(
-            {
-                "x": x.detach().float().cpu().numpy().copy(),
-                "timesteps": timesteps.detach().reshape(-1).float().cpu().numpy().copy(),
-                "context": context.detach().float().cpu().numpy().copy(),
-            }
-        )
-        return self.unet(x, timesteps, context)
+    def __call__(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *y: torch.Tensor
+    ) -> torch.Tensor:
+        """y: SDXL's vector conditioning, kept too (the IR's fourth input)."""
+        sample = {
+            "x": x.detach().float().cpu().numpy().copy(),
+            "timesteps": timesteps.detach().reshape(-1).float().cpu().numpy().copy(),
+            "context": context.detach().float().cpu().numpy().copy(),
+        }
+        if y:
+            sample["y"] = y[0].detach().float().cpu().numpy().copy()
+        self.samples.append(sample)
+        return self.unet(x, timesteps, context, *y)
 
 
 def spread(samples: Sequence[Sample], count: int) -> list[Sample]:
@@ -74,11 +79,19 @@ def random_prompt_capture(
             cond = torch.randn(1, 77, spec.context_dim, generator=gen)
             uncond = torch.randn(1, 77, spec.context_dim, generator=gen) * 0.5
             noise = torch.randn(1, spec.in_channels, height // 8, width // 8, generator=gen)
-            sample_euler(capturing, noise, cond, uncond, steps=steps)
+            unet_fn = capturing
+            if spec.adm_channels:  # SDXL: a vector per prompt too (cond, uncond: the sampler's batch)
+                y = torch.randn(2, spec.adm_channels, generator=gen)
+                unet_fn = functools.partial(_with_y, capturing, y)
+            sample_euler(unet_fn, noise, cond, uncond, steps=steps)
         progress(f"captured {len(capturing.samples)} UNet calls", 1.0)
         return capturing.samples
 
     return capture
+
+
+def _with_y(unet, y: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor):
+    return unet(x, timesteps, context, y)
 
 
 def default_prompts() -> list[str]:

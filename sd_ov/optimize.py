@@ -92,6 +92,8 @@ def measure_entry(
         torch.full((measure.batch,), 500.0),
         torch.randn(measure.batch, measure.tokens, spec.context_dim, generator=gen),
     )
+    if spec.adm_channels:  # SDXL's vector conditioning
+        inputs += (torch.randn(measure.batch, spec.adm_channels, generator=gen),)
     progress("timing the OpenVINO UNet", 0.0)
     call: UNetFn = runtime if shallow is None else (lambda *args: runtime(*args)[0])
     ov_s, out = median_call(call, inputs, measure.calls)
@@ -195,7 +197,7 @@ def _optimize(
     preset: str,
 ) -> cache.CacheEntry:
     started = time.perf_counter()
-    spec = optimizable(unet)
+    spec = optimizable(unet, recipe)
     root = Path(cache_root)
     branch = recipe.deepcache_branch
     fp32 = engine.prepare_entry(
@@ -345,14 +347,15 @@ def deepcache_pairs(cache_root: str | Path, entry: cache.CacheEntry) -> list[cac
     ]
 
 
-def optimizable(unet: torch.nn.Module) -> UNetSpec:
-    """The UNet's spec, or UnsupportedModelError when Optimize can't make recipes of it: SDXL's
-    vector conditioning is not yet captured for calibration and measurement."""
+def optimizable(unet: torch.nn.Module, recipe: Recipe | None = None) -> UNetSpec:
+    """The UNet's spec, or UnsupportedModelError when Optimize can't make `recipe` of it: token
+    merging and FFN pruning patch ldm's attention classes, not sgm's, so for SDXL they would
+    change nothing; INT8 recipes and DeepCache pairs are made for both."""
     spec = describe(unet)
-    if spec.adm_channels:
+    if spec.adm_channels and recipe is not None and (recipe.tome > 0 or recipe.prune != "off"):
         raise UnsupportedModelError(
-            "Optimize does not make recipes for SDXL yet (its vector conditioning is not captured for "
-            "calibration); the plain [OpenVINO] option and DeepCache serve SDXL"
+            "Optimize does not make token merging or FFN pruning recipes for SDXL yet (they patch the "
+            "SD1/SD2 attention classes); INT8 recipes and DeepCache pairs are made for SDXL"
         )
     return spec
 

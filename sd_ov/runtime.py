@@ -219,9 +219,14 @@ class OVUNet:
 
     def prepare(self, batch: int, height: int, width: int, tokens: int = 77) -> None:
         """Compile ahead for a shape (latent height/width), so the first step is not slower."""
-        if self.extra_inputs:
-            raise ValueError("prepare() needs example tensors for models with extra inputs; call the model")
-        self._request((batch, self.in_channels, height, width, tokens))
+        extra = []
+        for name, shape in zip(self.extra_inputs, self.extra_shapes, strict=True):
+            dims = [batch] + [d.get_length() if d.is_static else -1 for d in list(shape)[1:]]
+            if -1 in dims:  # e.g. DeepCache's feature: its size follows the call's
+                raise ValueError(f"prepare() can't make the input {name} ({shape}); call the model")
+            extra.append(torch.zeros(dims))  # e.g. SDXL's y: only its width matters
+        key = (batch, self.in_channels, height, width, tokens, *(d for e in extra for d in e.shape))
+        self._request(key, tuple(extra))
 
     def __call__(
         self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *extra: torch.Tensor

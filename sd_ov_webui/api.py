@@ -15,7 +15,7 @@ from fastapi import HTTPException
 from pydantic import BaseModel, Field
 
 from sd_ov import optimize
-from sd_ov.errors import Cancelled, DeviceNotFoundError
+from sd_ov.errors import Cancelled, DeviceNotFoundError, UnsupportedModelError
 from sd_ov.form import OPTIMIZE_FIELDS
 
 from .optimize_job import Busy, optimize_loaded_checkpoint, option_label, parse_request
@@ -92,6 +92,8 @@ def optimize_route(body: OptimizeBody) -> OptimizeResponse:
         raise HTTPException(status_code=422, detail=str(err)) from err
     try:
         entry = optimize_loaded_checkpoint(request, webui_progress, wait=False)
+    except UnsupportedModelError as err:  # a recipe the loaded model can't take, before any work
+        raise HTTPException(status_code=422, detail=str(err)) from err
     except Busy as err:
         raise HTTPException(status_code=409, detail=str(err)) from err
     except Cancelled as err:

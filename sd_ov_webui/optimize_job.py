@@ -90,8 +90,8 @@ def optimize_loaded_checkpoint(request: OptimizeRequest, progress, wait: bool = 
     """Optimize as one webui job (no picture runs beside it); the new option is listed at once.
     With `wait=False`, a busy queue raises Busy instead of waiting. Returns the recipe's entry
     (its DeepCache pair, when asked for, is made in the same job, after it)."""
-    # Refuses what Optimize can't make (e.g. SDXL recipes) before waiting for the queue.
-    optimize.optimizable(shared.sd_model.model.diffusion_model)
+    # Refuses what Optimize can't make (e.g. SDXL token merging) before waiting for the queue.
+    optimize.optimizable(shared.sd_model.model.diffusion_model, request.recipe)
     lock = getattr(call_queue, "queue_lock", None) or contextlib.nullcontext()
     if isinstance(lock, contextlib.nullcontext) or lock.acquire(blocking=wait):
         try:

@@ -37,9 +37,10 @@ class FunctionUnet(sd_unet.SdUnet):
         self.fn = fn
 
     def forward(self, x, timesteps, context, *args, **kwargs):
+        y = kwargs.pop("y", None)  # SDXL's vector conditioning: the UNet's own fourth input
         if args or any(v is not None for v in kwargs.values()):
             raise UnsupportedCallError("Optimize's sampling takes plain UNet calls (no ControlNet & co)")
-        return self.fn(x, timesteps, context)
+        return self.fn(x, timesteps, context) if y is None else self.fn(x, timesteps, context, y)
 
 
 @contextlib.contextmanager

@@ -96,3 +96,28 @@ def test_a_graph_without_sd_skip_joins_is_refused(tiny_entry):
     model = ov.Model([ops.relu(p)], [p])
     with pytest.raises(SdOvError, match="skip joins"):
         skip_joins(model)
+
+
+def test_an_int8_recipes_graph_takes_the_residuals_too(micro_tome_unet, tmp_path):
+    """The inputs go into any recipe's IR: an INT8 hybrid + ToMe one (FakeQuantize and token
+    merging in the graph) with zero residuals gives the recipe's own output, and with residuals
+    follows torch within the recipe's INT8 error."""
+    from sd_ov.calibration import random_prompt_capture
+    from sd_ov.ldm_unet import describe
+    from sd_ov.optimize import optimize
+    from sd_ov.recipe import Recipe
+
+    unet = micro_tome_unet
+    capture = random_prompt_capture(describe(unet), prompts=1, steps=3, size=(64, 64))
+    entry = optimize(
+        unet, tmp_path, "micro", "c" * 64, Recipe(int8="hybrid", tome=0.5, samples=3), capture, measure=None
+    )
+    recipe, controlled = engine.open_unet(entry), engine.open_unet(entry, control=True)
+    assert any(op.get_type_name() == "FakeQuantize" for op in controlled.model.get_ops())
+    x, t, c = unet_inputs(2, 16, 16, 77, 32, seed=4)
+    zeros = [torch.zeros(2, *shape) for shape in feature_shapes(unet, 16, 16)]
+    np.testing.assert_allclose(controlled(x, t, c, *zeros).numpy(), recipe(x, t, c).numpy(), atol=1e-5)
+    residuals = random_residuals(unet, 2, 16, 16)
+    expected = torch_with_residuals(unet, x, t, c, residuals)
+    assert rel_err(controlled(x, t, c, *residuals), expected) < 0.25
+    assert rel_err(expected, torch_with_residuals(unet, x, t, c, zeros)) > 0.25  # the check can fail

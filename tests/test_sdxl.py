@@ -97,15 +97,40 @@ def test_sdxl_deepcache_pair_with_y_matches_torch(sdxl_unet, tmp_path):
     assert pair.pattern == ["F", "S"]
 
 
-def test_optimize_refuses_sdxl_before_any_work(sdxl_unet, tmp_path):
+def test_optimize_makes_int8_recipes_of_sdxl_and_refuses_token_merging(sdxl_unet, tmp_path):
+    """INT8 hybrid with its DeepCache pair, calibrated on captures that carry y (the IR's fourth
+    input) and measured with it; token merging and FFN pruning are refused before any work."""
+    from sd_ov.calibration import random_prompt_capture
     from sd_ov.errors import UnsupportedModelError
-    from sd_ov.optimize import optimizable, optimize
+    from sd_ov.optimize import Measure, optimizable, optimize, optimize_with_deepcache
 
-    with pytest.raises(UnsupportedModelError, match="Optimize does not make recipes for SDXL"):
-        optimizable(sdxl_unet)
-    with pytest.raises(UnsupportedModelError, match="SDXL"):
-        optimize(sdxl_unet, tmp_path, "tiny-sdxl", "h", Recipe(int8="weights"), capture=None)
+    for recipe in (Recipe(tome=0.5), Recipe(prune="ffn", prune_ratio=0.2)):
+        with pytest.raises(UnsupportedModelError, match="SDXL"):
+            optimize(sdxl_unet, tmp_path, "tiny-sdxl", "h", recipe, capture=None)
     assert not any(tmp_path.iterdir())
+    assert optimizable(sdxl_unet, Recipe(int8="hybrid")).adm_channels == 40
+
+    capture = random_prompt_capture(describe(sdxl_unet), prompts=2, steps=3, size=(128, 128))
+    recipe, pair = optimize_with_deepcache(
+        sdxl_unet,
+        tmp_path,
+        "tiny-sdxl",
+        "h",
+        Recipe(int8="hybrid", samples=6),
+        capture,
+        deepcache_branch=0,
+        measure=Measure(128, 128, calls=1),
+    )
+    report = recipe.manifest.report
+    assert recipe.manifest.calibration["samples"] == 6
+    assert 0 < report.rel_l2 <= 0.25 and report.torch_s_per_step > 0
+    assert pair.manifest.report.shallow_rel_l2 <= 1e-2
+    served = engine.open_unet(recipe)
+    assert any(op.get_type_name() == "FakeQuantize" for op in served.model.get_ops())
+    x, t, c, y = inputs(2, 16, 16, seed=5)
+    with torch.no_grad():
+        ref = sdxl_unet(x, t, c, y)
+    assert metrics.rel_l2(served(x, t, c, y), ref) <= 0.25
 
 
 def test_a_lora_on_the_sdxl_graph_equals_torch_merged(sdxl_unet, tmp_path):

@@ -622,7 +622,9 @@ SDXL_CHECKPOINT = os.environ.get("SD_OV_WEBUI_SDXL_CHECKPOINT", "tiny-sdxl-rando
 def test_an_sdxl_checkpoint_runs_on_openvino_like_torch(installed):
     """Issue #11's webui check for SDXL: txt2img (and a DeepCache job) with an SDXL checkpoint on
     the OpenVINO UNet (sgm UNetModel with the vector conditioning y) matches torch's picture
-    (PSNR >= 35 dB, FP32), the infotext saying so; per-step seconds of both are reported."""
+    (PSNR >= 35 dB, FP32), the infotext saying so; per-step seconds of both are reported. Then
+    Optimize makes an INT8 hybrid recipe of it (calibrated on the webui's SDXL sampler, whose
+    calls carry y) with its DeepCache pair, and a txt2img runs on it."""
     if not any((Path(WEBUI) / "models" / "Stable-diffusion").glob(f"{SDXL_CHECKPOINT}.*")):
         pytest.skip(f"no {SDXL_CHECKPOINT} checkpoint in the webui's models/Stable-diffusion")
     webui = Webui(Path(WEBUI), installed / "sdxl.log")
@@ -632,10 +634,24 @@ def test_an_sdxl_checkpoint_runs_on_openvino_like_torch(installed):
             torch_image, torch_info, torch_s = txt2img("None")
             ov_image, ov_info, ov_s = txt2img("Automatic")
             dc_image, dc_info, _ = txt2img("Automatic", deepcache=(2, 0, "uniform"))
+            int8_request = {
+                "int8": "hybrid",
+                "prompts_text": INT8_TOME_REQUEST["prompts_text"],
+                "calib_size": "256x256",
+                "calib_steps": 4,
+                "samples": 8,
+                "deepcache_branch": 0,
+                "sizes_text": "256x256",
+                "measure_size": "256x256",
+            }
+            optimized = api("/sd-ov/v1/optimize", int8_request, timeout=3600)
+            int8_image, int8_info, _ = txt2img(optimized["label"], deepcache=(2, 0, "uniform"))
+            refused = api_status("/sd-ov/v1/optimize", {**int8_request, "tome": 0.5})
     finally:
         webui.stop()
     report = (
-        f"PSNR {psnr(ov_image, torch_image):.1f} dB (DeepCache 2: {psnr(dc_image, torch_image):.1f}); "
+        f"PSNR {psnr(ov_image, torch_image):.1f} dB (DeepCache 2: {psnr(dc_image, torch_image):.1f}; "
+        f"INT8 hybrid + DeepCache 2: {psnr(int8_image, torch_image):.1f}); "
         f"s/step incl. text encoder and VAE: torch {torch_s / JOB['steps']:.2f}, "
         f"OpenVINO {ov_s / JOB['steps']:.2f}"
     )
@@ -645,6 +661,9 @@ def test_an_sdxl_checkpoint_runs_on_openvino_like_torch(installed):
     assert dc_info["OpenVINO DeepCache"] == "interval 2, branch 0, uniform", dc_info
     assert psnr(ov_image, torch_image) >= 35, report
     assert psnr(dc_image, torch_image) >= 20, report
+    assert int8_info["OpenVINO"] == "int8+DeepCache2b0u, CPU, f32, dynamic", int8_info
+    assert optimized["report"]["rel_l2"] > 0 and psnr(int8_image, torch_image) >= 20, report
+    assert refused[0] == 422 and "token merging" in refused[1]["detail"], refused
 
 
 # An SD2.x v-prediction checkpoint (768²) in models/Stable-diffusion, by file name without its
