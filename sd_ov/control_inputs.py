@@ -23,6 +23,7 @@ from .errors import SdOvError
 
 CONTROL_PREFIX = "control."
 _INPUT_BLOCK = re.compile(r"input_blocks\.(\d+)(?:[./]|$)")
+_IN_A_BLOCK = re.compile(r"(?:input_blocks|middle_block|output_blocks)\.")  # a node of a block's own
 
 
 def control_input_names(input_blocks: int) -> list[str]:
@@ -38,11 +39,14 @@ def _skip_block(join: ov.Node) -> int | None:
 
 
 def skip_joins(model: ov.Model) -> dict[int, ov.Node]:
-    """The decoder's skip joins by input block: Concats of two 4D tensors whose second one is an
-    input block's output. Raises SdOvError when the graph does not have one per input block."""
+    """The decoder's skip joins by input block: the UNet forward's own Concats (not a block's, such
+    as token merging's inside a transformer) of two 4D tensors whose second one is an input block's
+    output. Raises SdOvError when the graph does not have one per input block."""
     joins: dict[int, ov.Node] = {}
     for node in model.get_ordered_ops():
         if node.get_type_name() != "Concat" or node.get_input_size() != 2:
+            continue
+        if _IN_A_BLOCK.search(node.get_friendly_name()):
             continue
         rank = node.get_output_partial_shape(0).rank
         if not rank.is_static or rank.get_length() != 4:
