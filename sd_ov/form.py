@@ -17,8 +17,10 @@ from .ov_core import resolve_device
 from .preset import PRESETS
 from .recipe import Recipe
 
-# Sides the compiled SD UNet takes: the latent (side / 8) must divide by 8 (three downsamplings).
-SIZE_MULTIPLE = 64
+# Sides the compiled SD UNet takes: any latent (side / 8), its skip joins resize as the webui's;
+# token merging's 2x2 windows need even latent sides (TOME_SIZE_MULTIPLE).
+SIZE_MULTIPLE = 8
+TOME_SIZE_MULTIPLE = 16
 MAX_SIDE = 4096
 MAX_DEEPCACHE_BRANCH = 10  # an SD UNet has 12 input blocks; the export checks the real count
 
@@ -145,18 +147,26 @@ def parse_optimize_form(values: Mapping[str, Any], default_device: str = "CPU") 
         prompts = tuple(line.strip() for line in str(f["prompts_text"]).splitlines() if line.strip())
         if not prompts and recipe.needs_calibration:
             raise ValueError(f"{recipe.label()} is calibrated on pictures: give at least one prompt")
-    calib_w, calib_h = parse_size(f["calib_size"])
+    calib_w, calib_h = parse_size(f["calib_size"])  # sampled with the FP32 IR: any size
     batch = _number(f, "batch", int, 1, 8)
     chunks = _number(f, "chunks", int, 1, 4)
     unet_batch, tokens = 2 * batch, 77 * chunks  # cond + uncond; 75 tokens a chunk, plus start/end
-    shapes = tuple((unet_batch, h // 8, w // 8, tokens) for w, h in parse_sizes(f["sizes_text"]))
+    multiple = TOME_SIZE_MULTIPLE if recipe.tome > 0 else SIZE_MULTIPLE  # the recipe's IR runs these
+    try:
+        sizes = parse_sizes(f["sizes_text"], multiple)
+        measure_size = parse_size(f["measure_size"], multiple)
+    except ValueError as err:
+        tome = multiple == TOME_SIZE_MULTIPLE
+        why = " (token merging's 2x2 windows need even latent sides)" if tome else ""
+        raise ValueError(f"{err}{why}") from err
+    shapes = tuple((unet_batch, h // 8, w // 8, tokens) for w, h in sizes)
     return OptimizeRequest(
         recipe=recipe,
         calibration=Calibration(
             prompts, str(f["sampler"]), calib_w, calib_h, _number(f, "calib_steps", int, 1, 150)
         ),
         shapes=shapes,
-        measure_size=parse_size(f["measure_size"]),
+        measure_size=measure_size,
         unet_batch=unet_batch,
         tokens=tokens,
         device=resolve_device(str(f["device"] or default_device)),

@@ -51,7 +51,7 @@ def test_sizes():
         (768, 512),
     ]
     assert parse_sizes("") == []
-    for bad, message in [("512", "WIDTHxHEIGHT"), ("500x512", "multiples of 64"), ("0x64", "between")]:
+    for bad, message in [("512", "WIDTHxHEIGHT"), ("500x512", "multiples of 8"), ("0x64", "between")]:
         with pytest.raises(ValueError, match=message):
             parse_size(bad)
     assert parse_size("520x200", multiple=8) == (520, 200)
@@ -64,6 +64,11 @@ def test_form_shapes_and_checks():
         {"sizes_text": "512x512,768x512", "batch": 2, "chunks": 2, "prompts_text": None}
     )
     assert request.shapes == ((4, 64, 64, 154), (4, 64, 96, 154))
+    # the IR takes any latent size (sides multiples of 8 px); token merging's windows even ones
+    odd = {"sizes_text": "520x200", "measure_size": "520x200", "prompts_text": None}
+    assert parse_optimize_form(odd).shapes == ((2, 25, 65, 77),)
+    with pytest.raises(ValueError, match="multiples of 16 px.*token merging's 2x2 windows"):
+        parse_optimize_form({**odd, "tome": 0.5})
     assert request.measure().batch == 4 and request.measure().tokens == 154
     assert len(request.calibration.prompts) == 4  # the shipped prompts
     assert (
@@ -96,7 +101,7 @@ def test_the_cli_refuses_bad_input_before_any_work(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert done.returncode == 2 and "multiples of 64" in done.stderr and not (tmp_path / "c").exists()
+    assert done.returncode == 2 and "multiples of 8" in done.stderr and not (tmp_path / "c").exists()
 
 
 TELEMETRY_CONSENT = r"""

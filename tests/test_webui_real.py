@@ -217,7 +217,7 @@ def test_faults_end_with_a_message_and_the_next_job_works(installed):
         assert info["OpenVINO"] == "fp32, CPU, f32, dynamic" and psnr(image, torch_image) >= 40
         assert api_status("/sd-ov/v1/optimize", {"int9": 1})[0] == 422
         code, body = api_status("/sd-ov/v1/optimize", {"sizes_text": "100x100"})
-        assert code == 422 and "multiples of 64" in body["detail"]
+        assert code == 422 and "multiples of 8" in body["detail"]
     finally:
         webui.stop()
     assert "cache entry invalid, rebuilding" in (installed / "faults.log").read_text()
