@@ -1,12 +1,14 @@
-"""Stand-in of sd-webui-controlnet (Mikubill/sd-webui-controlnet v1.1.455): its scripts/hook.py
-(`UnetHook.hook` replacing the UNet instance's forward with `forward_webui`, whose closure holds
-`outer`; `aligned_adding`; its `TorchHijackForUnet` cat; `restore`), the ControlModelType names
-of scripts/enums.py, and a Script whose `process` hooks and `postprocess` restores, as the
-extension's does. The forward keeps the real one's order of work for ControlNet units (residual
-scales, soft injection, `aligned_adding` at the middle block and at each skip join, the blocks
-run one by one); the parts for other unit types are left out: sd-ov refuses those types before
-a call. The control model is a ControlNet of the real layout (the UNet's encoder, a hint block,
-a zero conv per input block and one after the middle block), tiny.
+"""Stand-in of sd-webui-controlnet (Mikubill/sd-webui-controlnet v1.1.455).
+
+Its scripts/hook.py: `UnetHook.hook` replaces the UNet instance's forward with `forward_webui`,
+whose closure holds `outer`; `aligned_adding`; the webui's resizing cat (the extension has its own
+copy); `restore`. The ControlModelType names of scripts/enums.py, and a Script whose `process`
+hooks and `postprocess` restores, as the extension's does. The forward keeps the real one's order
+of work for ControlNet units (residual scales, soft injection, `aligned_adding` at the middle
+block and at each skip join, the blocks run one by one); the parts for other unit types are left
+out: sd-ov refuses those types before a call. The control model is a ControlNet of the real
+layout (the UNet's encoder, a hint block, a zero conv per input block and one after the middle
+block), tiny.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch as th
 import torch.nn as nn
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ldm.modules.diffusionmodules.util import timestep_embedding
+from modules import scripts
+from modules.sd_hijack_unet import TorchHijackForUnet  # the extension has its own copy of this class
 
 
 class ControlModelType(Enum):
@@ -33,23 +37,6 @@ class ControlModelType(Enum):
     def is_controlnet(self) -> bool:
         kinds = (ControlModelType.ControlNet, ControlModelType.ControlLoRA, ControlModelType.ControlNetUnion)
         return self in kinds
-
-
-class TorchHijackForUnet:
-    def __getattr__(self, item):
-        if item == "cat":
-            return self.cat
-        if hasattr(torch, item):
-            return getattr(torch, item)
-        raise AttributeError(item)
-
-    def cat(self, tensors, *args, **kwargs):
-        if len(tensors) == 2:
-            a, b = tensors
-            if a.shape[-2:] != b.shape[-2:]:
-                a = torch.nn.functional.interpolate(a, b.shape[-2:], mode="nearest")
-            tensors = (a, b)
-        return torch.cat(tensors, *args, **kwargs)
 
 
 th_cat = TorchHijackForUnet()
@@ -217,20 +204,16 @@ class UnetHook(nn.Module):
             del self.model._original_forward
 
 
-class ControlNetScript:
+class ControlNetScript(scripts.Script):
     """sd-webui-controlnet's Script, as far as its hooks go: `process` hooks the UNet for the
     job's units (a list of ControlParams factories: (p) → ControlParams), `postprocess` restores."""
 
     def __init__(self, units) -> None:
         self.units = units
         self.latest_network = None
-        self.args_from = self.args_to = 0
 
     def title(self):
         return "ControlNet"
-
-    def before_process(self, p, *args):
-        pass
 
     def process(self, p, *args):
         if self.latest_network is not None:
@@ -242,18 +225,6 @@ class ControlNetScript:
         self.latest_network = UnetHook()
         params = [unit(p) for unit in self.units]
         self.latest_network.hook(model=unet, sd_ldm=p.sd_model, control_params=params, process=p)
-
-    def process_batch(self, p, *args, **kwargs):
-        pass
-
-    def before_hr(self, p, *args):
-        pass
-
-    def post_sample(self, p, ps, *args):
-        pass
-
-    def postprocess_batch(self, p, *args, **kwargs):
-        pass
 
     def postprocess(self, p, processed, *args):
         if self.latest_network is not None:
