@@ -12,7 +12,7 @@ from .webui_harness import infotext_params, openvino_infotext, txt2img
 
 
 @pytest.fixture(scope="module")
-def control_model():
+def control_model(stub_modules):
     from sd_webui_controlnet import PlugableControlModel, TinyControlNet
 
     return PlugableControlModel(TinyControlNet(TINY_SD1))
