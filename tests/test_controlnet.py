@@ -17,13 +17,15 @@ from sd_ov.ldm_unet import feature_shapes
 from .conftest import unet_inputs
 
 
-def torch_with_residuals(unet, x, t, context, residuals):
+def torch_with_residuals(unet, x, t, context, residuals, y=None):
     """ControlNet's way through the UNet (cldm's ControlledUnetModel, sd-webui-controlnet's
     hook): each residual added to its skip connection, the last one to the middle block's output;
-    the webui's resize where an upsampled feature meets an odd-sized skip."""
+    the webui's resize where an upsampled feature meets an odd-sized skip. y: SDXL's vector."""
     residuals = list(residuals)
     with torch.no_grad():
         emb = unet.time_embed(timestep_embedding(t, unet.model_channels, repeat_only=False))
+        if y is not None:
+            emb = emb + unet.label_emb(y)
         hs, h = [], x
         for block in unet.input_blocks:
             h = block(h, emb, context)

@@ -161,9 +161,9 @@ def test_a_lora_on_the_sdxl_graph_equals_torch_merged(sdxl_unet, tmp_path):
 def test_sdxl_graph_takes_controlnets_residuals_like_torch(sdxl_unet, tmp_path):
     """SDXL's ControlNet adds one residual per input block (9 in SDXL) and one to the middle
     block's output: the graph with their inputs equals torch's blocks with them added."""
-    from ldm.modules.diffusionmodules.util import timestep_embedding
-
     from sd_ov.ldm_unet import feature_shapes
+
+    from .test_controlnet import torch_with_residuals
 
     entry = engine.prepare_entry(sdxl_unet, tmp_path, "tiny-sdxl", engine.weights_hash(sdxl_unet)).entry
     served = engine.open_unet(entry, control=True)
@@ -171,16 +171,5 @@ def test_sdxl_graph_takes_controlnets_residuals_like_torch(sdxl_unet, tmp_path):
     x, t, c, y = inputs(2, 24, 16, seed=4)
     gen = torch.Generator().manual_seed(9)
     residuals = [torch.randn(2, *shape, generator=gen) * 0.5 for shape in feature_shapes(sdxl_unet, 24, 16)]
-    with torch.no_grad():  # sd-webui-controlnet's way through the UNet
-        emb = sdxl_unet.time_embed(timestep_embedding(t, sdxl_unet.model_channels, repeat_only=False))
-        emb = emb + sdxl_unet.label_emb(y)
-        hs, h = [], x
-        for block in sdxl_unet.input_blocks:
-            h = block(h, emb, c)
-            hs.append(h)
-        rest = list(residuals)
-        h = sdxl_unet.middle_block(h, emb, c) + rest.pop()
-        for block in sdxl_unet.output_blocks:
-            h = block(torch.cat([h, hs.pop() + rest.pop()], dim=1), emb, c)
-        ref = sdxl_unet.out(h)
+    ref = torch_with_residuals(sdxl_unet, x, t, c, residuals, y=y)
     assert metrics.rel_l2(served(x, t, c, y, *residuals), ref) <= TOLERANCE
