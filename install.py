@@ -17,6 +17,8 @@ import tempfile
 REQUIREMENTS = {
     "openvino": ("2024.4.0", "openvino>=2024.4,<2027"),
     "nncf": ("2.13.0", "nncf>=2.13,<4"),
+    # The cache's entry lock on Windows and Linux alike (torch brings one; older ones lack thread_local).
+    "filelock": ("3.12.0", "filelock>=3.12"),
 }
 # The webui's pins (requirements_versions.txt of v1.10) and what they drag along.
 PROTECTED = (

@@ -53,6 +53,7 @@ def on_script_unloaded():
 
 
 script_callbacks.on_list_unets(unet.list_unets)
+script_callbacks.on_model_loaded(unet.on_model_loaded)
 script_callbacks.on_ui_settings(lambda: settings.register(unet.reopen_current))
 script_callbacks.on_script_unloaded(on_script_unloaded)
 script_callbacks.on_ui_tabs(tab.on_ui_tabs)

@@ -5,18 +5,19 @@ An entry is built in a temporary sibling folder and renamed into place only once
 a crash, a cancel or a full disk never leaves a half entry where a later start would load it.
 A manifest carries a digest of itself and of every file; anything that does not match (a
 truncated .bin, an edited manifest, another checkpoint or recipe) is reported and rebuilt.
+
+On Windows a file that a compiled model maps can be neither deleted nor moved (`fs`): an entry
+in use is then retired instead - its manifest goes first, so no process finds it valid again -
+and what is still mapped is removed by a later cleanup, once released.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,10 +25,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import filelock
 import openvino as ov
 
-from . import __version__
-from .errors import CacheEntryInvalid
+from . import __version__, fs
+from .errors import CacheEntryInUse, CacheEntryInvalid
 from .manifest import FORMAT, FileRecord, Manifest, Report
 from .progress import ProgressFn, silent
 from .recipe import Recipe
@@ -186,20 +188,34 @@ def find(root: Path, key: EntryKey) -> tuple[CacheEntry | None, str | None]:
         return None, str(err)
 
 
-def _remove(path: Path) -> None:
-    """Move aside, then delete: the entry's name is free at once even if deletion is slow."""
+def _retire(path: Path) -> list[Path]:
+    """Make an entry that cannot be moved invalid at once (its manifest first), and delete what
+    can be deleted; returns the files still in use."""
+    fs.remove_file(path / MANIFEST)
+    return fs.remove_tree(path)
+
+
+def _remove(path: Path) -> list[Path]:
+    """Move aside, then delete: the entry's name is free at once even if deletion is slow. An entry
+    in use (Windows) is retired in place; returns the files that stay until released."""
     if not path.exists():
-        return
+        return []
     trash = path.with_name(f"{path.name}{TRASH_MARK}{uuid.uuid4().hex[:8]}")
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        fs.move_into_place(path, trash)
+    except PermissionError:
+        return _retire(path)
+    return fs.remove_tree(trash)
 
 
-def delete(path: Path) -> None:
-    """Delete one entry, and its checkpoint folder when that becomes empty."""
-    _remove(Path(path))
+def delete(path: Path) -> list[Path]:
+    """Delete one entry, and its checkpoint folder when that becomes empty. Returns the files a
+    compiled model still maps (Windows): the entry is gone from every list at once, and those files
+    go at the next cleanup after they are released."""
+    left = _remove(Path(path))
     with contextlib.suppress(OSError):
         Path(path).parent.rmdir()
+    return left
 
 
 def _lock_path(key: EntryKey, root: Path) -> Path:
@@ -211,27 +227,26 @@ def _lock_path(key: EntryKey, root: Path) -> Path:
 def entry_lock(
     root: Path, key: EntryKey, progress: ProgressFn = silent, poll_s: float = 0.5
 ) -> Iterator[None]:
-    """Hold the entry's write lock (an flock, released by the kernel if the holder dies).
+    """Hold the entry's write lock (an OS lock, released by the system if the holder dies; on
+    Windows as on Linux, through `filelock`).
 
     Two webui processes may share one cache folder: the second waits here, with progress (which
     can cancel), and then finds the entry the first one wrote instead of exporting it again.
     """
     path = _lock_path(key, Path(root))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as err:
-                if err.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                progress("waiting for another process writing this OpenVINO UNet to the cache", 0.0)
-                time.sleep(poll_s)
+    lock = filelock.FileLock(path, thread_local=False)
+    while True:
         try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            lock.acquire(timeout=0)
+            break
+        except filelock.Timeout:
+            progress("waiting for another process writing this OpenVINO UNet to the cache", 0.0)
+            time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def write(
@@ -270,10 +285,14 @@ def write(
             **extra,
         )
         _write_manifest(tmp / MANIFEST, manifest)
-        _remove(final)
-        os.replace(tmp, final)
+        if _remove(final):
+            raise CacheEntryInUse(
+                f"{final} cannot be replaced: a compiled model (in this or another process) still maps"
+                " its files. It was retired; close that model (or restart the webui) and try again."
+            )
+        fs.move_into_place(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        fs.remove_tree(tmp)
         raise
     return CacheEntry(final, manifest)
 
@@ -293,39 +312,32 @@ def update_report(entry: CacheEntry, report: Report) -> CacheEntry:
     tmp = entry.path / f"{MANIFEST}{TMP_MARK}{os.getpid()}"
     try:
         _write_manifest(tmp, manifest)
-        os.replace(tmp, entry.path / MANIFEST)
+        fs.move_into_place(tmp, entry.path / MANIFEST)
     finally:
-        tmp.unlink(missing_ok=True)
+        fs.remove_file(tmp)
     entry.manifest = manifest
     return entry
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup_stale(root: Path) -> list[Path]:
-    """Remove temporary and trash folders left by processes that died mid-write."""
+    """Remove what earlier processes left: temporary folders of writers that died, trash, and
+    entries retired while in use (no manifest). Files still in use stay for a later cleanup."""
     removed: list[Path] = []
     root = Path(root)
     if not root.is_dir():
         return removed
     for folder in root.glob("*/*"):
         name = folder.name
-        if TRASH_MARK in name:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-        elif TMP_MARK in name:
+        if not folder.is_dir():
+            continue
+        if TMP_MARK in name:
             pid_part = name.split(TMP_MARK, 1)[1].split("-", 1)[0]
-            if not pid_part.isdigit() or not _pid_alive(int(pid_part)):
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.append(folder)
+            if pid_part.isdigit() and fs.pid_alive(int(pid_part)):
+                continue
+        elif TRASH_MARK not in name and (folder / MANIFEST).exists():
+            continue
+        fs.remove_tree(folder)
+        removed.append(folder)
     return removed
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
+from . import fs
 from .export import save_ir
 from .memory import mapped_file_released
 from .ov_core import get_core
@@ -165,4 +166,4 @@ def compress_ir(
     finally:
         gc.collect()
         for path in (stage, stage.with_suffix(".bin")):
-            path.unlink(missing_ok=True)
+            fs.remove_file(path)

@@ -32,3 +32,7 @@ class Cancelled(SdOvError):
 class NonFiniteOutputError(SdOvError):
     """The compiled UNet returned NaN or inf (a precision the device runs badly, a broken driver):
     its output must never reach the sampler."""
+
+
+class CacheEntryInUse(SdOvError):
+    """A cache entry cannot be replaced because a compiled model still maps its files (Windows)."""

@@ -22,6 +22,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+
 MADV_DONTNEED = 4
 
 
@@ -113,19 +115,19 @@ def trim_heap() -> None:
 
 
 def rss_mib() -> float:
-    """This process's resident memory now, in MiB (0 where /proc is absent)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
+    """This process's resident memory now, in MiB (the working set on Windows)."""
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, in MiB (Linux reports KiB; 0 on Windows,
-    which has no `resource` module: the webui runs there too)."""
+    """This process's peak resident memory so far, in MiB: Windows' peak working set, the kernel's
+    maximum RSS elsewhere (psutil names no peak on Linux; `resource` has none on Windows)."""
+    info = psutil.Process().memory_info()
+    if hasattr(info, "peak_wset"):
+        return info.peak_wset / 2**20
     try:
         import resource
     except ImportError:
-        return 0.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return info.rss / 2**20
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20

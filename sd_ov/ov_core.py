@@ -54,7 +54,9 @@ print("ok")
 
 
 def _probe_cache_file() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sd_ov"
+    """Per-user, per-machine verdicts: %LOCALAPPDATA% on Windows (not roamed), XDG elsewhere."""
+    default = os.environ.get("LOCALAPPDATA") if sys.platform == "win32" else None
+    root = Path(os.environ.get("XDG_CACHE_HOME") or default or Path.home() / ".cache") / "sd_ov"
     return root / "cpu_isa.json"
 
 

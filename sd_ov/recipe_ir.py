@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import fs
 from .compress import Sample, compress_ir
 from .deepcache import FULL_IR, SHALLOW_IR, export_deepcache
 from .export import IR_NAME, example_inputs, export_unet, save_ir
@@ -156,6 +156,7 @@ def build_recipe_ir(
         for name in files.values():
             save_ir(get_core().read_model(str(source / name)), folder / name, fp16=True)
     if source not in (folder, fp32_dir):
-        shutil.rmtree(source)
+        gc.collect()  # read IRs map their .bin: released before the folder goes (Windows)
+        fs.remove_tree(source)
     progress("IR written", 1.0)
     return timings

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from modules import shared
+from modules import sd_unet, shared
 
 from sd_ov.deepcache import DeepCacheConfig
 from sd_ov.recipe import Recipe
@@ -87,13 +87,31 @@ def start_hires_pass(p, interval, branch, schedule) -> None:
         unet.start_job(job_deepcache(interval, branch, schedule), steps, first_pass=False)
 
 
+def not_served_because(p) -> str:
+    """Why no OpenVINO UNet is current for this job, in the user's words."""
+    if getattr(p, "sd_ov_saved_unet_setting", None) is not None:
+        return "turned off for this job"
+    option = sd_unet.current_unet_option
+    if option is not None:
+        return f"SD Unet is {option.label}"
+    setting = getattr(shared.opts, "sd_unet", "Automatic")
+    if setting == "Automatic":
+        checkpoint = getattr(getattr(shared.sd_model, "sd_checkpoint_info", None), "model_name", "?")
+        return f"no OpenVINO UNet is listed for {checkpoint}; refresh the SD Unet list in Settings"
+    return f"SD Unet is {setting}"
+
+
 def write_infotext(p) -> None:
-    """The batch's record → the infotext and the progress area."""
-    unet = current_openvino_unet()
-    if unet is None:
-        return
+    """The batch's record → the infotext and the progress area; a job OpenVINO does not serve says
+    why."""
     for key in INFOTEXT_KEYS:
         p.extra_generation_params.pop(key, None)
+    unet = current_openvino_unet()
+    if unet is None:
+        because = not_served_because(p)
+        p.extra_generation_params[INFOTEXT_KEY] = f"off ({because})"
+        shared.state.textinfo = f"OpenVINO: off ({because})"
+        return
     record = unet.record
     text = record.infotext()
     p.extra_generation_params[INFOTEXT_KEY] = text
@@ -142,7 +160,8 @@ def pasted_deepcache(params: dict, field: str):
     made without it; None (leave alone) for pictures not made by OpenVINO."""
     text = params.get(DEEPCACHE_INFOTEXT_KEY)
     if text is None:
-        return 0 if field == "interval" and INFOTEXT_KEY in params else None
+        made_by_openvino = not str(params.get(INFOTEXT_KEY, "off")).startswith("off")
+        return 0 if field == "interval" and made_by_openvino else None
     try:
         return getattr(DeepCacheConfig.from_infotext(str(text)), field)
     except (ValueError, KeyError):

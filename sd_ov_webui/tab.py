@@ -56,11 +56,13 @@ def delete_entry(choice: str) -> str:
     serving = current_openvino_unet()
     if serving is not None and serving.served is not None and serving.served.entry.path == matches[0].path:
         sd_unet.apply_unet("None")  # it is in use: give it back first
-    for pair in optimize.deepcache_pairs(cache_root(), matches[0]):
-        cache.delete(pair.path)
-    cache.delete(matches[0].path)
+    left = [f for pair in optimize.deepcache_pairs(cache_root(), matches[0]) for f in cache.delete(pair.path)]
+    left += cache.delete(matches[0].path)
     sd_unet.list_unets()
-    return f"<p>Deleted {html.escape(matches[0].path.name)}.</p>"
+    said = f"<p>Deleted {html.escape(matches[0].path.name)}."
+    if left:  # Windows: another process (a second webui, the CLI) still maps them
+        said += f" {len(left)} of its files are in use by another process; they go at the next start."
+    return said + "</p>"
 
 
 def sampler_choices() -> list[str]:

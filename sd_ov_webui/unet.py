@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from modules import devices, sd_models, sd_unet, shared
 
 from sd_ov import optimize
+from sd_ov.cache import canonical
 from sd_ov.deepcache import DeepCacheConfig
 from sd_ov.engine import file_hash
 from sd_ov.errors import Cancelled, NonFiniteOutputError, SdOvError, UnsupportedCallError
@@ -73,6 +74,17 @@ class OpenVINOUnetOption(sd_unet.SdUnetOption):
 
     def create_unet(self) -> OpenVINOUnet:
         return OpenVINOUnet(self)
+
+    def _identity(self) -> tuple:
+        return (self.label, getattr(self.checkpoint_info, "filename", None), canonical(self.recipe.key()))
+
+    # The webui compares the chosen option with the current one (`==`) to decide whether to swap
+    # UNets: a relisted but identical option must not take the compiled UNet down.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OpenVINOUnetOption) and self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
 
 
 class OpenVINOUnet(sd_unet.SdUnet):
@@ -435,6 +447,17 @@ def reopen_current() -> None:
     unet = current_openvino_unet()
     if unet is not None:
         unet.reopen()
+
+
+def on_model_loaded(sd_model) -> None:
+    """A checkpoint added after start (copied in, the checkpoint list refreshed, then loaded) gets its
+    option now: the webui lists SD Unet options only at start and by the refresh button beside
+    "SD Unet", so "Automatic" would silently leave it on torch."""
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    name = getattr(info, "model_name", None)
+    listed = any(isinstance(o, OpenVINOUnetOption) and o.model_name == name for o in sd_unet.unet_options)
+    if name and not listed:
+        sd_unet.list_unets()
 
 
 def list_unets(unet_list: list) -> None:

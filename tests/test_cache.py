@@ -15,10 +15,35 @@ from sd_ov import cache, engine, export
 from sd_ov.errors import Cancelled, ExportError
 from sd_ov.recipe import Recipe
 
+from . import windows_fs
+
+
+@pytest.fixture(params=["posix", "windows"])
+def file_rules(request, monkeypatch):
+    """A test that uses it runs twice: with this system's rules and with Windows' (emulated: no
+    delete or move of a file in use, no rename over a folder)."""
+    if request.param == "windows":
+        windows_fs.install(monkeypatch)
+    return request.param
+
 
 @pytest.fixture
 def root(tmp_path):
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def exported(micro_unet, tmp_path_factory):
+    """The micro UNet's FP32 entry, exported once for the module; tests take copies of it."""
+    root = tmp_path_factory.mktemp("exported")
+    return engine.prepare_entry(micro_unet, root, "micro", engine.weights_hash(micro_unet)).entry
+
+
+def cached(exported, root) -> cache.CacheEntry:
+    """A copy of the exported entry in `root`, where a first export would have put it."""
+    target = root / exported.path.relative_to(exported.path.parents[1])
+    shutil.copytree(exported.path, target)
+    return cache.validate(target)
 
 
 @pytest.fixture
@@ -52,8 +77,8 @@ def test_second_load_converts_nothing(micro_unet, root, key_hash, monkeypatch):
     assert manifest["timings"]["convert_s"] > 0
 
 
-def test_truncated_bin_is_detected_and_rebuilt(micro_unet, root, key_hash, monkeypatch):
-    entry = engine.prepare_entry(micro_unet, root, "micro", key_hash).entry
+def test_truncated_bin_is_detected_and_rebuilt(micro_unet, root, key_hash, exported, file_rules, monkeypatch):
+    entry = cached(exported, root)
     bin_path = entry.path / "unet.bin"
     with open(bin_path, "r+b") as f:
         f.truncate(bin_path.stat().st_size // 2)
@@ -65,8 +90,8 @@ def test_truncated_bin_is_detected_and_rebuilt(micro_unet, root, key_hash, monke
     assert cache.validate(again.entry.path).manifest.files["unet.bin"].size == bin_path.stat().st_size
 
 
-def test_corrupted_bin_of_same_size_is_detected(micro_unet, root, key_hash):
-    entry = engine.prepare_entry(micro_unet, root, "micro", key_hash).entry
+def test_corrupted_bin_of_same_size_is_detected(micro_unet, root, key_hash, exported, file_rules):
+    entry = cached(exported, root)
     bin_path = entry.path / "unet.bin"
     data = bytearray(bin_path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -74,8 +99,8 @@ def test_corrupted_bin_of_same_size_is_detected(micro_unet, root, key_hash):
     assert "digest" in cache.find(root, cache.EntryKey("micro", key_hash, Recipe()))[1]
 
 
-def test_edited_manifest_is_detected_and_rebuilt(micro_unet, root, key_hash):
-    entry = engine.prepare_entry(micro_unet, root, "micro", key_hash).entry
+def test_edited_manifest_is_detected_and_rebuilt(micro_unet, root, key_hash, exported, file_rules):
+    entry = cached(exported, root)
     manifest_path = entry.path / cache.MANIFEST
     manifest = json.loads(manifest_path.read_text())
     manifest["unet"]["context_dim"] = 768  # a hand edit that would make the runtime lie
@@ -85,8 +110,8 @@ def test_edited_manifest_is_detected_and_rebuilt(micro_unet, root, key_hash):
     assert again.entry.manifest.unet.context_dim == 32
 
 
-def test_unreadable_manifest_is_rebuilt(micro_unet, root, key_hash):
-    entry = engine.prepare_entry(micro_unet, root, "micro", key_hash).entry
+def test_unreadable_manifest_is_rebuilt(micro_unet, root, key_hash, exported, file_rules):
+    entry = cached(exported, root)
     (entry.path / cache.MANIFEST).write_text("{not json")
     again = engine.prepare_entry(micro_unet, root, "micro", key_hash)
     assert again.exported and "unreadable" in again.rebuilt_because
@@ -96,7 +121,7 @@ def _no_partial_entries(root):
     return [p for p in root.rglob("*") if cache.TMP_MARK in p.name or cache.TRASH_MARK in p.name]
 
 
-def test_failed_export_leaves_no_entry(micro_unet, root, key_hash, monkeypatch):
+def test_failed_export_leaves_no_entry(micro_unet, root, key_hash, monkeypatch, file_rules):
     def half_then_fail(unet, spec, folder, progress):
         (folder / "unet.xml").write_text("<net/>")
         (folder / "unet.bin").write_bytes(b"\0" * 100)
@@ -110,7 +135,7 @@ def test_failed_export_leaves_no_entry(micro_unet, root, key_hash, monkeypatch):
     assert _no_partial_entries(root) == []
 
 
-def test_cancel_during_export_leaves_no_entry(micro_unet, root, key_hash):
+def test_cancel_during_export_leaves_no_entry(micro_unet, root, key_hash, file_rules):
     def cancel_when_saving(message, fraction):
         if "saving" in message:
             raise Cancelled("user pressed Interrupt")
@@ -138,7 +163,7 @@ def test_recipe_and_checkpoint_are_part_of_the_key(micro_unet, root, key_hash):
     assert {e.path for e in cache.list_entries(root)} == {a.path, c.path}
 
 
-def test_leftovers_of_a_dead_process_are_cleaned(root):
+def test_leftovers_of_a_dead_process_are_cleaned(root, file_rules):
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
@@ -217,8 +242,10 @@ def test_a_disk_that_fills_during_export_leaves_no_entry(root, key_hash):
     assert cache.list_entries(root) == [] and [p for p in root.glob("*/*") if p.is_dir()] == []
 
 
-def test_manifest_of_another_version_or_checkpoint_and_missing_files_are_rebuilt(micro_unet, root, key_hash):
-    entry = engine.prepare_entry(micro_unet, root, "micro", key_hash).entry
+def test_manifest_of_another_version_or_checkpoint_and_missing_files_are_rebuilt(
+    micro_unet, root, key_hash, exported, file_rules
+):
+    entry = cached(exported, root)
     key = cache.EntryKey("micro", key_hash, Recipe())
     path = entry.path / cache.MANIFEST
     original = json.loads(path.read_text())

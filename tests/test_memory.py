@@ -36,7 +36,6 @@ def mid_entry(tmp_path_factory):
     return entry, size_mib
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RSS from /proc: Linux only")
 def test_more_sizes_add_no_weight_copy_with_dynamic_shapes(mid_entry):
     """Issue #9: memory stays flat as sizes are added (the default policy), while static shapes
     keep a copy per size; both give the same outputs."""

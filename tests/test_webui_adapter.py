@@ -22,7 +22,8 @@ def test_an_option_per_checkpoint_and_automatic_picks_it(webui):
 def test_txt2img_through_openvino_matches_torch(webui):
     webui.shared.opts.sd_unet = "None"
     torch_job = txt2img(webui)
-    assert openvino_infotext(torch_job) is None
+    assert openvino_infotext(torch_job) == "off (SD Unet is None)"
+    assert webui.shared.state.textinfo == "OpenVINO: off (SD Unet is None)"
     webui.shared.opts.sd_unet = "Automatic"
     ov_job = txt2img(webui)
     unet = webui.sd_unet.current_unet
@@ -63,8 +64,42 @@ def pytest_fail(message):
 def test_a_job_can_turn_openvino_off(webui):
     job = txt2img(webui, enabled=False)
     assert webui.sd_unet.current_unet is None
-    assert openvino_infotext(job) is None
+    assert openvino_infotext(job) == "off (turned off for this job)"
     assert webui.shared.opts.sd_unet == "Automatic"  # the setting is back after the job
+
+
+def test_a_checkpoint_added_after_start_is_served_when_it_loads(webui, tiny_unet):
+    """Copied into models/Stable-diffusion, the checkpoint list refreshed (list_models registers
+    it), then loaded: its option exists by the job, so "Automatic" serves it."""
+    import copy
+
+    from .webui_harness import checkpoint
+
+    late = checkpoint(webui.tmp_path, "Später hinzugefügt", copy.deepcopy(tiny_unet))
+    webui.shared.sd_model.sd_checkpoint_info = late  # the weights load into the same model
+    webui.callbacks.model_loaded_callback(webui.shared.sd_model)
+    job = txt2img(webui)
+    assert webui.sd_unet.current_unet.option.model_name == "Später hinzugefügt"
+    assert openvino_infotext(job) == "fp32, CPU, f32, dynamic"
+
+
+def test_a_relisted_option_keeps_the_compiled_unet(webui):
+    """The SD Unet list is rebuilt (its refresh button, a VAE change's model_loaded): the same
+    option compares equal, so the webui keeps the UNet it has instead of compiling it again."""
+    txt2img(webui)
+    current = webui.sd_unet.current_unet
+    webui.callbacks.model_loaded_callback(webui.shared.sd_model)
+    webui.sd_unet.list_unets()
+    txt2img(webui)
+    assert webui.sd_unet.current_unet is current and current.served is not None
+
+
+def test_automatic_without_an_openvino_option_says_why_in_the_infotext(webui):
+    webui.sd_unet.unet_options.clear()  # e.g. a list made before the checkpoint existed
+    job = txt2img(webui)
+    assert openvino_infotext(job) == (
+        "off (no OpenVINO UNet is listed for tinyckpt; refresh the SD Unet list in Settings)"
+    )
 
 
 def test_a_torch_job_after_an_openvino_job_says_so(webui):

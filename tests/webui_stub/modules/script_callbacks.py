@@ -75,3 +75,10 @@ def ui_tabs_callback():
 def script_unloaded_callback():
     for c in reversed(callback_map["callbacks_script_unloaded"]):
         c.callback()
+
+
+def model_loaded_callback(sd_model):
+    """Called by sd_models after a checkpoint's weights load (and by sd_vae after a VAE change),
+    before `sd_unet.apply_unet()`."""
+    for c in callback_map["callbacks_model_loaded"]:
+        c.callback(sd_model)
