@@ -22,6 +22,9 @@ from .offload import OFFLOAD_MODES
 log = logging.getLogger("sd_ov")
 
 SECTION = ("openvino", "OpenVINO")
+# Settings files a section under a category (modules/shared_options.py registers "sd" as "Stable
+# Diffusion"): without one it lands under "Uncategorized", far from "SD Unet".
+CATEGORY = "sd"
 SETTINGS_DEFAULTS: dict[str, Any] = {
     "sd_ov_device": "CPU",
     "sd_ov_precision": "auto",
@@ -112,7 +115,9 @@ def register(on_runtime_change) -> None:
     import gradio as gr
 
     def add(key: str, label: str, component=None, component_args=None, info: str = "") -> None:
-        option = shared.OptionInfo(SETTINGS_DEFAULTS[key], label, component, component_args, section=SECTION)
+        option = shared.OptionInfo(
+            SETTINGS_DEFAULTS[key], label, component, component_args, section=SECTION, category_id=CATEGORY
+        )
         shared.opts.add_option(key, option.info(info) if info else option)
 
     add(

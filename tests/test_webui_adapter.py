@@ -283,6 +283,7 @@ def test_settings_section(webui):
     keys = [k for k in labels if k.startswith("sd_ov_")]
     assert set(keys) == set(webui.pkg.settings.SETTINGS_DEFAULTS)
     assert all(labels[k].section == ("openvino", "OpenVINO") for k in keys)
+    assert {labels[k].category_id for k in keys} == {"sd"}  # filed under "Stable Diffusion"
     choices = labels["sd_ov_device"].component_args()["choices"]
     assert "CPU" in choices and "AUTO" in choices
 

@@ -26,6 +26,7 @@ class OptionInfo:
         self.onchange = onchange
         self.section = section
         self.refresh = refresh
+        self.category_id = category_id
         self.comment_after = comment_after
 
     def info(self, info):
