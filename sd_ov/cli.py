@@ -162,8 +162,10 @@ def _cache(args: argparse.Namespace) -> int:
     from .report import entry_text
 
     if args.delete:
-        cache.delete(Path(args.delete))
+        left = cache.delete(Path(args.delete))
         print(f"deleted {args.delete}")
+        if left:  # Windows: another process maps them
+            print(f"{len(left)} files are in use by another process; they go at the next start")
         return 0
     for entry in cache.list_entries(Path(args.cache)):
         print(entry_text(entry))

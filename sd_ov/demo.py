@@ -1,8 +1,8 @@
 """`python -m sd_ov demo`: torch vs OpenVINO on a small SD-architecture UNet it builds itself.
 
 No downloads: the UNet has seeded random weights and the "prompt" is a seeded random text
-embedding. The figures measure speed and fidelity of OpenVINO *to torch on the same weights*;
-the picture is the final latent shown through the webui's cheap latent→RGB preview, not art.
+embedding. The figures measure speed and fidelity of OpenVINO *to torch on the same weights*, and
+the picture draws them (`demo_chart`): a random-weight latent would look like static.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import engine, metrics
+from .demo_chart import draw_chart
 from .ldm_unet import build_unet, describe, load_config
 from .progress import console
 from .runtime import DEFAULT_SHAPE_POLICY
@@ -80,17 +80,25 @@ def run_demo(
 
     torch_img = latent_to_image(torch_run.latent[0])
     ov_img = latent_to_image(ov_run.latent[0])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
-    Image.fromarray(np.concatenate([torch_img, ov_img], axis=1)).save(out)
+    latent_rel_l2 = metrics.rel_l2(ov_run.latent, torch_run.latent)
+    title = (
+        f"sd-ov demo: torch vs OpenVINO, {config} UNet (random weights), {size}x{size}, {steps} Euler steps"
+    )
+    out = draw_chart(
+        out,
+        title,
+        torch_run.step_seconds,
+        ov_run.step_seconds,
+        ov_run.latent[0],
+        torch_run.latent[0],
+        latent_rel_l2,
+    )
     return DemoResult(
         torch_s_per_step=statistics.median(torch_run.step_seconds),
         ov_s_per_step=statistics.median(ov_run.step_seconds),
         unet_rel_l2=metrics.rel_l2(out_ov, ref),
         unet_max_abs=metrics.max_abs(out_ov, ref),
-        latent_rel_l2=metrics.rel_l2(ov_run.latent, torch_run.latent),
+        latent_rel_l2=latent_rel_l2,
         image_psnr=metrics.psnr(ov_img, torch_img),
         export_s=export_s if prepared.exported else 0.0,
         image_path=out,
@@ -110,6 +118,6 @@ def format_result(r: DemoResult, size: int, steps: int) -> str:
             f"  UNet output rel L2      {r.unet_rel_l2:.2e}   (max abs {r.unet_max_abs:.2e})",
             f"  final latent rel L2     {r.latent_rel_l2:.2e}",
             f"  preview image PSNR      {r.image_psnr:.1f} dB",
-            f"  image (torch | OpenVINO) {r.image_path}",
+            f"  chart (s/step, latent difference) {r.image_path}",
         ]
     )

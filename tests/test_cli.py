@@ -28,7 +28,16 @@ def test_demo_prints_both_timings_and_the_fidelity(tmp_path):
     assert torch_s > 0 and ov_s > 0
     assert float(re.search(r"UNet output rel L2\s+([\d.e+-]+)", out).group(1)) < 1e-4
     assert float(re.search(r"preview image PSNR\s+([\d.]+|inf)", out).group(1)) >= 40
-    assert (tmp_path / "sd_ov_demo.png").stat().st_size > 0
+    # the picture is the chart of what was measured: a bar of each colour per step
+    import numpy as np
+    from PIL import Image
+
+    from sd_ov.demo_chart import OPENVINO_COLOUR, TORCH_COLOUR
+
+    chart = np.asarray(Image.open(tmp_path / "sd_ov_demo.png").convert("RGB"))
+    for colour in (OPENVINO_COLOUR, TORCH_COLOUR):
+        columns = np.flatnonzero((chart == colour).all(axis=-1).any(axis=0))
+        assert len(np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)) >= 3 + 1  # 3 steps + legend
     again = run("demo", "--steps", "2", "--size", "128", cwd=tmp_path)
     assert "from cache" in again
 
