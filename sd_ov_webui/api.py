@@ -19,8 +19,8 @@ from sd_ov.errors import Cancelled, DeviceNotFoundError, UnsupportedModelError
 from sd_ov.form import OPTIMIZE_FIELDS
 
 from .optimize_job import Busy, optimize_loaded_checkpoint, option_label, parse_request
+from .progress import cancellable_progress
 from .settings import cache_root
-from .unet import webui_progress
 
 log = logging.getLogger("sd_ov")
 D = OPTIMIZE_FIELDS
@@ -91,7 +91,7 @@ def optimize_route(body: OptimizeBody) -> OptimizeResponse:
     except (ValueError, DeviceNotFoundError) as err:
         raise HTTPException(status_code=422, detail=str(err)) from err
     try:
-        entry = optimize_loaded_checkpoint(request, webui_progress, wait=False)
+        entry = optimize_loaded_checkpoint(request, cancellable_progress, wait=False)
     except UnsupportedModelError as err:  # a recipe the loaded model can't take, before any work
         raise HTTPException(status_code=422, detail=str(err)) from err
     except Busy as err:

@@ -16,9 +16,10 @@ from sd_ov.form import Calibration, OptimizeRequest, parse_optimize_form
 from sd_ov.preset import PRESETS
 
 from .offload import WebuiWeights, unet_weights
+from .progress import cancellable_progress
 from .settings import cache_root, offload_mode, opt
 from .torch_unet import unet_calls_to
-from .unet import OpenVINOUnetOption, checkpoint_identity, webui_progress
+from .unet import OpenVINOUnetOption, checkpoint_identity
 
 log = logging.getLogger("sd_ov")
 
@@ -154,7 +155,7 @@ def run_optimize(values: dict, progress_bar=None) -> str:
     def progress(message: str, fraction: float) -> None:
         if progress_bar is not None:
             progress_bar(fraction, desc=message)
-        webui_progress(message, fraction)
+        cancellable_progress(message, fraction)
 
     try:
         entry = optimize_loaded_checkpoint(request, progress)

@@ -22,6 +22,7 @@ from sd_ov.torch_weights import CheckpointTensors
 from .component import ServedComponent
 from .lora import networks_changing
 from .offload import WebuiWeights
+from .progress import cancellable_progress
 from .settings import cache_root, opt
 
 SERVED_CLASSES = ("FrozenCLIPEmbedderWithCustomWords",)  # SD1.x; SD2's OpenCLIP and SDXL stay on torch
@@ -64,7 +65,7 @@ class WebuiTextEncoder(ServedComponent):
                 cache_root(),
                 f"{self.checkpoint_name}-text-encoder",
                 self.checkpoint_hash,
-                self.progress,
+                cancellable_progress,  # an export: Interrupt may stop it (the prompt is then torch's)
             )
             self.ov = OVTextEncoder(
                 entry, device=str(opt("sd_ov_device")), precision="f32", progress=self.progress

@@ -29,6 +29,7 @@ from . import controlnet
 from .controlnet import TorchServes
 from .lora import UNetLora, networks_set_aside, unet_lora
 from .offload import WebuiWeights, undo_lora_weights, unet_weights
+from .progress import cancellable_progress, webui_progress
 from .settings import cache_root, offload_mode, opt, runtime_settings
 from .text_encoder import WebuiTextEncoder, servable
 from .torch_unet import call_torch, foreign_forward, unet_calls_to
@@ -36,14 +37,6 @@ from .vae import WebuiVae
 
 log = logging.getLogger("sd_ov")
 LABEL_PREFIX = "[OpenVINO]"
-
-
-def webui_progress(message: str, fraction: float) -> None:
-    """Engine progress → the webui's progress area and console; Interrupt cancels long work."""
-    shared.state.textinfo = f"OpenVINO: {message}"
-    print(f"[sd-ov] {message}")
-    if shared.state.interrupted:
-        raise Cancelled("interrupted by the user")
 
 
 def checkpoint_identity(info) -> tuple[str, str]:
@@ -162,7 +155,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
 
     def open(self, settings: RuntimeSettings) -> None:
         self.failed_settings = None
-        served = ServedUNet(self.source, self.recipe, settings, webui_progress)
+        served = ServedUNet(self.source, self.recipe, settings, cancellable_progress)
         served.open()
         self.served, self.unavailable = served, None
 

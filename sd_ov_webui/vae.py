@@ -22,6 +22,7 @@ from sd_ov.vae import OVVae, prepare_vae_entry
 
 from .component import ServedComponent
 from .offload import WebuiWeights
+from .progress import cancellable_progress
 from .settings import cache_root, opt
 
 CHECKPOINT_VAE_PREFIX = "first_stage_model."
@@ -86,7 +87,7 @@ class WebuiVae(ServedComponent):
             self.detach()  # the torch weights back before anything is exported from them
             name, digest = identity
             entry = prepare_vae_entry(
-                self.module, cache_root(), f"{self.checkpoint_name}-vae-{name}", digest, self.progress
+                self.module, cache_root(), f"{self.checkpoint_name}-vae-{name}", digest, cancellable_progress
             )
             # f32 on every device: f16 VAEs give black or NaN pictures (the webui's own --no-half-vae)
             self.ov = OVVae(entry, device=str(opt("sd_ov_device")), precision="f32", progress=self.progress)

@@ -1,0 +1,24 @@
+"""Engine progress in the webui: the progress area and the console, and which work Interrupt may
+cancel. Only long work the user started (an export, Optimize) is cancelled; what a job needs to
+finish (a compile, a decode, torch weights read back) always runs, since the webui decodes an
+interrupted job's partial latent and returns that picture."""
+
+from __future__ import annotations
+
+from modules import shared
+
+from sd_ov.errors import Cancelled
+
+
+def webui_progress(message: str, fraction: float) -> None:
+    """Reports; never cancels."""
+    shared.state.textinfo = f"OpenVINO: {message}"
+    print(f"[sd-ov] {message}")
+
+
+def cancellable_progress(message: str, fraction: float) -> None:
+    """Reports, and raises Cancelled once the user pressed Interrupt: nothing is written, and
+    torch serves the job."""
+    webui_progress(message, fraction)
+    if shared.state.interrupted:
+        raise Cancelled("interrupted by the user")
