@@ -27,6 +27,7 @@ import numpy as np
 import openvino as ov
 import torch
 
+from .compiled import CompiledPart
 from .control_inputs import add_control_inputs
 from .errors import UnsupportedCallError
 from .lora_branch import (
@@ -37,8 +38,6 @@ from .lora_branch import (
     check_layers,
     set_states,
 )
-from .memory import mapped_file_released, mapped_sources, release_mapped_file
-from .ov_core import compile_properties, get_core, resolve_device
 from .progress import ProgressFn, silent
 
 SHAPE_POLICIES = ("static", "dynamic")
@@ -56,8 +55,10 @@ class RuntimeStats:
     compiles: dict[str, float] = field(default_factory=dict)  # shape → seconds
 
 
-class OVUNet:
+class OVUNet(CompiledPart):
     """The UNet of one cache entry, compiled for one device; call it like the torch UNet."""
+
+    what = "UNet"
 
     def __init__(
         self,
@@ -77,15 +78,10 @@ class OVUNet:
             raise ValueError(f"shape_policy must be one of {SHAPE_POLICIES}, not {shape_policy!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-        self.core = get_core()
-        self.device = resolve_device(device)
-        self.precision = precision
+        super().__init__(device, precision, blob_dir, progress)
         self.shape_policy = shape_policy
         self.max_compiled = max(1, int(max_compiled))
         self.latent_multiple = max(1, int(latent_multiple))  # the IR's: UNetSpec.size_multiple
-        self.properties = compile_properties(self.device, precision, blob_dir)
-        self.mapped_sources = mapped_sources(xml_path, blob_dir)
-        self.progress = progress
         self.xml_path = Path(xml_path)
         self.model: ov.Model | None = self.core.read_model(str(xml_path))
         # LoRA: a branch per layer whose matrices are request states (lora_branch.py); off, the
@@ -152,17 +148,13 @@ class OVUNet:
         if self.model is None:
             raise RuntimeError("this OpenVINO UNet was released")
         label = "dynamic shapes" if key is None else "x".join(map(str, key))
-        self.progress(f"compiling the OpenVINO UNet for {label} on {self.device}", 0.0)
-        started = time.perf_counter()
         model = self.model
         if shapes is not None:
             model = self.model.clone()
             model.reshape(shapes)
-        with mapped_file_released(*self.mapped_sources):  # the compiled copy serves
-            compiled = self.core.compile_model(model, self.device, self.properties)
+        compiled = self.compile(model, self.xml_path, f"UNet for {label}")  # the compiled copy serves
         del model
-        self.stats.compiles[label] = time.perf_counter() - started
-        self.progress(f"compiled for {label} in {self.stats.compiles[label]:.1f} s", 1.0)
+        self.stats.compiles[label] = self.timings[f"UNet for {label}"]
         return compiled, compiled.create_infer_request()
 
     def _dynamic_request(self) -> ov.InferRequest:
@@ -261,7 +253,12 @@ class OVUNet:
         if key in self._settled:
             return
         self._settled.add(key)
-        release_mapped_file(*self.mapped_sources)
+        self.settle(self.xml_path)
+
+    def compiled_models(self) -> list[ov.CompiledModel]:
+        return [compiled for compiled, _ in self._compiled.values()] + (
+            [self._dynamic[0]] if self._dynamic is not None else []
+        )
 
     @property
     def compiled_shapes(self) -> list[ShapeKey | None]:

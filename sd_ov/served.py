@@ -330,14 +330,24 @@ class ServedUNet:
         """What this job runs (set by `configure` and `start_job`, so fixed within a job)."""
         return run_summary(self.recipe, self.settings, self.job_deepcache)
 
+    def _models(self) -> list:
+        return [self.plain] + ([self.deepcache.full, self.deepcache.shallow] if self.deepcache else [])
+
     def drop_compiled(self) -> None:
         """The compiled models go, the graphs stay: the next call compiles again (from the blob
         cache when it is on). Between jobs in `lowvram`, so the UNet is resident only while it samples."""
-        models = [self.plain] + ([self.deepcache.full, self.deepcache.shallow] if self.deepcache else [])
-        for model in models:
+        for model in self._models():
             if model is not None and hasattr(model, "drop_compiled"):
                 model.drop_compiled()
         gc.collect()
+        trim_heap()
+
+    def release_memory(self) -> None:
+        """The compiled models' intermediate buffers go back, the models stay: the next job compiles
+        nothing (`CompiledPart.release_memory`). Between jobs in `release`."""
+        for model in self._models():
+            if model is not None and hasattr(model, "release_memory"):
+                model.release_memory()
         trim_heap()
 
     def release(self) -> None:

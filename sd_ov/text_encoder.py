@@ -21,9 +21,8 @@ import openvino as ov
 import torch
 
 from . import cache
+from .compiled import CompiledPart
 from .export import save_ir
-from .memory import mapped_file_released, mapped_sources, release_mapped_file
-from .ov_core import compile_properties, get_core, resolve_device
 from .progress import ProgressFn, silent
 from .recipe import Recipe
 
@@ -115,9 +114,10 @@ def prepare_text_encoder_entry(
     )
 
 
-class OVTextEncoder:
-    """The text encoder of one cache entry on a device; compiled at its first call, `release()`
-    gives the compiled model back (lowvram: it is resident only while prompts are encoded)."""
+class OVTextEncoder(CompiledPart):
+    """The text encoder of one cache entry on a device, compiled at its first call."""
+
+    what = "text encoder"
 
     def __init__(
         self,
@@ -127,15 +127,10 @@ class OVTextEncoder:
         cache_compiled: bool = True,
         progress: ProgressFn = silent,
     ) -> None:
+        super().__init__(device, precision, entry.blob_dir if cache_compiled else None, progress)
         self.entry = entry
-        self.core = get_core()
-        self.device = resolve_device(device)
-        blob_dir = entry.blob_dir if cache_compiled else None
-        self.properties = compile_properties(self.device, precision, blob_dir)
-        self.progress = progress
         self.compiled: ov.CompiledModel | None = None
         self.xml = entry.ir_path("text_encoder")
-        self.mapped_sources = mapped_sources(self.xml, blob_dir)
         self.layers = int(self.core.read_model(str(self.xml)).output(0).get_partial_shape()[0].get_length())
 
     def hidden(self, embeds: torch.Tensor, skip: int = 1) -> torch.Tensor:
@@ -143,13 +138,14 @@ class OVTextEncoder:
         if not 1 <= skip <= self.layers:
             raise ValueError(f"clip skip {skip} is outside 1..{self.layers}")
         if self.compiled is None:
-            self.progress(f"compiling the OpenVINO text encoder on {self.device}", 0.0)
-            with mapped_file_released(*self.mapped_sources):
-                self.compiled = self.core.compile_model(str(self.xml), self.device, self.properties)
+            self.compiled = self.compile(self.xml, self.xml)
         array = np.ascontiguousarray(embeds.detach().to("cpu", torch.float32).numpy())
         out = self.compiled.create_infer_request().infer({0: array})[0]
-        release_mapped_file(*self.mapped_sources)
+        self.settle(self.xml)
         return torch.from_numpy(out[skip - 1].copy()).to(device=embeds.device, dtype=embeds.dtype)
 
-    def release(self) -> None:
+    def compiled_models(self) -> list[ov.CompiledModel]:
+        return [self.compiled] if self.compiled is not None else []
+
+    def drop_compiled(self) -> None:
         self.compiled = None

@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from . import cache
+from .compiled import CompiledPart
 from .export import save_ir
-from .memory import mapped_file_released, mapped_sources, release_mapped_file
-from .ov_core import compile_properties, get_core, resolve_device
 from .progress import ProgressFn, silent
 from .recipe import Recipe
 
@@ -151,8 +150,11 @@ def image_output(model: ov.Model) -> ov.Model:
     return ppp.build()
 
 
-class OVVae:
-    """The VAE of one cache entry on a device; each model compiles at its first use."""
+class OVVae(CompiledPart):
+    """The VAE of one cache entry on a device; each model (decoder, encoder, the decoder with
+    pixels out) compiles at its first use."""
+
+    what = "VAE"
 
     def __init__(
         self,
@@ -162,14 +164,9 @@ class OVVae:
         cache_compiled: bool = True,
         progress: ProgressFn = silent,
     ) -> None:
+        super().__init__(device, precision, entry.blob_dir if cache_compiled else None, progress)
         self.entry = entry
-        self.core = get_core()
-        self.device = resolve_device(device)
-        self.blob_dir = entry.blob_dir if cache_compiled else None
-        self.properties = compile_properties(self.device, precision, self.blob_dir)
-        self.progress = progress
         self._compiled: dict[str, ov.CompiledModel] = {}
-        self.timings: dict[str, float] = {}
 
     def _ir(self, which: str) -> Path:
         return self.entry.ir_path("decoder" if which == "image" else which)
@@ -177,22 +174,17 @@ class OVVae:
     def _model(self, which: str) -> ov.CompiledModel:
         if which not in self._compiled:
             ir = self._ir(which)
-            self.progress(f"compiling the OpenVINO VAE {which} on {self.device}", 0.0)
-            started = time.perf_counter()
             model = self.core.read_model(str(ir))
             if which == "image":
                 model = image_output(model)
-            with mapped_file_released(*mapped_sources(ir, self.blob_dir)):
-                self._compiled[which] = self.core.compile_model(model, self.device, self.properties)
-            self.timings[f"compile_{which}_s"] = time.perf_counter() - started
+            self._compiled[which] = self.compile(model, ir, f"VAE {which}")
         return self._compiled[which]
 
     def _run(self, which: str, value: torch.Tensor) -> np.ndarray:
         compiled = self._model(which)
         array = np.ascontiguousarray(value.detach().to("cpu", torch.float32).numpy())
         out = compiled.create_infer_request().infer({0: array})[0]  # a request per call: no reuse of outputs
-        # pages a new shape read (see runtime.py)
-        release_mapped_file(*mapped_sources(self._ir(which), self.blob_dir))
+        self.settle(self._ir(which))  # pages a new shape read (see runtime.py)
         return out
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -207,5 +199,8 @@ class OVVae:
         """The picture(s) as uint8 [B, H, W, 3], made inside the graph."""
         return self._run("image", z)
 
-    def release(self) -> None:
+    def compiled_models(self) -> list[ov.CompiledModel]:
+        return list(self._compiled.values())
+
+    def drop_compiled(self) -> None:
         self._compiled.clear()

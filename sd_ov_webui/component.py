@@ -82,12 +82,17 @@ class ServedComponent:
             return f"torch ({self.torch_reason})"
         return ", ".join(self.calls) or None
 
-    def drop_compiled(self) -> None:
-        """The compiled model (and the activation buffers it keeps) goes until the next call."""
-        if self.ov is not None:
-            self.ov.release()
+    def after_phase(self, keep_compiled: bool) -> None:
+        """Its part of the job is done: the compiled model's buffers go back and the model stays
+        (`release`: the next job compiles nothing), or the model goes too (`lowvram`)."""
+        if self.ov is None:
+            return
+        if keep_compiled:
+            self.ov.release_memory()
+        else:
+            self.ov.drop_compiled()
             gc.collect()
-            trim_heap()
+        trim_heap()
 
     def detach(self) -> None:
         """The webui's own methods and torch weights back, the OpenVINO model's memory given back."""

@@ -21,8 +21,9 @@ from sd_ov.torch_weights import CheckpointTensors, ModuleWeights
 
 log = logging.getLogger("sd_ov")
 
-# release: torch weights of what OpenVINO serves leave memory, and the OpenVINO text encoder and
-# VAE are compiled for their phase only; lowvram: the OpenVINO UNet too; none: everything stays.
+# release: torch weights of what OpenVINO serves leave memory, and the OpenVINO models give their
+# buffers back after their phase (compiled once); lowvram: the compiled models go after their phase
+# too; none: everything stays.
 OFFLOAD_MODES = ("release", "lowvram", "none")
 
 

@@ -156,9 +156,9 @@ def register(on_runtime_change) -> None:
         gr.Radio,
         {"choices": list(OFFLOAD_MODES)},
         "release: torch's weights of what OpenVINO serves leave memory and come back from the checkpoint "
-        "file when torch needs them, and the OpenVINO VAE and text encoder are compiled for their part of "
-        "a job only; lowvram: the OpenVINO UNet too (lightest; each job compiles it again, from the blob "
-        "cache); none: everything kept (fastest, uses as much memory again)",
+        "file when torch needs them; the OpenVINO models stay compiled and give their buffers back after "
+        "their part of a job; lowvram: the compiled models go too (lightest; each job compiles them again, "
+        "from the blob cache); none: everything kept (fastest, uses as much memory again)",
     )
     add(
         "sd_ov_vae",

@@ -223,6 +223,43 @@ def test_faults_end_with_a_message_and_the_next_job_works(installed):
     assert "cache entry invalid, rebuilding" in (installed / "faults.log").read_text()
 
 
+def test_an_interrupt_returns_the_partial_picture_and_the_next_job_is_served(installed):
+    """Interrupt during sampling (the API's, as the button does): the webui decodes the partial
+    latent, on OpenVINO's VAE, and answers 200 with that picture, as it does alone; the next job
+    is served."""
+    import threading
+
+    webui = Webui(Path(WEBUI), installed / "interrupt.log")
+    try:
+        txt2img("Automatic", job={"steps": 2})  # first use: export and compile
+        answer: dict = {}
+
+        def job() -> None:
+            answer["result"] = api_status(
+                "/sdapi/v1/txt2img",
+                {**JOB, "steps": 30, "override_settings": {"sd_unet": "Automatic", **NO_NORM}},
+            )
+
+        worker = threading.Thread(target=job)
+        worker.start()
+        deadline = time.time() + 600
+        while (
+            time.time() < deadline
+            and api("/sdapi/v1/progress?skip_current_image=true")["state"]["sampling_step"] < 2
+        ):
+            time.sleep(1)
+        api("/sdapi/v1/interrupt", {})
+        worker.join(900)
+        code, body = answer["result"]
+        image, info, _ = txt2img("Automatic")
+    finally:
+        webui.stop()
+    assert code == 200 and body["images"], body
+    said = infotext_params(json.loads(body["info"])["infotexts"][0])
+    assert said["OpenVINO"].startswith("fp32") and said["OpenVINO VAE"] == "decode", said
+    assert info["OpenVINO"] == "fp32, CPU, f32, dynamic" and image.shape == (256, 256, 3)
+
+
 def test_optimize_through_the_api_adds_an_option_that_txt2img_uses(installed):
     """Issue #3's webui check: Optimize on the loaded checkpoint completes (progress in the log),
     its option serves a txt2img, and the report is listed."""

@@ -1,0 +1,78 @@
+"""What every compiled model part shares (the UNet, the VAE, the text encoder; next the control
+model): the Core, the device, the compile properties, the blob cache, compiling with progress and
+with the IR's mapped pages given back, and the two ways to give memory back.
+
+Why one base: each part compiled lazily, released its mapped pages and dropped its models in its
+own words; a fix to one (a property, a progress line, a page release) missed the others. A part
+names its IR files and how it builds a model from them; the rest is here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import openvino as ov
+
+from .memory import mapped_file_released, mapped_sources, release_mapped_file
+from .ov_core import compile_properties, get_core, resolve_device
+from .progress import ProgressFn, silent
+
+
+class CompiledPart:
+    """Compiled models of one part on one device, compiled at first use. Subclasses say `what`
+    they are and list the compiled models they hold (`compiled_models`), and drop them in
+    `drop_compiled`."""
+
+    what = "model"
+
+    def __init__(
+        self,
+        device: str = "CPU",
+        precision: str = "f32",
+        blob_dir: str | Path | None = None,
+        progress: ProgressFn = silent,
+    ) -> None:
+        self.core = get_core()
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.blob_dir = Path(blob_dir) if blob_dir is not None else None
+        self.properties = compile_properties(self.device, precision, blob_dir)
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+
+    def compile(self, model: ov.Model | Path, ir: Path, name: str = "") -> ov.CompiledModel:
+        """Compile `model` (the IR at `ir`, or a graph made from it) with the part's properties;
+        `name` says which (e.g. "UNet for dynamic shapes", "VAE decoder"; default: `what`).
+        While compiling, the IR's `.bin` and the blob cache are read once and copied: their pages
+        are given back as they are read (`memory.mapped_file_released`)."""
+        name = name or self.what
+        self.progress(f"compiling the OpenVINO {name} on {self.device}", 0.0)
+        started = time.perf_counter()
+        source = str(model) if isinstance(model, Path) else model
+        with mapped_file_released(*mapped_sources(ir, self.blob_dir)):
+            compiled = self.core.compile_model(source, self.device, self.properties)
+        seconds = self.timings[name] = time.perf_counter() - started
+        self.progress(f"compiled the OpenVINO {name} in {seconds:.1f} s", 1.0)
+        return compiled
+
+    def settle(self, ir: Path) -> None:
+        """After a first call (of a shape): the pages of the IR it read go back (runtime.py says why)."""
+        release_mapped_file(*mapped_sources(ir, self.blob_dir))
+
+    def compiled_models(self) -> list[ov.CompiledModel]:
+        return []
+
+    def release_memory(self) -> int:
+        """Give back the compiled models' intermediate buffers and keep the models: the next call
+        allocates them again, but compiles nothing. Returns how many models released memory."""
+        models = self.compiled_models()
+        for model in models:
+            model.release_memory()
+        return len(models)
+
+    def drop_compiled(self) -> None:
+        """Free the compiled models (their weights too); the next call compiles again."""
+
+    def release(self) -> None:
+        self.drop_compiled()
