@@ -11,7 +11,7 @@ module's namespace would be registered as well).
 
 from modules import script_callbacks, scripts
 
-from sd_ov_webui import accordion, api, job, settings, tab, unet
+from sd_ov_webui import accordion, api, job, options, settings, tab
 
 
 class OpenVINOScript(scripts.Script):
@@ -47,14 +47,14 @@ class OpenVINOScript(scripts.Script):
 
 
 def on_script_unloaded():
-    served = unet.current_openvino_unet()
+    served = options.current_openvino_unet()
     if served is not None:
         served.release()
 
 
-script_callbacks.on_list_unets(unet.list_unets)
-script_callbacks.on_model_loaded(unet.on_model_loaded)
-script_callbacks.on_ui_settings(lambda: settings.register(unet.reopen_current))
+script_callbacks.on_list_unets(options.list_unets)
+script_callbacks.on_model_loaded(options.on_model_loaded)
+script_callbacks.on_ui_settings(lambda: settings.register(options.reopen_current))
 script_callbacks.on_script_unloaded(on_script_unloaded)
 script_callbacks.on_ui_tabs(tab.on_ui_tabs)
 script_callbacks.on_app_started(api.on_app_started)

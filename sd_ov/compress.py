@@ -29,11 +29,11 @@ import numpy as np
 import openvino as ov
 
 from . import fs
+from .constants import INT8_MODES  # noqa: F401 - its home before constants.py
 from .export import save_ir
 from .memory import mapped_file_released
 from .ov_core import get_core
 
-INT8_MODES = ("off", "weights", "hybrid", "full")
 Sample = dict[str, np.ndarray]  # {"x": ..., "timesteps": ..., "context": ...}
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import openvino as ov
 import torch
 
+from .constants import SCHEDULES
 from .errors import UnsupportedModelError
 from .export import (
     OUTPUT_NAME,
@@ -34,8 +35,6 @@ from .export import (
 )
 from .ldm_unet import UNetSpec, ends_with_upsample, join_follows_upsample, openaimodel_of
 from .progress import ProgressFn
-
-SCHEDULES = ("uniform", "non-uniform")
 
 
 def check_branch(unet: torch.nn.Module, branch: int) -> None:

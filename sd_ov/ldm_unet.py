@@ -19,10 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .constants import CHECKPOINT_UNET_PREFIX
 from .errors import UnsupportedModelError
-
-CHECKPOINT_UNET_PREFIX = "model.diffusion_model."
-
 
 # The UNet's module in the webui: ldm's for SD1/SD2, sgm's (Stability's generative-models) for
 # SDXL. Both classes have the same blocks and forward; sgm's adds the vector conditioning `y`.

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .compress import INT8_MODES
+from .constants import PRUNE_MODES
 from .runtime import PRECISIONS
 from .tome import MAX_RATIO
 
-PRUNE_MODES = ("off", "magnitude", "ffn")
 MAX_PRUNE_RATIO = 0.9
 DEFAULT_SAMPLES = 16
 # What the label shows for each INT8 mode; "INT8" is the default (hybrid) recipe.

@@ -28,6 +28,7 @@ import openvino as ov
 import torch
 
 from .compiled import CompiledPart
+from .constants import DEFAULT_SHAPE_POLICY, PRECISIONS, SHAPE_POLICIES
 from .control_inputs import add_control_inputs
 from .errors import UnsupportedCallError
 from .lora_branch import (
@@ -39,10 +40,6 @@ from .lora_branch import (
     set_states,
 )
 from .progress import ProgressFn, silent
-
-SHAPE_POLICIES = ("static", "dynamic")
-DEFAULT_SHAPE_POLICY = "dynamic"
-PRECISIONS = ("f32", "bf16", "f16", "auto")
 
 ShapeKey = tuple[int, ...]  # batch, channels, height, width, tokens, then dims of any extra inputs
 MAIN_INPUTS = ("x", "timesteps", "context")

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-MAX_RATIO = 0.75  # at most the three sources of every 2×2 window merge away
+from .constants import MAX_TOME_RATIO as MAX_RATIO
 
 Merge = Callable[[torch.Tensor], torch.Tensor]
 

@@ -6,14 +6,11 @@ import html
 
 from modules import sd_unet, shared
 
-from sd_ov import cache, ov_core
-from sd_ov.deepcache import SCHEDULES
-from sd_ov.errors import SdOvError
-from sd_ov.served import run_summary
+from sd_ov import SCHEDULES, SdOvError, cache, ov_core, run_summary
 
 from .job import INFOTEXT_KEY, pasted_deepcache, token_merging_note
+from .options import OpenVINOUnetOption, current_openvino_unet
 from .settings import cache_root, deepcache_settings, opt, runtime_settings
-from .unet import OpenVINOUnetOption, current_openvino_unet
 
 # The accordion's controls, in the order the webui passes their values to the hooks.
 CONTROLS = ("enabled", "interval", "branch", "schedule")

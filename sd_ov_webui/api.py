@@ -14,9 +14,7 @@ from typing import Any
 from fastapi import HTTPException
 from pydantic import BaseModel, Field
 
-from sd_ov import optimize
-from sd_ov.errors import Cancelled, DeviceNotFoundError, UnsupportedModelError
-from sd_ov.form import OPTIMIZE_FIELDS
+from sd_ov import OPTIMIZE_FIELDS, Cancelled, DeviceNotFoundError, UnsupportedModelError, optimize
 
 from .optimize_job import Busy, optimize_loaded_checkpoint, option_label, parse_request
 from .progress import cancellable_progress

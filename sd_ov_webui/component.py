@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from sd_ov.memory import trim_heap
+from sd_ov import trim_heap
 
 from .offload import WebuiWeights
 

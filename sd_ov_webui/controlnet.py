@@ -28,7 +28,10 @@ from typing import Any, Protocol
 
 import torch
 
-from sd_ov.ldm_unet import feature_shapes
+from sd_ov import feature_shapes
+
+from .errors import explain
+from .torch_unet import foreign_forward
 
 # ControlModelType names (scripts/enums.py) whose units only add residuals at the skip joins.
 # ControlLoRA's control model reads the torch UNet's weights (which are freed while OpenVINO
@@ -180,3 +183,40 @@ class _UNetStandIn:
         return self._run(
             x=self._x, context=self._context, residuals=[r.contiguous() for r in self._residuals]
         )
+
+
+def job_hook(unet: torch.nn.Module | None, record) -> Any:
+    """sd-webui-controlnet's hook when this job's units can be served (else None, and the record
+    says why torch serves the job); another extension's forward: torch, with a note."""
+    if unet is None or not foreign_forward(unet):
+        return None
+    hook = controlnet_hook(unet)
+    why = why_not_served(hook) if hook is not None else None
+    if hook is None:
+        record.unavailable = "another extension replaced the UNet's forward; torch served it"
+    elif why:
+        uninstall(unet)
+        record.unavailable = f"{why}; torch served the job"
+        return None
+    return hook
+
+
+def serve_units(unet: torch.nn.Module, served, record, hook, server: Server) -> bool:
+    """This job's ControlNet units add their residuals into the OpenVINO UNet (opened with their
+    inputs), or none come (opened without); True when the units are served."""
+    try:
+        served.set_control(hook is not None)
+    except Exception as err:  # e.g. a graph without SD skip joins: this job is torch's
+        uninstall(unet)
+        record.unavailable = f"ControlNet on torch: {explain(err)}"
+        return False
+    if hook is None:
+        return False
+    install(unet, server)
+    kinds = sorted({p.control_model_type.name for p in hook.control_params})
+    units = len(hook.control_params)
+    record.controlnet = (
+        f"{units} unit{'s' if units > 1 else ''} ({', '.join(kinds)}): residuals into the OpenVINO UNet, "
+        "control models on torch"
+    )
+    return True

@@ -10,10 +10,9 @@ import logging
 
 from modules import sd_unet, shared
 
-from sd_ov.deepcache import DeepCacheConfig
-from sd_ov.recipe import Recipe
+from sd_ov import DeepCacheConfig, Recipe
 
-from .unet import current_openvino_unet
+from .options import current_openvino_unet
 
 log = logging.getLogger("sd_ov")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sd_ov.lora_branch import LoraLayer, concatenate
+from sd_ov import LoraLayer, concatenate
 
 
 def loaded_networks() -> list:

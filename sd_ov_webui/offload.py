@@ -15,9 +15,7 @@ from pathlib import Path
 import torch
 from modules import shared
 
-from sd_ov.ldm_unet import CHECKPOINT_UNET_PREFIX
-from sd_ov.progress import ProgressFn, silent
-from sd_ov.torch_weights import CheckpointTensors, ModuleWeights
+from sd_ov import CHECKPOINT_UNET_PREFIX, CheckpointTensors, ModuleWeights, ProgressFn, silent
 
 log = logging.getLogger("sd_ov")
 

@@ -9,17 +9,24 @@ import logging
 
 from modules import call_queue, sd_unet, shared
 
-from sd_ov import cache, optimize, report
-from sd_ov.calibration import CapturingUNet
-from sd_ov.errors import Cancelled, SdOvError
-from sd_ov.form import Calibration, OptimizeRequest, parse_optimize_form
-from sd_ov.preset import PRESETS
+from sd_ov import (
+    PRESETS,
+    Calibration,
+    Cancelled,
+    CapturingUNet,
+    OptimizeRequest,
+    SdOvError,
+    cache,
+    optimize,
+    parse_optimize_form,
+    report,
+)
 
 from .offload import WebuiWeights, unet_weights
+from .options import OpenVINOUnetOption, checkpoint_identity
 from .progress import cancellable_progress
 from .settings import cache_root, offload_mode, opt
 from .torch_unet import unet_calls_to
-from .unet import OpenVINOUnetOption, checkpoint_identity
 
 log = logging.getLogger("sd_ov")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from modules import shared
 
-from sd_ov.errors import Cancelled
+from sd_ov import Cancelled
 
 
 def webui_progress(message: str, fraction: float) -> None:

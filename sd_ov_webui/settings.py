@@ -12,10 +12,15 @@ from typing import Any
 
 from modules import shared
 
-from sd_ov import ov_core
-from sd_ov.deepcache import SCHEDULES, DeepCacheConfig
-from sd_ov.runtime import DEFAULT_SHAPE_POLICY, PRECISIONS, SHAPE_POLICIES
-from sd_ov.served import RuntimeSettings
+from sd_ov import (
+    DEFAULT_SHAPE_POLICY,
+    PRECISIONS,
+    SCHEDULES,
+    SHAPE_POLICIES,
+    DeepCacheConfig,
+    RuntimeSettings,
+    ov_core,
+)
 
 from .offload import OFFLOAD_MODES
 

@@ -10,18 +10,22 @@ import html
 
 from modules import sd_unet, shared
 
-from sd_ov import cache, optimize, report
-from sd_ov.calibration import default_prompts
-from sd_ov.compress import INT8_MODES
-from sd_ov.form import OPTIMIZE_FIELDS
-from sd_ov.preset import PRESETS
-from sd_ov.recipe import PRUNE_MODES
-from sd_ov.runtime import PRECISIONS
-from sd_ov.tome import MAX_RATIO
+from sd_ov import (
+    INT8_MODES,
+    MAX_TOME_RATIO,
+    OPTIMIZE_FIELDS,
+    PRECISIONS,
+    PRESETS,
+    PRUNE_MODES,
+    cache,
+    default_prompts,
+    optimize,
+    report,
+)
 
 from .optimize_job import run_optimize
+from .options import current_openvino_unet
 from .settings import cache_root, device_choices, opt
-from .unet import current_openvino_unet
 
 
 def recipe_entries_html() -> str:
@@ -100,7 +104,7 @@ def form_components() -> dict:
             c["smooth_quant"] = gr.Checkbox(
                 value=D["smooth_quant"], label="SmoothQuant (INT8 full)", elem_id="sd_ov_sq"
             )
-            c["tome"] = slider("Token merging ratio", 0.0, MAX_RATIO, D["tome"], 0.05, "sd_ov_tome")
+            c["tome"] = slider("Token merging ratio", 0.0, MAX_TOME_RATIO, D["tome"], 0.05, "sd_ov_tome")
             c["prune"] = gr.Radio(
                 choices=list(PRUNE_MODES), value=D["prune"], label="Pruning", elem_id="sd_ov_prune"
             )

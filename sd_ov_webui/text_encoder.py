@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 from modules import shared
 
-from sd_ov.text_encoder import OVTextEncoder, prepare_text_encoder_entry, token_embedding
-from sd_ov.torch_weights import CheckpointTensors
+from sd_ov import CheckpointTensors, OVTextEncoder, prepare_text_encoder_entry, token_embedding
 
 from .component import ServedComponent
 from .lora import networks_changing

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import torch
 from modules import sd_unet
 
-from sd_ov.errors import UnsupportedCallError
+from sd_ov import UnsupportedCallError
 
 
 def call_torch(unet: torch.nn.Module, x, timesteps, context, *args, **kwargs):

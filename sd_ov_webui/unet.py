@@ -12,72 +12,34 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from modules import devices, sd_models, sd_unet, shared
+from modules import devices, sd_unet, shared
 
-from sd_ov import optimize
-from sd_ov.cache import canonical
-from sd_ov.deepcache import DeepCacheConfig
-from sd_ov.engine import file_hash
-from sd_ov.errors import Cancelled, NonFiniteOutputError, SdOvError, UnsupportedCallError
-from sd_ov.ldm_unet import describe
-from sd_ov.lora_branch import UnsupportedLoraError
-from sd_ov.recipe import Recipe
-from sd_ov.record import JobRecord
-from sd_ov.served import RuntimeSettings, ServedUNet, UNetSource
+from sd_ov import (
+    Cancelled,
+    DeepCacheConfig,
+    JobRecord,
+    NonFiniteOutputError,
+    Recipe,
+    RuntimeSettings,
+    ServedUNet,
+    UNetSource,
+    UnsupportedCallError,
+    UnsupportedLoraError,
+    describe,
+)
 
 from . import controlnet
+from .companions import Companions
 from .controlnet import TorchServes
+from .errors import explain
 from .lora import UNetLora, networks_set_aside, unet_lora
 from .offload import WebuiWeights, undo_lora_weights, unet_weights
+from .options import OpenVINOUnetOption, checkpoint_identity
 from .progress import cancellable_progress, webui_progress
-from .settings import cache_root, offload_mode, opt, runtime_settings
-from .text_encoder import WebuiTextEncoder, servable
+from .settings import cache_root, offload_mode, runtime_settings
 from .torch_unet import call_torch, foreign_forward, unet_calls_to
-from .vae import WebuiVae
 
 log = logging.getLogger("sd_ov")
-LABEL_PREFIX = "[OpenVINO]"
-
-
-def checkpoint_identity(info) -> tuple[str, str]:
-    """(name, sha256) of a webui CheckpointInfo; the webui caches the hash in cache.json."""
-    sha256 = getattr(info, "sha256", None)
-    if not sha256 and hasattr(info, "calculate_shorthash"):
-        info.calculate_shorthash()
-        sha256 = info.sha256
-    return info.model_name, sha256 or file_hash(info.filename)
-
-
-def explain(err: BaseException) -> str:
-    if isinstance(err, MemoryError):
-        return "out of memory while preparing the OpenVINO UNet (nothing was written to the cache)"
-    return str(err) if isinstance(err, SdOvError) else f"{type(err).__name__}: {err}"
-
-
-class OpenVINOUnetOption(sd_unet.SdUnetOption):
-    """The plain option (one per checkpoint, exported on first use; "Automatic" picks it), or an
-    optimized recipe made in the OpenVINO tab, e.g. `[OpenVINO INT8 ToMe0.5] <checkpoint>`."""
-
-    def __init__(self, checkpoint_info, recipe: Recipe | None = None) -> None:
-        self.checkpoint_info = checkpoint_info
-        self.model_name = checkpoint_info.model_name
-        self.recipe = recipe or Recipe()
-        tag = LABEL_PREFIX if self.recipe.is_plain else f"[OpenVINO {self.recipe.label()}]"
-        self.label = f"{tag} {checkpoint_info.model_name}"
-
-    def create_unet(self) -> OpenVINOUnet:
-        return OpenVINOUnet(self)
-
-    def _identity(self) -> tuple:
-        return (self.label, getattr(self.checkpoint_info, "filename", None), canonical(self.recipe.key()))
-
-    # The webui compares the chosen option with the current one (`==`) to decide whether to swap
-    # UNets: a relisted but identical option must not take the compiled UNet down.
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, OpenVINOUnetOption) and self._identity() == other._identity()
-
-    def __hash__(self) -> int:
-        return hash(self._identity())
 
 
 class OpenVINOUnet(sd_unet.SdUnet):
@@ -91,11 +53,18 @@ class OpenVINOUnet(sd_unet.SdUnet):
         self.binding_note: str | None = None  # the option was chosen for another checkpoint
         self.job_torch_reason: str | None = None  # torch serves the rest of this job (NaN/inf)
         self.weights: WebuiWeights | None = None  # freed while OpenVINO serves (Settings → memory)
-        self.vae: WebuiVae | None = None  # the VAE on OpenVINO (Settings → VAE through OpenVINO)
-        self.text_encoder: WebuiTextEncoder | None = None  # likewise, the prompts' text encoder
+        self.companions = Companions()  # the VAE and text encoder on OpenVINO (Settings)
         self.sampled = False  # this job's first UNet call has come
         self.controlnet_job = False  # this job's ControlNet units are served (controlnet.py)
         self.record = JobRecord()
+
+    @property
+    def vae(self):
+        return self.companions.vae
+
+    @property
+    def text_encoder(self):
+        return self.companions.text_encoder
 
     @property
     def recipe(self) -> Recipe:
@@ -182,7 +151,8 @@ class OpenVINOUnet(sd_unet.SdUnet):
             self.job_torch_reason = None
             if self.binding_note:
                 self.record.note(self.binding_note)
-        hook = self.check_controlnet()
+        self.controlnet_job = False
+        hook = controlnet.job_hook(self.source.unet if self.source is not None else None, self.record)
         lora = unet_lora(self.source.unet) if self.source is not None else UNetLora()
         if lora.why_not:  # the Lora extension applies it in torch's forward: never dropped silently
             self.job_torch_reason = lora.why_not
@@ -192,7 +162,8 @@ class OpenVINOUnet(sd_unet.SdUnet):
             return
         if not lora.why_not:
             self.serve_lora(lora)  # before start_job: the first LoRA reopens the models with the branch
-        self.serve_controlnet(hook)  # before start_job too: DeepCache does not run with ControlNet
+        # before start_job too: DeepCache does not run with ControlNet
+        self.controlnet_job = controlnet.serve_units(self.source.unet, self.served, self.record, hook, self)
         why_not = self.served.start_job(deepcache, expected_calls)
         if why_not:
             self.record.note(why_not)
@@ -202,46 +173,8 @@ class OpenVINOUnet(sd_unet.SdUnet):
         self.record.summary = self.served.summary()
         self.offload()  # after a torch fallback or an export, the weights go again
         if first_pass:
-            self.sync_companions()
+            self.companions.start_job(self.source, self.record.note)
             self.sampled = False
-
-    def check_controlnet(self):
-        """sd-webui-controlnet's hook when this job's units can be served (else None, and the
-        record says why torch serves the job); another extension's forward: torch, with a note."""
-        self.controlnet_job = False
-        unet = self.source.unet if self.source is not None else None
-        if unet is None or not foreign_forward(unet):
-            return None
-        hook = controlnet.controlnet_hook(unet)
-        why = controlnet.why_not_served(hook) if hook is not None else None
-        if hook is None:
-            self.record.unavailable = "another extension replaced the UNet's forward; torch served it"
-        elif why:
-            controlnet.uninstall(unet)
-            self.record.unavailable = f"{why}; torch served the job"
-            return None
-        return hook
-
-    def serve_controlnet(self, hook) -> None:
-        """This job's ControlNet units add their residuals into the OpenVINO UNet (opened with
-        their inputs), or none come (opened without)."""
-        unet = self.source.unet
-        try:
-            self.served.set_control(hook is not None)
-        except Exception as err:  # e.g. a graph without SD skip joins: this job is torch's
-            controlnet.uninstall(unet)
-            self.record.unavailable = f"ControlNet on torch: {explain(err)}"
-            return
-        if hook is None:
-            return
-        controlnet.install(unet, self)
-        self.controlnet_job = True
-        kinds = sorted({p.control_model_type.name for p in hook.control_params})
-        units = len(hook.control_params)
-        self.record.controlnet = (
-            f"{units} unit{'s' if units > 1 else ''} ({', '.join(kinds)}): residuals into the OpenVINO UNet, "
-            "control models on torch"
-        )
 
     def controlnet_reason(self) -> str | None:
         """Why torch serves ControlNet's next call; None: OpenVINO does (controlnet.Server)."""
@@ -269,72 +202,12 @@ class OpenVINOUnet(sd_unet.SdUnet):
             return
         self.record.lora = ", ".join(lora.names)
 
-    def sync_companions(self) -> None:
-        """The VAE and the text encoder on OpenVINO for this job where the settings say so (their
-        torch weights freed unless Settings → memory keeps them); torch's otherwise."""
-        model = shared.sd_model
-        release_torch = offload_mode() != "none"
-        self.vae = self._sync(
-            self.vae,
-            "VAE",
-            getattr(model, "first_stage_model", None),
-            opt("sd_ov_vae"),
-            WebuiVae,
-            release_torch,
-        )
-        cond = getattr(model, "cond_stage_model", None)
-        wanted = bool(opt("sd_ov_text_encoder")) and cond is not None and servable(cond)
-        self.text_encoder = self._sync(
-            self.text_encoder, "text encoder", cond, wanted, WebuiTextEncoder, release_torch
-        )
-
-    def _sync(self, current, what: str, module, wanted: bool, kind, release_torch: bool):
-        """One companion: kept, made (first use, or the webui replaced the module), or dropped."""
-        if current is not None and (not wanted or current.module is not module):
-            current.detach()
-            current = None
-        if not wanted or module is None or self.source is None:
-            return None
-        try:
-            if current is None:
-                current = kind(
-                    module,
-                    self.source.checkpoint_name,
-                    self.source.checkpoint_hash,
-                    shared.sd_model.sd_checkpoint_info.filename,
-                    webui_progress,
-                )
-            current.sync(release_torch)
-            return current
-        except Exception as err:  # this part stays on torch; the UNet is unaffected
-            if current is not None:
-                current.detach()
-            self.record.note(f"{what} on torch: {explain(err)}")
-            log.warning("sd-ov: the OpenVINO %s is unavailable: %s", what, err)
-            return None
-
-    def drop_companions(self) -> None:
-        """The webui's own VAE and text encoder back, their OpenVINO models' memory given back."""
-        for companion in (self.vae, self.text_encoder):
-            if companion is not None:
-                companion.detach()
-        self.vae = self.text_encoder = None
-
-    # A compiled model keeps its activation buffers between calls: measured in the webui at 512²,
-    # the OpenVINO VAE and text encoder held ~4 GiB after a job. OpenVINO's
-    # `CompiledModel.release_memory()` gives them back and keeps the model (the SD1.5 VAE decoder
-    # at 512²: RSS 1684 → 636 MiB, 0.13 s, nothing compiled at the next decode; AMD EPYC Zen 4,
-    # /tmp measurement of 2026-12-02). So `release` keeps every model compiled and gives their
-    # buffers back after their phase; `lowvram` drops the compiled models too (the lightest; they
-    # compile again, from the blob cache); `none` keeps everything.
-
     def sampling_starts(self) -> None:
-        """The prompts are encoded: the text encoder's buffers (or model, in lowvram) go."""
-        if offload_mode() != "none" and self.text_encoder is not None:
-            self.text_encoder.after_phase(keep_compiled=offload_mode() == "release")
+        self.companions.prompts_encoded()
 
     def sampling_ended(self) -> None:
-        """The UNet's buffers go until the next job (lowvram: its compiled models too)."""
+        """The UNet's buffers go until the next job (lowvram: its compiled models too; companions.py
+        says why)."""
         if self.served is None or offload_mode() == "none":
             return
         if offload_mode() == "lowvram":
@@ -343,9 +216,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
             self.served.release_memory()
 
     def decoding_ended(self) -> None:
-        """The VAE's buffers (or model, in lowvram) go until the next job (kept in `none`)."""
-        if offload_mode() != "none" and self.vae is not None:
-            self.vae.after_phase(keep_compiled=offload_mode() == "release")
+        self.companions.decoded()
 
     def forward(self, x, timesteps, context, *args, **kwargs):
         reason = self.job_torch_reason or self.unavailable
@@ -431,46 +302,8 @@ class OpenVINOUnet(sd_unet.SdUnet):
         if self.source is not None:
             controlnet.uninstall(self.source.unet)  # ControlNet's calls go to torch again
         self.release()
-        self.drop_companions()
+        self.companions.drop()
         if self.weights is not None:
             self.weights.ensure(webui_progress)
         self.weights = None
         self.source = None  # the torch UNet is the webui's again; keep no reference to it
-
-
-def current_openvino_unet() -> OpenVINOUnet | None:
-    unet = sd_unet.current_unet
-    return unet if isinstance(unet, OpenVINOUnet) else None
-
-
-def reopen_current() -> None:
-    unet = current_openvino_unet()
-    if unet is not None:
-        unet.reopen()
-
-
-def on_model_loaded(sd_model) -> None:
-    """A checkpoint added after start (copied in, the checkpoint list refreshed, then loaded) gets its
-    option now: the webui lists SD Unet options only at start and by the refresh button beside
-    "SD Unet", so "Automatic" would silently leave it on torch."""
-    info = getattr(sd_model, "sd_checkpoint_info", None)
-    name = getattr(info, "model_name", None)
-    listed = any(isinstance(o, OpenVINOUnetOption) and o.model_name == name for o in sd_unet.unet_options)
-    if name and not listed:
-        sd_unet.list_unets()
-
-
-def list_unets(unet_list: list) -> None:
-    """The plain option of every checkpoint, then every optimized recipe found in the cache."""
-    checkpoints = list(sd_models.checkpoints_list.values())
-    unet_list.extend(OpenVINOUnetOption(info) for info in checkpoints)
-    try:
-        entries = optimize.recipe_entries(cache_root())
-    except OSError as err:  # an unreadable cache folder must not break the webui's list
-        log.warning("sd-ov: cannot list the OpenVINO cache: %s", err)
-        return
-    by_name = {info.model_name: info for info in checkpoints}
-    for entry in entries:
-        info = by_name.get(entry.manifest.checkpoint_name)
-        if info is not None and not entry.manifest.recipe.is_plain:
-            unet_list.append(OpenVINOUnetOption(info, entry.manifest.recipe))

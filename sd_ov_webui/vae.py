@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sd_ov.torch_weights import CheckpointTensors
-from sd_ov.vae import OVVae, prepare_vae_entry
+from sd_ov import CheckpointTensors, OVVae, prepare_vae_entry
 
 from .component import ServedComponent
 from .offload import WebuiWeights

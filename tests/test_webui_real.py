@@ -208,7 +208,10 @@ def test_faults_end_with_a_message_and_the_next_job_works(installed):
         _, npu_info, _ = txt2img("Automatic", sd_ov_device="NPU")  # torch serves this job
         assert ov_info["OpenVINO"] == "fp32, CPU, f32, dynamic"
         assert npu_info["OpenVINO"].startswith("off (OpenVINO device NPU is not available"), npu_info
-        plain = [p for p in (Path(WEBUI) / "models" / "OpenVINO").glob("*/fp32-*") if p.name.count("-") == 1]
+        loaded = api("/sdapi/v1/options")["sd_model_checkpoint"]
+        name = next(m["model_name"] for m in api("/sdapi/v1/sd-models") if m["title"] == loaded)
+        entries = (Path(WEBUI) / "models" / "OpenVINO").glob(f"{name}-*/fp32-*")
+        plain = [p for p in entries if p.name.count("-") == 1]  # the loaded checkpoint's plain entry
         bin_path = plain[0] / "unet.bin"
         with open(bin_path, "r+b") as f:  # a damaged cache entry
             f.truncate(bin_path.stat().st_size // 2)
@@ -622,6 +625,8 @@ def test_a_checkpoint_added_after_start_is_served_by_automatic(installed):
     finally:
         webui.stop()
         late.unlink(missing_ok=True)
+        for entry in (Path(WEBUI) / "models" / "OpenVINO").glob("Sp_ter_hinzugef_gt_v1-*"):
+            shutil.rmtree(entry)  # the next tests find the usual checkpoint's entries only
     assert torch_info["OpenVINO"] == "off (SD Unet is None)", torch_info
     assert ov_info["OpenVINO"] == "fp32, CPU, f32, dynamic", ov_info
     assert ov_info["Model"] == late.stem and psnr(ov_image, torch_image) >= 40

@@ -175,7 +175,7 @@ def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path, m
     assert [p.name for p in cache_dir.rglob("*int8*") if p.suffix != ".lock"] == []  # locks stay
     assert webui.sd_unet.current_unet is None
     assert [o.label for o in webui.sd_unet.unet_options] == ["[OpenVINO] tinyckpt"]
-    webui.sd_unet.unet_options.append(webui.pkg.unet.OpenVINOUnetOption(webui.info, unet.recipe))
+    webui.sd_unet.unet_options.append(webui.pkg.options.OpenVINOUnetOption(webui.info, unet.recipe))
     job = txt2img(webui)  # a stale label: torch serves, with the reason
     assert "Optimize" in webui.sd_unet.current_unet.unavailable
     assert infotext_params(job.infotexts[0])["OpenVINO"].startswith("off (INT8 ToMe0.5 of tinyckpt is not in")

@@ -1,0 +1,88 @@
+"""The job's companions of the OpenVINO UNet: the VAE and the text encoder on OpenVINO where the
+settings say so, as one per-job feature (prepared at each job's start, its memory given back
+after each phase, dropped when the UNet goes).
+
+A compiled model keeps its activation buffers between calls: measured in the webui at 512², the
+OpenVINO VAE and text encoder held ~4 GiB after a job. OpenVINO's `CompiledModel.release_memory()`
+gives them back and keeps the model (the SD1.5 VAE decoder at 512²: RSS 1684 → 636 MiB in 0.13 s,
+nothing compiled at the next decode; AMD EPYC Zen 4, 2026-12-02). So `release` keeps every model
+compiled and gives its buffers back after its phase; `lowvram` drops the compiled models too (the
+lightest: they compile again, from the blob cache); `none` keeps everything.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from modules import shared
+
+from .errors import explain
+from .progress import webui_progress
+from .settings import offload_mode, opt
+from .text_encoder import WebuiTextEncoder, servable
+from .vae import WebuiVae
+
+log = logging.getLogger("sd_ov")
+
+
+class Companions:
+    """The VAE and the text encoder of the checkpoint a UNet serves."""
+
+    def __init__(self) -> None:
+        self.vae: WebuiVae | None = None
+        self.text_encoder: WebuiTextEncoder | None = None
+
+    def start_job(self, source, note) -> None:
+        """On OpenVINO for this job where the settings say so (their torch weights freed unless
+        Settings → memory keeps them), torch's otherwise; `note(text)` records why a part is not."""
+        model = shared.sd_model
+        release_torch = offload_mode() != "none"
+        vae = getattr(model, "first_stage_model", None)
+        self.vae = self._sync(
+            self.vae, "VAE", vae, bool(opt("sd_ov_vae")), WebuiVae, release_torch, source, note
+        )
+        cond = getattr(model, "cond_stage_model", None)
+        wanted = bool(opt("sd_ov_text_encoder")) and cond is not None and servable(cond)
+        self.text_encoder = self._sync(
+            self.text_encoder, "text encoder", cond, wanted, WebuiTextEncoder, release_torch, source, note
+        )
+
+    @staticmethod
+    def _sync(current, what: str, module, wanted: bool, kind, release_torch: bool, source, note):
+        """One companion: kept, made (first use, or the webui replaced the module), or dropped."""
+        if current is not None and (not wanted or current.module is not module):
+            current.detach()
+            current = None
+        if not wanted or module is None or source is None:
+            return None
+        try:
+            if current is None:
+                filename = shared.sd_model.sd_checkpoint_info.filename
+                current = kind(
+                    module, source.checkpoint_name, source.checkpoint_hash, filename, webui_progress
+                )
+            current.sync(release_torch)
+            return current
+        except Exception as err:  # this part stays on torch; the UNet is unaffected
+            if current is not None:
+                current.detach()
+            note(f"{what} on torch: {explain(err)}")
+            log.warning("sd-ov: the OpenVINO %s is unavailable: %s", what, err)
+            return None
+
+    def prompts_encoded(self) -> None:
+        """Sampling starts: the text encoder's buffers (or model, in lowvram) go."""
+        if offload_mode() != "none" and self.text_encoder is not None:
+            self.text_encoder.after_phase(keep_compiled=offload_mode() == "release")
+
+    def decoded(self) -> None:
+        """The VAE's buffers (or model, in lowvram) go until the next job (kept in `none`)."""
+        if offload_mode() != "none" and self.vae is not None:
+            self.vae.after_phase(keep_compiled=offload_mode() == "release")
+
+    def drop(self) -> None:
+        """The webui's own VAE and text encoder back, their OpenVINO models' memory given back."""
+        for companion in (self.vae, self.text_encoder):
+            if companion is not None:
+                companion.detach()
+        self.vae = self.text_encoder = None
