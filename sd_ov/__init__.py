@@ -32,6 +32,7 @@ _PUBLIC = {
     "CHECKPOINT_UNET_PREFIX": "constants",
     "DEFAULT_SHAPE_POLICY": "constants",
     "INT8_MODES": "constants",
+    "MAX_DEEPCACHE_BRANCH": "constants",
     "MAX_TOME_RATIO": "constants",
     "PRECISIONS": "constants",
     "PRUNE_MODES": "constants",

@@ -14,7 +14,9 @@ INT8_MODES = ("off", "weights", "hybrid", "full")
 PRUNE_MODES = ("off", "magnitude", "ffn")
 # Token merging: at most the three sources of every 2x2 window merge away.
 MAX_TOME_RATIO = 0.75
-# DeepCache's schedules of full calls (deepcache.py).
+# DeepCache's schedules of full calls (deepcache.py), and its skip branches: an SD UNet has 12
+# input blocks; the export checks the real count.
 SCHEDULES = ("uniform", "non-uniform")
+MAX_DEEPCACHE_BRANCH = 10
 # Where a single-file checkpoint keeps the UNet's weights.
 CHECKPOINT_UNET_PREFIX = "model.diffusion_model."

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .calibration import default_prompts
+from .constants import MAX_DEEPCACHE_BRANCH
 from .optimize import Measure
 from .ov_core import resolve_device
 from .preset import PRESETS
@@ -22,7 +23,6 @@ from .recipe import Recipe
 SIZE_MULTIPLE = 8
 TOME_SIZE_MULTIPLE = 16
 MAX_SIDE = 4096
-MAX_DEEPCACHE_BRANCH = 10  # an SD UNet has 12 input blocks; the export checks the real count
 
 # Field → default, in the tab's order. prune_ratio is in percent, as the tab's slider shows it.
 OPTIMIZE_FIELDS: dict[str, Any] = {

@@ -6,7 +6,7 @@ import html
 
 from modules import sd_unet, shared
 
-from sd_ov import SCHEDULES, SdOvError, cache, ov_core, run_summary
+from sd_ov import MAX_DEEPCACHE_BRANCH, SCHEDULES, SdOvError, cache, ov_core, run_summary
 
 from .job import INFOTEXT_KEY, pasted_deepcache, token_merging_note
 from .options import OpenVINOUnetOption, current_openvino_unet
@@ -35,7 +35,7 @@ def build(script, is_img2img: bool) -> list:
             )
             branch = gr.Slider(
                 minimum=0,
-                maximum=10,
+                maximum=MAX_DEEPCACHE_BRANCH,
                 step=1,
                 label="DeepCache branch",
                 value=lambda: int(opt("sd_ov_deepcache_branch")),

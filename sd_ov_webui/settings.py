@@ -14,6 +14,7 @@ from modules import shared
 
 from sd_ov import (
     DEFAULT_SHAPE_POLICY,
+    MAX_DEEPCACHE_BRANCH,
     PRECISIONS,
     SCHEDULES,
     SHAPE_POLICIES,
@@ -200,7 +201,7 @@ def register(on_runtime_change) -> None:
         "sd_ov_deepcache_branch",
         "DeepCache: skip branch",
         gr.Slider,
-        {"minimum": 0, "maximum": 10, "step": 1},
+        {"minimum": 0, "maximum": MAX_DEEPCACHE_BRANCH, "step": 1},
         "0 recomputes the least between full calls (fastest); deeper ones recompute more, closer to no cache",
     )
     add(

@@ -12,6 +12,7 @@ from modules import sd_unet, shared
 
 from sd_ov import (
     INT8_MODES,
+    MAX_DEEPCACHE_BRANCH,
     MAX_TOME_RATIO,
     OPTIMIZE_FIELDS,
     PRECISIONS,
@@ -116,7 +117,7 @@ def form_components() -> dict:
                 elem_id="sd_ov_recipe_precision",
             )
             c["deepcache_branch"] = gr.Dropdown(
-                choices=["off", *(str(b) for b in range(4))],
+                choices=["off", *(str(b) for b in range(MAX_DEEPCACHE_BRANCH + 1))],
                 value=D["deepcache_branch"],
                 label="DeepCache pair too (skip branch)",
                 elem_id="sd_ov_recipe_deepcache",

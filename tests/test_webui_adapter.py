@@ -225,7 +225,9 @@ def test_checkpoint_switch_releases_the_served_unet(webui):
 
     txt2img(webui)
     served = webui.sd_unet.current_unet.served
-    compiled = weakref.ref(served.plain._dynamic[0])
+    (model,) = served.plain.compiled_models()
+    compiled = weakref.ref(model)
+    del model
     webui.sd_unet.apply_unet("None")  # what sd_models.reload_model_weights does first
     gc.collect()
     assert served.plain is None and compiled() is None  # the compiled model is gone

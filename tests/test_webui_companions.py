@@ -87,12 +87,16 @@ def test_each_offload_mode_gives_the_same_picture_and_keeps_what_it_says(webui):
     add_vae_and_text_encoder(webui)
     none = txt2img(webui, override={**ON, "sd_ov_offload": "none"})
     unet = webui.sd_unet.current_unet
-    assert unet.served.plain.compiled_shapes and unet.vae.ov._compiled and unet.text_encoder.ov.compiled
+    assert (
+        unet.served.plain.compiled_shapes
+        and unet.vae.ov.compiled_models()
+        and unet.text_encoder.ov.compiled_models()
+    )
     low = txt2img(webui, override={**ON, "sd_ov_offload": "lowvram"})
     assert torch.equal(low.latent, none.latent) and torch.equal(low.decoded, none.decoded)
     # after the job nothing compiled is held: the next job compiles again, from the blob cache
-    assert unet.served.plain.compiled_shapes == [] and not unet.vae.ov._compiled
-    assert unet.text_encoder.ov.compiled is None
+    assert unet.served.plain.compiled_models() == [] and unet.vae.ov.compiled_models() == []
+    assert unet.text_encoder.ov.compiled_models() == []
     params = infotext_params(low.infotexts[0])
     assert params["OpenVINO VAE"] == "decode" and params["OpenVINO text encoder"] == "clip skip 1"
     again = txt2img(webui, override={**ON, "sd_ov_offload": "lowvram"})
@@ -101,7 +105,11 @@ def test_each_offload_mode_gives_the_same_picture_and_keeps_what_it_says(webui):
     # phase), so a second identical job compiles nothing
     release = txt2img(webui, override={**ON, "sd_ov_offload": "release"})
     assert torch.equal(release.decoded, none.decoded)
-    assert unet.served.plain.compiled_shapes and unet.vae.ov._compiled and unet.text_encoder.ov.compiled
+    assert (
+        unet.served.plain.compiled_shapes
+        and unet.vae.ov.compiled_models()
+        and unet.text_encoder.ov.compiled_models()
+    )
     webui.shared.state.textinfo_history.clear()
     second = txt2img(webui, override={**ON, "sd_ov_offload": "release"})
     assert torch.equal(second.decoded, none.decoded)

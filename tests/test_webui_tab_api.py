@@ -3,8 +3,6 @@ cancel, bad input, and HTTP error codes through a real FastAPI app."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -240,16 +238,23 @@ def test_api_optimizes_and_lists(api):
     assert listed[1]["option"] == "[OpenVINO INT8w] tinyckpt" and listed[1]["deepcache_branches"] == []
 
 
-def test_api_error_codes(api, webui, monkeypatch):
+def test_api_refuses_unknown_mistyped_and_out_of_range_fields_with_422(api):
     assert api.post("/sd-ov/v1/optimize", json={"int9": "x"}).status_code == 422  # unknown field
     assert api.post("/sd-ov/v1/optimize", json={"tome": "lots"}).status_code == 422  # wrong type
     bad = api.post("/sd-ov/v1/optimize", json={"sizes_text": "100x100"})
     assert bad.status_code == 422 and "multiples of 8" in bad.json()["detail"]
+
+
+def test_api_answers_409_while_a_job_runs(api):
     from modules import call_queue
 
     with call_queue.queue_lock:  # a txt2img job is running
         busy = api.post("/sd-ov/v1/optimize", json=SMALL)
     assert busy.status_code == 409 and "a job is running" in busy.json()["detail"]
+
+
+def test_api_answers_500_when_optimize_fails_and_keeps_serving(api, webui, monkeypatch):
+    from modules import call_queue
 
     def broken(*args, **kwargs):
         raise RuntimeError("compile failed: out of device memory")
@@ -257,5 +262,30 @@ def test_api_error_codes(api, webui, monkeypatch):
     monkeypatch.setattr(webui.pkg.optimize_job.optimize, "optimize", broken)
     failed = api.post("/sd-ov/v1/optimize", json=SMALL)
     assert failed.status_code == 500 and "compile failed" in failed.json()["detail"]
-    assert not call_queue.queue_lock.locked() and threading.active_count() >= 1
+    assert not call_queue.queue_lock.locked()  # the queue is free for the next job
+    assert api.get("/sd-ov/v1/recipes").status_code == 200
     assert api.get("/sd-ov/v1/recipes").status_code == 200  # the webui keeps serving
+
+
+def test_the_tab_offers_every_deepcache_branch_the_form_takes(webui):
+    """The tab, the accordion, Settings and the form share one range (it once was 0-3 in the tab,
+    0-10 in the form)."""
+    import gradio as gr
+
+    from sd_ov import MAX_DEEPCACHE_BRANCH, parse_optimize_form
+    from sd_ov.form import OPTIMIZE_FIELDS
+
+    webui.callbacks.ui_tabs_callback()
+    webui.script.ui(False)
+    by_id = {c.kwargs.get("elem_id"): c for c in gr.Component.created}
+    offered = by_id["sd_ov_recipe_deepcache"].kwargs["choices"]
+    for choice in offered[1:]:
+        assert parse_optimize_form({**OPTIMIZE_FIELDS, "deepcache_branch": choice}).deepcache_branch == int(
+            choice
+        )
+    assert offered[-1] == str(MAX_DEEPCACHE_BRANCH)
+    assert by_id["sd_ov_txt2img_deepcache_branch"].kwargs["maximum"] == MAX_DEEPCACHE_BRANCH
+    assert (
+        webui.shared.opts.data_labels["sd_ov_deepcache_branch"].component_args["maximum"]
+        == MAX_DEEPCACHE_BRANCH
+    )
