@@ -289,3 +289,33 @@ def test_the_tab_offers_every_deepcache_branch_the_form_takes(webui):
         webui.shared.opts.data_labels["sd_ov_deepcache_branch"].component_args["maximum"]
         == MAX_DEEPCACHE_BRANCH
     )
+
+
+def test_the_same_recipe_from_the_cli_and_the_tab_is_one_entry(webui, monkeypatch, tmp_path):
+    """The tab's own inputs at their defaults, with INT8 hybrid and ToMe 0.5 set (and a pruning
+    ratio that pruning off makes inert), reach Optimize as the CLI's `--int8 hybrid --tome 0.5`."""
+    import gradio as gr
+
+    from sd_ov.cache import EntryKey
+    from sd_ov.cli import build_parser, optimize_form_values
+
+    webui.callbacks.ui_tabs_callback()
+    button = next(c for c in gr.Component.created if c.kwargs.get("elem_id") == "sd_ov_optimize")
+    (_, fn, inputs, _) = button.events[-1]
+    by_elem_id = {elem: field for field, (elem, _) in TAB_COMPONENTS.items()}
+    chosen = {"int8": "hybrid", "tome": 0.5000001, "prune": "off", "prune_ratio": 30}
+    values = []
+    for component in inputs:
+        field = by_elem_id[component.kwargs["elem_id"]]
+        default = component.kwargs.get("value")
+        values.append(chosen.get(field, default() if callable(default) else default))
+    received = []
+    monkeypatch.setattr(webui.pkg.tab, "run_optimize", lambda v, progress_bar=None: received.append(v) or "")
+    fn(*values)
+    from_tab = webui.pkg.optimize_job.parse_request(received[0]).recipe
+    args = build_parser().parse_args(["optimize", "--int8", "hybrid", "--tome", "0.5"])
+    from_cli = webui.pkg.optimize_job.parse_request(optimize_form_values(args)).recipe
+    assert from_cli.key() == from_tab.key() and from_tab.label() == "INT8 ToMe0.5"
+    assert EntryKey("ckpt", "a" * 64, from_cli).folder(tmp_path) == EntryKey(
+        "ckpt", "a" * 64, from_tab
+    ).folder(tmp_path)
