@@ -263,6 +263,22 @@ def test_an_interrupt_returns_the_partial_picture_and_the_next_job_is_served(ins
     assert info["OpenVINO"] == "fp32, CPU, f32, dynamic" and image.shape == (256, 256, 3)
 
 
+def test_a_second_identical_job_compiles_nothing(installed):
+    """`release` (the default): the text encoder, UNet and VAE stay compiled between jobs, their
+    buffers given back after each phase; the same job again compiles nothing (console)."""
+    webui = Webui(Path(WEBUI), installed / "compile-once.log")
+    try:
+        first, first_info, _ = txt2img("Automatic")
+        compiles_before = webui.log.read_text().count("[sd-ov] compiling")
+        again, again_info, _ = txt2img("Automatic")
+        compiles_after = webui.log.read_text().count("[sd-ov] compiling")
+    finally:
+        webui.stop()
+    assert compiles_before >= 3 and compiles_after == compiles_before, (compiles_before, compiles_after)
+    assert again_info["OpenVINO VAE"] == "decode" and again_info["OpenVINO text encoder"] == "clip skip 1"
+    assert psnr(again, first) >= 60
+
+
 def test_optimize_through_the_api_adds_an_option_that_txt2img_uses(installed):
     """Issue #3's webui check: Optimize on the loaded checkpoint completes (progress in the log),
     its option serves a txt2img, and the report is listed."""
