@@ -165,7 +165,7 @@ def installed(tmp_path_factory):
 
 def test_txt2img_through_openvino_matches_torch_and_restart_reuses_the_cache(installed):
     for plain in (Path(WEBUI) / "models" / "OpenVINO").glob("*/fp32-*"):
-        if plain.is_dir() and plain.name.count("-") == 1:  # a first use exports again (recipes and companions stay)
+        if plain.is_dir() and plain.name.count("-") == 1:  # a first use exports (recipes stay)
             shutil.rmtree(plain)
     first = Webui(Path(WEBUI), installed / "first.log")
     try:
