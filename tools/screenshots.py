@@ -19,22 +19,22 @@ def shoot_accordion(page: Page, out: Path) -> None:
     page.locator("#tab_txt2img").wait_for()
     accordion = page.locator("#sd_ov_txt2img_accordion")
     accordion.locator(".label-wrap").first.click()
-    page.locator("#sd_ov_txt2img_status").wait_for()
+    page.locator("#sd_ov_txt2img_status").first.wait_for()
     page.wait_for_timeout(1000)
     accordion.screenshot(path=str(out / "accordion.png"))
 
 
 def shoot_settings(page: Page, out: Path) -> None:
-    page.get_by_role("button", name="Settings", exact=True).click()
+    page.locator("#tabs > .tab-nav > button", has_text="Settings").first.click()
     page.locator("#settings").get_by_text("OpenVINO", exact=True).first.click()
-    page.locator("#settings_openvino").wait_for()
+    page.locator("#settings_openvino").first.wait_for()
     page.wait_for_timeout(1000)
     page.screenshot(path=str(out / "settings.png"))
 
 
 def shoot_tab(page: Page, out: Path) -> None:
-    page.get_by_role("button", name="OpenVINO", exact=True).click()
-    page.locator("#sd_ov_preset").wait_for()
+    page.locator("#tabs > .tab-nav > button", has_text="OpenVINO").first.click()
+    page.locator("#sd_ov_preset").first.wait_for()
     page.wait_for_timeout(1000)
     page.screenshot(path=str(out / "tab.png"))
 
