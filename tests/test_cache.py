@@ -90,7 +90,7 @@ def test_truncated_bin_is_detected_and_rebuilt(micro_unet, root, key_hash, expor
     assert cache.validate(again.entry.path).manifest.files["unet.bin"].size == bin_path.stat().st_size
 
 
-def test_corrupted_bin_of_same_size_is_detected(micro_unet, root, key_hash, exported, file_rules):
+def test_corrupted_bin_of_same_size_is_detected(micro_unet, root, key_hash, exported):
     entry = cached(exported, root)
     bin_path = entry.path / "unet.bin"
     data = bytearray(bin_path.read_bytes())
@@ -99,7 +99,7 @@ def test_corrupted_bin_of_same_size_is_detected(micro_unet, root, key_hash, expo
     assert "digest" in cache.find(root, cache.EntryKey("micro", key_hash, Recipe()))[1]
 
 
-def test_edited_manifest_is_detected_and_rebuilt(micro_unet, root, key_hash, exported, file_rules):
+def test_edited_manifest_is_detected_and_rebuilt(micro_unet, root, key_hash, exported):
     entry = cached(exported, root)
     manifest_path = entry.path / cache.MANIFEST
     manifest = json.loads(manifest_path.read_text())
@@ -110,7 +110,7 @@ def test_edited_manifest_is_detected_and_rebuilt(micro_unet, root, key_hash, exp
     assert again.entry.manifest.unet.context_dim == 32
 
 
-def test_unreadable_manifest_is_rebuilt(micro_unet, root, key_hash, exported, file_rules):
+def test_unreadable_manifest_is_rebuilt(micro_unet, root, key_hash, exported):
     entry = cached(exported, root)
     (entry.path / cache.MANIFEST).write_text("{not json")
     again = engine.prepare_entry(micro_unet, root, "micro", key_hash)
@@ -243,7 +243,7 @@ def test_a_disk_that_fills_during_export_leaves_no_entry(root, key_hash):
 
 
 def test_manifest_of_another_version_or_checkpoint_and_missing_files_are_rebuilt(
-    micro_unet, root, key_hash, exported, file_rules
+    micro_unet, root, key_hash, exported
 ):
     entry = cached(exported, root)
     key = cache.EntryKey("micro", key_hash, Recipe())

@@ -133,33 +133,32 @@ def interrupt_at_the_second_unet_call(webui, monkeypatch):
     monkeypatch.setattr(ServedUNet, "__call__", call)
 
 
-def test_an_interrupted_job_still_decodes_its_picture_on_openvino(webui, monkeypatch):
-    """The VAE's compile at decode time reports progress while Interrupt is set: it must not cancel
-    (the webui needs that decode to return the partial picture)."""
-    add_vae_and_text_encoder(webui)
-    txt2img(webui)  # exports and compiles everything once
+def test_an_interrupted_job_still_decodes_its_picture_on_openvino_or_on_torch(webui, monkeypatch):
+    """After an Interrupt the webui decodes the partial latent: the VAE's compile (lowvram compiles
+    it at each decode) and, when OpenVINO's decode fails, the torch VAE's weights read back report
+    progress while Interrupt is set; neither may cancel."""
+    model = add_vae_and_text_encoder(webui)
+    vae = model.first_stage_model
+    lowvram = {"sd_ov_offload": "lowvram"}
+    txt2img(webui, override=lowvram)  # exports everything once
     interrupt_at_the_second_unet_call(webui, monkeypatch)
-    job = txt2img(webui)  # `release`: the VAE compiles again at the decode
+    job = txt2img(webui, override=lowvram)
     assert webui.shared.state.interrupted
     assert infotext_params(job.infotexts[0])["OpenVINO VAE"] == "decode" and job.decoded is not None
-    webui.shared.state.begin()
-    assert infotext_params(txt2img(webui).infotexts[0])["OpenVINO"] == "fp32, CPU, f32, dynamic"
-
-
-def test_an_interrupted_job_whose_openvino_decode_fails_decodes_on_torch(webui, monkeypatch):
-    """The fallback reads the torch VAE's weights back with progress while Interrupt is set: it runs."""
-    model = add_vae_and_text_encoder(webui)
-    txt2img(webui)
-    vae = model.first_stage_model
     assert is_released(vae)
 
     def broken(self, z):
         raise RuntimeError("VAE device lost")
 
     monkeypatch.setattr(type(webui.sd_unet.current_unet.vae.ov), "decode", broken)
+    webui.shared.state.begin()
     interrupt_at_the_second_unet_call(webui, monkeypatch)
     job = txt2img(webui)
+    assert webui.shared.state.interrupted
     said = infotext_params(job.infotexts[0])["OpenVINO VAE"]
     assert said.startswith("torch (RuntimeError: VAE device lost"), said
     with torch.no_grad():
         assert torch.allclose(job.decoded, vae.decode(job.latent / 0.18215), atol=1e-6)
+    monkeypatch.undo()
+    webui.shared.state.begin()
+    assert infotext_params(txt2img(webui).infotexts[0])["OpenVINO"] == "fp32, CPU, f32, dynamic"
