@@ -26,7 +26,7 @@ case "${1:-test}" in
   demo) shift; exec python -m sd_ov demo "$@" ;;
   # Two workers: much of a test is single-threaded tracing and NNCF's Python, so two processes
   # overlap on 2 cores (10:50 → 9:12 for the same suite, AMD EPYC 2 cores, 2026-12-01).
-  test) shift; ruff check . && ruff format --check . && exec python -m pytest -q -n "${SD_OV_TEST_WORKERS:-2}" "$@" ;;
+  test) shift; ruff check . && ruff format --check . && exec python -m pytest -q -n "${SD_OV_TEST_WORKERS:-2}" --dist worksteal "$@" ;;
   bench) shift; exec python bench/unet_step.py "$@" ;;
   *) exec "$@" ;;
 esac
