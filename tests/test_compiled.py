@@ -32,3 +32,16 @@ def test_release_memory_keeps_the_model_and_its_outputs(tiny_entry):
     assert unet.release_memory() == 0 and unet.compiled_shapes == []
     assert torch.equal(unet(*inputs), before)  # compiled again
     assert len([m for m in messages if m.startswith("compiling")]) == 2
+
+
+class RefusingModel:
+    """A compiled model whose plugin does not implement release_memory (as some plugins may not)."""
+
+    def release_memory(self) -> None:
+        raise RuntimeError("Not implemented")
+
+
+def test_a_plugin_without_release_memory_keeps_its_buffers_and_the_job_goes_on(tiny_entry, monkeypatch):
+    unet = engine.open_unet(tiny_entry, cache_compiled=False)
+    monkeypatch.setattr(unet, "compiled_models", lambda: [RefusingModel()])
+    assert unet.release_memory() == 0
