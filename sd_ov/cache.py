@@ -38,6 +38,7 @@ MANIFEST = "manifest.json"
 LOCK_SUFFIX = ".lock"
 TMP_MARK = ".tmp-"
 TRASH_MARK = ".trash-"
+RETIRED_MARK = "retired"  # a file in an entry retired while in use (Windows)
 _FULL_HASH_LIMIT = 8 * 2**20
 _SAMPLES = 16
 _SAMPLE_BYTES = 64 * 2**10
@@ -189,10 +190,14 @@ def find(root: Path, key: EntryKey) -> tuple[CacheEntry | None, str | None]:
 
 
 def _retire(path: Path) -> list[Path]:
-    """Make an entry that cannot be moved invalid at once (its manifest first), and delete what
-    can be deleted; returns the files still in use."""
+    """Make an entry that cannot be moved invalid at once (its manifest first), delete what can be
+    deleted, and mark what stays as ours to remove (`cleanup_stale` deletes nothing unmarked: the
+    cache folder may be one the user shares with other files). Returns the files still in use."""
     fs.remove_file(path / MANIFEST)
-    return fs.remove_tree(path)
+    left = fs.remove_tree(path)
+    if left:
+        (path / RETIRED_MARK).touch()
+    return left
 
 
 def _remove(path: Path) -> list[Path]:
@@ -321,7 +326,7 @@ def update_report(entry: CacheEntry, report: Report) -> CacheEntry:
 
 def cleanup_stale(root: Path) -> list[Path]:
     """Remove what earlier processes left: temporary folders of writers that died, trash, and
-    entries retired while in use (no manifest). Files still in use stay for a later cleanup."""
+    entries retired while in use (marked). Files still in use stay for a later cleanup."""
     removed: list[Path] = []
     root = Path(root)
     if not root.is_dir():
@@ -334,7 +339,7 @@ def cleanup_stale(root: Path) -> list[Path]:
             pid_part = name.split(TMP_MARK, 1)[1].split("-", 1)[0]
             if pid_part.isdigit() and fs.pid_alive(int(pid_part)):
                 continue
-        elif TRASH_MARK not in name and (folder / MANIFEST).exists():
+        elif TRASH_MARK not in name and not (folder / RETIRED_MARK).is_file():
             continue
         fs.remove_tree(folder)
         removed.append(folder)

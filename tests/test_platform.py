@@ -104,6 +104,7 @@ def test_an_entry_in_use_is_retired_at_once_and_removed_once_released(served_ent
     assert cache.list_entries(root) == [] and cache.find(root, key)[0] is None
     assert bool(left) == bool(held), (left, held)
     assert not (entry.path / cache.MANIFEST).exists()  # never a half entry that looks valid
+    assert (entry.path / cache.RETIRED_MARK).is_file() == bool(held)
     assert runtime(*unet_inputs(2, 8, 8, 77, 32, seed=2)).isfinite().all()  # the served model works on
     runtime.release()
     del runtime
@@ -134,3 +135,18 @@ def test_process_memory_figures_come_from_psutil():
     assert rss_mib() - before > 48
     assert peak_rss_mib() >= rss_mib() - 1
     del block
+
+
+def test_cleanup_removes_only_what_sd_ov_left(tmp_path):
+    """A cache folder the user shares with other files: only our temporary, trash and retired
+    folders go, never an unmarked folder without a manifest."""
+    root = tmp_path / "models"
+    theirs = root / "Lora" / "characters"
+    theirs.mkdir(parents=True)
+    (theirs / "style.safetensors").write_bytes(b"weights")
+    retired = root / "ckpt-abc" / "fp32-1234"
+    retired.mkdir(parents=True)
+    (retired / cache.RETIRED_MARK).touch()
+    (retired / "unet.bin").write_bytes(b"released now")
+    assert cache.cleanup_stale(root) == [retired]
+    assert (theirs / "style.safetensors").exists() and not retired.exists()
