@@ -160,11 +160,18 @@ class OpenVINOUnet(sd_unet.SdUnet):
         if self.served is None:
             self.record.unavailable = self.record.unavailable or self.unavailable
             return
-        if not lora.why_not:
-            self.serve_lora(lora)  # before start_job: the first LoRA reopens the models with the branch
-        # before start_job too: DeepCache does not run with ControlNet
-        self.controlnet_job = controlnet.serve_units(self.source.unet, self.served, self.record, hook, self)
-        why_not = self.served.start_job(deepcache, expected_calls)
+        try:  # a reopen here (the first LoRA, a ControlNet switch) may be interrupted: torch serves
+            if not lora.why_not:
+                self.serve_lora(lora)  # before start_job: the first LoRA reopens the models with the branch
+            # before start_job too: DeepCache does not run with ControlNet
+            self.controlnet_job = controlnet.serve_units(
+                self.source.unet, self.served, self.record, hook, self
+            )
+            why_not = self.served.start_job(deepcache, expected_calls)
+        except Exception as err:
+            self.use_torch(err)
+            self.record.unavailable = self.unavailable
+            return
         if why_not:
             self.record.note(why_not)
         if self.served.settings.precision_note:

@@ -233,3 +233,19 @@ def test_a_lora_with_deepcache_runs_on_both_models(webui, lora_ext, tiny_unet):
     lora_ext.networks.loaded_networks[:] = []
     plain_dc = txt2img(webui, deepcache=(2, 0, "uniform"))
     assert metrics.rel_l2(job.latent, plain_dc.latent) > 0.05  # the LoRA reached the picture
+
+
+def test_an_interrupt_while_the_first_lora_adds_the_branch_leaves_the_job_to_torch(
+    webui, lora_ext, tiny_unet
+):
+    """The branch's compile at a job's start is long work the Interrupt may stop: that job is
+    torch's, with the reason, never a failed job; the next one serves the LoRA."""
+    style = lora_network(lora_ext, webui, tiny_unet, "style", multiplier=0.8, seed=1)
+    openvino_job(webui, lora_ext, [])
+    webui.shared.state.interrupt()  # pressed as the job starts
+    job = openvino_job(webui, lora_ext, [style])
+    assert infotext_params(job.infotexts[0])["OpenVINO"] == "off (interrupted by the user)"
+    assert job.latent.isfinite().all()  # made by torch (the stand-in's torch does not apply LoRAs)
+    webui.shared.state.begin()
+    params = infotext_params(openvino_job(webui, lora_ext, [style]).infotexts[0])
+    assert params["OpenVINO"] == "fp32, CPU, f32, dynamic" and params["OpenVINO LoRA"] == "style:0.8"
