@@ -10,7 +10,7 @@ The engine's parts, by job:
 - graph surgery on IRs: `control_inputs`, `lora_branch`
 - the OpenVINO runtime: `ov_core`, `cpu_caps`, `compiled` (the base every compiled part shares),
   `runtime` (the UNet), `memory`
-- the cache store: `cache`, `manifest`, `fs`, `recipe`
+- the cache store: `cache`, `cache_removal`, `manifest`, `fs`, `recipe`
 - serving: `engine`, `served`, `record`, `torch_weights`
 - optimizing: `optimize`, `recipe_ir`, `calibration`, `compress`, `preset`, `form`, `report`
 """

@@ -29,16 +29,14 @@ import filelock
 import openvino as ov
 
 from . import __version__, fs
+from .cache_removal import MANIFEST, RETIRED_MARK, TMP_MARK, TRASH_MARK, cleanup_stale, delete  # noqa: F401
+from .cache_removal import remove as _remove
 from .errors import CacheEntryInUse, CacheEntryInvalid
 from .manifest import FORMAT, FileRecord, Manifest, Report
 from .progress import ProgressFn, silent
 from .recipe import Recipe
 
-MANIFEST = "manifest.json"
 LOCK_SUFFIX = ".lock"
-TMP_MARK = ".tmp-"
-TRASH_MARK = ".trash-"
-RETIRED_MARK = "retired"  # a file in an entry retired while in use (Windows)
 _FULL_HASH_LIMIT = 8 * 2**20
 _SAMPLES = 16
 _SAMPLE_BYTES = 64 * 2**10
@@ -189,40 +187,6 @@ def find(root: Path, key: EntryKey) -> tuple[CacheEntry | None, str | None]:
         return None, str(err)
 
 
-def _retire(path: Path) -> list[Path]:
-    """Make an entry that cannot be moved invalid at once (its manifest first), delete what can be
-    deleted, and mark what stays as ours to remove (`cleanup_stale` deletes nothing unmarked: the
-    cache folder may be one the user shares with other files). Returns the files still in use."""
-    fs.remove_file(path / MANIFEST)
-    left = fs.remove_tree(path)
-    if left:
-        (path / RETIRED_MARK).touch()
-    return left
-
-
-def _remove(path: Path) -> list[Path]:
-    """Move aside, then delete: the entry's name is free at once even if deletion is slow. An entry
-    in use (Windows) is retired in place; returns the files that stay until released."""
-    if not path.exists():
-        return []
-    trash = path.with_name(f"{path.name}{TRASH_MARK}{uuid.uuid4().hex[:8]}")
-    try:
-        fs.move_into_place(path, trash)
-    except PermissionError:
-        return _retire(path)
-    return fs.remove_tree(trash)
-
-
-def delete(path: Path) -> list[Path]:
-    """Delete one entry, and its checkpoint folder when that becomes empty. Returns the files a
-    compiled model still maps (Windows): the entry is gone from every list at once, and those files
-    go at the next cleanup after they are released."""
-    left = _remove(Path(path))
-    with contextlib.suppress(OSError):
-        Path(path).parent.rmdir()
-    return left
-
-
 def _lock_path(key: EntryKey, root: Path) -> Path:
     folder = key.folder(root)
     return folder.with_name(folder.name + LOCK_SUFFIX)
@@ -322,28 +286,6 @@ def update_report(entry: CacheEntry, report: Report) -> CacheEntry:
         fs.remove_file(tmp)
     entry.manifest = manifest
     return entry
-
-
-def cleanup_stale(root: Path) -> list[Path]:
-    """Remove what earlier processes left: temporary folders of writers that died, trash, and
-    entries retired while in use (marked). Files still in use stay for a later cleanup."""
-    removed: list[Path] = []
-    root = Path(root)
-    if not root.is_dir():
-        return removed
-    for folder in root.glob("*/*"):
-        name = folder.name
-        if not folder.is_dir():
-            continue
-        if TMP_MARK in name:
-            pid_part = name.split(TMP_MARK, 1)[1].split("-", 1)[0]
-            if pid_part.isdigit() and fs.pid_alive(int(pid_part)):
-                continue
-        elif TRASH_MARK not in name and not (folder / RETIRED_MARK).is_file():
-            continue
-        fs.remove_tree(folder)
-        removed.append(folder)
-    return removed
 
 
 def list_entries(root: Path) -> list[CacheEntry]:
