@@ -1,13 +1,7 @@
-"""The CLIP text encoder on OpenVINO, from the token embeddings on: the host keeps the token
-embedding lookup, so whatever it does there (the webui's textual-inversion embeddings, its
-emphasis and >75-token chunking around the call) works unchanged.
-
-One graph serves every "clip skip": its output stacks the final layer norm of each layer's hidden
-state, `out[k - 1]` being what skip k gives (`out[0]` is `last_hidden_state`). The layer norms
-are cheap beside the 12 layers they follow; a second graph per skip would double the weights.
-
-Traced from the transformers `CLIPTextModel` the host holds (`text_model.embeddings.token_embedding`
-swapped for the given embeddings while tracing), so the graph is that model's own code.
+"""The text encoders on OpenVINO, from the token embeddings on (`text_encoder_graphs` says why):
+SD1's CLIP-L, SDXL's CLIP-L and OpenCLIP bigG, SD2's OpenCLIP, each one cache entry of its
+checkpoint, optionally with INT8 weights (NNCF's `compress_weights`: a quarter of the file and of
+the resident weights, which for SDXL's bigG is 2.1 GB of 2.8).
 """
 
 from __future__ import annotations
@@ -20,14 +14,24 @@ import numpy as np
 import openvino as ov
 import torch
 
-from . import cache
+from . import cache, fs
 from .compiled import CompiledPart
+from .compress import compress_ir
 from .export import save_ir
 from .progress import ProgressFn, silent
 from .recipe import Recipe
+from .text_encoder_graphs import ClipFromEmbeddings, OpenClipFromEmbeddings
 
-COMPONENT = "text_encoder"
 IR_NAME = "text_encoder.xml"
+# What a graph is made from, and the cache component it is filed under. "clip" keeps the
+# component name of the first release, so existing SD1 entries stay valid.
+COMPONENTS = {
+    "clip": "text_encoder",  # transformers CLIPTextModel, final-layer-normed (SD1)
+    "clip_hidden": "text_encoder_hidden",  # the same, raw hidden states (SDXL's CLIP-L)
+    "open_clip": "text_encoder_open_clip",  # open_clip's text tower (SDXL's bigG, SD2)
+}
+COMPONENT = COMPONENTS["clip"]
+OPEN_CLIP_CONTEXT = 77  # open_clip's causal mask and positions are built for 77 tokens
 # CLIP ViT-L/14's text tower (SD1.x's cond_stage_model): 123 M parameters, 38 M of them the
 # token embedding that stays with the host.
 CLIP_L_CONFIG = dict(
@@ -41,73 +45,80 @@ CLIP_L_CONFIG = dict(
 )
 
 
-class _GivenEmbeddings(torch.nn.Module):
-    """Stands in for the token embedding while tracing: returns the graph's input."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.value: torch.Tensor | None = None
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.value
-
-
-class _FromEmbeddings(torch.nn.Module):
-    """token embeddings [B, T, C] → final-layer-normed hidden state of every layer [L, B, T, C]."""
-
-    def __init__(self, transformer: torch.nn.Module) -> None:
-        super().__init__()
-        self.transformer = transformer
-        self.given = _GivenEmbeddings()
-
-    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
-        embeddings = self.transformer.text_model.embeddings
-        saved = embeddings.token_embedding
-        embeddings.token_embedding, self.given.value = self.given, embeds
-        try:
-            ids = torch.zeros(embeds.shape[:2], dtype=torch.long)  # only their shape is read
-            hidden = self.transformer(input_ids=ids, output_hidden_states=True).hidden_states
-        finally:
-            embeddings.token_embedding, self.given.value = saved, None
-        norm = self.transformer.text_model.final_layer_norm
-        return torch.stack([norm(hidden[-k]) for k in range(1, len(hidden))])
-
-
 def token_embedding(transformer: torch.nn.Module) -> torch.nn.Module:
-    return transformer.text_model.embeddings.token_embedding
+    """The token embedding the host keeps, of a CLIPTextModel or an open_clip text tower."""
+    if hasattr(transformer, "text_model"):
+        return transformer.text_model.embeddings.token_embedding
+    return transformer.token_embedding
 
 
-def export_text_encoder(transformer: torch.nn.Module, folder: Path, progress: ProgressFn = silent) -> dict:
-    """Write the IR into `folder`; returns the manifest's fields."""
+def _traceable(module: torch.nn.Module, kind: str) -> tuple[torch.nn.Module, tuple, dict]:
+    """The module to trace, an example input, and the input shapes the IR keeps."""
+    gen = torch.Generator().manual_seed(0)
+    if kind == "open_clip":
+        width = module.ln_final.normalized_shape[0]
+        example = (torch.randn(1, OPEN_CLIP_CONTEXT, width, generator=gen), torch.tensor([5]))
+        shapes = {"embeds": ov.PartialShape([-1, OPEN_CLIP_CONTEXT, width]), "eot": ov.PartialShape([-1])}
+        return OpenClipFromEmbeddings(module), example, shapes
+    width = module.text_model.final_layer_norm.normalized_shape[0]
+    example = (torch.randn(1, 77, width, generator=gen),)
+    shapes = {"embeds": ov.PartialShape([-1, -1, width])}
+    return ClipFromEmbeddings(module, final_norm=kind == "clip"), example, shapes
+
+
+def export_text_encoder(
+    module: torch.nn.Module,
+    folder: Path,
+    progress: ProgressFn = silent,
+    kind: str = "clip",
+    int8_weights: bool = False,
+) -> dict:
+    """Write the IR into `folder` (`kind`: one of COMPONENTS); returns the manifest's fields."""
+    if kind not in COMPONENTS:
+        raise ValueError(f"text encoder kind must be one of {tuple(COMPONENTS)}, not {kind!r}")
     started = time.perf_counter()
-    if next(transformer.parameters()).dtype != torch.float32:  # f16 in the webui: trace a f32 copy
-        transformer = copy.deepcopy(transformer).float()
+    if next(module.parameters()).dtype != torch.float32:  # f16 in the webui: trace a f32 copy
+        module = copy.deepcopy(module).float()
     progress("tracing the text encoder", 0.0)
-    width = transformer.text_model.final_layer_norm.normalized_shape[0]
-    example = torch.randn(1, 77, width, generator=torch.Generator().manual_seed(0))
+    traceable, example, shapes = _traceable(module, kind)
     with torch.no_grad():
-        model = ov.convert_model(_FromEmbeddings(transformer), example_input=(example,))
-    model.inputs[0].get_tensor().set_names({"embeds"})
-    model.outputs[0].get_tensor().set_names({"hidden"})
-    model.reshape({"embeds": ov.PartialShape([-1, -1, width])})
-    save_ir(model, folder / IR_NAME)
+        model = ov.convert_model(traceable, example_input=example)
+    for port, name in zip(model.inputs, shapes, strict=True):
+        port.get_tensor().set_names({name})
+    for port, name in zip(model.outputs, ("hidden", "pooled")[: len(model.outputs)], strict=True):
+        port.get_tensor().set_names({name})
+    model.reshape(shapes)
+    target = folder / IR_NAME
+    if not int8_weights:
+        save_ir(model, target)
+    else:
+        stage = folder / "text_encoder.fp32.xml"
+        save_ir(model, stage)
+        del model
+        progress("compressing the text encoder's weights to INT8", 0.5)
+        compress_ir(stage, target, "weights")
+        for path in (stage, stage.with_suffix(".bin")):
+            fs.remove_file(path)
     progress("text encoder exported", 1.0)
     return {"models": {"text_encoder": IR_NAME}, "timings": {"export_s": time.perf_counter() - started}}
 
 
 def prepare_text_encoder_entry(
-    transformer: torch.nn.Module,
+    module: torch.nn.Module,
     cache_root: str | Path,
     name: str,
     weights_hash: str,
     progress: ProgressFn = silent,
+    kind: str = "clip",
+    int8_weights: bool = False,
 ) -> cache.CacheEntry:
     """The cache entry of this text encoder (`weights_hash` names its weights), exported when absent."""
-    key = cache.EntryKey(name, weights_hash, Recipe(), component=COMPONENT)
+    recipe = Recipe(int8="weights") if int8_weights else Recipe()
+    key = cache.EntryKey(name, weights_hash, recipe, component=COMPONENTS[kind])
     return cache.find_or_write(
         Path(cache_root),
         key,
-        lambda folder: export_text_encoder(transformer, folder, progress),
+        lambda folder: export_text_encoder(module, folder, progress, kind, int8_weights),
         IR_NAME,
         "text encoder",
         progress,
@@ -133,16 +144,32 @@ class OVTextEncoder(CompiledPart):
         self.xml = entry.ir_path("text_encoder")
         self.layers = int(self.core.read_model(str(self.xml)).output(0).get_partial_shape()[0].get_length())
 
-    def hidden(self, embeds: torch.Tensor, skip: int = 1) -> torch.Tensor:
-        """What the text model gives for clip skip `skip` (1: its last hidden state)."""
+    def encode(
+        self, embeds: torch.Tensor, skip: int = 1, eot: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The hidden state clip skip `skip` reads (1: the last layer's) and, for an OpenCLIP
+        graph (given each prompt's end-token index `eot`), the pooled output."""
         if not 1 <= skip <= self.layers:
             raise ValueError(f"clip skip {skip} is outside 1..{self.layers}")
         if self.compiled is None:
             self.compiled = self.compile(self.xml, self.xml)
-        array = np.ascontiguousarray(embeds.detach().to("cpu", torch.float32).numpy())
-        out = self.compiled.create_infer_request().infer({0: array})[0]
+        inputs = {0: np.ascontiguousarray(embeds.detach().to("cpu", torch.float32).numpy())}
+        if len(self.compiled.inputs) > 1:
+            if eot is None:
+                raise ValueError("this text encoder needs the index of each prompt's end token")
+            inputs[1] = eot.detach().to("cpu", torch.int64).numpy()
+        outputs = self.compiled.create_infer_request().infer(inputs)
         self.settle(self.xml)
-        return torch.from_numpy(out[skip - 1].copy()).to(device=embeds.device, dtype=embeds.dtype)
+
+        def back(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(array.copy()).to(device=embeds.device, dtype=embeds.dtype)
+
+        hidden = back(outputs[0][skip - 1])
+        return hidden, (back(outputs[1]) if len(outputs) > 1 else None)
+
+    def hidden(self, embeds: torch.Tensor, skip: int = 1) -> torch.Tensor:
+        """What the text model gives for clip skip `skip` (1: its last hidden state)."""
+        return self.encode(embeds, skip)[0]
 
     def compiled_models(self) -> list[ov.CompiledModel]:
         return [self.compiled] if self.compiled is not None else []

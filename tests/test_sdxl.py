@@ -173,3 +173,100 @@ def test_sdxl_graph_takes_controlnets_residuals_like_torch(sdxl_unet, tmp_path):
     residuals = [torch.randn(2, *shape, generator=gen) * 0.5 for shape in feature_shapes(sdxl_unet, 24, 16)]
     ref = torch_with_residuals(sdxl_unet, x, t, c, residuals, y=y)
     assert metrics.rel_l2(served(x, t, c, y, *residuals), ref) <= TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def tiny_bigg():
+    """sgm's real FrozenOpenCLIPEmbedder2 as the webui's SDXL config makes it (penultimate layer,
+    pooled output, not legacy) around a tiny seeded open_clip model (no weights to download)."""
+    import open_clip
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from sgm.modules.encoders.modules import FrozenOpenCLIPEmbedder2
+
+    torch.manual_seed(0)
+    tiny = CLIP(
+        embed_dim=24,
+        vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=16),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=1000, width=64, heads=4, layers=3),
+    )
+    with torch.no_grad():  # open_clip starts some of these at zero or one; random reads better
+        for param in tiny.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    real = open_clip.create_model_and_transforms
+    open_clip.create_model_and_transforms = lambda *a, **k: (tiny, None, None)
+    try:
+        embedder = FrozenOpenCLIPEmbedder2(
+            arch="tiny",
+            version=None,
+            device="cpu",
+            layer="penultimate",
+            always_return_pooled=True,
+            legacy=False,
+        )
+    finally:
+        open_clip.create_model_and_transforms = real
+    return embedder.eval()
+
+
+def bigg_tokens(batch: int, seed: int) -> torch.Tensor:
+    """Start token, words, the end token (the highest id), zero padding: as the webui's SDXL
+    OpenCLIP tokens are laid out (id_pad = 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.zeros(batch, 77, dtype=torch.long)
+    for row in range(batch):
+        length = int(torch.randint(3, 70, (1,), generator=gen))
+        tokens[row, 0] = 997
+        tokens[row, 1:length] = torch.randint(1, 990, (length - 1,), generator=gen)
+        tokens[row, length] = 999
+    return tokens
+
+
+def test_sdxl_open_clip_penultimate_and_pooled_match_sgm(tiny_bigg, tmp_path):
+    """OpenCLIP bigG's graph, from the token embeddings the host looked up, equals sgm's own
+    encode_with_transformer: the penultimate layer (raw) and the pooled, projected end token."""
+    from sd_ov import text_encoder
+
+    model = tiny_bigg.model
+    entry = text_encoder.prepare_text_encoder_entry(model, tmp_path, "tiny-sdxl", "h", kind="open_clip")
+    assert entry.manifest.component == "text_encoder_open_clip"
+    ov_te = text_encoder.OVTextEncoder(entry, cache_compiled=False)
+    assert ov_te.layers == 3
+    for batch, seed in ((1, 1), (3, 2)):
+        tokens = bigg_tokens(batch, seed)
+        with torch.no_grad():
+            want = tiny_bigg.encode_with_transformer(tokens)
+            embeds = text_encoder.token_embedding(model)(tokens)
+        hidden, pooled = ov_te.encode(embeds, skip=2, eot=tokens.argmax(dim=-1))
+        assert hidden.shape == want["penultimate"].shape == (batch, 77, 64)
+        assert torch.allclose(hidden, want["penultimate"], atol=1e-4), (
+            (hidden - want["penultimate"]).abs().max()
+        )
+        assert pooled.shape == want["pooled"].shape == (batch, 24)
+        assert torch.allclose(pooled, want["pooled"], atol=1e-4), (pooled - want["pooled"]).abs().max()
+        last, _ = ov_te.encode(embeds, skip=1, eot=tokens.argmax(dim=-1))
+        assert torch.allclose(last, want["last"], atol=1e-4)
+    with pytest.raises(ValueError, match="end token"):
+        ov_te.encode(embeds, skip=2)
+
+
+def test_sd2_open_clip_layer_normed_penultimate_from_the_same_graph(tiny_bigg, tmp_path):
+    """SD2's FrozenOpenCLIPEmbedder (ldm) reads ln_final of the penultimate block: the host
+    applies ln_final (it stays with the host, 2 x width parameters) to the graph's layer."""
+    ldm_modules = pytest.importorskip("ldm.modules.encoders.modules")
+    from sd_ov import text_encoder
+
+    sd2 = ldm_modules.FrozenOpenCLIPEmbedder.__new__(ldm_modules.FrozenOpenCLIPEmbedder)
+    torch.nn.Module.__init__(sd2)
+    sd2.model, sd2.layer, sd2.layer_idx = tiny_bigg.model, "penultimate", 1
+    entry = text_encoder.prepare_text_encoder_entry(
+        tiny_bigg.model, tmp_path, "tiny-sd2", "h", kind="open_clip"
+    )
+    ov_te = text_encoder.OVTextEncoder(entry, cache_compiled=False)
+    tokens = bigg_tokens(2, 7)
+    with torch.no_grad():
+        want = sd2.encode_with_transformer(tokens)
+        hidden, _ = ov_te.encode(
+            text_encoder.token_embedding(sd2.model)(tokens), 1 + sd2.layer_idx, tokens.argmax(-1)
+        )
+        got = sd2.model.ln_final(hidden)
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()

@@ -85,3 +85,43 @@ def test_the_entry_is_cached_apart_from_unets(tiny_clip, te_entry):
         cache.find(root, cache.EntryKey("tinyckpt", weights_hash(tiny_clip), entry.manifest.recipe))[0]
         is None
     )
+
+
+def test_raw_hidden_states_for_sdxl_clip_l_match_torch(tiny_clip, tmp_path):
+    """SDXL's CLIP-L reads `hidden_states[-k]` without the final layer norm (the webui's
+    FrozenCLIPEmbedderForSDXLWithCustomWords): its own entry, every layer raw."""
+    entry = text_encoder.prepare_text_encoder_entry(tiny_clip, tmp_path, "tinyckpt", "h", kind="clip_hidden")
+    assert entry.manifest.component == "text_encoder_hidden"
+    ov_te = text_encoder.OVTextEncoder(entry, cache_compiled=False)
+    ids = torch.randint(0, 1000, (2, 77), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = tiny_clip(input_ids=ids, output_hidden_states=True).hidden_states
+        embeds = text_encoder.token_embedding(tiny_clip)(ids)
+    for skip in (1, 2, 3):
+        hidden, pooled = ov_te.encode(embeds, skip)
+        assert pooled is None
+        assert torch.allclose(hidden, ref[-skip], atol=ATOL), (skip, (hidden - ref[-skip]).abs().max())
+    normed = tiny_clip.text_model.final_layer_norm(ref[-1])
+    assert (ov_te.hidden(embeds, 1) - normed).abs().max() > 1e-2  # raw is not the normed one
+
+
+def test_int8_weights_are_a_quarter_of_the_file_and_close_to_torch(tiny_clip, tmp_path):
+    """INT8 weights (NNCF compress_weights): its own entry beside the FP32 one, its file smaller,
+    its output within the stated tolerance of torch (tiny random model: rel. L2 ~1e-2)."""
+    fp32 = text_encoder.prepare_text_encoder_entry(tiny_clip, tmp_path, "tinyckpt", "h")
+    int8 = text_encoder.prepare_text_encoder_entry(tiny_clip, tmp_path, "tinyckpt", "h", int8_weights=True)
+    assert int8.path != fp32.path and int8.manifest.recipe.int8 == "weights"
+    assert sorted(p.name for p in int8.path.glob("*.xml")) == ["text_encoder.xml"]  # no stage left
+    assert (
+        int8.xml_path.with_suffix(".bin").stat().st_size
+        < 0.5 * fp32.xml_path.with_suffix(".bin").stat().st_size
+    )
+    ov_te = text_encoder.OVTextEncoder(int8, cache_compiled=False)
+    ids = torch.randint(0, 1000, (1, 77), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        want = tiny_clip(input_ids=ids).last_hidden_state
+        embeds = text_encoder.token_embedding(tiny_clip)(ids)
+    got = ov_te.hidden(embeds)
+    from sd_ov import metrics
+
+    assert 0 < metrics.rel_l2(got, want) <= 0.05
