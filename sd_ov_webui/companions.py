@@ -19,18 +19,23 @@ from modules import shared
 from .errors import explain
 from .progress import webui_progress
 from .settings import offload_mode, opt
-from .text_encoder import WebuiTextEncoder, servable
+from .text_encoder import WebuiTextEncoder, text_encoder_slots
 from .vae import WebuiVae
 
 log = logging.getLogger("sd_ov")
 
 
 class Companions:
-    """The VAE and the text encoder of the checkpoint a UNet serves."""
+    """The VAE and the text encoders (SDXL has two) of the checkpoint a UNet serves."""
 
     def __init__(self) -> None:
         self.vae: WebuiVae | None = None
-        self.text_encoder: WebuiTextEncoder | None = None
+        self.text_encoders: list[WebuiTextEncoder] = []
+
+    @property
+    def text_encoder(self) -> WebuiTextEncoder | None:
+        """The first text encoder (SD1/SD2's only one)."""
+        return self.text_encoders[0] if self.text_encoders else None
 
     def start_job(self, source, note) -> None:
         """On OpenVINO for this job where the settings say so (their torch weights freed unless
@@ -41,11 +46,24 @@ class Companions:
         self.vae = self._sync(
             self.vae, "VAE", vae, bool(opt("sd_ov_vae")), WebuiVae, release_torch, source, note
         )
-        cond = getattr(model, "cond_stage_model", None)
-        wanted = bool(opt("sd_ov_text_encoder")) and cond is not None and servable(cond)
-        self.text_encoder = self._sync(
-            self.text_encoder, "text encoder", cond, wanted, WebuiTextEncoder, release_torch, source, note
-        )
+        wanted = bool(opt("sd_ov_text_encoder"))
+        slots = text_encoder_slots(model) if wanted else []
+        kept = []
+        for current in self.text_encoders:
+            if current.wants_reopen() or all(current.module is not module for module, _ in slots):
+                current.detach()  # the webui replaced the module, or the setting changed
+            else:
+                kept.append(current)
+        self.text_encoders = []
+        for module, prefix in slots:
+            current = next((te for te in kept if te.module is module), None)
+
+            def make(*args, prefix=prefix):
+                return WebuiTextEncoder(*args, checkpoint_prefix=prefix)
+
+            served = self._sync(current, "text encoder", module, True, make, release_torch, source, note)
+            if served is not None:
+                self.text_encoders.append(served)
 
     @staticmethod
     def _sync(current, what: str, module, wanted: bool, kind, release_torch: bool, source, note):
@@ -72,8 +90,9 @@ class Companions:
 
     def prompts_encoded(self) -> None:
         """Sampling starts: the text encoder's buffers (or model, in lowvram) go."""
-        if offload_mode() != "none" and self.text_encoder is not None:
-            self.text_encoder.after_phase(keep_compiled=offload_mode() == "release")
+        if offload_mode() != "none":
+            for text_encoder in self.text_encoders:
+                text_encoder.after_phase(keep_compiled=offload_mode() == "release")
 
     def decoded(self) -> None:
         """The VAE's buffers (or model, in lowvram) go until the next job (kept in `none`)."""
@@ -82,7 +101,16 @@ class Companions:
 
     def drop(self) -> None:
         """The webui's own VAE and text encoder back, their OpenVINO models' memory given back."""
-        for companion in (self.vae, self.text_encoder):
+        for companion in (self.vae, *self.text_encoders):
             if companion is not None:
                 companion.detach()
-        self.vae = self.text_encoder = None
+        self.vae, self.text_encoders = None, []
+
+    def text_encoder_infotext(self) -> str | None:
+        """What each text encoder did in this job: SD1's as before (`clip skip 1`), the others
+        labelled (`CLIP-L: layer -2; OpenCLIP-G: layer -2, pooled`)."""
+        said = [(te.label, te.infotext()) for te in self.text_encoders]
+        said = [(label, text) for label, text in said if text]
+        if [te.kind for te in self.text_encoders] == ["clip"]:
+            return said[0][1] if said else None
+        return "; ".join(f"{label}: {text}" for label, text in said) or None

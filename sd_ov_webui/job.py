@@ -127,8 +127,11 @@ def write_infotext(p) -> None:
         note = token_merging_note(webui_token_merging(p), unet.recipe)
         if note:
             p.extra_generation_params[TOME_INFOTEXT_KEY] = note
-    for key, companion in ((VAE_INFOTEXT_KEY, unet.vae), (TEXT_ENCODER_INFOTEXT_KEY, unet.text_encoder)):
-        said = companion.infotext() if companion is not None else None
+    companions = {
+        VAE_INFOTEXT_KEY: unet.vae.infotext() if unet.vae is not None else None,
+        TEXT_ENCODER_INFOTEXT_KEY: unet.companions.text_encoder_infotext(),
+    }
+    for key, said in companions.items():
         if said:
             p.extra_generation_params[key] = said
     if record.notes:

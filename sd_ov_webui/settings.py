@@ -44,6 +44,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "sd_ov_offload": "release",
     "sd_ov_vae": True,
     "sd_ov_text_encoder": True,
+    "sd_ov_text_encoder_int8": False,
     "sd_ov_lora": True,
 }
 # Settings that change how the served UNet is compiled: a change reopens it.
@@ -56,7 +57,7 @@ RUNTIME_KEYS = (
     "sd_ov_offload",
     "sd_ov_lora",
 )
-# Read at each job (no reopen needed): sd_ov_vae, sd_ov_text_encoder, DeepCache.
+# Read at each job (no reopen needed): sd_ov_vae, sd_ov_text_encoder(_int8), DeepCache.
 
 
 def opt(key: str) -> Any:
@@ -175,11 +176,19 @@ def register(on_runtime_change) -> None:
     )
     add(
         "sd_ov_text_encoder",
-        "Text encoder through OpenVINO (SD1.x)",
+        "Text encoders through OpenVINO (SD1, SD2, both of SDXL's)",
         gr.Checkbox,
         None,
         "the webui still parses prompts, emphasis and embeddings; torch encodes when a LoRA changes the "
         "text encoder",
+    )
+    add(
+        "sd_ov_text_encoder_int8",
+        "Text encoders with INT8 weights",
+        gr.Checkbox,
+        None,
+        "a quarter of their memory (SDXL: 0.7 instead of 2.8 GB for OpenCLIP-G); prompts encode "
+        "slightly differently from torch's (docs/memory.md has the figures)",
     )
     add(
         "sd_ov_lora",

@@ -16,6 +16,8 @@ from sd_ov.deepcache import DeepCacheConfig, DeepCacheShallow
 from sd_ov.ldm_unet import describe, randomize_zero_init
 from sd_ov.recipe import Recipe
 
+from .conftest import bigg_tokens
+
 openaimodel = pytest.importorskip(
     "sgm.modules.diffusionmodules.openaimodel",
     reason="sgm (Stability's generative-models, the webui's SDXL code) is not importable here",
@@ -177,48 +179,9 @@ def test_sdxl_graph_takes_controlnets_residuals_like_torch(sdxl_unet, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_bigg():
-    """sgm's real FrozenOpenCLIPEmbedder2 as the webui's SDXL config makes it (penultimate layer,
-    pooled output, not legacy) around a tiny seeded open_clip model (no weights to download)."""
-    import open_clip
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-    from sgm.modules.encoders.modules import FrozenOpenCLIPEmbedder2
+    from .conftest import tiny_open_clip_embedder
 
-    torch.manual_seed(0)
-    tiny = CLIP(
-        embed_dim=24,
-        vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=16),
-        text_cfg=CLIPTextCfg(context_length=77, vocab_size=1000, width=64, heads=4, layers=3),
-    )
-    with torch.no_grad():  # open_clip starts some of these at zero or one; random reads better
-        for param in tiny.parameters():
-            param.add_(torch.randn_like(param) * 0.02)
-    real = open_clip.create_model_and_transforms
-    open_clip.create_model_and_transforms = lambda *a, **k: (tiny, None, None)
-    try:
-        embedder = FrozenOpenCLIPEmbedder2(
-            arch="tiny",
-            version=None,
-            device="cpu",
-            layer="penultimate",
-            always_return_pooled=True,
-            legacy=False,
-        )
-    finally:
-        open_clip.create_model_and_transforms = real
-    return embedder.eval()
-
-
-def bigg_tokens(batch: int, seed: int) -> torch.Tensor:
-    """Start token, words, the end token (the highest id), zero padding: as the webui's SDXL
-    OpenCLIP tokens are laid out (id_pad = 0)."""
-    gen = torch.Generator().manual_seed(seed)
-    tokens = torch.zeros(batch, 77, dtype=torch.long)
-    for row in range(batch):
-        length = int(torch.randint(3, 70, (1,), generator=gen))
-        tokens[row, 0] = 997
-        tokens[row, 1:length] = torch.randint(1, 990, (length - 1,), generator=gen)
-        tokens[row, length] = 999
-    return tokens
+    return tiny_open_clip_embedder()
 
 
 def test_sdxl_open_clip_penultimate_and_pooled_match_sgm(tiny_bigg, tmp_path):

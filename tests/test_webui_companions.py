@@ -162,3 +162,68 @@ def test_an_interrupted_job_still_decodes_its_picture_on_openvino_or_on_torch(we
     monkeypatch.undo()
     webui.shared.state.begin()
     assert infotext_params(txt2img(webui).infotexts[0])["OpenVINO"] == "fp32, CPU, f32, dynamic"
+
+
+def test_sdxl_text_encoders_serve_the_layers_the_webui_reads(webui):
+    """SDXL's conditioner: CLIP-L's raw penultimate layer (or its clip skip with the webui's "Clip
+    skip SDXL"), and where sgm and open_clip import, OpenCLIP-G's penultimate layer with the
+    pooled output on the tensor, each equal to the webui's own code on torch; their weights leave
+    memory under their `conditioner.embedders.<i>.` keys and come back bit-exactly."""
+    from modules.sd_hijack_clip import FrozenCLIPEmbedder, FrozenCLIPEmbedderForSDXLWithCustomWords
+    from safetensors.torch import save_file
+
+    from sd_ov_webui.companions import Companions
+
+    from .conftest import TinyCLIPTextModel, bigg_tokens
+
+    clip = FrozenCLIPEmbedder(TinyCLIPTextModel())
+    clip.layer, clip.layer_idx = "hidden", -2  # as sd_xl_base.yaml configures it
+    embedders = [FrozenCLIPEmbedderForSDXLWithCustomWords(clip)]
+    try:
+        from modules.sd_hijack_open_clip import FrozenOpenCLIPEmbedder2WithCustomWords
+
+        from .conftest import tiny_open_clip_embedder
+
+        embedders.append(FrozenOpenCLIPEmbedder2WithCustomWords(tiny_open_clip_embedder()))
+    except ImportError:  # CI's venv: no sgm / open_clip (tests/test_sdxl.py says where they are)
+        pass
+    model = webui.shared.sd_model
+    model.conditioner = SimpleNamespace(embedders=embedders)
+    state = {f"model.diffusion_model.{k}": v for k, v in model.model.diffusion_model.state_dict().items()}
+    for i, embedder in enumerate(embedders):
+        state.update({f"conditioner.embedders.{i}.{k}": v for k, v in embedder.wrapped.state_dict().items()})
+    save_file({k: v.contiguous() for k, v in state.items()}, webui.info.filename)
+    before = {k: v.clone() for k, v in state.items()}
+    tokens = bigg_tokens(2, 3)
+    with torch.no_grad():
+        want = [e.encode_with_transformers(tokens) for e in embedders]
+    webui.shared.opts.sdxl_clip_l_skip, webui.shared.opts.CLIP_stop_at_last_layers = True, 3
+    with torch.no_grad():
+        want_skip3 = embedders[0].encode_with_transformers(tokens)
+    webui.shared.opts.sdxl_clip_l_skip = False
+
+    notes = []
+    companions = Companions()
+    companions.start_job(
+        SimpleNamespace(checkpoint_name="tinyckpt", checkpoint_hash="0123456789ab"), notes.append
+    )
+    assert notes == [] and len(companions.text_encoders) == len(embedders)
+    assert is_released(clip.transformer.text_model.encoder)
+    with torch.no_grad():
+        got = [e.encode_with_transformers(tokens) for e in embedders]
+    for ours, theirs in zip(got, want, strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+    expected = "CLIP-L: layer -2"
+    if len(embedders) == 2:
+        assert is_released(embedders[1].wrapped.model.transformer)
+        assert torch.allclose(got[1].pooled, want[1].pooled, atol=1e-4)
+        expected += "; OpenCLIP-G: layer -2, pooled"
+    assert companions.text_encoder_infotext() == expected
+    webui.shared.opts.sdxl_clip_l_skip = True  # "Clip skip SDXL" with clip skip 3
+    with torch.no_grad():
+        assert torch.allclose(embedders[0].encode_with_transformers(tokens), want_skip3, atol=1e-4)
+    assert companions.text_encoders[0].infotext() == "layer -3"
+    companions.drop()
+    for i, embedder in enumerate(embedders):
+        for k, v in embedder.wrapped.state_dict().items():
+            assert torch.equal(v, before[f"conditioner.embedders.{i}.{k}"]), k

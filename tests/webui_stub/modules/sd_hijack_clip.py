@@ -101,3 +101,22 @@ class FrozenCLIPEmbedderWithCustomWords(torch.nn.Module):
             z = outputs.last_hidden_state
 
         return z
+
+
+class FrozenCLIPEmbedderForSDXLWithCustomWords(FrozenCLIPEmbedderWithCustomWords):
+    """SDXL's first text encoder (v1.10.1's code): the raw hidden state of `layer_idx`."""
+
+    def encode_with_transformers(self, tokens):
+        opts = shared.opts
+        outputs = self.wrapped.transformer(
+            input_ids=tokens, output_hidden_states=self.wrapped.layer == "hidden"
+        )
+
+        if opts.sdxl_clip_l_skip is True:
+            z = outputs.hidden_states[-opts.CLIP_stop_at_last_layers]
+        elif self.wrapped.layer == "last":
+            z = outputs.last_hidden_state
+        else:
+            z = outputs.hidden_states[self.wrapped.layer_idx]
+
+        return z

@@ -47,6 +47,7 @@ class Options:
                 "token_merging_ratio": OptionInfo(0.0, "Token merging ratio"),
                 "token_merging_ratio_hr": OptionInfo(0.0, "Token merging ratio for high-res pass"),
                 "CLIP_stop_at_last_layers": OptionInfo(1, "Clip skip"),
+                "sdxl_clip_l_skip": OptionInfo(False, "Clip skip SDXL"),
             },
         )
 
