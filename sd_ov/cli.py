@@ -159,8 +159,16 @@ def _optimize(args: argparse.Namespace) -> int:
 
 def _cache(args: argparse.Namespace) -> int:
     from . import cache
-    from .report import entry_text
+    from .report import entry_text, total_text
 
+    if args.drop_compiled:
+        entry = cache.validate(Path(args.drop_compiled))
+        left = cache.drop_compiled(entry)
+        print(
+            f"deleted the compiled blobs of {args.drop_compiled}"
+            + (f"; {len(left)} in use stay" if left else "")
+        )
+        return 0
     if args.delete:
         left = cache.delete(Path(args.delete))
         print(f"deleted {args.delete}")
@@ -169,6 +177,7 @@ def _cache(args: argparse.Namespace) -> int:
         return 0
     for entry in cache.list_entries(Path(args.cache)):
         print(entry_text(entry))
+    print(total_text(cache.total_bytes(Path(args.cache))))
     return 0
 
 
@@ -248,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     cache_cmd = sub.add_parser("cache", help="list cache entries, or delete one")
     cache_cmd.add_argument("--cache", default=DEFAULT_CACHE)
     cache_cmd.add_argument("--delete", default=None, help="path of an entry to delete")
+    cache_cmd.add_argument(
+        "--drop-compiled",
+        default=None,
+        help="path of an entry whose compiled blobs to delete (the entry stays)",
+    )
     cache_cmd.set_defaults(run=_cache)
     return parser
 

@@ -148,9 +148,12 @@ def optimize(
     progress: ProgressFn = silent,
     torch_weights: ModuleWeights | None = None,
     preset: str = "",
+    cache_compiled: bool = True,
 ) -> cache.CacheEntry:
     """Make (or remake) the cache entry of `recipe` for this checkpoint, with its report.
-    `preset`: the preset that chose the recipe, recorded in the manifest.
+    `preset`: the preset that chose the recipe, recorded in the manifest. `cache_compiled`
+    False (Settings → "Keep compiled blobs on disk" off) writes no compiled blob, for calibration
+    nor measurement: for SDXL FP32 such a blob is another 10 GB.
 
     `shapes` are (batch, latent height, latent width, tokens) to compile ahead, so the blobs are
     on disk before the first picture. Peak memory stays near the largest of: the torch UNet plus
@@ -175,6 +178,7 @@ def optimize(
             progress,
             torch_weights,
             preset,
+            cache_compiled,
         )
     finally:
         if torch_weights is not None:
@@ -195,6 +199,7 @@ def _optimize(
     progress: ProgressFn,
     torch_weights: ModuleWeights | None,
     preset: str,
+    cache_compiled: bool,
 ) -> cache.CacheEntry:
     started = time.perf_counter()
     spec = optimizable(unet, recipe)
@@ -217,7 +222,7 @@ def _optimize(
         if capture is None:
             raise ValueError(f"recipe {recipe.label()} needs calibration: no capture function given")
         progress("calibrating: sampling with the FP32 OpenVINO UNet", 0.25)
-        runtime = engine.open_unet(fp32, device=device)
+        runtime = engine.open_unet(fp32, device=device, cache_compiled=cache_compiled)
         try:
             samples = spread(capture(runtime, scaled(progress, 0.25, 0.4)), recipe.samples)
         finally:
@@ -252,13 +257,19 @@ def _optimize(
             entry = cache.write(root, key, build, ir_name=ir_files(branch).get("full", "unet.xml"))
 
     try:
-        runtime_kwargs = dict(device=device, precision=recipe.precision, progress=scaled(progress, 0.85, 0.9))
+        runtime_kwargs = dict(
+            device=device,
+            precision=recipe.precision,
+            progress=scaled(progress, 0.85, 0.9),
+            cache_compiled=cache_compiled,
+        )
         opened = [
             engine.open_unet(entry, model=model, **runtime_kwargs)
             for model in ((None,) if branch is None else ("full", "shallow"))
         ]
         runtime, shallow = opened[0], (opened[1] if len(opened) > 1 else None)
-        for batch, height, width, tokens in shapes:  # the shallow model compiles at its first call
+        ahead = shapes if cache_compiled else ()  # compiled ahead only to leave blobs on disk
+        for batch, height, width, tokens in ahead:  # the shallow model compiles at its first call
             runtime.prepare(batch, height, width, tokens)
         if measure is not None:
             runtime.prepare(measure.batch, measure.height // 8, measure.width // 8, measure.tokens)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from .cache import CacheEntry
+from .cache import CacheEntry, compiled_bytes
 from .manifest import Report
 
 COLUMNS = (
     "checkpoint",
     "recipe",
-    "disk MiB",
+    "disk MiB (IR + compiled)",
     "torch s/step",
     "s/step",
     "speed-up",
@@ -35,13 +35,20 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def disk_text(entry: CacheEntry) -> str:
+    """`IR + compiled blobs` in MiB, e.g. `3280 + 3310`: both are on the user's disk."""
+    blobs = compiled_bytes(entry)
+    ir = f"{entry.manifest.disk_bytes / 2**20:.0f}"
+    return f"{ir} + {blobs / 2**20:.0f}" if blobs else ir
+
+
 def entry_row(entry: CacheEntry) -> list[str]:
     m = entry.manifest
     r = m.report or Report()
     return [
         m.checkpoint_name,
         entry_label(entry),
-        _fmt(m.disk_bytes / 2**20, 0),
+        disk_text(entry),
         _fmt(r.torch_s_per_step),
         _fmt(r.s_per_step),
         _fmt(r.speedup) + ("x" if r.speedup is not None else ""),
@@ -53,14 +60,19 @@ def entry_row(entry: CacheEntry) -> list[str]:
     ]
 
 
-def entries_html(entries: list[CacheEntry]) -> str:
+def total_text(total_bytes: int) -> str:
+    return f"The cache folder holds {total_bytes / 2**30:.2f} GiB in all (every IR and compiled blob)."
+
+
+def entries_html(entries: list[CacheEntry], total_bytes: int | None = None) -> str:
+    total = f"<p>{html.escape(total_text(total_bytes))}</p>" if total_bytes is not None else ""
     if not entries:
-        return "<p>No optimized UNets in the cache yet.</p>"
+        return f"<p>No optimized UNets in the cache yet.</p>{total}"
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in entry_row(e)) + "</tr>" for e in entries
     )
-    return f"<table class='sd-ov-entries'><tr>{head}</tr>{rows}</table>"
+    return f"<table class='sd-ov-entries'><tr>{head}</tr>{rows}</table>{total}"
 
 
 def report_html(entry: CacheEntry) -> str:
@@ -77,7 +89,7 @@ def report_html(entry: CacheEntry) -> str:
     if r.psnr_db is not None:
         lines.append(f"Sample picture against torch: PSNR {r.psnr_db:.1f} dB, SSIM {r.ssim:.3f}")
     lines.append(
-        f"{entry.manifest.disk_bytes / 2**20:.0f} MiB on disk; optimize took {r.optimize_s or 0:.0f} s; "
+        f"{disk_text(entry)} MiB on disk (IR + compiled blobs); optimize took {r.optimize_s or 0:.0f} s; "
         f"process peak memory {r.peak_rss_mib or 0:.0f} MiB"
     )
     return "<br>".join(lines)
@@ -89,4 +101,4 @@ def entry_text(entry: CacheEntry) -> str:
     speed = (
         f"  {r.speedup:.2f}x torch, rel L2 {r.rel_l2:.3g}" if r is not None and r.speedup is not None else ""
     )
-    return f"{entry.path}  {m.checkpoint_name}  {m.recipe.name()}  {m.disk_bytes / 2**20:.0f} MiB{speed}"
+    return f"{entry.path}  {m.checkpoint_name}  {m.recipe.name()}  {disk_text(entry)} MiB{speed}"

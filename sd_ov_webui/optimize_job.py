@@ -141,6 +141,7 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> cache.CacheEntry:
                 sample_image=webui_sample_image(calib) if request.compare_picture else None,
                 progress=progress,
                 torch_weights=optimize_weights(model),
+                cache_compiled=bool(opt("sd_ov_cache_compiled")),
             )
         sd_unet.list_unets()
         return entry

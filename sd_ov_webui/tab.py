@@ -31,7 +31,8 @@ from .settings import cache_root, device_choices, opt
 
 def recipe_entries_html() -> str:
     try:
-        return report.entries_html(optimize.recipe_entries(cache_root()))
+        root = cache_root()
+        return report.entries_html(optimize.recipe_entries(root), cache.total_bytes(root))
     except OSError as err:
         return f"<p>Cannot read the cache folder: {html.escape(str(err))}</p>"
 

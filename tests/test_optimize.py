@@ -174,3 +174,39 @@ def test_optimize_frees_the_torch_unet_while_calibration_and_nncf_run(tmp_path):
     ]
     assert not is_released(unet) and weights.resident
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
+
+
+def test_optimize_writes_no_compiled_blob_when_the_setting_keeps_none(micro_unet, tmp_path):
+    """Settings → "Keep compiled blobs on disk" off: neither calibration (the FP32 model) nor the
+    measurement leaves a blob (SDXL's FP32 blob alone is 10 GB); on, they do, and the entry's disk
+    figure counts them beside the IR."""
+    from sd_ov.report import disk_text, entry_text
+
+    capture = random_prompt_capture(describe(micro_unet), prompts=1, steps=2, size=(64, 64))
+    recipe = Recipe(int8="hybrid", samples=2)
+    small = Measure(64, 64, calls=1)
+    entry = optimize(
+        micro_unet,
+        tmp_path,
+        "tiny",
+        "d" * 64,
+        recipe,
+        capture,
+        shapes=[(2, 8, 8, 77)],
+        measure=small,
+        cache_compiled=False,
+    )
+    fp32 = cache.find(tmp_path, cache.EntryKey("tiny", "d" * 64))[0]
+    for made in (entry, fp32):
+        assert cache.compiled_bytes(made) == 0, made.path
+    assert " + " not in disk_text(entry)
+    entry = optimize(
+        micro_unet, tmp_path, "tiny", "d" * 64, recipe, capture, shapes=[(2, 8, 8, 77)], measure=small
+    )
+    blobs = cache.compiled_bytes(entry)
+    assert blobs > 0 and cache.compiled_bytes(fp32) > 0
+    assert disk_text(entry) == f"{entry.manifest.disk_bytes / 2**20:.0f} + {blobs / 2**20:.0f}"
+    assert disk_text(entry) in entry_text(entry)
+    assert cache.total_bytes(tmp_path) >= entry.manifest.disk_bytes + blobs
+    assert cache.drop_compiled(entry) == [] and cache.compiled_bytes(entry) == 0
+    assert cache.validate(entry.path).manifest.label == entry.manifest.label  # still a valid entry
