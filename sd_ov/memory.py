@@ -53,6 +53,39 @@ def release_mapped_file(*paths: str | os.PathLike) -> int:
     return advised
 
 
+def mapping_ranges(path: str | os.PathLike) -> set[tuple[int, int]]:
+    """The address ranges where this process maps `path` now (Linux; elsewhere none)."""
+    if not sys.platform.startswith("linux"):
+        return set()
+    target = str(Path(path).resolve())
+    try:
+        with open("/proc/self/maps") as maps:
+            lines = maps.readlines()
+    except OSError:
+        return set()
+    found = set()
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].strip() == target:
+            start, end = (int(v, 16) for v in parts[0].split("-"))
+            found.add((start, end))
+    return found
+
+
+def release_ranges(ranges: set[tuple[int, int]]) -> int:
+    """Drop the resident pages of mappings the caller made itself and never wrote to (a private
+    mapping is writable, so `release_mapped_file` leaves those alone: it cannot know). Pages read
+    again come back from the file. Returns bytes advised."""
+    if not sys.platform.startswith("linux") or not ranges:
+        return 0
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return 0
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return sum(end - start for start, end in ranges if libc.madvise(start, end - start, MADV_DONTNEED) == 0)
+
+
 def mapped_sources(ir_path: str | os.PathLike, blob_dir: str | os.PathLike | None) -> tuple[Path, ...]:
     """What a compiled model leaves mapped, to give back after compiling: its IR's `.bin`, and the
     blob cache it may have been imported from."""

@@ -25,8 +25,16 @@ from pathlib import Path
 import torch
 
 from .errors import SdOvError
-from .memory import trim_heap
+from .memory import mapping_ranges, release_ranges, trim_heap
 from .progress import ProgressFn, silent
+
+# Both readers map the file: every page read stays resident (counted in the process's RSS) until
+# the mapping closes. Checking SDXL's UNet against its checkpoint thus added the whole 10 GB of
+# file pages on top of the 10 GB UNet (the webui's peak of 20.2 GiB). The pages read so far are
+# given back after every this many bytes (`memory.release_ranges`, on the reader's own mapping
+# only: the tensors it hands out are compared or copied, never written; Linux, elsewhere the OS
+# trims them under pressure), which bounds the file's part of the peak to about this much.
+RELEASE_PAGES_EVERY_BYTES = 256 * 2**20
 
 
 class WeightsNotReleasable(SdOvError):
@@ -52,7 +60,31 @@ class CheckpointTensors:
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[Callable[[str], torch.Tensor]]:
-        """A function name → tensor for the module's own names, one tensor read at a time."""
+        """A function name → tensor for the module's own names, one tensor read at a time, the
+        file's mapped pages given back as it goes (RELEASE_PAGES_EVERY_BYTES)."""
+        read_since = 0
+        before = mapping_ranges(self.path)  # someone else's mappings of the file are not ours to drop
+        with self._reader() as read:
+            ours: set[tuple[int, int]] | None = None
+
+            def paced(name: str) -> torch.Tensor:
+                nonlocal read_since, ours
+                tensor = read(name)
+                if ours is None:
+                    ours = mapping_ranges(self.path) - before
+                read_since += tensor.numel() * tensor.element_size()
+                if read_since >= RELEASE_PAGES_EVERY_BYTES:
+                    release_ranges(ours)
+                    read_since = 0
+                return tensor
+
+            try:
+                yield paced
+            finally:
+                release_ranges(ours or set())
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Callable[[str], torch.Tensor]]:
         if self.path.suffix.lower() == ".safetensors":
             from safetensors import safe_open
 

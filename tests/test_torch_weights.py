@@ -3,6 +3,7 @@ the checkpoint file, refused when the file cannot give the same bytes back."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -142,3 +143,46 @@ def test_the_webuis_lowvram_moves_leave_freed_weights_alone(tmp_path):
     assert is_released(unet) and not weights.resident
     weights.ensure()
     assert not is_released(unet)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_the_check_and_the_restore_keep_few_file_pages_resident(tmp_path, suffix, monkeypatch):
+    """Reading a checkpoint maps it: without giving pages back, checking a UNet against its file
+    makes the whole file resident beside the UNet (SDXL: 10 + 10 GB). With the pages given back
+    every RELEASE_PAGES_EVERY_BYTES, the file's resident part stays near that; the weights read
+    are still the file's, bit-exactly."""
+    import sd_ov.torch_weights as tw
+    from sd_ov.memory import mapped_resident_bytes
+
+    if not os.path.exists("/proc/self/smaps"):
+        pytest.skip("resident pages per mapping are read from /proc (Linux)")
+    source = write_checkpoint(build_unet(TINY_SD1, seed=0), tmp_path / f"model{suffix}", dtype=torch.float32)
+    size = os.path.getsize(source.path)
+    unet = loaded_like_the_webui(TINY_SD1, source)
+    before = {n: p.detach().clone() for n, p in unet.named_parameters()}
+
+    def most_resident(every: int) -> int:
+        monkeypatch.setattr(tw, "RELEASE_PAGES_EVERY_BYTES", every)
+        seen = [0]
+        real = tw.CheckpointTensors._reader
+
+        @contextlib.contextmanager
+        def watched(self):
+            with real(self) as read:
+
+                def get(name):
+                    tensor = read(name)
+                    seen[0] = max(seen[0], mapped_resident_bytes(self.path))
+                    return tensor
+
+                yield get
+
+        monkeypatch.setattr(tw.CheckpointTensors, "_reader", watched)
+        released = ReleasedWeights.release(unet, source)
+        released.restore()
+        monkeypatch.setattr(tw.CheckpointTensors, "_reader", real)
+        return seen[0]
+
+    assert most_resident(2**40) > 0.8 * size  # never given back: the whole file (the test can fail)
+    assert most_resident(size // 8) < 0.4 * size
+    assert all(torch.equal(p, before[n]) for n, p in unet.named_parameters())
