@@ -144,6 +144,7 @@ def _optimize(args: argparse.Namespace) -> int:
         shapes=request.shapes,
         measure=request.measure(calls=args.calls),
         progress=console,
+        keep_fp32=args.keep_fp32,
     )
     for entry in entries:
         report = entry.manifest.report.to_json() if entry.manifest.report else {}
@@ -240,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunks", type=int, default=OPTIMIZE_FIELDS["chunks"], help="prompt chunks of 75 tokens"
     )
     opt.add_argument("--calls", type=int, default=2, help="timed UNet calls per runtime")
+    opt.add_argument(
+        "--keep-fp32",
+        action="store_true",
+        help="keep the FP32 entries exported only to start from (deleted by default, as in the tab)",
+    )
     opt.add_argument(
         "--preset",
         default=OPTIMIZE_FIELDS["preset"],

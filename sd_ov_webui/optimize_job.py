@@ -142,6 +142,7 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> cache.CacheEntry:
                 progress=progress,
                 torch_weights=optimize_weights(model),
                 cache_compiled=bool(opt("sd_ov_cache_compiled")),
+                keep_fp32=False,  # the FP32 IR it starts from stays only if it was there before
             )
         sd_unet.list_unets()
         return entry

@@ -210,3 +210,33 @@ def test_optimize_writes_no_compiled_blob_when_the_setting_keeps_none(micro_unet
     assert cache.total_bytes(tmp_path) >= entry.manifest.disk_bytes + blobs
     assert cache.drop_compiled(entry) == [] and cache.compiled_bytes(entry) == 0
     assert cache.validate(entry.path).manifest.label == entry.manifest.label  # still a valid entry
+
+
+def test_the_fp32_entries_exported_only_for_optimize_go_unless_they_were_there(micro_unet, tmp_path):
+    """keep_fp32=False (the tab, the API and the CLI): an INT8 recipe with its DeepCache pair leaves
+    its two entries, not the FP32 IR and plain pair it was compressed from (SDXL: 10 GB each);
+    an FP32 entry the user had served before Optimize stays."""
+    from sd_ov.optimize import optimize_with_deepcache
+
+    capture = random_prompt_capture(describe(micro_unet), prompts=1, steps=2, size=(64, 64))
+    key = "e" * 64
+    made = optimize_with_deepcache(
+        micro_unet,
+        tmp_path,
+        "tiny",
+        key,
+        Recipe(int8="weights"),
+        capture,
+        deepcache_branch=0,
+        measure=None,
+        keep_fp32=False,
+    )
+    on_disk = {e.path for e in cache.list_entries(tmp_path)}
+    assert on_disk == {e.path for e in made} and len(made) == 2
+    assert cache.find(tmp_path, cache.EntryKey("tiny", key))[0] is None
+
+    plain = engine.prepare_entry(micro_unet, tmp_path, "tiny", key).entry  # the user serves FP32
+    optimize_with_deepcache(
+        micro_unet, tmp_path, "tiny", key, Recipe(int8="weights"), capture, measure=None, keep_fp32=False
+    )
+    assert cache.find(tmp_path, cache.EntryKey("tiny", key))[0].path == plain.path

@@ -234,8 +234,8 @@ def test_api_optimizes_and_lists(api):
     assert done.status_code == 200, done.text
     assert done.json()["label"] == "[OpenVINO INT8w] tinyckpt" and done.json()["report"]["speedup"] > 0
     listed = api.get("/sd-ov/v1/recipes").json()["recipes"]
-    assert [r["label"] for r in listed] == ["FP32", "INT8w"]
-    assert listed[1]["option"] == "[OpenVINO INT8w] tinyckpt" and listed[1]["deepcache_branches"] == []
+    assert [r["label"] for r in listed] == ["INT8w"]  # the FP32 IR it started from went with the run
+    assert listed[0]["option"] == "[OpenVINO INT8w] tinyckpt" and listed[0]["deepcache_branches"] == []
 
 
 def test_api_refuses_unknown_mistyped_and_out_of_range_fields_with_422(api):
