@@ -62,6 +62,22 @@ def text_encoder_slots(sd_model) -> list[tuple[torch.nn.Module, str]]:
     return [(module, prefix) for module, prefix in found if module is not None and servable(module)]
 
 
+def torch_parts(wrapper) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """(what is traced, the part whose torch weights may leave memory, that part's key prefix in
+    the checkpoint below the wrapper's own). The token embedding, positions and final norms stay
+    with the host: it looks tokens up, and SD2 norms the layer it reads."""
+    if kind_of(wrapper) == "open_clip":
+        model = wrapper.wrapped.model
+        return model, model.transformer, "model.transformer."
+    transformer = wrapper.wrapped.transformer
+    return transformer, transformer.text_model.encoder, "transformer.text_model.encoder."
+
+
+def text_encoder_weights(wrapper, checkpoint_prefix: str, checkpoint_file: str, what: str) -> WebuiWeights:
+    _, released, inner = torch_parts(wrapper)
+    return WebuiWeights(released, CheckpointTensors(Path(checkpoint_file), checkpoint_prefix + inner), what)
+
+
 def text_encoder_loras(wrapper: torch.nn.Module) -> list[str]:
     """Loaded networks (the webui's Lora extension) that change this text encoder."""
     return networks_changing(wrapper, "te_multiplier")
@@ -88,24 +104,10 @@ class WebuiTextEncoder(ServedComponent):
         self.label = HOST_CLASSES[self.host][1]
         self.what = f"{self.label} text encoder"
         self.wrapped = wrapper.wrapped
-        # What is traced, and the part whose weights leave memory (the token embedding, positions
-        # and final norms stay with the host: it looks tokens up and SD2 norms the layer).
-        if self.kind == "open_clip":
-            self.traced, released, inner = (
-                self.wrapped.model,
-                self.wrapped.model.transformer,
-                "model.transformer.",
-            )
-        else:
-            self.traced = self.wrapped.transformer
-            released, inner = self.traced.text_model.encoder, "transformer.text_model.encoder."
+        self.traced = torch_parts(wrapper)[0]
         self.checkpoint_name = checkpoint_name
         self.checkpoint_hash = checkpoint_hash
-        self.weights = WebuiWeights(
-            released,
-            CheckpointTensors(Path(checkpoint_file), checkpoint_prefix + inner),
-            f"torch {self.what}",
-        )
+        self.weights = text_encoder_weights(wrapper, checkpoint_prefix, checkpoint_file, f"torch {self.what}")
         self.skip = 1
 
     def sync(self, release_torch: bool) -> None:

@@ -4,6 +4,7 @@ cancel, bad input, and HTTP error codes through a real FastAPI app."""
 from __future__ import annotations
 
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -319,3 +320,38 @@ def test_the_same_recipe_from_the_cli_and_the_tab_is_one_entry(webui, monkeypatc
     assert EntryKey("ckpt", "a" * 64, from_cli).folder(tmp_path) == EntryKey(
         "ckpt", "a" * 64, from_tab
     ).folder(tmp_path)
+
+
+def test_optimize_frees_the_text_encoder_except_while_prompts_are_encoded(webui, api, monkeypatch):
+    """The text encoders' torch weights (SDXL: 3.3 GB) leave memory while Optimize exports,
+    compiles, samples with the FP32 UNet and compresses; they are back, bit-exactly, for each
+    calibration picture's prompts and at the end."""
+    from sd_ov import engine
+    from sd_ov.torch_weights import is_released
+
+    from .webui_harness import add_vae_and_text_encoder
+
+    model = add_vae_and_text_encoder(webui)
+    encoder = model.cond_stage_model.wrapped.transformer.text_model.encoder
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    seen = {"export": [], "encode": []}
+    real_prepare = engine.prepare_entry
+
+    def prepare(*args, **kwargs):
+        seen["export"].append(is_released(encoder))
+        return real_prepare(*args, **kwargs)
+
+    real_encode = type(model.cond_stage_model).encode_with_transformers
+
+    def encode(self, tokens):
+        seen["encode"].append(is_released(encoder))
+        return real_encode(self, tokens)
+
+    monkeypatch.setattr(engine, "prepare_entry", prepare)
+    monkeypatch.setattr(type(model.cond_stage_model), "encode_with_transformers", encode)
+    done = api.post("/sd-ov/v1/optimize", json={**SMALL, "int8": "hybrid", "samples": 2, "calib_steps": 2})
+    assert done.status_code == 200, done.text
+    assert seen["export"] and all(seen["export"]), seen  # freed while the UNet was exported
+    assert seen["encode"] and not any(seen["encode"]), seen  # whole whenever prompts were encoded
+    assert not is_released(encoder)
+    assert all(torch.equal(v, before[k]) for k, v in encoder.state_dict().items())
