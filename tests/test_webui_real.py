@@ -779,6 +779,92 @@ def test_an_sdxl_checkpoint_runs_on_openvino_like_torch(installed):
     assert refused[0] == 422 and "token merging" in refused[1]["detail"], refused
 
 
+def write_sdxl_lora(path: Path, checkpoint: Path, seed: int, strength: float) -> None:
+    """A seeded random LoRA in kohya's SDXL layout, its layers and widths read from the checkpoint:
+    the UNet's attention projections, feed-forward outputs and proj_in (`lora_unet_<sgm name>`),
+    CLIP-L's q projections (`lora_te1_...`) and OpenCLIP-G's first MLP layers in the HF names kohya
+    writes (`lora_te2_text_model_encoder_layers_<i>_mlp_fc1`, which the Lora extension maps)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    layers = {}
+    with safe_open(str(checkpoint), framework="pt") as f:
+        names = f.keys()  # a safe_open is not iterable itself
+        for key in names:
+            name = key.removesuffix(".weight")
+            if key.startswith("model.diffusion_model.") and name.endswith(
+                ("attn1.to_q", "attn2.to_k", "attn1.to_out.0", "ff.net.2", "proj_in")
+            ):
+                layers["lora_unet_" + name.removeprefix("model.diffusion_model.").replace(".", "_")] = (
+                    f.get_slice(key).get_shape()
+                )
+            elif key.startswith(
+                "conditioner.embedders.0.transformer.text_model.encoder.layers."
+            ) and name.endswith("self_attn.q_proj"):
+                tail = name.removeprefix("conditioner.embedders.0.transformer.text_model.")
+                layers["lora_te1_text_model_" + tail.replace(".", "_")] = f.get_slice(key).get_shape()
+            elif key.startswith("conditioner.embedders.1.model.transformer.resblocks.") and name.endswith(
+                "mlp.c_fc"
+            ):
+                block = name.split(".")[6]  # conditioner.embedders.1.model.transformer.resblocks.<i>
+                layers[f"lora_te2_text_model_encoder_layers_{block}_mlp_fc1"] = f.get_slice(key).get_shape()
+    tensors = {}
+    rank = 4
+    for key, shape in layers.items():
+        out_f, in_f = shape[0], shape[1]
+        down = torch.randn(rank, in_f, generator=gen) / in_f**0.5
+        up = torch.randn(out_f, rank, generator=gen) * strength / rank**0.5
+        if len(shape) == 4:  # a 1x1 proj_in convolution
+            down, up = down[..., None, None], up[..., None, None]
+        tensors[f"{key}.lora_down.weight"] = down.half()
+        tensors[f"{key}.lora_up.weight"] = up.half()
+        tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path))
+
+
+def test_an_sdxl_lora_on_openvino_matches_torch(installed):
+    """An SDXL LoRA in kohya's layout (UNet, CLIP-L and OpenCLIP-G layers) on the OpenVINO UNet's
+    LoRA branch matches torch with the same LoRA (PSNR >= 35 dB, FP32); the text encoders it
+    changes encode on torch, and the infotext says so; a UNet-only LoRA keeps them on OpenVINO."""
+    models = Path(WEBUI) / "models"
+    checkpoint = next((models / "Stable-diffusion").glob(f"{SDXL_CHECKPOINT}.safetensors"), None)
+    if checkpoint is None:
+        pytest.skip(f"no {SDXL_CHECKPOINT}.safetensors in the webui's models/Stable-diffusion")
+    (models / "Lora").mkdir(exist_ok=True)
+    full, unet_only = (
+        models / "Lora" / "sdov-sdxl-full.safetensors",
+        models / "Lora" / "sdov-sdxl-unet.safetensors",
+    )
+    write_sdxl_lora(full, checkpoint, seed=5, strength=0.6)
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v for k, v in load_file(str(full)).items() if k.startswith("lora_unet_")}, str(unet_only))
+    prompts = {name: f"{JOB['prompt']} <lora:sdov-sdxl-{name}:0.8>" for name in ("full", "unet")}
+    webui = Webui(Path(WEBUI), installed / "sdxl-lora.log")
+    try:
+        with checkpoint_loaded(SDXL_CHECKPOINT), no_cond_cache():
+            base, _, _ = txt2img("None", **FRESH_CONDS)
+            torch_pics = {k: txt2img("None", job={"prompt": v}, **FRESH_CONDS)[0] for k, v in prompts.items()}
+            ov = {k: txt2img("Automatic", job={"prompt": v}, **FRESH_CONDS)[:2] for k, v in prompts.items()}
+    finally:
+        webui.stop()
+        full.unlink(missing_ok=True)
+        unet_only.unlink(missing_ok=True)
+    report = {k: round(psnr(image, torch_pics[k]), 1) for k, (image, _) in ov.items()}
+    changed = {k: round(psnr(image, base), 1) for k, image in torch_pics.items()}
+    print(f"\n[sdxl-lora] PSNR OpenVINO vs torch with the LoRA: {report}; torch with vs without: {changed}")
+    assert all(v < 30 for v in changed.values()), changed  # the LoRAs change torch's picture
+    for name, (image, info) in ov.items():
+        assert info["OpenVINO"] == "fp32, CPU, f32, dynamic", info
+        assert info["OpenVINO LoRA"] == f"sdov-sdxl-{name}:0.8", info
+        assert psnr(image, torch_pics[name]) >= 35, report
+    said = ov["full"][1]["OpenVINO text encoder"]
+    assert said.count("torch (LoRA sdov-sdxl-full:0.8 changes the text encoder)") == 2, said
+    assert ov["unet"][1]["OpenVINO text encoder"] == "CLIP-L: layer -2; OpenCLIP-G: layer -2, pooled"
+
+
 # A full-size SDXL checkpoint (2.6 G-parameter UNet; e.g. seeded random weights in the layout of the
 # webui's sd_xl_base.yaml) in models/Stable-diffusion, by file name without its extension.
 SDXL_FULL_CHECKPOINT = os.environ.get("SD_OV_WEBUI_SDXL_FULL_CHECKPOINT", "sdxl-random")
