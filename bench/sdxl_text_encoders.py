@@ -39,13 +39,10 @@ from sd_ov.memory import rss_mib, trim_heap  # noqa: E402
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU as OpenVINO names it (Windows and Linux alike)."""
+    from sd_ov.ov_core import get_core
+
+    return str(get_core().get_property("CPU", "FULL_DEVICE_NAME"))
 
 
 def psnr(got: torch.Tensor, want: torch.Tensor) -> float:
