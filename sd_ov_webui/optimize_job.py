@@ -36,9 +36,34 @@ class Busy(SdOvError):
     """Another job (a picture or an Optimize) holds the webui's queue."""
 
 
-def webui_picture(calib: Calibration, prompt: str, seed: int, unet_fn=None):
+@contextlib.contextmanager
+def before_decoding(first_stage, hook):
+    """`hook()` runs when the picture's latents are about to be decoded (the VAE's `decode`, which
+    the webui's decode_first_stage calls), and the VAE's own method is back afterwards."""
+    if hook is None or first_stage is None:
+        yield
+        return
+    saved = vars(first_stage).get("decode")
+    own = first_stage.decode
+
+    def decode(*args, **kwargs):
+        hook()
+        return own(*args, **kwargs)
+
+    first_stage.decode = decode
+    try:
+        yield
+    finally:
+        if saved is None:
+            vars(first_stage).pop("decode", None)
+        else:
+            first_stage.decode = saved
+
+
+def webui_picture(calib: Calibration, prompt: str, seed: int, unet_fn=None, before_decode=None):
     """One txt2img picture (numpy RGB) made by the webui itself, its UNet calls served by `unet_fn`
-    (torch when None). The webui's token merging is off: it would change only the torch picture."""
+    (torch when None), `before_decode()` called when sampling is done. The webui's token merging
+    is off: it would change only the torch picture."""
     import numpy as np
     from modules import processing
 
@@ -59,7 +84,10 @@ def webui_picture(calib: Calibration, prompt: str, seed: int, unet_fn=None):
         override_settings={"sd_unet": "None", "token_merging_ratio": 0},
         override_settings_restore_afterwards=True,
     )
-    with unet_calls_to(unet_fn):
+    with (
+        unet_calls_to(unet_fn),
+        before_decoding(getattr(shared.sd_model, "first_stage_model", None), before_decode),
+    ):
         processed = processing.process_images(p)
     if not processed.images or shared.state.interrupted:
         raise Cancelled("the sampler was interrupted")
@@ -120,7 +148,8 @@ def webui_capture(calib: Calibration, encoders: PromptEncoders | None = None):
             if encoders is not None:
                 encoders.ensure()
                 unet_fn = encoders.released_at_first_call(capturing)
-            webui_picture(calib, prompt, calib.seed + i, unet_fn)
+            # the FP32 UNet's buffers go before the VAE decodes (SDXL: both at once set the peak)
+            webui_picture(calib, prompt, calib.seed + i, unet_fn, getattr(runtime, "release_memory", None))
         return capturing.samples
 
     return capture

@@ -325,8 +325,10 @@ def test_the_same_recipe_from_the_cli_and_the_tab_is_one_entry(webui, monkeypatc
 def test_optimize_frees_the_text_encoder_except_while_prompts_are_encoded(webui, api, monkeypatch):
     """The text encoders' torch weights (SDXL: 3.3 GB) leave memory while Optimize exports,
     compiles, samples with the FP32 UNet and compresses; they are back, bit-exactly, for each
-    calibration picture's prompts and at the end."""
+    calibration picture's prompts and at the end. The FP32 UNet's buffers go before each
+    calibration picture is decoded."""
     from sd_ov import engine
+    from sd_ov.runtime import OVUNet
     from sd_ov.torch_weights import is_released
 
     from .webui_harness import add_vae_and_text_encoder
@@ -347,11 +349,25 @@ def test_optimize_frees_the_text_encoder_except_while_prompts_are_encoded(webui,
         seen["encode"].append(is_released(encoder))
         return real_encode(self, tokens)
 
+    events = []
+    real_release, real_decode = OVUNet.release_memory, type(model.first_stage_model).decode
+
+    def release_memory(self):
+        events.append("release")
+        return real_release(self)
+
+    def decode(self, z):
+        events.append("decode")
+        return real_decode(self, z)
+
+    monkeypatch.setattr(OVUNet, "release_memory", release_memory)
+    monkeypatch.setattr(type(model.first_stage_model), "decode", decode)
     monkeypatch.setattr(engine, "prepare_entry", prepare)
     monkeypatch.setattr(type(model.cond_stage_model), "encode_with_transformers", encode)
     done = api.post("/sd-ov/v1/optimize", json={**SMALL, "int8": "hybrid", "samples": 2, "calib_steps": 2})
     assert done.status_code == 200, done.text
     assert seen["export"] and all(seen["export"]), seen  # freed while the UNet was exported
     assert seen["encode"] and not any(seen["encode"]), seen  # whole whenever prompts were encoded
+    assert events[:2] == ["release", "decode"], events  # the first calibration picture's decode
     assert not is_released(encoder)
     assert all(torch.equal(v, before[k]) for k, v in encoder.state_dict().items())
