@@ -109,11 +109,12 @@ class WebuiTextEncoder(ServedComponent):
         self.checkpoint_hash = checkpoint_hash
         self.weights = text_encoder_weights(wrapper, checkpoint_prefix, checkpoint_file, f"torch {self.what}")
         self.skip = 1
+        self.int8 = False  # the opened model's weights (Settings → text encoders with INT8 weights)
 
     def sync(self, release_torch: bool) -> None:
         if self.ov is None:
             self.weights.ensure(self.progress)  # exported from them when the cache has no entry
-            int8 = bool(opt("sd_ov_text_encoder_int8"))
+            self.int8 = bool(opt("sd_ov_text_encoder_int8"))
             entry = prepare_text_encoder_entry(
                 self.traced,
                 cache_root(),
@@ -121,12 +122,11 @@ class WebuiTextEncoder(ServedComponent):
                 self.checkpoint_hash,
                 cancellable_progress,  # an export: Interrupt may stop it (the prompt is then torch's)
                 kind=self.kind,
-                int8_weights=int8,
+                int8_weights=self.int8,
             )
             self.ov = OVTextEncoder(
                 entry, device=str(opt("sd_ov_device")), precision="f32", progress=self.progress
             )
-            self.ov.int8 = int8
         self.attach()
         loras = text_encoder_loras(self.module)
         self.start_job(release_torch and not loras)
@@ -135,7 +135,7 @@ class WebuiTextEncoder(ServedComponent):
 
     def wants_reopen(self) -> bool:
         """The INT8 setting changed since this encoder was opened."""
-        return self.ov is not None and getattr(self.ov, "int8", False) != bool(opt("sd_ov_text_encoder_int8"))
+        return self.ov is not None and self.int8 != bool(opt("sd_ov_text_encoder_int8"))
 
     def layer(self) -> tuple[int | None, str | None]:
         """The clip skip (1: last layer) the wrapper's own code would read now, or why not served."""
@@ -199,7 +199,7 @@ class WebuiTextEncoder(ServedComponent):
             return f"torch ({self.torch_reason})"
         if not self.calls:
             return None
-        int8 = ", INT8 weights" if getattr(self.ov, "int8", False) else ""
+        int8 = ", INT8 weights" if self.int8 else ""
         if self.kind == "clip":
             return f"clip skip {self.skip}{int8}"
         pooled = ", pooled" if self.host == "FrozenOpenCLIPEmbedder2WithCustomWords" else ""

@@ -227,3 +227,16 @@ def test_sdxl_text_encoders_serve_the_layers_the_webui_reads(webui):
     for i, embedder in enumerate(embedders):
         for k, v in embedder.wrapped.state_dict().items():
             assert torch.equal(v, before[f"conditioner.embedders.{i}.{k}"]), k
+
+
+def test_the_int8_text_encoder_setting_reopens_the_encoder_and_says_so(webui):
+    """Settings → "Text encoders with INT8 weights": the next job encodes with the INT8 entry (the
+    infotext says so; the picture stays close to torch's), and turning it off goes back to FP32."""
+    add_vae_and_text_encoder(webui)
+    torch_job = txt2img(webui, override=OFF)
+    int8_job = txt2img(webui, override={**ON, "sd_ov_text_encoder_int8": True})
+    assert infotext_params(int8_job.infotexts[0])["OpenVINO text encoder"] == "clip skip 1, INT8 weights"
+    assert 0 < metrics.rel_l2(int8_job.latent, torch_job.latent) < 0.05  # INT8 weights: close, not equal
+    fp32_job = txt2img(webui, override={**ON, "sd_ov_text_encoder_int8": False})
+    assert infotext_params(fp32_job.infotexts[0])["OpenVINO text encoder"] == "clip skip 1"
+    assert metrics.rel_l2(fp32_job.latent, torch_job.latent) < 1e-5
