@@ -149,11 +149,13 @@ def optimize(
     torch_weights: ModuleWeights | None = None,
     preset: str = "",
     cache_compiled: bool = True,
+    fp32_blob: bool | None = None,
 ) -> cache.CacheEntry:
     """Make (or remake) the cache entry of `recipe` for this checkpoint, with its report.
     `preset`: the preset that chose the recipe, recorded in the manifest. `cache_compiled`
     False (Settings → "Keep compiled blobs on disk" off) writes no compiled blob, for calibration
-    nor measurement: for SDXL FP32 such a blob is another 10 GB.
+    nor measurement: for SDXL FP32 such a blob is another 10 GB. `fp32_blob` (default: as
+    `cache_compiled`) is for calibration's FP32 model alone: False when its entry goes afterwards.
 
     `shapes` are (batch, latent height, latent width, tokens) to compile ahead, so the blobs are
     on disk before the first picture. Peak memory stays near the largest of: the torch UNet plus
@@ -179,6 +181,7 @@ def optimize(
             torch_weights,
             preset,
             cache_compiled,
+            cache_compiled if fp32_blob is None else fp32_blob,
         )
     finally:
         if torch_weights is not None:
@@ -200,6 +203,7 @@ def _optimize(
     torch_weights: ModuleWeights | None,
     preset: str,
     cache_compiled: bool,
+    fp32_blob: bool,
 ) -> cache.CacheEntry:
     started = time.perf_counter()
     spec = optimizable(unet, recipe)
@@ -222,7 +226,7 @@ def _optimize(
         if capture is None:
             raise ValueError(f"recipe {recipe.label()} needs calibration: no capture function given")
         progress("calibrating: sampling with the FP32 OpenVINO UNet", 0.25)
-        runtime = engine.open_unet(fp32, device=device, cache_compiled=cache_compiled)
+        runtime = engine.open_unet(fp32, device=device, cache_compiled=fp32_blob)
         try:
             samples = spread(capture(runtime, scaled(progress, 0.25, 0.4)), recipe.samples)
         finally:
@@ -325,6 +329,8 @@ def optimize_with_deepcache(
     existed = {
         r: cache.find(root, cache.EntryKey(checkpoint_name, checkpoint_hash, r))[0] is not None for r in plain
     }
+    if not keep_fp32 and not existed[Recipe()]:
+        kwargs["fp32_blob"] = False  # the FP32 entry goes at the end: no 10 GB blob written into it
     entries = _optimize_with_deepcache(
         unet, root, checkpoint_name, checkpoint_hash, recipe, capture, deepcache_branch, progress, **kwargs
     )

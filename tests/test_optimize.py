@@ -212,7 +212,9 @@ def test_optimize_writes_no_compiled_blob_when_the_setting_keeps_none(micro_unet
     assert cache.validate(entry.path).manifest.label == entry.manifest.label  # still a valid entry
 
 
-def test_the_fp32_entries_exported_only_for_optimize_go_unless_they_were_there(micro_unet, tmp_path):
+def test_the_fp32_entries_exported_only_for_optimize_go_unless_they_were_there(
+    micro_unet, tmp_path, monkeypatch
+):
     """keep_fp32=False (the tab, the API and the CLI): an INT8 recipe with its DeepCache pair leaves
     its two entries, not the FP32 IR and plain pair it was compressed from (SDXL: 10 GB each);
     an FP32 entry the user had served before Optimize stays."""
@@ -220,12 +222,21 @@ def test_the_fp32_entries_exported_only_for_optimize_go_unless_they_were_there(m
 
     capture = random_prompt_capture(describe(micro_unet), prompts=1, steps=2, size=(64, 64))
     key = "e" * 64
+    blobs_asked = []
+    real_open = engine.open_unet
+
+    def open_unet(entry, *args, **kwargs):
+        if entry.manifest.recipe.is_plain:
+            blobs_asked.append(kwargs.get("cache_compiled", True))
+        return real_open(entry, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "open_unet", open_unet)
     made = optimize_with_deepcache(
         micro_unet,
         tmp_path,
         "tiny",
         key,
-        Recipe(int8="weights"),
+        Recipe(int8="hybrid", samples=2),
         capture,
         deepcache_branch=0,
         measure=None,
@@ -234,6 +245,7 @@ def test_the_fp32_entries_exported_only_for_optimize_go_unless_they_were_there(m
     on_disk = {e.path for e in cache.list_entries(tmp_path)}
     assert on_disk == {e.path for e in made} and len(made) == 2
     assert cache.find(tmp_path, cache.EntryKey("tiny", key))[0] is None
+    assert blobs_asked and not any(blobs_asked)  # no blob written into an FP32 entry that goes
 
     plain = engine.prepare_entry(micro_unet, tmp_path, "tiny", key).entry  # the user serves FP32
     optimize_with_deepcache(
