@@ -31,6 +31,7 @@ import openvino as ov
 from . import __version__, fs
 from .cache_removal import MANIFEST, RETIRED_MARK, TMP_MARK, TRASH_MARK, cleanup_stale, delete  # noqa: F401
 from .cache_removal import remove as _remove
+from .cache_usage import compiled_bytes, drop_compiled, folder_bytes, total_bytes  # noqa: F401
 from .errors import CacheEntryInUse, CacheEntryInvalid
 from .manifest import FORMAT, FileRecord, Manifest, Report
 from .progress import ProgressFn, silent
@@ -286,36 +287,6 @@ def update_report(entry: CacheEntry, report: Report) -> CacheEntry:
         fs.remove_file(tmp)
     entry.manifest = manifest
     return entry
-
-
-def folder_bytes(folder: Path) -> int:
-    """Bytes of the files under `folder` (0 when it is absent); files that vanish meanwhile
-    (another process cleaning up) count as gone."""
-    total = 0
-    for path in Path(folder).rglob("*"):
-        try:
-            if path.is_file():
-                total += path.stat().st_size
-        except OSError:
-            continue
-    return total
-
-
-def compiled_bytes(entry: CacheEntry) -> int:
-    """The compiled blobs OpenVINO keeps in the entry (its CACHE_DIR): not in the manifest, which
-    lists what the entry is made of, but on the user's disk all the same (SDXL FP32: 10 GB)."""
-    return folder_bytes(entry.blob_dir)
-
-
-def drop_compiled(entry: CacheEntry) -> list[Path]:
-    """Delete the entry's compiled blobs (the entry stays valid: the next compile reads the IR and
-    writes them again, if the setting keeps them). Returns the files a compiled model still maps."""
-    return fs.remove_tree(entry.blob_dir)
-
-
-def total_bytes(root: Path) -> int:
-    """Everything under the cache folder: entries, their compiled blobs, and what is left over."""
-    return folder_bytes(root)
 
 
 def list_entries(root: Path) -> list[CacheEntry]:
