@@ -38,6 +38,7 @@ _PUBLIC = {
     "PRUNE_MODES": "constants",
     "SCHEDULES": "constants",
     "SHAPE_POLICIES": "constants",
+    "VAE_PRECISIONS": "constants",
     # errors
     "Cancelled": "errors",
     "DeviceNotFoundError": "errors",
@@ -68,6 +69,7 @@ _PUBLIC = {
     "LoraLayer": "lora_branch",
     "concatenate": "lora_branch",
     "OVVae": "vae",
+    "vae_precision": "vae",
     "prepare_vae_entry": "vae",
     "OVTextEncoder": "text_encoder",
     "prepare_text_encoder_entry": "text_encoder",

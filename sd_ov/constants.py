@@ -20,3 +20,6 @@ SCHEDULES = ("uniform", "non-uniform")
 MAX_DEEPCACHE_BRANCH = 10
 # Where a single-file checkpoint keeps the UNet's weights.
 CHECKPOINT_UNET_PREFIX = "model.diffusion_model."
+
+# The VAE's precision choices (`vae.vae_precision` says what each means on a device).
+VAE_PRECISIONS = ("auto", "f32", "bf16")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sd_ov import CheckpointTensors, OVVae, prepare_vae_entry
+from sd_ov import CheckpointTensors, OVVae, prepare_vae_entry, vae_precision
 
 from .component import ServedComponent
 from .offload import WebuiWeights
@@ -82,18 +82,33 @@ class WebuiVae(ServedComponent):
     def sync(self, release_torch: bool) -> None:
         """At each job: (re)load the OpenVINO VAE when the webui's VAE changed; attach."""
         identity = vae_identity(self.checkpoint_hash)
+        device = str(opt("sd_ov_device"))
+        precision = vae_precision(device, str(opt("sd_ov_vae_precision")))
+        if self.ov is not None and (self.ov.fell_back is None and self.ov.precision != precision):
+            self.ov.release()  # the setting changed: compiled again at the new precision
+            self.ov = None
         if identity != self.identity or self.ov is None:
             self.detach()  # the torch weights back before anything is exported from them
             name, digest = identity
             entry = prepare_vae_entry(
                 self.module, cache_root(), f"{self.checkpoint_name}-vae-{name}", digest, cancellable_progress
             )
-            # f32 on every device: f16 VAEs give black or NaN pictures (the webui's own --no-half-vae)
-            self.ov = OVVae(entry, device=str(opt("sd_ov_device")), precision="f32", progress=self.progress)
+            # never f16: f16 VAEs give black or NaN pictures (the webui's own --no-half-vae); bf16
+            # where the CPU runs it faster (`vae_precision`)
+            self.ov = OVVae(entry, device=device, precision=precision, progress=self.progress)
             self.identity = identity
             self.weights = WebuiWeights(self.module, vae_weights_source(self.checkpoint_file), "torch VAE")
         self.attach()
         self.start_job(release_torch)
+
+    def infotext(self) -> str | None:
+        """`decode` (f32), `decode (bf16)`, or why a bf16 model went to f32."""
+        served = super().infotext()
+        if not served or self.torch_reason or self.ov is None:
+            return served
+        if self.ov.fell_back:
+            return f"{served} ({self.ov.fell_back})"
+        return served if self.ov.precision == "f32" else f"{served} ({self.ov.precision})"
 
     def _decode(self, z, *args, **kwargs):
         out = None if args or kwargs else self.served("decode", lambda: self.ov.decode(z))

@@ -65,3 +65,27 @@ def test_the_vae_entry_is_cached_and_not_listed_as_a_recipe(tiny_vae, vae_entry)
     assert optimize.recipe_entries(root) == []
     other = cache.EntryKey("tinyckpt", entry.manifest.checkpoint_hash, component="unet")
     assert cache.find(root, other) == (None, None)  # another folder: a UNet is never read as a VAE
+
+
+def test_the_vae_precision_choice_per_device():
+    assert vae.vae_precision("CPU", "f32") == "f32" and vae.vae_precision("CPU", "bf16") == "bf16"
+    assert vae.vae_precision("GPU", "bf16") == "f32"  # bf16 is a CPU choice; never f16 anywhere
+    assert vae.vae_precision("AUTO:GPU,CPU", "auto") == "f32"
+    assert vae.vae_precision("CPU", "auto") in ("f32", "bf16")
+    with pytest.raises(ValueError, match="one of auto, f32, bf16"):
+        vae.vae_precision("CPU", "f16")
+
+
+def test_a_bf16_decode_that_gives_nan_runs_again_at_f32_and_says_so(tiny_vae, vae_entry):
+    """A latent with a NaN gives NaN at any precision: the bf16 model is dropped, the decode runs
+    again at f32 (still NaN here: the host then decodes on torch), and `fell_back` says why."""
+    entry, _ = vae_entry
+    ov_vae = vae.OVVae(entry, precision="bf16", cache_compiled=False)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    assert torch.isfinite(ov_vae.decode(z)).all() and ov_vae.fell_back is None
+    z[0, 0, 0, 0] = float("nan")
+    assert not torch.isfinite(ov_vae.decode(z)).all()
+    assert ov_vae.precision == "f32" and ov_vae.fell_back == "bf16 gave NaN/inf, f32 from then on"
+    z[0, 0, 0, 0] = 0.0
+    with torch.no_grad():
+        assert torch.allclose(ov_vae.decode(z), tiny_vae.decode(z), atol=1e-4, rtol=1e-3)  # f32 now

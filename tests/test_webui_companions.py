@@ -7,9 +7,10 @@ from __future__ import annotations
 import sys
 from types import SimpleNamespace
 
+import pytest
 import torch
 
-from sd_ov import metrics
+from sd_ov import metrics, ov_core
 from sd_ov.torch_weights import is_released
 
 from .webui_harness import add_vae_and_text_encoder, infotext_params, txt2img
@@ -81,6 +82,29 @@ def test_the_torch_vae_is_freed_while_openvino_decodes_and_a_fallback_or_a_new_v
     assert all(torch.equal(v, expected[k]) for k, v in backup.items())
     txt2img(webui, override={"sd_ov_vae": False})
     assert not is_released(vae) and "decode" not in vars(vae)
+
+
+def test_the_vae_precision_setting_compiles_the_vae_again_and_the_infotext_names_it(webui):
+    """bf16 (where this CPU has it) is another compiled VAE, close to torch's picture; back to f32,
+    the f32 decode again. A device without bf16 (GPU) would get f32 whatever the setting says."""
+    if "BF16" not in ov_core.get_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bf16")
+    add_vae_and_text_encoder(webui)
+    f32 = txt2img(webui, override={"sd_ov_vae": True, "sd_ov_vae_precision": "f32"})
+    vae = webui.sd_unet.current_unet.vae
+    assert infotext_params(f32.infotexts[0])["OpenVINO VAE"] == "decode" and vae.ov.precision == "f32"
+    bf16 = txt2img(webui, override={"sd_ov_vae": True, "sd_ov_vae_precision": "bf16"})
+    assert (
+        infotext_params(bf16.infotexts[0])["OpenVINO VAE"] == "decode (bf16)" and vae.ov.precision == "bf16"
+    )
+    assert torch.equal(bf16.latent, f32.latent)  # only the decode changed
+    assert not torch.equal(bf16.decoded, f32.decoded)  # it did run at bf16
+    assert metrics.rel_l2(bf16.decoded, f32.decoded) < 2e-2
+    again = txt2img(webui, override={"sd_ov_vae": True, "sd_ov_vae_precision": "f32"})
+    assert (
+        torch.equal(again.decoded, f32.decoded)
+        and infotext_params(again.infotexts[0])["OpenVINO VAE"] == "decode"
+    )
 
 
 def test_each_offload_mode_gives_the_same_picture_and_keeps_what_it_says(webui):

@@ -62,6 +62,9 @@ def webui(request, stub_modules, tiny_unet, tmp_path, shared_cache):
 
     script_callbacks.clear_callbacks()
     shared.opts = shared.Options()
+    # The VAE at f32 whatever this CPU runs fastest ("auto" may pick bf16): tests compare the
+    # decode with torch's; bf16 has its own test.
+    shared.opts.sd_ov_vae_precision = "f32"
     shared.state = shared.State()
     sd_unet.current_unet = sd_unet.current_unet_option = None
     paths.models_path = str(shared_cache)
