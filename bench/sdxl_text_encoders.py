@@ -58,16 +58,16 @@ def clip_l() -> torch.nn.Module:
     return CLIPTextModel(CLIPTextConfig(**text_encoder.CLIP_L_CONFIG)).eval()
 
 
-def open_clip_bigg() -> torch.nn.Module:
+def open_clip_bigg(layers: int = 32) -> torch.nn.Module:
     """open_clip's ViT-bigG-14 text tower (the config SDXL's FrozenOpenCLIPEmbedder2 loads), with a
-    tiny vision tower (sgm deletes it anyway)."""
+    tiny vision tower (sgm deletes it anyway). Fewer `layers` for smoke tests."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     torch.manual_seed(0)
     model = CLIP(
         embed_dim=1280,
         vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=16),
-        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=1280, heads=20, layers=32),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=1280, heads=20, layers=layers),
     )
     del model.visual
     return model.eval()
