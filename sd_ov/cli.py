@@ -127,6 +127,8 @@ def _optimize(args: argparse.Namespace) -> int:
     else:  # a random-weight UNet: speed and fidelity to torch, not pictures
         unet = build_unet(load_config(args.config or "tiny"), seed=args.seed)
         name, key = args.name or f"random-{args.config or 'tiny'}", engine.weights_hash(unet)
+    if request.preset and describe(unet).adm_channels:  # SDXL: the preset's SDXL recipe
+        request = parse_optimize_form(optimize_form_values(args), sdxl=True)
     calib = request.calibration
     capture = random_prompt_capture(
         describe(unet), args.calib_prompts, calib.steps, (calib.width, calib.height)

@@ -121,8 +121,11 @@ def parse_deepcache_branch(value: Any) -> int | None:
     return branch
 
 
-def parse_optimize_form(values: Mapping[str, Any], default_device: str = "CPU") -> OptimizeRequest:
-    """The form's values (any subset of OPTIMIZE_FIELDS) → what Optimize needs."""
+def parse_optimize_form(
+    values: Mapping[str, Any], default_device: str = "CPU", sdxl: bool = False
+) -> OptimizeRequest:
+    """The form's values (any subset of OPTIMIZE_FIELDS) → what Optimize needs; `sdxl`: for an
+    SDXL UNet (a preset gives its SDXL recipe)."""
     unknown = set(values) - set(OPTIMIZE_FIELDS)
     if unknown:
         raise ValueError(f"unknown Optimize fields: {sorted(unknown)}")
@@ -131,7 +134,7 @@ def parse_optimize_form(values: Mapping[str, Any], default_device: str = "CPU") 
     if preset_name not in ("none", *PRESETS):
         raise ValueError(f"preset must be none or one of {sorted(PRESETS)}, not {f['preset']!r}")
     if preset_name != "none":  # the preset's recipe fields win over the form's
-        f.update(PRESETS[preset_name].form_values(str(f["device"] or default_device)))
+        f.update(PRESETS[preset_name].form_values(str(f["device"] or default_device), sdxl))
     recipe = Recipe(
         int8=str(f["int8"]),
         tome=_number(f, "tome", float, 0.0, 0.75),

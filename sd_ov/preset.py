@@ -24,18 +24,23 @@ class Preset:
     name: str
     recipe: Recipe
     deepcache: DeepCacheConfig
+    # SDXL's UNet (sgm) takes no token merging or FFN pruning (they patch ldm's attention): its
+    # recipe keeps the rest (bench/sdxl.py measures it at 1024²)
+    sdxl_recipe: Recipe | None = None
 
-    def recipe_for(self, device: str = "CPU") -> Recipe:
-        """The recipe with the precision `device` runs fastest (`preset_precision`)."""
-        return replace(self.recipe, precision=preset_precision(device))
+    def recipe_for(self, device: str = "CPU", sdxl: bool = False) -> Recipe:
+        """The recipe (SDXL's for an SDXL UNet) with the precision `device` runs fastest
+        (`preset_precision`)."""
+        recipe = self.sdxl_recipe if sdxl and self.sdxl_recipe is not None else self.recipe
+        return replace(recipe, precision=preset_precision(device))
 
-    def describe(self, device: str = "CPU") -> str:
+    def describe(self, device: str = "CPU", sdxl: bool = False) -> str:
         """What it runs, for reports."""
-        return f"{self.recipe_for(device).label()} + {self.deepcache.label()}"
+        return f"{self.recipe_for(device, sdxl).label()} + {self.deepcache.label()}"
 
-    def form_values(self, device: str = "CPU") -> dict:
+    def form_values(self, device: str = "CPU", sdxl: bool = False) -> dict:
         """The Optimize form's fields that make the preset's recipe and its DeepCache pair."""
-        recipe = self.recipe_for(device)
+        recipe = self.recipe_for(device, sdxl)
         return {
             "int8": recipe.int8,
             "tome": recipe.tome,
@@ -46,7 +51,9 @@ class Preset:
         }
 
 
-FASTEST = Preset("fastest", Recipe(int8="hybrid", tome=0.5), DeepCacheConfig(3, 0, "non-uniform"))
+FASTEST = Preset(
+    "fastest", Recipe(int8="hybrid", tome=0.5), DeepCacheConfig(3, 0, "non-uniform"), Recipe(int8="hybrid")
+)
 PRESETS = {p.name: p for p in (FASTEST,)}
 
 

@@ -173,7 +173,8 @@ def webui_sample_image(calib: Calibration, encoders: PromptEncoders | None = Non
 
 def parse_request(values: dict) -> OptimizeRequest:
     """The form's values → what Optimize needs; ValueError (or a device error) if wrong."""
-    return parse_optimize_form(values, default_device=str(opt("sd_ov_device")))
+    sdxl = bool(getattr(shared.sd_model, "is_sdxl", False))  # a preset gives its SDXL recipe
+    return parse_optimize_form(values, default_device=str(opt("sd_ov_device")), sdxl=sdxl)
 
 
 def optimize_loaded_checkpoint(request: OptimizeRequest, progress, wait: bool = True) -> cache.CacheEntry:

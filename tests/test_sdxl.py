@@ -104,6 +104,7 @@ def test_optimize_makes_int8_recipes_of_sdxl_and_refuses_token_merging(sdxl_unet
     input) and measured with it; token merging and FFN pruning are refused before any work."""
     from sd_ov.calibration import random_prompt_capture
     from sd_ov.errors import UnsupportedModelError
+    from sd_ov.form import parse_optimize_form
     from sd_ov.optimize import Measure, optimizable, optimize, optimize_with_deepcache
 
     for recipe in (Recipe(tome=0.5), Recipe(prune="ffn", prune_ratio=0.2)):
@@ -111,6 +112,7 @@ def test_optimize_makes_int8_recipes_of_sdxl_and_refuses_token_merging(sdxl_unet
             optimize(sdxl_unet, tmp_path, "tiny-sdxl", "h", recipe, capture=None)
     assert not any(tmp_path.iterdir())
     assert optimizable(sdxl_unet, Recipe(int8="hybrid")).adm_channels == 40
+    assert optimizable(sdxl_unet, parse_optimize_form({"preset": "fastest"}, sdxl=True).recipe)
 
     capture = random_prompt_capture(describe(sdxl_unet), prompts=2, steps=3, size=(128, 128))
     recipe, pair = optimize_with_deepcache(
