@@ -48,7 +48,7 @@ from sd_ov.calibration import random_prompt_capture  # noqa: E402
 from sd_ov.cpu_caps import cpu_caps  # noqa: E402
 from sd_ov.deepcache import DeepCacheConfig  # noqa: E402
 from sd_ov.ldm_unet import build_unet, describe, load_config, traceable  # noqa: E402
-from sd_ov.optimize import optimize_with_deepcache  # noqa: E402
+from sd_ov.optimize_pair import optimize_with_deepcache  # noqa: E402
 from sd_ov.preset import FASTEST  # noqa: E402
 from sd_ov.recipe import Recipe  # noqa: E402
 from sd_ov.sampling import sample_euler  # noqa: E402

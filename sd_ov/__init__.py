@@ -12,7 +12,7 @@ The engine's parts, by job:
   `runtime` (the UNet), `memory`
 - the cache store: `cache`, `cache_removal`, `manifest`, `fs`, `recipe`
 - serving: `engine`, `served`, `record`, `torch_weights`
-- optimizing: `optimize`, `recipe_ir`, `calibration`, `compress`, `preset`, `form`, `report`
+- optimizing: `optimize`, `optimize_pair`, `recipe_ir`, `calibration`, `compress`, `preset`, `form`, `report`
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ _PUBLIC = {
     "ModuleWeights": "torch_weights",
     "canonical": "cache",
     "trim_heap": "memory",
+    "optimize_with_deepcache": "optimize_pair",
     "ProgressFn": "progress",
     "silent": "progress",
 }

@@ -113,7 +113,7 @@ def _optimize(args: argparse.Namespace) -> int:
     from .calibration import random_prompt_capture
     from .form import parse_optimize_form
     from .ldm_unet import build_unet, describe, load_config, load_unet_from_checkpoint
-    from .optimize import optimize_with_deepcache
+    from .optimize_pair import optimize_with_deepcache
     from .progress import console
 
     request = parse_optimize_form(optimize_form_values(args))  # every input checked before any work

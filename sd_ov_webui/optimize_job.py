@@ -18,6 +18,7 @@ from sd_ov import (
     SdOvError,
     cache,
     optimize,
+    optimize_with_deepcache,
     parse_optimize_form,
     report,
 )
@@ -212,7 +213,7 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> cache.CacheEntry:
         encoders.release()
         with unet_calls_to(None), contextlib.ExitStack() as back:
             back.callback(encoders.ensure)  # the webui's own encoders are whole again at the end
-            entry, *_pair = optimize.optimize_with_deepcache(
+            entry, *_pair = optimize_with_deepcache(
                 model.model.diffusion_model,
                 cache_root(),
                 name,

@@ -218,7 +218,7 @@ def test_the_fp32_entries_exported_only_for_optimize_go_unless_they_were_there(
     """keep_fp32=False (the tab, the API and the CLI): an INT8 recipe with its DeepCache pair leaves
     its two entries, not the FP32 IR and plain pair it was compressed from (SDXL: 10 GB each);
     an FP32 entry the user had served before Optimize stays."""
-    from sd_ov.optimize import optimize_with_deepcache
+    from sd_ov.optimize_pair import optimize_with_deepcache
 
     capture = random_prompt_capture(describe(micro_unet), prompts=1, steps=2, size=(64, 64))
     key = "e" * 64

@@ -105,7 +105,8 @@ def test_optimize_makes_int8_recipes_of_sdxl_and_refuses_token_merging(sdxl_unet
     from sd_ov.calibration import random_prompt_capture
     from sd_ov.errors import UnsupportedModelError
     from sd_ov.form import parse_optimize_form
-    from sd_ov.optimize import Measure, optimizable, optimize, optimize_with_deepcache
+    from sd_ov.optimize import Measure, optimizable, optimize
+    from sd_ov.optimize_pair import optimize_with_deepcache
 
     for recipe in (Recipe(tome=0.5), Recipe(prune="ffn", prune_ratio=0.2)):
         with pytest.raises(UnsupportedModelError, match="SDXL"):

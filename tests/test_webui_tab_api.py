@@ -260,7 +260,7 @@ def test_api_answers_500_when_optimize_fails_and_keeps_serving(api, webui, monke
     def broken(*args, **kwargs):
         raise RuntimeError("compile failed: out of device memory")
 
-    monkeypatch.setattr(webui.pkg.optimize_job.optimize, "optimize", broken)
+    monkeypatch.setattr(webui.pkg.optimize_job, "optimize_with_deepcache", broken)
     failed = api.post("/sd-ov/v1/optimize", json=SMALL)
     assert failed.status_code == 500 and "compile failed" in failed.json()["detail"]
     assert not call_queue.queue_lock.locked()  # the queue is free for the next job
