@@ -27,6 +27,8 @@ import numpy as np
 import pytest
 
 from sd_ov.metrics import psnr
+from sd_ov.ov_core import get_core
+from sd_ov.preset import preset_precision
 
 from .webui_harness import infotext_params
 
@@ -56,6 +58,9 @@ JOB = {
 # webui's NaN check then fails the job). Real CLIP weights have a bias and a mean far from 0.
 # "No norm" is the same arithmetic without that division; every job here, torch's too, uses it.
 NO_NORM = {"emphasis": "No norm"}
+# The VAE at f32 in every job compared with torch's (`auto` is bf16 on a CPU that runs it faster);
+# bf16 has its own job in the first test.
+F32_VAE = {"sd_ov_vae_precision": "f32"}
 
 
 # Optimize INT8 hybrid + ToMe 0.5, calibrated on two short pictures (the tests add sizes).
@@ -145,7 +150,7 @@ def txt2img(
         {
             **JOB,
             **(job or {}),
-            "override_settings": {"sd_unet": unet, **NO_NORM, **overrides},
+            "override_settings": {"sd_unet": unet, **NO_NORM, **F32_VAE, **overrides},
             "alwayson_scripts": {"OpenVINO": {"args": [openvino, *deepcache]}, **(scripts or {})},
         },
     )
@@ -175,8 +180,14 @@ def test_txt2img_through_openvino_matches_torch_and_restart_reuses_the_cache(ins
         after_image, after_info, _ = txt2img("Automatic")
         # a per-job override of our settings runs, and the infotext says what ran
         static_image, static_info, _ = txt2img("Automatic", sd_ov_shape_policy="static")
+        bf16 = "BF16" in get_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if bf16:  # the VAE at bf16: another compiled VAE, named in the infotext
+            bf16_image, bf16_info, _ = txt2img("Automatic", sd_ov_vae_precision="bf16")
     finally:
         first.stop()
+    if bf16:
+        print(f"\n[vae] bf16 VAE vs f32: {psnr(bf16_image, ov_image):.1f} dB")
+        assert bf16_info["OpenVINO VAE"] == "decode (bf16)" and psnr(bf16_image, ov_image) >= 30
     assert torch_info["OpenVINO"].startswith("off (SD Unet is None")
     assert ov_info["OpenVINO"] == "fp32, CPU, f32, dynamic", ov_info
     assert psnr(ov_image, torch_image) >= 40
@@ -243,7 +254,7 @@ def test_an_interrupt_returns_the_partial_picture_and_the_next_job_is_served(ins
         def job() -> None:
             answer["result"] = api_status(
                 "/sdapi/v1/txt2img",
-                {**JOB, "steps": 30, "override_settings": {"sd_unet": "Automatic", **NO_NORM}},
+                {**JOB, "steps": 30, "override_settings": {"sd_unet": "Automatic", **NO_NORM, **F32_VAE}},
             )
 
         worker = threading.Thread(target=job)
@@ -390,7 +401,7 @@ def test_memory_openvino_is_lighter_than_torch_alone(installed):
                 "hr_upscaler": "Latent",
                 "hr_second_pass_steps": 2,
                 "denoising_strength": 0.6,
-                "override_settings": {"sd_unet": "Automatic", **NO_NORM, **COMPANIONS},
+                "override_settings": {"sd_unet": "Automatic", **NO_NORM, **F32_VAE, **COMPANIONS},
             },
         )
         rss["openvino +2 sizes +hires"] = rss_gib(pid)
@@ -608,7 +619,7 @@ def img2img(unet: str, payload: dict, **overrides) -> tuple[np.ndarray, dict, fl
         {
             **{k: v for k, v in JOB.items() if k != "override_settings_restore_afterwards"},
             **payload,
-            "override_settings": {"sd_unet": unet, **NO_NORM, **overrides},
+            "override_settings": {"sd_unet": unet, **NO_NORM, **F32_VAE, **overrides},
             "override_settings_restore_afterwards": True,
         },
     )
@@ -726,8 +737,9 @@ def test_an_sdxl_checkpoint_runs_on_openvino_like_torch(installed):
     """Issue #11's webui check for SDXL: txt2img (and a DeepCache job) with an SDXL checkpoint on
     the OpenVINO UNet (sgm UNetModel with the vector conditioning y) matches torch's picture
     (PSNR >= 35 dB, FP32), the infotext saying so; per-step seconds of both are reported. Then
-    Optimize makes an INT8 hybrid recipe of it (calibrated on the webui's SDXL sampler, whose
-    calls carry y) with its DeepCache pair, and a txt2img runs on it."""
+    Optimize makes the `fastest` preset's SDXL recipe of it (INT8 hybrid without token merging,
+    calibrated on the webui's SDXL sampler, whose calls carry y) with its DeepCache pair, and a
+    txt2img runs on it with the preset's schedule; token merging asked for itself is refused."""
     if not any((Path(WEBUI) / "models" / "Stable-diffusion").glob(f"{SDXL_CHECKPOINT}.*")):
         pytest.skip(f"no {SDXL_CHECKPOINT} checkpoint in the webui's models/Stable-diffusion")
     webui = Webui(Path(WEBUI), installed / "sdxl.log")
@@ -751,8 +763,8 @@ def test_an_sdxl_checkpoint_runs_on_openvino_like_torch(installed):
                 "sizes_text": "256x256",
                 "measure_size": "256x256",
             }
-            optimized = api("/sd-ov/v1/optimize", int8_request, timeout=3600)
-            int8_image, int8_info, _ = txt2img(optimized["label"], deepcache=(2, 0, "uniform"))
+            optimized = api("/sd-ov/v1/optimize", {**int8_request, "preset": "fastest"}, timeout=3600)
+            int8_image, int8_info, _ = txt2img(optimized["label"], deepcache=(3, 0, "non-uniform"))
             refused = api_status("/sd-ov/v1/optimize", {**int8_request, "tome": 0.5})
     finally:
         webui.stop()
@@ -760,7 +772,7 @@ def test_an_sdxl_checkpoint_runs_on_openvino_like_torch(installed):
         f"PSNR {psnr(ov_image, torch_image):.1f} dB (text encoders on torch instead: "
         f"{psnr(torch_te_image, torch_image):.1f}; Clip skip SDXL 3: {psnr(skip_image, torch_skip):.1f}; "
         f"DeepCache 2: {psnr(dc_image, torch_image):.1f}; "
-        f"INT8 hybrid + DeepCache 2: {psnr(int8_image, torch_image):.1f}); "
+        f"fastest (INT8 hybrid + DeepCache 3): {psnr(int8_image, torch_image):.1f}); "
         f"s/step incl. text encoder and VAE: torch {torch_s / JOB['steps']:.2f}, "
         f"OpenVINO {ov_s / JOB['steps']:.2f}"
     )
@@ -774,7 +786,9 @@ def test_an_sdxl_checkpoint_runs_on_openvino_like_torch(installed):
     assert dc_info["OpenVINO DeepCache"] == "interval 2, branch 0, uniform", dc_info
     assert psnr(ov_image, torch_image) >= 35, report
     assert psnr(dc_image, torch_image) >= 20, report
-    assert int8_info["OpenVINO"] == "int8+DeepCache2b0, CPU, f32, dynamic", int8_info
+    precision = preset_precision("CPU")
+    assert int8_info["OpenVINO"] == f"int8+DeepCache3b0nu, CPU, {precision}, dynamic", int8_info
+    assert int8_info["OpenVINO preset"] == "fastest", int8_info
     assert optimized["report"]["rel_l2"] > 0 and psnr(int8_image, torch_image) >= 20, report
     assert refused[0] == 422 and "token merging" in refused[1]["detail"], refused
 
