@@ -28,8 +28,11 @@ Peaks are VmHWM (Linux: reset through /proc/self/clear_refs), RSS after = after 
 sgm and open_clip ship with the webui, not on PyPI: run with the webui's venv (with sd-ov's
 requirements), e.g. (about an hour on 2 cores, 23 GiB; ~45 GB of disk in --work):
 
-    PYTHONPATH=<webui>/repositories/generative-models <webui>/venv/bin/python bench/sdxl.py \
-        --size 1024 --steps 6 --work /tmp/sd-ov-sdxl
+    PYTHONPATH=<webui>/repositories/generative-models:<webui>/repositories/stable-diffusion-stability-ai \
+        <webui>/venv/bin/python bench/sdxl.py --size 1024 --steps 6 --work /tmp/sd-ov-sdxl
+
+`--reuse --runs ""` then times torch's picture again with the same entries and prints the table
+with the rows served before (for a torch figure taken on a quiet machine).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from sd_ov.constants import CHECKPOINT_UNET_PREFIX  # noqa: E402
 from sd_ov.deepcache import DeepCacheConfig  # noqa: E402
 from sd_ov.ldm_unet import randomize_zero_init  # noqa: E402
 from sd_ov.memory import trim_heap  # noqa: E402
-from sd_ov.optimize import optimize_with_deepcache  # noqa: E402
+from sd_ov.optimize_pair import optimize_with_deepcache  # noqa: E402
 from sd_ov.preset import preset_precision  # noqa: E402
 from sd_ov.recipe import Recipe  # noqa: E402
 from sd_ov.sampling import sample_euler  # noqa: E402
@@ -298,6 +301,12 @@ def prepare(args, log) -> dict:
             sample(capturing, start, context, y, args.calibration_steps)
         return capturing.samples
 
+    keys = {"int8": INT8, "int8+dc": INT8.with_deepcache(args.branch), "fp32": Recipe()}
+    found = {label: cache.find(root, cache.EntryKey(NAME, KEY, recipe))[0] for label, recipe in keys.items()}
+    if args.reuse and all(found.values()):  # made by an earlier run of the same weights
+        entries.update(found)
+        phase("Optimize: reused from an earlier run", started)
+        return {"rows": rows, "entries": {label: str(entry.path) for label, entry in entries.items()}}
     weights = ModuleWeights(unet, CheckpointTensors(checkpoint, CHECKPOINT_UNET_PREFIX))
     made = optimize_with_deepcache(
         unet,
@@ -355,6 +364,12 @@ def serve(args) -> dict:
         gc.collect()
         trim_heap()
 
+    peaks: dict[str, float] = {}  # each phase's peak (VmHWM reset before it)
+
+    def phase_peak(name: str) -> None:
+        peaks[name] = max(peaks.get(name, 0.0), round(vm("VmHWM"), 2))
+        reset_peak()
+
     def picture(steps: int) -> dict:
         started = time.perf_counter()
         hidden_l, _ = clip.encode(inputs["embeds_l"], skip=2)
@@ -362,14 +377,17 @@ def serve(args) -> dict:
         context, y = conditioning(hidden_l, hidden_g, pooled, args.size)
         text_s = time.perf_counter() - started
         after_phase(clip, bigg)
+        phase_peak("text")
         if dc:
             unet.start(deepcache, steps)
         result = sample(unet, inputs["noise"], context, y, steps)
         unet_done = time.perf_counter()
         after_phase(*unet_parts)
+        phase_peak("unet")
         pixels = to_pixels(vae.decode(result.latent / SCALE))
         vae_s = time.perf_counter() - unet_done
         after_phase(vae)
+        phase_peak("vae")
         return {
             "picture_s": round(time.perf_counter() - started, 1),
             "text_s": round(text_s, 2),
@@ -383,13 +401,14 @@ def serve(args) -> dict:
     started = time.perf_counter()
     picture(max(2, args.interval) if dc else 1)  # compiles every model
     warm_s = time.perf_counter() - started
-    warm_peak = vm("VmHWM")
-    reset_peak()
+    warm_peak = max(peaks.values())
+    peaks.clear()
     row = picture(args.steps)
     row.update(
         warm_up_s=round(warm_s, 1),
         warm_up_peak_gib=round(warm_peak, 2),
-        peak_gib=round(vm("VmHWM"), 2),
+        peak_gib=max(peaks.values()),
+        phase_peaks_gib=dict(peaks),
         rss_after_gib=round(vm("VmRSS"), 2),
     )
     np.save(args.work / f"{config}-{mode}.npy", row.pop("image"))
@@ -411,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/sd-ov-sdxl"))
     p.add_argument("--json", type=Path)
     p.add_argument("--tiny", action="store_true", help="small UNet and OpenCLIP-G: a smoke test")
+    p.add_argument("--reuse", action="store_true", help="the cache entries and served rows of an earlier run")
     p.add_argument("--serve", choices=list(CONFIGS), help=argparse.SUPPRESS)
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -429,7 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     reference = np.load(args.work / "torch.npy")
     torch_row = prepared["rows"]["torch picture"]
     torch_s = torch_row["s"]
-    served: dict[str, dict] = {}
+    # Served rows persist in the work folder: `--reuse --runs ""` times torch again (say, on a quiet
+    # machine) and prints the table with the rows served before (same weights, same entries).
+    saved = args.work / "served.json"
+    served: dict[str, dict] = json.loads(saved.read_text()) if args.reuse and saved.exists() else {}
+    for row in served.values():
+        row["torch_over_this"] = round(torch_s / row["picture_s"], 2)
     for run in [r for r in args.runs.split(",") if r]:
         config, mode = run.split(":")
         log(f"serving {config} ({mode}) in a fresh process")
@@ -445,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         row["psnr_db"] = round(metrics.psnr(image, reference), 1)
         row["torch_over_this"] = round(torch_s / row["picture_s"], 2)
         served[f"{config} ({mode})"] = row
+        saved.write_text(json.dumps(served, indent=1))
         log(f"{config} ({mode}): {row}")
 
     lines = [
