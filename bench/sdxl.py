@@ -354,6 +354,8 @@ def serve(args) -> dict:
     else:
         unet = engine.open_unet(entry, precision=unet_precision)
     unet_parts = (unet.full, unet.shallow) if dc else (unet,)
+    for part in unet_parts if args.split_batch else ():  # cond and uncond as two calls
+        part.max_batch = 1
 
     def after_phase(*done) -> None:
         for part in done:
@@ -430,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/sd-ov-sdxl"))
     p.add_argument("--json", type=Path)
     p.add_argument("--tiny", action="store_true", help="small UNet and OpenCLIP-G: a smoke test")
+    p.add_argument("--split-batch", action="store_true", help="the UNet's cond and uncond as two calls")
     p.add_argument("--reuse", action="store_true", help="the cache entries and served rows of an earlier run")
     p.add_argument("--serve", choices=list(CONFIGS), help=argparse.SUPPRESS)
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)

@@ -81,6 +81,10 @@ class OVUNet(CompiledPart):
         self.latent_multiple = max(1, int(latent_multiple))  # the IR's: UNetSpec.size_multiple
         self.xml_path = Path(xml_path)
         self.model: ov.Model | None = self.core.read_model(str(xml_path))
+        # A batch larger than this runs as several calls (0: never split), so only one call's
+        # activations are in memory at a time: for `lowvram`, whose peak for SDXL at 1024² was
+        # the UNet with cond and uncond in one call (bench/sdxl.py).
+        self.max_batch = 0
         # LoRA: a branch per layer whose matrices are request states (lora_branch.py); off, the
         # graph is the IR's.
         self.lora_slots: dict[str, BranchSlot] = add_lora_branches(self.model) if lora else {}
@@ -221,6 +225,8 @@ class OVUNet(CompiledPart):
         self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *extra: torch.Tensor
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """One UNet call; a model with several outputs returns them all, as a tuple."""
+        if self.max_batch and x.shape[0] > self.max_batch:
+            return self._split(x, timesteps, context, *extra)
         key = self.shape_key(x, timesteps, context, *extra)
         request = self._with_lora(self._request(key, extra))
         batch = key[0]
@@ -244,6 +250,18 @@ class OVUNet(CompiledPart):
         self.stats.calls += 1
         self._settle(key)
         return outs[0] if self.outputs == 1 else outs
+
+    def _split(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The call as calls of `max_batch` rows each (every batch-major input cut alike: x, the
+        timesteps, context, y, ControlNet's residuals, DeepCache's feature), outputs joined."""
+        batch, step = inputs[0].shape[0], self.max_batch
+        parts = [
+            self(*(t[i : i + step] if t.dim() and t.shape[0] == batch else t for t in inputs))
+            for i in range(0, batch, step)
+        ]
+        if self.outputs == 1:
+            return torch.cat(parts)
+        return tuple(torch.cat(outs) for outs in zip(*parts, strict=True))
 
     def _settle(self, key: ShapeKey) -> None:
         """After the first call of a shape, give back the IR pages it read (see module doc)."""

@@ -342,6 +342,13 @@ class ServedUNet:
         gc.collect()
         trim_heap()
 
+    def split_batches(self, max_batch: int) -> None:
+        """Calls of more than `max_batch` rows run as several (0: never): `lowvram` runs cond and
+        uncond one at a time, so one call's activations are in memory (`OVUNet.max_batch`)."""
+        for model in self._models():
+            if model is not None:
+                model.max_batch = max_batch
+
     def release_memory(self) -> None:
         """The compiled models' intermediate buffers go back, the models stay: the next job compiles
         nothing (`CompiledPart.release_memory`). Between jobs in `release`."""

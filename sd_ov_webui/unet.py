@@ -211,6 +211,8 @@ class OpenVINOUnet(sd_unet.SdUnet):
 
     def sampling_starts(self) -> None:
         self.companions.prompts_encoded()
+        if self.served is not None:  # lowvram: cond and uncond one call at a time (a lower peak)
+            self.served.split_batches(1 if offload_mode() == "lowvram" else 0)
 
     def sampling_ended(self) -> None:
         """The UNet's buffers go until the next job (lowvram: its compiled models too; companions.py

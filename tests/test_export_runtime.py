@@ -110,6 +110,21 @@ def test_dtype_device_and_scalar_timestep_preserved(tiny_entry, tiny_unet):
     assert metrics.rel_l2(out, ref) <= TOLERANCE
 
 
+def test_a_batch_split_into_calls_gives_the_same_output(tiny_entry, tiny_unet):
+    """`max_batch` (lowvram): cond and uncond as two calls, each row as torch computes it; a
+    timestep given once for the batch goes to every call."""
+    unet = engine.open_unet(tiny_entry, shape_policy="dynamic")
+    x, t, c = unet_inputs(2, 32, 32, 77, 64)
+    whole = unet(x, t, c)
+    unet.max_batch = 1
+    calls = unet.stats.calls
+    split = unet(x, t, c)
+    assert unet.stats.calls == calls + 2 and split.shape == whole.shape
+    assert metrics.rel_l2(split, whole) <= 1e-5
+    with torch.no_grad():
+        assert metrics.rel_l2(unet(x, t[:1], c), tiny_unet(x, t[:1].expand(2), c)) <= TOLERANCE
+
+
 @pytest.mark.parametrize(
     "x_shape,c_shape,why",
     [
