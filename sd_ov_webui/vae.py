@@ -84,9 +84,8 @@ class WebuiVae(ServedComponent):
         identity = vae_identity(self.checkpoint_hash)
         device = str(opt("sd_ov_device"))
         precision = vae_precision(device, str(opt("sd_ov_vae_precision")))
-        if self.ov is not None and (self.ov.fell_back is None and self.ov.precision != precision):
-            self.ov.release()  # the setting changed: compiled again at the new precision
-            self.ov = None
+        if self.ov is not None and self.ov.fell_back is None and self.ov.precision != precision:
+            self.identity = None  # the setting changed: opened again (detach releases the old one)
         if identity != self.identity or self.ov is None:
             self.detach()  # the torch weights back before anything is exported from them
             name, digest = identity
