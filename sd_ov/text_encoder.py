@@ -158,8 +158,8 @@ class OVTextEncoder(CompiledPart):
             if eot is None:
                 raise ValueError("this text encoder needs the index of each prompt's end token")
             inputs[1] = eot.detach().to("cpu", torch.int64).numpy()
-        outputs = self.compiled.create_infer_request().infer(inputs)
-        self.settle(self.xml)
+        with self.pages_given_back(self.xml):
+            outputs = self.compiled.create_infer_request().infer(inputs)
 
         def back(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(array.copy()).to(device=embeds.device, dtype=embeds.dtype)

@@ -217,9 +217,9 @@ class OVVae(CompiledPart):
 
     def _infer(self, which: str, array: np.ndarray) -> np.ndarray:
         compiled = self._model(which)
-        out = compiled.create_infer_request().infer({0: array})[0]  # a request per call: no reuse of outputs
-        self.settle(self._ir(which))  # pages a new shape read (see runtime.py)
-        return out
+        with self.pages_given_back(self._ir(which)):  # pages a new shape reads (see runtime.py)
+            # a request per call: no reuse of outputs
+            return compiled.create_infer_request().infer({0: array})[0]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """What `first_stage_model.decode(z)` returns, on OpenVINO."""
