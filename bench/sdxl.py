@@ -32,7 +32,9 @@ requirements), e.g. (about an hour on 2 cores, 23 GiB; ~45 GB of disk in --work)
         <webui>/venv/bin/python bench/sdxl.py --size 1024 --steps 6 --work /tmp/sd-ov-sdxl
 
 `--reuse --runs ""` then times torch's picture again with the same entries and prints the table
-with the rows served before (for a torch figure taken on a quiet machine).
+with the rows served before (for a torch figure taken on a quiet machine); `--prepared <json>
+--runs <config:mode,...>` serves only those again, against the torch row of that earlier run's
+`--json` (after a change to serving).
 """
 
 from __future__ import annotations
@@ -434,6 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="small UNet and OpenCLIP-G: a smoke test")
     p.add_argument("--split-batch", action="store_true", help="the UNet's cond and uncond as two calls")
     p.add_argument("--reuse", action="store_true", help="the cache entries and served rows of an earlier run")
+    p.add_argument(
+        "--prepared",
+        type=Path,
+        help="an earlier run's --json: its torch row, picture and entries in --work; serve --runs only",
+    )
     p.add_argument("--serve", choices=list(CONFIGS), help=argparse.SUPPRESS)
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -445,8 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(f"[sdxl {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-    prepared = prepare(args, log)
-    (args.work / "entries.json").write_text(json.dumps(prepared["entries"], indent=1))
+    if args.prepared:  # torch's row and picture, and the entries, of an earlier run: serve only
+        prepared = {"rows": json.loads(args.prepared.read_text())["prepare"]}
+    else:
+        prepared = prepare(args, log)
+        (args.work / "entries.json").write_text(json.dumps(prepared["entries"], indent=1))
     gc.collect()
     trim_heap()
     reference = np.load(args.work / "torch.npy")
@@ -455,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     # Served rows persist in the work folder: `--reuse --runs ""` times torch again (say, on a quiet
     # machine) and prints the table with the rows served before (same weights, same entries).
     saved = args.work / "served.json"
-    served: dict[str, dict] = json.loads(saved.read_text()) if args.reuse and saved.exists() else {}
+    earlier = (args.reuse or args.prepared) and saved.exists()
+    served: dict[str, dict] = json.loads(saved.read_text()) if earlier else {}
     for row in served.values():
         row["torch_over_this"] = round(torch_s / row["picture_s"], 2)
     for run in [r for r in args.runs.split(",") if r]:
