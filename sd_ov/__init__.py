@@ -6,7 +6,8 @@ stays light: the webui's Settings page reads the constants without loading OpenV
 Importing the package turns OpenVINO's and NNCF's telemetry off for this process (`privacy`).
 
 The engine's parts, by job:
-- graphs from torch: `ldm_unet`, `export`, `deepcache`, `tome`, `prune`, `text_encoder`, `vae`
+- graphs from torch: `ldm_unet`, `export`, `deepcache`, `tome`, `prune`, `text_encoder`, `vae`,
+  `control_model`
 - graph surgery on IRs: `control_inputs`, `lora_branch`
 - the OpenVINO runtime: `ov_core`, `cpu_caps`, `compiled` (the base every compiled part shares),
   `runtime` (the UNet), `memory`
@@ -71,6 +72,9 @@ _PUBLIC = {
     "OVVae": "vae",
     "vae_precision": "vae",
     "prepare_vae_entry": "vae",
+    "OVControlModel": "control_model",
+    "prepare_control_entry": "control_model",
+    "weights_digest": "control_model",
     "OVTextEncoder": "text_encoder",
     "prepare_text_encoder_entry": "text_encoder",
     "token_embedding": "text_encoder",

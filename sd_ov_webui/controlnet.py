@@ -11,8 +11,8 @@ nothing. Each input block returns zeros of the real feature's shape, so ControlN
 `aligned_adding` leaves at each skip join exactly the residual it would add for torch (resized
 and channel-aligned as it does), where the stand-in's output blocks read it off; the stand-in's
 output layer then calls the OpenVINO UNet with those residuals as inputs
-(`sd_ov.control_inputs`), and ControlNet's post-processing gets its output. The control models
-themselves run on torch.
+(`sd_ov.control_inputs`), and ControlNet's post-processing gets its output. The units' control
+models run on OpenVINO too for the length of each call (control_model.py), or on torch.
 
 Served only for unit types that add residuals and nothing else; reference-only, T2I adapters,
 IP-Adapter, ControlLLLite, ... change torch's attention or blocks, so their jobs stay on torch,
@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import torch
@@ -85,17 +86,20 @@ class Server(Protocol):
     def serve_controlled(self, x, timesteps, context, y, residuals: list[torch.Tensor]) -> torch.Tensor:
         """The OpenVINO UNet's output, or TorchServes with the reason."""
 
+    def control_models_served(self, params: list[Any]) -> AbstractContextManager[None]:
+        """Around ControlNet's forward: the units' control models on OpenVINO where they can be."""
+
     def torch_serves(self, reason: str) -> None:
         """Record a torch call and make the torch UNet ready for it."""
 
 
-def install(unet: torch.nn.Module, server: Server) -> None:
+def install(unet: torch.nn.Module, server: Server, hook: Any) -> None:
     """Put our forward over ControlNet's (ControlNet's `restore` removes both at the job's end)."""
     forward = vars(unet)["forward"]
     if isinstance(forward, ControlNetOnOpenVINO):
-        forward.server = server
+        forward.server, forward.hook = server, hook
     else:
-        unet.forward = ControlNetOnOpenVINO(unet, forward, server)
+        unet.forward = ControlNetOnOpenVINO(unet, forward, server, hook)
 
 
 def uninstall(unet: torch.nn.Module) -> None:
@@ -109,17 +113,21 @@ class ControlNetOnOpenVINO:
     """The UNet's forward while a ControlNet job is served: ControlNet's forward with the
     stand-in as its UNet; ControlNet's forward on the torch UNet when OpenVINO can't serve a call."""
 
-    def __init__(self, unet: torch.nn.Module, hooked: Callable, server: Server) -> None:
+    def __init__(self, unet: torch.nn.Module, hooked: Callable, server: Server, hook: Any) -> None:
         self.unet = unet
         self.hooked = hooked  # ControlNet's bound forward
         self.server = server
+        self.hook = hook  # its UnetHook: the units' params
 
     def __call__(self, x, timesteps=None, context=None, y=None, **kwargs):
         reason = self.server.controlnet_reason()
         if reason is None:
             run = functools.partial(self.server.serve_controlled, timesteps=timesteps, y=y)
+            params = list(getattr(self.hook, "control_params", None) or [])
             try:
-                return self.hooked.__func__(_UNetStandIn(self.unet, run), x, timesteps, context, y, **kwargs)
+                stand_in = _UNetStandIn(self.unet, run)
+                with self.server.control_models_served(params):
+                    return self.hooked.__func__(stand_in, x, timesteps, context, y, **kwargs)
             except TorchServes as err:
                 reason = str(err)
         self.server.torch_serves(reason)
@@ -212,11 +220,8 @@ def serve_units(unet: torch.nn.Module, served, record, hook, server: Server) -> 
         return False
     if hook is None:
         return False
-    install(unet, server)
+    install(unet, server, hook)
     kinds = sorted({p.control_model_type.name for p in hook.control_params})
     units = len(hook.control_params)
-    record.controlnet = (
-        f"{units} unit{'s' if units > 1 else ''} ({', '.join(kinds)}): residuals into the OpenVINO UNet, "
-        "control models on torch"
-    )
+    record.controlnet = f"{units} unit{'s' if units > 1 else ''} ({', '.join(kinds)}): residuals into the OpenVINO UNet"  # job.py adds where the control models ran
     return True

@@ -123,7 +123,9 @@ def write_infotext(p) -> None:
         if record.preset:
             p.extra_generation_params[PRESET_INFOTEXT_KEY] = record.preset
         if record.controlnet:
-            p.extra_generation_params[CONTROLNET_INFOTEXT_KEY] = record.controlnet
+            p.extra_generation_params[CONTROLNET_INFOTEXT_KEY] = (
+                f"{record.controlnet}, {unet.control_models.infotext()}"
+            )
         note = token_merging_note(webui_token_merging(p), unet.recipe)
         if note:
             p.extra_generation_params[TOME_INFOTEXT_KEY] = note

@@ -47,6 +47,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "sd_ov_vae_precision": "auto",
     "sd_ov_text_encoder": True,
     "sd_ov_text_encoder_int8": False,
+    "sd_ov_control_model": True,
     "sd_ov_lora": True,
 }
 # Settings that change how the served UNet is compiled: a change reopens it.
@@ -59,7 +60,8 @@ RUNTIME_KEYS = (
     "sd_ov_offload",
     "sd_ov_lora",
 )
-# Read at each job (no reopen needed): sd_ov_vae, sd_ov_text_encoder(_int8), DeepCache.
+# Read at each job (no reopen needed): sd_ov_vae, sd_ov_text_encoder(_int8), sd_ov_control_model,
+# DeepCache.
 
 
 def opt(key: str) -> Any:
@@ -207,6 +209,14 @@ def register(on_runtime_change) -> None:
         None,
         "a low-rank branch beside each layer takes the prompt's LoRAs and their weights without a "
         "recompile; off: the graph has no branch, and a job with a UNet LoRA runs on torch",
+    )
+    add(
+        "sd_ov_control_model",
+        "ControlNet's control models through OpenVINO",
+        gr.Checkbox,
+        None,
+        "sd-webui-controlnet's ControlNet units (not Union): each control model is exported at its first "
+        "use and cached; off: they run on torch (their residuals still go into the OpenVINO UNet)",
     )
     add("sd_ov_cache_dir", "Cache folder (empty: models/OpenVINO)", gr.Textbox)
     add(

@@ -30,6 +30,7 @@ from sd_ov import (
 
 from . import controlnet
 from .companions import Companions
+from .control_model import ControlModels
 from .controlnet import TorchServes
 from .errors import explain
 from .lora import UNetLora, networks_set_aside, unet_lora
@@ -56,6 +57,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
         self.companions = Companions()  # the VAE and text encoder on OpenVINO (Settings)
         self.sampled = False  # this job's first UNet call has come
         self.controlnet_job = False  # this job's ControlNet units are served (controlnet.py)
+        self.control_models = ControlModels()  # their control models on OpenVINO (Settings)
         self.record = JobRecord()
 
     @property
@@ -149,6 +151,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
         if first_pass:
             self.record = JobRecord()
             self.job_torch_reason = None
+            self.control_models.start_job()
             if self.binding_note:
                 self.record.note(self.binding_note)
         self.controlnet_job = False
@@ -198,6 +201,10 @@ class OpenVINOUnet(sd_unet.SdUnet):
             raise TorchServes("this UNet takes a vector conditioning (y) and the call gave none")
         return self.serve_call(x, timesteps, context, (y,) if self.served.takes_y else (), residuals)
 
+    def control_models_served(self, params):
+        """ControlNet's units' control models on OpenVINO around one call (controlnet.Server)."""
+        return self.control_models.serving(params)
+
     def serve_lora(self, lora: UNetLora) -> None:
         """The job's UNet LoRAs into the OpenVINO UNet's branch (none: the branch is emptied); one it
         can't take makes the job torch's, with the reason in the infotext."""
@@ -223,6 +230,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
             self.served.drop_compiled()
         else:
             self.served.release_memory()
+        self.control_models.after_phase(keep_compiled=offload_mode() != "lowvram")
 
     def decoding_ended(self) -> None:
         self.companions.decoded()
@@ -312,6 +320,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
             controlnet.uninstall(self.source.unet)  # ControlNet's calls go to torch again
         self.release()
         self.companions.drop()
+        self.control_models.release()
         if self.weights is not None:
             self.weights.ensure(webui_progress)
         self.weights = None

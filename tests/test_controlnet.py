@@ -123,3 +123,42 @@ def test_an_int8_recipes_graph_takes_the_residuals_too(micro_tome_unet, tmp_path
     expected = torch_with_residuals(unet, x, t, c, residuals)
     assert rel_err(controlled(x, t, c, *residuals), expected) < 0.25
     assert rel_err(expected, torch_with_residuals(unet, x, t, c, zeros)) > 0.25  # the check can fail
+
+
+def test_the_control_model_on_openvino_matches_torch_at_any_size_and_is_cached_once(stub_modules, tmp_path):
+    """cldm's layout (the stub's TinyControlNet: the real ldm blocks, a picture-sized hint brought
+    down 8x): every residual as torch's, at odd latent sides, batch 2 with one hint, another size
+    without a new compile; the same weights find the entry again, other weights make another."""
+    from sd_webui_controlnet import TinyControlNet
+
+    from sd_ov.control_model import OVControlModel, prepare_control_entry
+
+    from .conftest import TINY_SD1
+
+    model = TinyControlNet(TINY_SD1)
+    entry = prepare_control_entry(model, tmp_path, "controlnet")
+    runtime = OVControlModel(entry, cache_compiled=False)
+    gen = torch.Generator().manual_seed(4)
+    for batch, h, w in ((2, 17, 25), (1, 8, 12)):
+        x = torch.randn(batch, 4, h, w, generator=gen)
+        hint = torch.rand(1, 3, 8 * h, 8 * w, generator=gen)
+        t = torch.full((batch,), 700.0)
+        context = torch.randn(batch, 77, TINY_SD1["context_dim"], generator=gen)
+        with torch.no_grad():
+            expected = model(x=x, hint=hint.expand(batch, -1, -1, -1), timesteps=t, context=context)
+        got = runtime(x, hint, t, context)
+        assert [g.shape for g in got] == [e.shape for e in expected]
+        assert max(float((g - e).norm() / e.norm()) for g, e in zip(got, expected, strict=True)) < 1e-4
+    assert len(runtime.timings) == 1  # one compile served both sizes
+    assert prepare_control_entry(model, tmp_path, "controlnet").path == entry.path
+    other = prepare_control_entry(TinyControlNet(TINY_SD1, seed=6), tmp_path, "controlnet")
+    assert other.path != entry.path
+
+
+def test_a_control_model_that_is_not_cldms_layout_is_refused(tmp_path):
+    from sd_ov.control_model import prepare_control_entry
+    from sd_ov.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="not a ControlNet"):
+        prepare_control_entry(torch.nn.Conv2d(3, 3, 1), tmp_path, "controlnet")
+    assert not list(tmp_path.glob("*/*/*.xml"))  # nothing written

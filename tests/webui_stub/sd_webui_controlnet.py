@@ -78,8 +78,9 @@ class ControlParams:
 
 
 class TinyControlNet(nn.Module):
-    """cldm's ControlNet layout at the tiny UNet's size: its input blocks and middle block, the
-    hint added after the first block, a zero conv per input block and one after the middle."""
+    """cldm's ControlNet layout at the tiny UNet's size: its input blocks and middle block, a hint
+    block that brings the picture-sized hint to the latent's size, the hint added after the first
+    block, a zero conv per input block and one after the middle."""
 
     def __init__(self, unet_config: dict, seed: int = 5) -> None:
         super().__init__()
@@ -91,7 +92,17 @@ class TinyControlNet(nn.Module):
             encoder.input_blocks,
             encoder.middle_block,
         )
-        self.input_hint_block = nn.Conv2d(3, self.model_channels, 3, padding=1)
+        # cldm's hint block: the hint is the picture (8x the latent), brought down by three
+        # stride-2 convolutions
+        self.input_hint_block = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(16, 16, 3, padding=1, stride=2),
+            nn.SiLU(),
+            nn.Conv2d(16, 32, 3, padding=1, stride=2),
+            nn.SiLU(),
+            nn.Conv2d(32, self.model_channels, 3, padding=1, stride=2),
+        )
         from sd_ov.ldm_unet import feature_shapes
 
         shapes = feature_shapes(encoder, 8, 8)
@@ -99,7 +110,7 @@ class TinyControlNet(nn.Module):
         self.middle_block_out = nn.Conv2d(shapes[-1][0], shapes[-1][0], 1)
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():  # "zero" convs with weights: the residuals must change the picture
-            for conv in [*self.zero_convs, self.middle_block_out]:
+            for conv in [*self.zero_convs, self.middle_block_out, self.input_hint_block[-1]]:
                 scale = math.sqrt(conv.weight[0].numel())
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) / scale)
         self.eval()
