@@ -223,5 +223,7 @@ def serve_units(unet: torch.nn.Module, served, record, hook, server: Server) -> 
     install(unet, server, hook)
     kinds = sorted({p.control_model_type.name for p in hook.control_params})
     units = len(hook.control_params)
-    record.controlnet = f"{units} unit{'s' if units > 1 else ''} ({', '.join(kinds)}): residuals into the OpenVINO UNet"  # job.py adds where the control models ran
+    plural = "s" if units > 1 else ""
+    # job.py adds where the control models ran
+    record.controlnet = f"{units} unit{plural} ({', '.join(kinds)}): residuals into the OpenVINO UNet"
     return True
