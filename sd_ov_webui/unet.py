@@ -154,8 +154,10 @@ class OpenVINOUnet(sd_unet.SdUnet):
             self.control_models.start_job()
             if self.binding_note:
                 self.record.note(self.binding_note)
-        self.controlnet_job = False
         hook = controlnet.job_hook(self.source.unet if self.source is not None else None, self.record)
+        # provisional until serve_units says: apply_settings' offload must not read the torch UNet
+        # back for ControlNet's forward (3.2 GB read and checked again at every ControlNet job)
+        self.controlnet_job = hook is not None
         lora = unet_lora(self.source.unet) if self.source is not None else UNetLora()
         if lora.why_not:  # the Lora extension applies it in torch's forward: never dropped silently
             self.job_torch_reason = lora.why_not

@@ -130,23 +130,29 @@ def test_the_control_model_runs_on_openvino_exported_once_and_kept_compiled(webu
     try:
         reference = torch_job(webui, also=[controlnet(control_model)], **size)
         assert calls, "torch's job ran the control model"
-        calls.clear()
-        job = txt2img(webui, also=[controlnet(control_model)], **size)
-        assert not calls  # OpenVINO ran it
+        job = txt2img(webui, also=[controlnet(control_model)], **size)  # exports it at first use (a trace)
         served = webui.sd_unet.current_unet
         (ov_model,) = served.control_models.models.values()
         compiled = ov_model.compiled
-        again = txt2img(webui, also=[controlnet(control_model)], **size)
-        assert not calls
+        calls.clear()
+        reads = []
+        ensure = served.weights.ensure
+        served.weights.ensure = lambda *a, **k: (reads.append(1), ensure(*a, **k))[1]
+        try:
+            again = txt2img(webui, also=[controlnet(control_model)], **size)
+        finally:
+            del served.weights.ensure
     finally:
         hook.remove()
+    assert not calls  # OpenVINO ran the control model
+    assert not reads  # a ControlNet job after another reads nothing of the torch UNet back
     assert rel_err(job.latent, reference.latent) < 1e-3
     assert torch.equal(again.latent, job.latent)
-    assert served.control_models.models[next(iter(served.control_models.models))] is ov_model
+    assert next(iter(served.control_models.models.values())) is ov_model
     assert ov_model.compiled is compiled  # kept compiled across jobs (its buffers given back)
     entries = list(cache_root().glob("controlnet-*/control-*/control_model.xml"))
     assert len(entries) == 1, entries  # exported once
-    params = infotext_params(job.infotexts[0])
+    params = infotext_params(again.infotexts[0])
     assert params["OpenVINO ControlNet"] == (
         "1 unit (ControlNet): residuals into the OpenVINO UNet, control models on OpenVINO"
     )
