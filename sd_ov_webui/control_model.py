@@ -40,7 +40,7 @@ class ControlModels:
     """The control models of this UNet's ControlNet jobs on OpenVINO, by weights digest."""
 
     def __init__(self) -> None:
-        self.models: dict[str, OVControlModel] = {}
+        self.models: dict[tuple[str, str, str], OVControlModel] = {}  # (digest, device, precision)
         self.refused: dict[str, str] = {}  # digest → why torch runs it (export refused or failed)
         self.calls = 0
         self.torch_reasons: list[str] = []
@@ -49,13 +49,14 @@ class ControlModels:
         self.calls, self.torch_reasons = 0, []
 
     @contextlib.contextmanager
-    def serving(self, params: list[Any]) -> Iterator[None]:
-        """Around one of ControlNet's forwards: each served unit's control model calls OpenVINO."""
+    def serving(self, params: list[Any], device: str, precision: str) -> Iterator[None]:
+        """Around one of ControlNet's forwards: each served unit's control model calls OpenVINO, on
+        the UNet's device at the UNet's precision (the `fastest` preset's bf16 too)."""
         installed = []
         if opt("sd_ov_control_model"):
             for param in params:
                 model = getattr(param, "control_model", None)
-                ov_model = self._model_for(param, model)
+                ov_model = self._model_for(param, model, device, precision)
                 if ov_model is not None and "forward" not in vars(model):
                     model.forward = _OpenVINOForward(self, model, ov_model)
                     installed.append(model)
@@ -65,7 +66,7 @@ class ControlModels:
             for model in installed:
                 vars(model).pop("forward", None)
 
-    def _model_for(self, param: Any, plugable: Any) -> OVControlModel | None:
+    def _model_for(self, param: Any, plugable: Any, device: str, precision: str) -> OVControlModel | None:
         kind = getattr(param.control_model_type, "name", str(param.control_model_type))
         inner = getattr(plugable, "control_model", None)
         if kind != SERVED_KIND or not isinstance(inner, torch.nn.Module):
@@ -75,12 +76,14 @@ class ControlModels:
         if digest in self.refused:
             self.on_torch(self.refused[digest])
             return None
-        if digest not in self.models:
+        key = (digest, device, precision)
+        if key not in self.models:
             try:
                 entry = prepare_control_entry(inner, cache_root(), ENTRY_NAME, progress=cancellable_progress)
-                self.models[digest] = OVControlModel(
+                self.models[key] = OVControlModel(
                     entry,
-                    device=str(opt("sd_ov_device")),
+                    device=device,
+                    precision=precision,
                     cache_compiled=bool(opt("sd_ov_cache_compiled")),
                     progress=webui_progress,
                 )
@@ -93,15 +96,15 @@ class ControlModels:
                 return None
             while len(self.models) > KEPT:
                 self.models.pop(next(iter(self.models))).release()
-        return self.models[digest]
+        return self.models[key]
 
     def failed(self, model: OVControlModel, err: Exception) -> None:
         """An OpenVINO call failed: torch runs this control model from now on."""
-        for digest, held in list(self.models.items()):
+        for key, held in list(self.models.items()):
             if held is model:
-                self.refused[digest] = f"the OpenVINO control model failed: {explain(err)}"
-                self.models.pop(digest).release()
-                self.on_torch(self.refused[digest])
+                self.refused[key[0]] = f"the OpenVINO control model failed: {explain(err)}"
+                self.models.pop(key).release()
+                self.on_torch(self.refused[key[0]])
 
     def on_torch(self, reason: str) -> None:
         if reason not in self.torch_reasons:

@@ -205,7 +205,8 @@ class OpenVINOUnet(sd_unet.SdUnet):
 
     def control_models_served(self, params):
         """ControlNet's units' control models on OpenVINO around one call (controlnet.Server)."""
-        return self.control_models.serving(params)
+        settings = self.served.settings
+        return self.control_models.serving(params, settings.device, settings.precision)
 
     def serve_lora(self, lora: UNetLora) -> None:
         """The job's UNet LoRAs into the OpenVINO UNet's branch (none: the branch is emptied); one it
