@@ -1031,6 +1031,12 @@ def test_a_controlnet_job_runs_on_openvino_like_torch(installed):
             name: (on_torch[name], txt2img("Automatic", scripts=scripts)) for name, scripts in jobs.items()
         }
         control_on_torch = txt2img("Automatic", scripts=jobs["balanced"], sd_ov_control_model=False)
+        # an INT8 recipe of this checkpoint made by an earlier test (Optimize), if there is one
+        recipes = [r for r in api("/sd-ov/v1/recipes")["recipes"] if r["option"] and "INT8" in r["label"]]
+        on_int8 = None
+        if recipes:
+            txt2img(recipes[0]["option"], job={"steps": 1}, scripts=jobs["balanced"])  # compiles
+            on_int8 = (recipes[0]["label"], txt2img(recipes[0]["option"], scripts=jobs["balanced"]))
     finally:
         webui.stop()
     steps = JOB["steps"]
@@ -1051,6 +1057,14 @@ def test_a_controlnet_job_runs_on_openvino_like_torch(installed):
         f"{control_on_torch[2] / steps:.2f} s/step, torch ÷ that "
         f"{results['balanced'][0][2] / control_on_torch[2]:.2f}"
     )
+    if on_int8 is not None:
+        label, (image, info, seconds) = on_int8
+        print(
+            f"[controlnet] the balanced job on the {label} recipe ({info['OpenVINO']}): "
+            f"{seconds / steps:.2f} s/step, torch ÷ that {results['balanced'][0][2] / seconds:.2f}, "
+            f"{psnr(image, results['balanced'][0][0]):.1f} dB vs torch"
+        )
+        assert info["OpenVINO ControlNet"].endswith("control models on OpenVINO"), info
     assert control_on_torch[1]["OpenVINO ControlNet"].endswith(
         "control models on torch (off in Settings → OpenVINO)"
     )
