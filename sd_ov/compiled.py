@@ -13,12 +13,16 @@ import logging
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import openvino as ov
 
 from .memory import mapped_file_released, mapped_sources
 from .ov_core import compile_properties, get_core, resolve_device
 from .progress import ProgressFn, silent
+
+if TYPE_CHECKING:
+    from .cache import CacheEntry
 
 log = logging.getLogger("sd_ov")
 
@@ -89,3 +93,23 @@ class CompiledPart:
 
     def release(self) -> None:
         self.drop_compiled()
+
+
+class EntryPart(CompiledPart):
+    """A part served from one cache entry of its own (the VAE, a text encoder, a control model):
+    its compiled blobs go into that entry's folder unless the user keeps none (`cache_compiled`)."""
+
+    def __init__(
+        self,
+        entry: CacheEntry,
+        device: str = "CPU",
+        precision: str = "f32",
+        cache_compiled: bool = True,
+        progress: ProgressFn = silent,
+    ) -> None:
+        super().__init__(device, precision, entry.blob_dir if cache_compiled else None, progress)
+        self.entry = entry
+        self._opened()
+
+    def _opened(self) -> None:
+        """What a subclass holds besides its entry (names of IRs, slots for compiled models)."""

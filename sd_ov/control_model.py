@@ -23,7 +23,7 @@ import openvino as ov
 import torch
 
 from . import cache
-from .compiled import CompiledPart
+from .compiled import EntryPart
 from .errors import UnsupportedModelError
 from .export import convert_module, save_ir
 from .progress import ProgressFn, silent
@@ -158,22 +158,13 @@ def prepare_control_entry(
     )
 
 
-class OVControlModel(CompiledPart):
+class OVControlModel(EntryPart):
     """The control model of one cache entry on a device, compiled (for every shape) at its first call."""
 
     what = "control model"
 
-    def __init__(
-        self,
-        entry: cache.CacheEntry,
-        device: str = "CPU",
-        precision: str = "f32",
-        cache_compiled: bool = True,
-        progress: ProgressFn = silent,
-    ) -> None:
-        super().__init__(device, precision, entry.blob_dir if cache_compiled else None, progress)
-        self.entry = entry
-        self.xml = entry.ir_path("control")
+    def _opened(self) -> None:
+        self.xml = self.entry.ir_path("control")
         self.compiled: ov.CompiledModel | None = None
         self.request: ov.InferRequest | None = None
         self._shapes: set[tuple[int, ...]] = set()  # shapes whose first call read the weights

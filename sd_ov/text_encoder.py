@@ -15,7 +15,7 @@ import openvino as ov
 import torch
 
 from . import cache, fs
-from .compiled import CompiledPart
+from .compiled import EntryPart
 from .compress import compress_ir
 from .export import save_ir
 from .progress import ProgressFn, silent
@@ -125,23 +125,14 @@ def prepare_text_encoder_entry(
     )
 
 
-class OVTextEncoder(CompiledPart):
+class OVTextEncoder(EntryPart):
     """The text encoder of one cache entry on a device, compiled at its first call."""
 
     what = "text encoder"
 
-    def __init__(
-        self,
-        entry: cache.CacheEntry,
-        device: str = "CPU",
-        precision: str = "f32",
-        cache_compiled: bool = True,
-        progress: ProgressFn = silent,
-    ) -> None:
-        super().__init__(device, precision, entry.blob_dir if cache_compiled else None, progress)
-        self.entry = entry
+    def _opened(self) -> None:
         self.compiled: ov.CompiledModel | None = None
-        self.xml = entry.ir_path("text_encoder")
+        self.xml = self.entry.ir_path("text_encoder")
         self.layers = int(self.core.read_model(str(self.xml)).output(0).get_partial_shape()[0].get_length())
 
     def encode(

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cache
-from .compiled import CompiledPart
+from .compiled import EntryPart
 from .constants import VAE_PRECISIONS
 from .export import save_ir
 from .ov_core import compile_properties, device_kind
@@ -171,22 +171,13 @@ def vae_precision(device: str = "CPU", choice: str = "auto") -> str:
     return "bf16" if cpu_caps().bf16_native else "f32"
 
 
-class OVVae(CompiledPart):
+class OVVae(EntryPart):
     """The VAE of one cache entry on a device; each model (decoder, encoder, the decoder with
     pixels out) compiles at its first use."""
 
     what = "VAE"
 
-    def __init__(
-        self,
-        entry: cache.CacheEntry,
-        device: str = "CPU",
-        precision: str = "f32",
-        cache_compiled: bool = True,
-        progress: ProgressFn = silent,
-    ) -> None:
-        super().__init__(device, precision, entry.blob_dir if cache_compiled else None, progress)
-        self.entry = entry
+    def _opened(self) -> None:
         self._compiled: dict[str, ov.CompiledModel] = {}
         self.fell_back: str | None = None
 
