@@ -122,7 +122,7 @@ def counted(module):
     return calls, module.register_forward_hook(lambda *_: calls.append(1))
 
 
-def test_the_control_model_runs_on_openvino_exported_once_and_kept_compiled(webui, control_model):
+def test_the_control_model_on_openvino_exported_once_kept_compiled_and_set_off(webui, control_model):
     from sd_ov_webui.settings import cache_root
 
     size = dict(width=200, height=136)  # a picture-sized hint of odd latent sides (25x17)
@@ -142,9 +142,20 @@ def test_the_control_model_runs_on_openvino_exported_once_and_kept_compiled(webu
             again = txt2img(webui, also=[controlnet(control_model)], **size)
         finally:
             del served.weights.ensure
+        assert not calls  # OpenVINO ran the control model
+        webui.shared.opts.sd_ov_control_model = False
+        try:
+            off = txt2img(webui, also=[controlnet(control_model)], **size)
+        finally:
+            webui.shared.opts.sd_ov_control_model = True
     finally:
         hook.remove()
-    assert not calls  # OpenVINO ran the control model
+    assert calls  # the setting off: torch ran it, its residuals still into the OpenVINO UNet
+    assert infotext_params(off.infotexts[0])["OpenVINO ControlNet"].endswith(
+        "control models on torch (off in Settings → OpenVINO)"
+    )
+    assert openvino_infotext(off) == "fp32, CPU, f32, dynamic"
+    assert rel_err(off.latent, reference.latent) < 1e-3
     assert not reads  # a ControlNet job after another reads nothing of the torch UNet back
     assert rel_err(job.latent, reference.latent) < 1e-3
     assert torch.equal(again.latent, job.latent)
@@ -157,23 +168,6 @@ def test_the_control_model_runs_on_openvino_exported_once_and_kept_compiled(webu
         "1 unit (ControlNet): residuals into the OpenVINO UNet, control models on OpenVINO"
     )
     assert "forward" not in vars(control_model)  # nothing of ours left on the extension's model
-
-
-def test_control_models_off_in_settings_run_on_torch(webui, control_model):
-    calls, hook = counted(control_model.control_model)
-    webui.shared.opts.sd_ov_control_model = False
-    try:
-        reference = torch_job(webui, also=[controlnet(control_model)])
-        torch_calls = len(calls)
-        job = txt2img(webui, also=[controlnet(control_model)])
-    finally:
-        webui.shared.opts.sd_ov_control_model = True
-        hook.remove()
-    assert len(calls) == 2 * torch_calls  # the OpenVINO job ran torch's control model as often
-    assert infotext_params(job.infotexts[0])["OpenVINO ControlNet"].endswith(
-        "control models on torch (off in Settings → OpenVINO)"
-    )
-    assert rel_err(job.latent, reference.latent) < 1e-3
 
 
 def test_a_failing_openvino_control_model_leaves_it_to_torch_with_a_reason(webui, monkeypatch):
