@@ -34,6 +34,7 @@ OPTIMIZE_FIELDS: dict[str, Any] = {
     "prune_ratio": 20,
     "precision": "f32",
     "deepcache_branch": "off",  # "off", or the skip branch of DeepCache's pair to make as well
+    "vae_int8": False,  # also an INT8 VAE decoder, calibrated on the calibration pictures' latents
     "samples": 16,
     "prompts_text": None,  # None: the first four shipped prompts; "" is refused
     "sampler": "Euler",
@@ -72,6 +73,7 @@ class OptimizeRequest:
     compare_picture: bool
     deepcache_branch: int | None = None  # also make the recipe's DeepCache pair at this branch
     preset: str = ""  # the preset that set the recipe's fields, if any
+    vae_int8: bool = False  # also an INT8 VAE decoder (hosts with a VAE: the webui)
 
     def measure(self, calls: int = 2) -> Measure:
         width, height = self.measure_size
@@ -176,4 +178,5 @@ def parse_optimize_form(
         compare_picture=bool(f["compare_picture"]),
         deepcache_branch=parse_deepcache_branch(f["deepcache_branch"]),
         preset="" if preset_name == "none" else preset_name,
+        vae_int8=bool(f["vae_int8"]),
     )

@@ -177,12 +177,25 @@ class OVVae(EntryPart):
 
     what = "VAE"
 
+    def __init__(
+        self, entry: cache.CacheEntry, *args, decoder_entry: cache.CacheEntry | None = None, **kwargs
+    ):
+        """`decoder_entry`: an INT8 decoder (`vae_int8`) decodes in place of the entry's own."""
+        self.decoder_entry = decoder_entry
+        super().__init__(entry, *args, **kwargs)
+
     def _opened(self) -> None:
         self._compiled: dict[str, ov.CompiledModel] = {}
         self.fell_back: str | None = None
 
+    @property
+    def decoder_int8(self) -> bool:
+        return self.decoder_entry is not None
+
     def _ir(self, which: str) -> Path:
-        return self.entry.ir_path("decoder" if which == "image" else which)
+        if which == "encoder":
+            return self.entry.ir_path("encoder")
+        return (self.decoder_entry or self.entry).ir_path("decoder")
 
     def _model(self, which: str) -> ov.CompiledModel:
         if which not in self._compiled:

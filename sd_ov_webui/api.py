@@ -40,6 +40,9 @@ class OptimizeBody(BaseModel):
     deepcache_branch: str | int = Field(
         D["deepcache_branch"], description="off, or the skip branch of the DeepCache pair to make too"
     )
+    vae_int8: bool = Field(
+        D["vae_int8"], description="also an INT8 VAE decoder, calibrated on the calibration pictures"
+    )
     samples: int = Field(D["samples"], description="calibration samples kept")
     prompts_text: str | None = Field(
         D["prompts_text"], description="calibration prompts, one per line (null: shipped)"
@@ -73,6 +76,7 @@ class OptimizeResponse(BaseModel):
     label: str
     entry: str
     report: dict[str, Any]
+    vae_decoder: dict[str, Any] = {}  # the INT8 VAE decoder's report (or a note why none)
 
 
 class RecipesResponse(BaseModel):
@@ -89,7 +93,7 @@ def optimize_route(body: OptimizeBody) -> OptimizeResponse:
     except (ValueError, DeviceNotFoundError) as err:
         raise HTTPException(status_code=422, detail=str(err)) from err
     try:
-        entry = optimize_loaded_checkpoint(request, cancellable_progress, wait=False)
+        made = optimize_loaded_checkpoint(request, cancellable_progress, wait=False)
     except UnsupportedModelError as err:  # a recipe the loaded model can't take, before any work
         raise HTTPException(status_code=422, detail=str(err)) from err
     except Busy as err:
@@ -101,8 +105,11 @@ def optimize_route(body: OptimizeBody) -> OptimizeResponse:
     except Exception as err:  # reported to the caller; the webui keeps running
         log.exception("sd-ov: Optimize (API) failed")
         raise HTTPException(status_code=500, detail=f"Optimize failed: {type(err).__name__}: {err}") from err
+    entry = made.entry
     report = entry.manifest.report.to_json() if entry.manifest.report else {}
-    return OptimizeResponse(label=option_label(request), entry=str(entry.path), report=report)
+    return OptimizeResponse(
+        label=option_label(request), entry=str(entry.path), report=report, vae_decoder=made.vae_report()
+    )
 
 
 def recipes_route() -> RecipesResponse:

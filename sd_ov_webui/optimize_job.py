@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import html
 import logging
+from dataclasses import dataclass
 
+import torch
 from modules import call_queue, sd_unet, shared
 
 from sd_ov import (
@@ -20,6 +22,7 @@ from sd_ov import (
     optimize,
     optimize_with_deepcache,
     parse_optimize_form,
+    quantize_vae_decoder,
     report,
 )
 
@@ -29,6 +32,7 @@ from .progress import cancellable_progress
 from .settings import cache_root, offload_mode, opt
 from .text_encoder import HOST_CLASSES, text_encoder_slots, text_encoder_weights
 from .torch_unet import unet_calls_to
+from .vae import vae_entry
 
 log = logging.getLogger("sd_ov")
 
@@ -37,19 +41,52 @@ class Busy(SdOvError):
     """Another job (a picture or an Optimize) holds the webui's queue."""
 
 
+@dataclass
+class Optimized:
+    """What one Optimize made: the recipe's entry and, when asked for, the INT8 VAE decoder's
+    entry (or why there is none: the recipe stays made either way)."""
+
+    entry: cache.CacheEntry
+    vae_decoder: cache.CacheEntry | None = None
+    vae_decoder_note: str = ""
+
+    def vae_report(self) -> dict:
+        if self.vae_decoder is not None and self.vae_decoder.manifest.report is not None:
+            return self.vae_decoder.manifest.report.to_json()
+        return {"note": self.vae_decoder_note} if self.vae_decoder_note else {}
+
+
+class DecodedLatents:
+    """The latents the calibration pictures' VAE `decode` was given and the torch VAE's pictures
+    of them: the INT8 VAE decoder's calibration data and its fidelity reference."""
+
+    def __init__(self) -> None:
+        self.latents: list = []
+        self.pictures: list = []
+
+    def __call__(self, z, out) -> None:
+        self.latents.append(z.detach().to("cpu", torch.float32).numpy())
+        self.pictures.append(out.detach().to("cpu", torch.float32).numpy())
+
+
 @contextlib.contextmanager
-def before_decoding(first_stage, hook):
+def before_decoding(first_stage, hook, decoded: DecodedLatents | None = None):
     """`hook()` runs when the picture's latents are about to be decoded (the VAE's `decode`, which
-    the webui's decode_first_stage calls), and the VAE's own method is back afterwards."""
-    if hook is None or first_stage is None:
+    the webui's decode_first_stage calls), `decoded(z, picture)` after; the VAE's own method is
+    back afterwards."""
+    if (hook is None and decoded is None) or first_stage is None:
         yield
         return
     saved = vars(first_stage).get("decode")
     own = first_stage.decode
 
     def decode(*args, **kwargs):
-        hook()
-        return own(*args, **kwargs)
+        if hook is not None:
+            hook()
+        out = own(*args, **kwargs)
+        if decoded is not None and args and not kwargs:
+            decoded(args[0], out)
+        return out
 
     first_stage.decode = decode
     try:
@@ -61,10 +98,11 @@ def before_decoding(first_stage, hook):
             first_stage.decode = saved
 
 
-def webui_picture(calib: Calibration, prompt: str, seed: int, unet_fn=None, before_decode=None):
+def webui_picture(calib: Calibration, prompt: str, seed: int, unet_fn=None, before_decode=None, decoded=None):
     """One txt2img picture (numpy RGB) made by the webui itself, its UNet calls served by `unet_fn`
-    (torch when None), `before_decode()` called when sampling is done. The webui's token merging
-    is off: it would change only the torch picture."""
+    (torch when None), `before_decode()` called when sampling is done and `decoded(z, picture)`
+    given the VAE's input and output. The webui's token merging is off: it would change only the
+    torch picture."""
     import numpy as np
     from modules import processing
 
@@ -87,7 +125,7 @@ def webui_picture(calib: Calibration, prompt: str, seed: int, unet_fn=None, befo
     )
     with (
         unet_calls_to(unet_fn),
-        before_decoding(getattr(shared.sd_model, "first_stage_model", None), before_decode),
+        before_decoding(getattr(shared.sd_model, "first_stage_model", None), before_decode, decoded),
     ):
         processed = processing.process_images(p)
     if not processed.images or shared.state.interrupted:
@@ -135,9 +173,11 @@ class PromptEncoders:
         return call
 
 
-def webui_capture(calib: Calibration, encoders: PromptEncoders | None = None):
+def webui_capture(
+    calib: Calibration, encoders: PromptEncoders | None = None, decoded: DecodedLatents | None = None
+):
     """Calibration: a picture per prompt with the FP32 OpenVINO UNet Optimize hands over; every
-    UNet call's inputs are kept."""
+    UNet call's inputs are kept (and, with `decoded`, what the VAE decoded)."""
 
     def capture(runtime, progress):
         capturing = CapturingUNet(runtime)
@@ -150,7 +190,8 @@ def webui_capture(calib: Calibration, encoders: PromptEncoders | None = None):
                 encoders.ensure()
                 unet_fn = encoders.released_at_first_call(capturing)
             # the FP32 UNet's buffers go before the VAE decodes (SDXL: both at once set the peak)
-            webui_picture(calib, prompt, calib.seed + i, unet_fn, getattr(runtime, "release_memory", None))
+            release = getattr(runtime, "release_memory", None)
+            webui_picture(calib, prompt, calib.seed + i, unet_fn, release, decoded)
         return capturing.samples
 
     return capture
@@ -178,10 +219,10 @@ def parse_request(values: dict) -> OptimizeRequest:
     return parse_optimize_form(values, default_device=str(opt("sd_ov_device")), sdxl=sdxl)
 
 
-def optimize_loaded_checkpoint(request: OptimizeRequest, progress, wait: bool = True) -> cache.CacheEntry:
+def optimize_loaded_checkpoint(request: OptimizeRequest, progress, wait: bool = True) -> Optimized:
     """Optimize as one webui job (no picture runs beside it); the new option is listed at once.
     With `wait=False`, a busy queue raises Busy instead of waiting. Returns the recipe's entry
-    (its DeepCache pair, when asked for, is made in the same job, after it)."""
+    (its DeepCache pair and INT8 VAE decoder, when asked for, are made in the same job, after it)."""
     # Refuses what Optimize can't make (e.g. SDXL token merging) before waiting for the queue.
     optimize.optimizable(shared.sd_model.model.diffusion_model, request.recipe)
     lock = getattr(call_queue, "queue_lock", None) or contextlib.nullcontext()
@@ -202,7 +243,7 @@ def optimize_weights(model) -> WebuiWeights | None:
     return unet_weights(model.model.diffusion_model, model.sd_checkpoint_info.filename)
 
 
-def _optimize_as_job(request: OptimizeRequest, progress) -> cache.CacheEntry:
+def _optimize_as_job(request: OptimizeRequest, progress) -> Optimized:
     model = shared.sd_model
     shared.state.begin(job="sd_ov_optimize")
     try:
@@ -211,6 +252,7 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> cache.CacheEntry:
         calib = request.calibration
         encoders = PromptEncoders(model, progress)
         encoders.release()
+        decoded = DecodedLatents() if request.vae_int8 else None
         with unet_calls_to(None), contextlib.ExitStack() as back:
             back.callback(encoders.ensure)  # the webui's own encoders are whole again at the end
             entry, *_pair = optimize_with_deepcache(
@@ -219,7 +261,7 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> cache.CacheEntry:
                 name,
                 sha256,
                 request.recipe,
-                webui_capture(calib, encoders),
+                webui_capture(calib, encoders, decoded),
                 deepcache_branch=request.deepcache_branch,
                 preset=request.preset,
                 device=request.device,
@@ -232,9 +274,31 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> cache.CacheEntry:
                 keep_fp32=False,  # the FP32 IR it starts from stays only if it was there before
             )
         sd_unet.list_unets()
-        return entry
+        made = Optimized(entry)
+        if decoded is not None:
+            int8_vae_decoder(made, model, name, sha256, decoded, request.device, progress)
+        return made
     finally:
         shared.state.end()
+
+
+def int8_vae_decoder(made: Optimized, model, name, sha256, decoded: DecodedLatents, device, progress) -> None:
+    """The INT8 decoder of the webui's VAE, calibrated on the calibration pictures' latents and
+    measured against the torch VAE's pictures of them. The recipe is made by then: a failure or a
+    Cancel here leaves it, and `made` says why there is no decoder."""
+    if not decoded.latents:  # a recipe that needs no calibration made no pictures
+        made.vae_decoder_note = "not made: the recipe made no calibration pictures to calibrate it on"
+        return
+    try:
+        entry = vae_entry(model.first_stage_model, name, sha256, progress)
+        made.vae_decoder = quantize_vae_decoder(
+            entry, decoded.latents, decoded.pictures, device=device, progress=progress
+        )
+    except Cancelled:
+        made.vae_decoder_note = "cancelled: the VAE decoder stays as it was"
+    except Exception as err:  # the recipe is made; the VAE stays float
+        log.exception("sd-ov: the INT8 VAE decoder failed")
+        made.vae_decoder_note = f"failed ({type(err).__name__}: {err}): the VAE decoder stays as it was"
 
 
 def option_label(request: OptimizeRequest) -> str:
@@ -254,7 +318,7 @@ def run_optimize(values: dict, progress_bar=None) -> str:
         cancellable_progress(message, fraction)
 
     try:
-        entry = optimize_loaded_checkpoint(request, progress)
+        made = optimize_loaded_checkpoint(request, progress)
     except Cancelled:
         return "<p>Optimize cancelled: nothing was added to the cache.</p>"
     except MemoryError:
@@ -276,4 +340,18 @@ def run_optimize(values: dict, progress_bar=None) -> str:
             f" Its DeepCache pair (branch {request.deepcache_branch}) serves a job with DeepCache on at "
             "that branch (OpenVINO accordion)."
         )
-    return report.report_html(entry) + advice
+    if request.vae_int8:
+        advice += "<br>" + html.escape(vae_decoder_line(made))
+    return report.report_html(made.entry) + advice
+
+
+def vae_decoder_line(made: Optimized) -> str:
+    """The INT8 VAE decoder in one sentence, for the tab."""
+    if made.vae_decoder is None:
+        return f"INT8 VAE decoder {made.vae_decoder_note}."
+    r = made.vae_decoder.manifest.report
+    fidelity = f", {r.psnr_db:.1f} dB against the torch VAE's calibration pictures" if r and r.psnr_db else ""
+    return (
+        f"INT8 VAE decoder made{fidelity}: it decodes while Settings → OpenVINO → VAE precision is auto "
+        "(infotext: OpenVINO VAE: decode (int8))."
+    )

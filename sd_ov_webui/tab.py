@@ -123,6 +123,11 @@ def form_components() -> dict:
                 label="DeepCache pair too (skip branch)",
                 elem_id="sd_ov_recipe_deepcache",
             )
+            c["vae_int8"] = gr.Checkbox(
+                value=D["vae_int8"],
+                label="INT8 VAE decoder too (served when Settings → VAE precision is auto)",
+                elem_id="sd_ov_vae_int8",
+            )
             c["device"] = gr.Dropdown(
                 choices=device_choices(),
                 value=lambda: opt("sd_ov_device"),

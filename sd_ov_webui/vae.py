@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sd_ov import CheckpointTensors, OVVae, prepare_vae_entry, vae_precision
+from sd_ov import CheckpointTensors, OVVae, find_int8_decoder, prepare_vae_entry, vae_precision
 
 from .component import ServedComponent
 from .offload import WebuiWeights
@@ -59,6 +59,14 @@ def vae_weights_source(checkpoint_file: str) -> CheckpointTensors:
     return CheckpointTensors(Path(checkpoint_file), CHECKPOINT_VAE_PREFIX)
 
 
+def vae_entry(first_stage_model: torch.nn.Module, checkpoint_name: str, checkpoint_hash: str, progress):
+    """The FP32 entry of the webui's VAE (exported from `first_stage_model` when absent)."""
+    name, digest = vae_identity(checkpoint_hash)
+    return prepare_vae_entry(
+        first_stage_model, cache_root(), f"{checkpoint_name}-vae-{name}", digest, progress
+    )
+
+
 class WebuiVae(ServedComponent):
     """OpenVINO decode/encode set on one `first_stage_model`; `detach()` undoes it."""
 
@@ -83,30 +91,40 @@ class WebuiVae(ServedComponent):
         """At each job: (re)load the OpenVINO VAE when the webui's VAE changed; attach."""
         identity = vae_identity(self.checkpoint_hash)
         device = str(opt("sd_ov_device"))
-        precision = vae_precision(device, str(opt("sd_ov_vae_precision")))
+        choice = str(opt("sd_ov_vae_precision"))
+        precision = vae_precision(device, choice)
         if self.ov is not None and self.ov.fell_back is None and self.ov.precision != precision:
             self.identity = None  # the setting changed: opened again (detach releases the old one)
+        # "auto" decodes with the INT8 decoder Optimize made of this VAE, if any (`vae_int8`)
+        decoder = None
+        if self.ov is not None and identity == self.identity:
+            decoder = find_int8_decoder(self.ov.entry) if choice == "auto" else None
+            if (decoder and decoder.path) != (self.ov.decoder_entry and self.ov.decoder_entry.path):
+                self.identity = None  # made (or removed) since it was opened
         if identity != self.identity or self.ov is None:
             self.detach()  # the torch weights back before anything is exported from them
-            name, digest = identity
-            entry = prepare_vae_entry(
-                self.module, cache_root(), f"{self.checkpoint_name}-vae-{name}", digest, cancellable_progress
-            )
+            entry = vae_entry(self.module, self.checkpoint_name, self.checkpoint_hash, cancellable_progress)
+            decoder = find_int8_decoder(entry) if choice == "auto" else None
             # never f16: f16 VAEs give black or NaN pictures (the webui's own --no-half-vae); bf16
             # where the CPU runs it faster (`vae_precision`)
-            self.ov = OVVae(entry, device=device, precision=precision, progress=self.progress)
+            self.ov = OVVae(
+                entry, device=device, precision=precision, progress=self.progress, decoder_entry=decoder
+            )
             self.identity = identity
             self.weights = WebuiWeights(self.module, vae_weights_source(self.checkpoint_file), "torch VAE")
         self.attach()
         self.start_job(release_torch)
 
     def infotext(self) -> str | None:
-        """`decode` (f32), `decode (bf16)`, or why a bf16 model went to f32."""
+        """`decode` (f32), `decode (bf16)`, `decode (int8)` (Optimize's INT8 decoder; its float
+        parts at the VAE precision), or why a bf16 model went to f32."""
         served = super().infotext()
         if not served or self.torch_reason or self.ov is None:
             return served
         if self.ov.fell_back:
             return f"{served} ({self.ov.fell_back})"
+        if self.ov.decoder_int8 and "decode" in served:
+            return served.replace("decode", "decode (int8)", 1)
         return served if self.ov.precision == "f32" else f"{served} ({self.ov.precision})"
 
     def _decode(self, z, *args, **kwargs):

@@ -89,3 +89,40 @@ def test_a_bf16_decode_that_gives_nan_runs_again_at_f32_and_says_so(tiny_vae, va
     z[0, 0, 0, 0] = 0.0
     with torch.no_grad():
         assert torch.allclose(ov_vae.decode(z), tiny_vae.decode(z), atol=1e-4, rtol=1e-3)  # f32 now
+
+
+def test_the_int8_decoder_is_an_entry_beside_the_vaes_and_a_cancel_leaves_none(tiny_vae, vae_entry):
+    """`vae_int8`: NNCF quantizes the FP32 decoder on the latents given, the fidelity against the
+    host's pictures is in the manifest, the FP32 entry (the encoder's) is untouched, and OVVae
+    decodes with it; cancelled halfway, nothing is written."""
+    from sd_ov import metrics, vae_int8
+    from sd_ov.errors import Cancelled
+
+    entry, root = vae_entry
+    files_before = dict(entry.manifest.files)
+    gen = torch.Generator().manual_seed(3)
+    latents = [torch.randn(1, 4, 8, 8, generator=gen) * 3 for _ in range(2)]
+    with torch.no_grad():
+        pictures = [tiny_vae.decode(z).numpy() for z in latents]
+
+    def cancel(message: str, fraction: float) -> None:
+        if "measuring" in message:
+            raise Cancelled("interrupted by the user")
+
+    with pytest.raises(Cancelled):
+        vae_int8.quantize_vae_decoder(entry, [z.numpy() for z in latents], pictures, progress=cancel)
+    assert vae_int8.find_int8_decoder(entry) is None
+    assert [p.name for p in entry.path.parent.iterdir() if p.is_dir()] == [entry.path.name]
+
+    decoder = vae_int8.quantize_vae_decoder(entry, [z.numpy() for z in latents], pictures)
+    assert vae_int8.find_int8_decoder(entry).path == decoder.path != entry.path
+    assert 15 < decoder.manifest.report.psnr_db < 100  # quantized: close, not equal
+    assert cache.validate(entry.path).manifest.files == files_before
+    served = vae.OVVae(entry, cache_compiled=False, decoder_entry=decoder)
+    z = torch.randn(1, 4, 6, 10, generator=gen) * 3
+    with torch.no_grad():
+        expected = tiny_vae.decode(z)
+    assert served.decoder_int8 and 0 < metrics.rel_l2(served.decode(z), expected) < 0.2
+    x = torch.rand(1, 3, 12, 20, generator=gen) * 2 - 1
+    with torch.no_grad():  # the encoder is the FP32 entry's
+        assert torch.allclose(served.encode(x), tiny_vae.encode_moments(x), atol=1e-4, rtol=1e-3)

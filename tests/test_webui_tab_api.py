@@ -36,6 +36,7 @@ TAB_VALUES = dict(
     measure_size="128x128",
     compare_picture=True,
     deepcache_branch="off",
+    vae_int8=False,
     preset="none",
 )
 # What each Optimize field's component is, in the tab: (elem_id, label).
@@ -45,6 +46,7 @@ TAB_COMPONENTS = {
     "tome": ("sd_ov_tome", "Token merging ratio"),
     "prune": ("sd_ov_prune", "Pruning"),
     "deepcache_branch": ("sd_ov_recipe_deepcache", "DeepCache pair too (skip branch)"),
+    "vae_int8": ("sd_ov_vae_int8", "INT8 VAE decoder too (served when Settings → VAE precision is auto)"),
     "preset": (
         "sd_ov_preset",
         "Preset (fastest: the fastest picture measured)",
@@ -237,6 +239,40 @@ def test_api_optimizes_and_lists(api):
     listed = api.get("/sd-ov/v1/recipes").json()["recipes"]
     assert [r["label"] for r in listed] == ["INT8w"]  # the FP32 IR it started from went with the run
     assert listed[0]["option"] == "[OpenVINO INT8w] tinyckpt" and listed[0]["deepcache_branches"] == []
+
+
+def test_optimize_makes_an_int8_vae_decoder_that_decodes_while_the_vae_precision_is_auto(api, webui):
+    """Issue #24's INT8 VAE: Optimize calibrates it on the latents its calibration pictures
+    decoded and measures it against the torch VAE's pictures; from the next job on, "auto" decodes
+    with it (the infotext says so) close to the float decoder; f32 gives the float decoder back."""
+    import openvino as ov
+
+    from .webui_harness import add_vae_and_text_encoder
+
+    add_vae_and_text_encoder(webui)
+    vae_on = {"sd_ov_vae": True, "sd_ov_vae_precision": "auto"}
+    before = txt2img(webui, override=vae_on)
+    assert infotext_params(before.infotexts[0])["OpenVINO VAE"] in ("decode", "decode (bf16)")
+    form = {**SMALL, "int8": "hybrid", "samples": 2, "calib_steps": 2, "prompts_text": "an apple\na car"}
+    done = api.post("/sd-ov/v1/optimize", json={**form, "vae_int8": True})
+    assert done.status_code == 200, done.text
+    made = done.json()["vae_decoder"]
+    assert made["label"] == "INT8 VAE decoder" and 20 <= made["psnr_db"] < 200, made  # quantized, close
+    decoders = [
+        e
+        for e in cache.list_entries(webui.pkg.settings.cache_root())
+        if e.manifest.component == "vae" and e.manifest.recipe.int8 == "full"
+    ]
+    assert len(decoders) == 1 and decoders[0].manifest.calibration == {"samples": 2}
+    graph = ov.Core().read_model(decoders[0].ir_path("decoder"))
+    assert any(op.get_type_name() == "FakeQuantize" for op in graph.get_ops())
+
+    int8 = txt2img(webui, override=vae_on)
+    assert infotext_params(int8.infotexts[0])["OpenVINO VAE"] == "decode (int8)"
+    f32 = txt2img(webui, override={**vae_on, "sd_ov_vae_precision": "f32"})
+    assert infotext_params(f32.infotexts[0])["OpenVINO VAE"] == "decode"
+    assert torch.equal(int8.latent, f32.latent)  # only the decoder changed
+    assert 0 < metrics.rel_l2(int8.decoded, f32.decoded) < 0.2
 
 
 def test_api_refuses_unknown_mistyped_and_out_of_range_fields_with_422(api):
