@@ -553,11 +553,15 @@ def test_loras_on_openvino_match_torch_and_switch_without_a_recompile(installed)
 
 
 def test_an_int8_recipe_with_deepcache_is_five_times_faster_per_picture_than_torch(installed):
-    """Issue #12's webui check: a 20-step 512² txt2img (Euler, batch 1) on an INT8 hybrid recipe
-    with its DeepCache pair (interval 3, branch 0, non-uniform) runs through OpenVINO, its
+    """Issues #12 and #24's webui check: a 20-step 512² txt2img (Euler, batch 1) on an INT8 hybrid
+    recipe with its DeepCache pair (interval 3, branch 0, non-uniform) runs through OpenVINO, its
     infotext naming both, and takes at most 1/5 of the same job's seconds on torch (text encoder,
     sampler and VAE decode: the whole request as the API answers it). The fastest preset's job
-    is measured beside it. Random weights: the picture's PSNR is a floor, not a quality claim."""
+    (its INT8 VAE decoder too, at the default VAE precision) is measured beside it: at least 14x
+    torch's; and the few-step path: the webui's LCM sampler, 4 steps at CFG 1 with an
+    LCM-LoRA-shaped LoCon (attention, proj_in and 3x3 convolutions) on the fastest recipe, at
+    least 30x torch's 20-step job. Random weights: the pictures' PSNR is a floor, not a quality
+    claim."""
     job = {"width": 512, "height": 512, "steps": 20}
     deepcache = (3, 0, "non-uniform")
     calibration = {
@@ -569,6 +573,17 @@ def test_an_int8_recipe_with_deepcache_is_five_times_faster_per_picture_than_tor
         "measure_size": "256x256",
         "deepcache_branch": 0,
     }
+    lora = Path(WEBUI) / "models" / "Lora" / "sdov-test-lcm.safetensors"
+    lora.parent.mkdir(parents=True, exist_ok=True)
+    write_lora(lora, rank=8, seed=7, strength=0.05, locon=True)
+    lcm_job = {
+        **job,
+        "steps": 4,
+        "cfg_scale": 1,
+        "sampler_name": "LCM",
+        "prompt": JOB["prompt"] + " <lora:sdov-test-lcm:1>",
+    }
+    auto_vae = {**COMPANIONS, "sd_ov_vae_precision": "auto"}  # the user's default: INT8 decoder if made
     webui = Webui(Path(WEBUI), installed / "fastest.log")
     seconds = {}
     try:
@@ -577,20 +592,25 @@ def test_an_int8_recipe_with_deepcache_is_five_times_faster_per_picture_than_tor
         int8 = api("/sd-ov/v1/optimize", {**calibration, "int8": "hybrid"}, timeout=3600)
         fastest = api("/sd-ov/v1/optimize", {**calibration, "preset": "fastest"}, timeout=3600)
         for label in (int8["label"], fastest["label"]):  # first use: compile, VAE/text encoder export
-            txt2img(label, deepcache=deepcache, job={**job, "steps": 1}, **COMPANIONS)
+            txt2img(label, deepcache=deepcache, job={**job, "steps": 1}, **auto_vae)
+        txt2img(fastest["label"], job={**lcm_job, "steps": 1}, **auto_vae)  # the LoRA's branch
         int8_image, int8_info, seconds["int8+dc"] = txt2img(
-            int8["label"], deepcache=deepcache, job=job, **COMPANIONS
+            int8["label"], deepcache=deepcache, job=job, **auto_vae
         )
         fast_image, fast_info, seconds["fastest"] = txt2img(
-            fastest["label"], deepcache=deepcache, job=job, **COMPANIONS
+            fastest["label"], deepcache=deepcache, job=job, **auto_vae
         )
+        lcm_image, lcm_info, seconds["lcm"] = txt2img(fastest["label"], job=lcm_job, **auto_vae)
     finally:
         webui.stop()
+        lora.unlink(missing_ok=True)
     report = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
     report += (
         f"; torch/int8+dc {seconds['torch'] / seconds['int8+dc']:.2f}x, "
-        f"torch/fastest {seconds['torch'] / seconds['fastest']:.2f}x; PSNR vs torch: "
-        f"int8+dc {psnr(int8_image, torch_image):.1f} dB, fastest {psnr(fast_image, torch_image):.1f} dB"
+        f"torch/fastest {seconds['torch'] / seconds['fastest']:.2f}x, "
+        f"torch/lcm {seconds['torch'] / seconds['lcm']:.2f}x; PSNR vs torch: "
+        f"int8+dc {psnr(int8_image, torch_image):.1f} dB, fastest {psnr(fast_image, torch_image):.1f} dB; "
+        f"INT8 VAE decoder {fastest.get('vae_decoder')}; VAE: {fast_info.get('OpenVINO VAE')}"
     )
     print(f"\n[fastest] 20-step 512² picture: {report}")
     (installed / "fastest.txt").write_text(report)
@@ -598,8 +618,14 @@ def test_an_int8_recipe_with_deepcache_is_five_times_faster_per_picture_than_tor
     assert int8_info["OpenVINO"].startswith("int8+DeepCache3b0nu, CPU"), int8_info  # both named
     assert int8_info["OpenVINO DeepCache"] == "interval 3, branch 0, non-uniform", int8_info
     assert fast_info["OpenVINO preset"] == "fastest", fast_info
+    assert fast_info["OpenVINO VAE"] == "decode (int8)", fast_info
+    assert lcm_info["OpenVINO LoRA"] == "sdov-test-lcm:1", lcm_info
+    assert fastest["vae_decoder"]["psnr_db"] >= 25, fastest
     assert seconds["torch"] >= 5 * seconds["int8+dc"], report
     assert psnr(int8_image, torch_image) >= 20 and psnr(fast_image, torch_image) >= 20, report
+    assert np.isfinite(lcm_image).all() and lcm_image.std() > 0, report
+    assert seconds["torch"] >= 14 * seconds["fastest"], report
+    assert seconds["torch"] >= 30 * seconds["lcm"], report
 
 
 def png_b64(image: np.ndarray) -> str:
