@@ -7,7 +7,7 @@ Importing the package turns OpenVINO's and NNCF's telemetry off for this process
 
 The engine's parts, by job:
 - graphs from torch: `ldm_unet`, `export`, `deepcache`, `tome`, `prune`, `text_encoder`, `vae`,
-  `control_model`; `vae_int8` (the VAE decoder quantized)
+  `control_model`, `taesd`; `vae_int8` (the VAE decoder quantized)
 - graph surgery on IRs: `control_inputs`, `lora_branch`
 - the OpenVINO runtime: `ov_core`, `cpu_caps`, `compiled` (the base every compiled part shares),
   `runtime` (the UNet), `memory`
@@ -73,6 +73,7 @@ _PUBLIC = {
     "vae_precision": "vae",
     "prepare_vae_entry": "vae",
     "find_int8_decoder": "vae_int8",
+    "prepare_taesd_entry": "taesd",
     "quantize_vae_decoder": "vae_int8",
     "OVControlModel": "control_model",
     "prepare_control_entry": "control_model",

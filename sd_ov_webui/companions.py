@@ -19,6 +19,7 @@ from modules import shared
 from .errors import explain
 from .progress import webui_progress
 from .settings import offload_mode, opt
+from .taesd import TaesdDecoders
 from .text_encoder import WebuiTextEncoder, text_encoder_slots
 from .vae import WebuiVae
 
@@ -26,10 +27,12 @@ log = logging.getLogger("sd_ov")
 
 
 class Companions:
-    """The VAE and the text encoders (SDXL has two) of the checkpoint a UNet serves."""
+    """The VAE (and the webui's TAESD decoder) and the text encoders (SDXL has two) of the
+    checkpoint a UNet serves."""
 
     def __init__(self) -> None:
         self.vae: WebuiVae | None = None
+        self.taesd = TaesdDecoders()
         self.text_encoders: list[WebuiTextEncoder] = []
 
     @property
@@ -46,6 +49,7 @@ class Companions:
         self.vae = self._sync(
             self.vae, "VAE", vae, bool(opt("sd_ov_vae")), WebuiVae, release_torch, source, note
         )
+        self.taesd.start_job(bool(opt("sd_ov_vae")) and source is not None)
         wanted = bool(opt("sd_ov_text_encoder"))
         slots = text_encoder_slots(model) if wanted else []
         kept = []
@@ -96,15 +100,24 @@ class Companions:
 
     def decoded(self) -> None:
         """The VAE's buffers (or model, in lowvram) go until the next job (kept in `none`)."""
-        if offload_mode() != "none" and self.vae is not None:
-            self.vae.after_phase(keep_compiled=offload_mode() == "release")
+        if offload_mode() != "none":
+            if self.vae is not None:
+                self.vae.after_phase(keep_compiled=offload_mode() == "release")
+            self.taesd.after_phase(keep_compiled=offload_mode() == "release")
 
     def drop(self) -> None:
         """The webui's own VAE and text encoder back, their OpenVINO models' memory given back."""
         for companion in (self.vae, *self.text_encoders):
             if companion is not None:
                 companion.detach()
+        self.taesd.drop()
         self.vae, self.text_encoders = None, []
+
+    def vae_infotext(self) -> str | None:
+        """What decoded on OpenVINO in this job: the VAE (`decode`, `decode (int8)`, ...) and the
+        webui's TAESD (the picture when the user chose it for decoding, and live previews)."""
+        said = [self.vae.infotext() if self.vae is not None else None, self.taesd.infotext()]
+        return ", ".join(text for text in said if text) or None
 
     def text_encoder_infotext(self) -> str | None:
         """What each text encoder did in this job: SD1's as before (`clip skip 1`), the others

@@ -130,7 +130,7 @@ def write_infotext(p) -> None:
         if note:
             p.extra_generation_params[TOME_INFOTEXT_KEY] = note
     companions = {
-        VAE_INFOTEXT_KEY: unet.vae.infotext() if unet.vae is not None else None,
+        VAE_INFOTEXT_KEY: unet.companions.vae_infotext(),
         TEXT_ENCODER_INFOTEXT_KEY: unet.companions.text_encoder_infotext(),
     }
     for key, said in companions.items():

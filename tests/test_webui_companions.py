@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sd_ov import metrics, ov_core
+from sd_ov import cache, metrics, ov_core
 from sd_ov.torch_weights import is_released
 
 from .webui_harness import add_vae_and_text_encoder, infotext_params, txt2img
@@ -271,3 +271,41 @@ def test_the_int8_text_encoder_setting_reopens_the_encoder_and_says_so(webui):
     fp32_job = txt2img(webui, override={**ON, "sd_ov_text_encoder_int8": False})
     assert infotext_params(fp32_job.infotexts[0])["OpenVINO text encoder"] == "clip skip 1"
     assert metrics.rel_l2(fp32_job.latent, torch_job.latent) < 1e-5
+
+
+def test_the_webuis_taesd_decode_runs_on_openvino_and_says_so(webui, monkeypatch):
+    """Issue #24's TAESD: with "VAE type for decode: TAESD" the decoder the webui's own
+    `sd_vae_taesd.decoder_model()` returns runs on OpenVINO (its weights' entry exported once),
+    equal to torch's, and the infotext says `TAESD`; off OpenVINO the webui's function and decoder
+    are its own again; a failing export leaves TAESD to torch with the reason; sd-ov never loads
+    (downloads) TAESD itself."""
+    from modules import sd_vae_taesd
+
+    original = sd_vae_taesd.decoder_model
+    taesd = {"sd_ov_vae": True, "sd_vae_decode_method": "TAESD"}
+    job = txt2img(webui, override=taesd)
+    assert infotext_params(job.infotexts[0])["OpenVINO VAE"] == "TAESD"
+    decoder = original()
+    assert "forward" in vars(decoder)  # served: set on the instance
+    with torch.no_grad():
+        expected = torch.nn.Sequential.forward(decoder, job.latent) * 2 - 1
+    assert job.decoded.shape == expected.shape and torch.allclose(job.decoded, expected, atol=1e-4)
+    again = txt2img(webui, override=taesd)
+    assert torch.equal(again.decoded, job.decoded)
+    assert [e.manifest.component for e in cache.list_entries(webui.pkg.settings.cache_root())].count(
+        "taesd"
+    ) == 1
+
+    off = txt2img(webui, enabled=False, override=taesd)
+    assert "OpenVINO VAE" not in infotext_params(off.infotexts[0])
+    assert sd_vae_taesd.decoder_model == original and "forward" not in vars(decoder)
+    assert torch.allclose(off.decoded, torch.nn.Sequential.forward(decoder, off.latent) * 2 - 1, atol=1e-6)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("convert failed")
+
+    monkeypatch.setattr(webui.pkg.taesd, "prepare_taesd_entry", broken)
+    failed = txt2img(webui, override=taesd)
+    said = infotext_params(failed.infotexts[0])["OpenVINO VAE"]
+    assert said == "TAESD on torch (RuntimeError: convert failed)", said
+    assert "forward" not in vars(decoder) and sd_vae_taesd.loads == ["taesd_decoder.pth"]

@@ -186,7 +186,11 @@ def process_images_inner(p):
         p.scripts.post_sample(p, ps)
     decoded = None
     first_stage = getattr(p.sd_model, "first_stage_model", None)
-    if first_stage is not None:  # sd_samplers_common.samples_to_images_tensor → decode_first_stage
+    if getattr(shared.opts, "sd_vae_decode_method", "Full") == "TAESD":  # samples_to_images_tensor, 3
+        from modules import sd_vae_taesd
+
+        decoded = sd_vae_taesd.decoder_model()(result.latent).detach() * 2 - 1
+    elif first_stage is not None:  # sd_samplers_common.samples_to_images_tensor → decode_first_stage
         decoded = first_stage.decode(result.latent / 0.18215)
     if p.scripts is not None:
         p.scripts.postprocess_batch(p, result.latent, batch_number=0)

@@ -48,6 +48,7 @@ class Options:
                 "token_merging_ratio_hr": OptionInfo(0.0, "Token merging ratio for high-res pass"),
                 "CLIP_stop_at_last_layers": OptionInfo(1, "Clip skip"),
                 "sdxl_clip_l_skip": OptionInfo(False, "Clip skip SDXL"),
+                "sd_vae_decode_method": OptionInfo("Full", "VAE type for decode"),
             },
         )
 
