@@ -113,6 +113,17 @@ class Companions:
         self.taesd.drop()
         self.vae, self.text_encoders = None, []
 
+    def seconds(self) -> str:
+        """This job's seconds in each companion's OpenVINO calls, for the console: `text
+        encoder 0.2 s, VAE decode 4.1 s` (compiles of a first use included)."""
+        parts = [(f"{te.label} text encoder", te) for te in self.text_encoders]
+        parts += [("VAE", self.vae), ("", self.taesd.current)]
+        said = []
+        for label, part in parts:
+            for method, seconds in part.seconds.items() if part is not None else ():
+                said.append(f"{label} {method} {seconds:.1f} s".strip())
+        return ", ".join(said)
+
     def vae_infotext(self) -> str | None:
         """What decoded on OpenVINO in this job: the VAE (`decode`, `decode (int8)`, ...) and the
         webui's TAESD (the picture when the user chose it for decoding, and live previews)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -34,6 +35,7 @@ class ServedComponent:
         self.weights: WebuiWeights | None = None
         self.saved: dict[str, object] = {}
         self.calls: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}  # this job's seconds per served method, for the console
         self.torch_reason: str | None = None
 
     def attach(self) -> None:
@@ -51,7 +53,7 @@ class ServedComponent:
         return saved if saved is not None else getattr(type(self.module), name).__get__(self.module)
 
     def start_job(self, release_torch: bool) -> None:
-        self.calls, self.torch_reason = {}, None
+        self.calls, self.seconds, self.torch_reason = {}, {}, None
         if self.weights is None:
             return
         if release_torch:
@@ -62,10 +64,12 @@ class ServedComponent:
     def served(self, name: str, run: Callable[[], torch.Tensor]) -> torch.Tensor | None:
         """`run()`'s output, or None (and the reason kept) when it failed or was not finite."""
         try:
+            started = time.perf_counter()
             out = run()
             if not bool(torch.isfinite(out).all()):
                 raise ValueError(f"the OpenVINO {self.what} returned NaN/inf")
             self.calls[name] = self.calls.get(name, 0) + 1
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
             return out
         except Exception as err:
             self.on_torch(f"{type(err).__name__}: {err}")

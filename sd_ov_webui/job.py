@@ -139,6 +139,10 @@ def write_infotext(p) -> None:
     if record.notes:
         p.extra_generation_params[NOTE_INFOTEXT_KEY] = "; ".join(record.notes)
     shared.state.textinfo = f"OpenVINO: {text}"
+    # where the job's seconds went (bench: the rest of a request is the webui's own work)
+    seconds = ", ".join(s for s in (record.seconds(), unet.companions.seconds()) if s)
+    if seconds:
+        print(f"[sd-ov] job seconds: {seconds}")
 
 
 def sampling_ended(p) -> None:

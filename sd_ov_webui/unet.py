@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 
 from modules import devices, sd_unet, shared
@@ -273,8 +274,9 @@ class OpenVINOUnet(sd_unet.SdUnet):
             if not self.sampled:
                 self.sampled = True
                 self.sampling_starts()
+            started = time.perf_counter()
             out = self.served(x, timesteps, context, *y, control=control)
-            self.record.served()
+            self.record.served(started, time.perf_counter())
             return out
         except UnsupportedCallError as err:  # this call only (e.g. an odd shape)
             reason = str(err)

@@ -14,14 +14,16 @@ from sd_ov.record import REASON_CHARS, JobRecord
 
 def test_a_job_served_by_openvino_says_what_ran():
     record = JobRecord(summary="fp32, CPU, f32, dynamic")
-    for _ in range(4):
-        record.served()
+    assert record.seconds() == ""
+    for i in range(4):
+        record.served(10.0 + i, 10.5 + i)  # four 0.5 s calls, a second apart
     assert record.infotext() == "fp32, CPU, f32, dynamic" and record.calls == 4
+    assert record.seconds() == "sampling 3.5 s (UNet 2.0 s in 4 calls)"
 
 
 def test_a_partly_served_job_counts_calls_and_says_each_reason_once():
     record = JobRecord(summary="fp32, CPU, f32, dynamic")
-    record.served()
+    record.served(1.0, 2.0)
     assert record.fell_back("an odd latent side") is True
     assert record.fell_back("an odd latent side") is False  # said once in the progress area
     assert record.infotext() == "partly (1/3 calls; 2 on torch: an odd latent side); fp32, CPU, f32, dynamic"

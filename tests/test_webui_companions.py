@@ -4,6 +4,7 @@ OpenVINO model is compiled only for its part of the job and the picture is the s
 
 from __future__ import annotations
 
+import re
 import sys
 from types import SimpleNamespace
 
@@ -273,7 +274,7 @@ def test_the_int8_text_encoder_setting_reopens_the_encoder_and_says_so(webui):
     assert metrics.rel_l2(fp32_job.latent, torch_job.latent) < 1e-5
 
 
-def test_the_webuis_taesd_decode_runs_on_openvino_and_says_so(webui, monkeypatch):
+def test_the_webuis_taesd_decode_runs_on_openvino_and_says_so(webui, monkeypatch, capsys):
     """Issue #24's TAESD: with "VAE type for decode: TAESD" the decoder the webui's own
     `sd_vae_taesd.decoder_model()` returns runs on OpenVINO (its weights' entry exported once),
     equal to torch's, and the infotext says `TAESD`; off OpenVINO the webui's function and decoder
@@ -290,8 +291,15 @@ def test_the_webuis_taesd_decode_runs_on_openvino_and_says_so(webui, monkeypatch
     with torch.no_grad():
         expected = torch.nn.Sequential.forward(decoder, job.latent) * 2 - 1
     assert job.decoded.shape == expected.shape and torch.allclose(job.decoded, expected, atol=1e-4)
+    capsys.readouterr()
     again = txt2img(webui, override=taesd)
     assert torch.equal(again.decoded, job.decoded)
+    # the console says where the job's seconds went: the sampler's span, the UNet's, TAESD's
+    said = re.search(
+        r"\[sd-ov\] job seconds: sampling [\d.]+ s \(UNet [\d.]+ s in 8 calls\).*TAESD [\d.]+ s",
+        capsys.readouterr().out,
+    )
+    assert said, "no seconds line"
     assert [e.manifest.component for e in cache.list_entries(webui.pkg.settings.cache_root())].count(
         "taesd"
     ) == 1

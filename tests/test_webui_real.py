@@ -212,6 +212,30 @@ def test_txt2img_through_openvino_matches_torch_and_restart_reuses_the_cache(ins
     assert psnr(again, ov_image) >= 40 and again_info["OpenVINO"] == "fp32, CPU, f32, dynamic"
 
 
+def test_the_webuis_taesd_decode_runs_on_openvino(installed):
+    """Issue #24's TAESD in the webui: "VAE type for decode: TAESD" on an OpenVINO job decodes
+    with the webui's own TAESD decoder on OpenVINO (infotext `OpenVINO VAE: TAESD`, the webui's
+    `VAE Decoder: TAESD`), close to the torch job's TAESD picture, and the full VAE's job after
+    it is unaffected. Needs models/VAE-taesd/taesd_decoder.pth (the webui downloads it; without
+    a network put one there, e.g. the webui's TAESDDecoder with seeded random weights)."""
+    if not (Path(WEBUI) / "models" / "VAE-taesd" / "taesd_decoder.pth").exists():
+        pytest.skip("no models/VAE-taesd/taesd_decoder.pth (the webui would download it)")
+    taesd = {"sd_vae_decode_method": "TAESD", **COMPANIONS}
+    webui = Webui(Path(WEBUI), installed / "taesd.log")
+    try:
+        torch_image, torch_info, _ = txt2img("None", **taesd)
+        txt2img("Automatic", **taesd)  # first use: the TAESD decoder's export
+        ov_image, ov_info, _ = txt2img("Automatic", **taesd)
+        full_image, full_info, _ = txt2img("Automatic", **COMPANIONS)
+    finally:
+        webui.stop()
+    print(f"\n[taesd] OpenVINO TAESD vs torch TAESD: {psnr(ov_image, torch_image):.1f} dB")
+    assert torch_info.get("VAE Decoder") == "TAESD" and "OpenVINO VAE" not in torch_info, torch_info
+    assert ov_info["OpenVINO VAE"] == "TAESD" and ov_info.get("VAE Decoder") == "TAESD", ov_info
+    assert psnr(ov_image, torch_image) >= 35
+    assert full_info["OpenVINO VAE"] == "decode" and psnr(full_image, ov_image) < 35, full_info
+
+
 def test_faults_end_with_a_message_and_the_next_job_works(installed):
     """Issue #8's webui check: a torch job after an OpenVINO job says so; a corrupted cache entry
     is rebuilt with a message; an absent device serves torch with a message; the API's codes."""
