@@ -12,7 +12,8 @@ from modules import sd_unet, shared
 
 from sd_ov import DeepCacheConfig, Recipe
 
-from .options import current_openvino_unet
+from .options import OpenVINOUnetOption, current_openvino_unet
+from .settings import opt
 
 log = logging.getLogger("sd_ov")
 
@@ -68,9 +69,43 @@ def token_merging_note(webui_ratio: float, recipe: Recipe) -> str | None:
 def before_process(p, enabled: bool) -> None:
     """Runs before the webui applies override_settings: the cleanest per-job switch."""
     p.sd_ov_saved_unet_setting = None
+    p.sd_ov_cfg1_skip = False
     if not enabled and getattr(shared.opts, "sd_unet", "Automatic") != "None":
         p.sd_ov_saved_unet_setting = shared.opts.sd_unet
         p.override_settings["sd_unet"] = "None"
+    elif enabled and skips_uncond_at_cfg1(p):
+        # the webui's own "Ignore negative prompt during early sampling" at 1, for this job only
+        p.override_settings["skip_early_cond"] = 1.0
+        p.sd_ov_cfg1_skip = True
+
+
+def skips_uncond_at_cfg1(p) -> bool:
+    """At CFG 1 the webui's sampler still computes the negative prompt's half of every UNet call
+    and then weighs it by zero (uncond + 1 * (cond - uncond)): half the UNet's work for nothing,
+    e.g. LCM's 4 steps at CFG 1. The webui can skip that half itself ("Ignore negative prompt
+    during early sampling" = 1 puts the prompt's prediction where the negative one would be: the
+    same picture). Asked for an OpenVINO job only, where the user chose nothing for that setting,
+    the webui restores it after the job, and the picture does not depend on the negative half:
+    not with composable prompts (AND: their weights need not add up to 1) nor an edit model."""
+    wanted = p.override_settings.get(
+        "sd_ov_cfg1_skip_uncond", opt("sd_ov_cfg1_skip_uncond")
+    )  # not applied yet
+    if not bool(wanted) or float(getattr(p, "cfg_scale", 7.0)) != 1.0:
+        return False
+    if (
+        not getattr(p, "override_settings_restore_afterwards", False)
+        or "skip_early_cond" in p.override_settings
+    ):
+        return False
+    if float(getattr(shared.opts, "skip_early_cond", 0.0) or 0.0) != 0.0:
+        return False
+    prompts = p.prompt if isinstance(p.prompt, list) else [getattr(p, "prompt", "")]
+    if any(" AND " in str(prompt) for prompt in prompts):
+        return False
+    if getattr(getattr(p, "sd_model", None), "cond_stage_key", "") == "edit":
+        return False
+    setting = p.override_settings.get("sd_unet", getattr(shared.opts, "sd_unet", "Automatic"))
+    return isinstance(sd_unet.get_unet_option(setting), OpenVINOUnetOption)
 
 
 def start_batch(p, interval, branch, schedule) -> None:
@@ -136,6 +171,10 @@ def write_infotext(p) -> None:
     for key, said in companions.items():
         if said:
             p.extra_generation_params[key] = said
+    if getattr(p, "sd_ov_cfg1_skip", False) and record.openvino_calls:
+        record.note(
+            "CFG 1: the negative prompt's half of each UNet call skipped (Skip Early CFG 1, the same picture)"
+        )
     if record.notes:
         p.extra_generation_params[NOTE_INFOTEXT_KEY] = "; ".join(record.notes)
     shared.state.textinfo = f"OpenVINO: {text}"

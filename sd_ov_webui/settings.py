@@ -49,6 +49,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "sd_ov_text_encoder_int8": False,
     "sd_ov_control_model": True,
     "sd_ov_lora": True,
+    "sd_ov_cfg1_skip_uncond": True,
 }
 # Settings that change how the served UNet is compiled: a change reopens it.
 RUNTIME_KEYS = (
@@ -61,7 +62,7 @@ RUNTIME_KEYS = (
     "sd_ov_lora",
 )
 # Read at each job (no reopen needed): sd_ov_vae, sd_ov_text_encoder(_int8), sd_ov_control_model,
-# DeepCache.
+# sd_ov_cfg1_skip_uncond, DeepCache.
 
 
 def opt(key: str) -> Any:
@@ -217,6 +218,14 @@ def register(on_runtime_change) -> None:
         None,
         "sd-webui-controlnet's ControlNet units (not Union): each control model is exported at its first "
         "use and cached; off: they run on torch (their residuals still go into the OpenVINO UNet)",
+    )
+    add(
+        "sd_ov_cfg1_skip_uncond",
+        "At CFG 1, skip the negative prompt's half of each UNet call",
+        gr.Checkbox,
+        None,
+        "CFG 1 (LCM, Turbo) weighs it by zero: OpenVINO jobs ask the webui's own 'Ignore negative prompt "
+        "during early sampling' = 1 for that job (the same picture, half the UNet work); not with AND",
     )
     add("sd_ov_cache_dir", "Cache folder (empty: models/OpenVINO)", gr.Textbox)
     add(

@@ -376,3 +376,33 @@ def test_the_vae_through_openvino_matches_torch_and_says_so(webui, monkeypatch):
     assert torch.allclose(failed.decoded, first_stage.decode(failed.latent / 0.18215), atol=1e-6)
     txt2img(webui, override={"sd_ov_vae": False})
     assert "decode" not in vars(first_stage) and webui.sd_unet.current_unet.vae is None
+
+
+def test_at_cfg_1_the_negative_half_is_skipped_through_the_webuis_own_setting(webui, monkeypatch):
+    """At CFG 1 an OpenVINO job asks the webui's "Ignore negative prompt during early sampling" = 1
+    for that job: every UNet call has the prompt's rows only, the picture is the one the full
+    batch gives, and the infotext says so; the setting is the user's again after the job. Not at
+    other CFG scales, not with AND prompts, not when the setting is off."""
+    from sd_ov.runtime import OVUNet
+
+    batches = []
+    real_call = OVUNet.__call__
+
+    def call(self, x, *args):
+        batches.append(x.shape[0])
+        return real_call(self, x, *args)
+
+    monkeypatch.setattr(OVUNet, "__call__", call)
+    full = txt2img(webui, cfg_scale=1.0, override={"sd_ov_cfg1_skip_uncond": False})
+    assert set(batches) == {2} and "OpenVINO note" not in infotext_params(full.infotexts[0])
+    batches.clear()
+    half = txt2img(webui, cfg_scale=1.0)
+    params = infotext_params(half.infotexts[0])
+    assert set(batches) == {1} and len(batches) == 4, batches
+    assert params["OpenVINO note"].startswith("CFG 1: the negative prompt's half of each UNet call skipped")
+    assert metrics.rel_l2(half.latent, full.latent) < 1e-5  # the same picture
+    assert webui.shared.opts.skip_early_cond == 0.0  # restored after the job
+    batches.clear()
+    txt2img(webui, cfg_scale=7.0)
+    txt2img(webui, cfg_scale=1.0, prompt="a red fox AND a blue bird")
+    assert set(batches) == {2}

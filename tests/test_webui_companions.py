@@ -296,7 +296,7 @@ def test_the_webuis_taesd_decode_runs_on_openvino_and_says_so(webui, monkeypatch
     assert torch.equal(again.decoded, job.decoded)
     # the console says where the job's seconds went: the sampler's span, the UNet's, TAESD's
     said = re.search(
-        r"\[sd-ov\] job seconds: sampling [\d.]+ s \(UNet [\d.]+ s in 8 calls\).*TAESD [\d.]+ s",
+        r"\[sd-ov\] job seconds: sampling [\d.]+ s \(UNet [\d.]+ s in 4 calls\).*TAESD [\d.]+ s",
         capsys.readouterr().out,
     )
     assert said, "no seconds line"

@@ -135,6 +135,7 @@ def txt2img(
     width=256,
     height=256,
     also=(),
+    cfg_scale=7.0,
 ):
     """`also`: other extensions' always-on scripts of the job (the ControlNet stand-in, ...)."""
     from modules import processing, scripts
@@ -156,6 +157,7 @@ def txt2img(
         scripts=runner,
         script_args=runner.script_args,
         override_settings=override,
+        cfg_scale=cfg_scale,
     )
     p.enable_hr = hires
     p.prompt, p.negative_prompt = prompt, negative_prompt

@@ -25,8 +25,10 @@ class StableDiffusionProcessing:
         scripts=None,
         script_args=(),
         override_settings=None,
+        cfg_scale=7.0,
     ):
         self.sd_model = sd_model
+        self.cfg_scale = cfg_scale
         self.cond = cond
         self.uncond = uncond
         self.width = width
@@ -107,6 +109,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             steps=steps,
             seed=seed,
             override_settings=override_settings,
+            cfg_scale=cfg_scale,
         )
         self.prompt = prompt
         self.sampler_name = sampler_name
@@ -168,10 +171,18 @@ def process_images_inner(p):
     channels = unet.in_channels
     noise = torch.randn(1, channels, p.height // 8, p.width // 8, generator=gen)
 
+    # sd_samplers_cfg_denoiser: "Ignore negative prompt during early sampling" skips the negative
+    # half while step / steps <= it (1: every step) and puts the prompt's output in its place
+    skip_uncond = float(shared.opts.skip_early_cond) >= 1.0
+
     def denoise(x, t, c):
+        if skip_uncond:
+            half = x.shape[0] // 2
+            out = unet(x[:half], t[:half], context=c[:half])
+            return torch.cat([out, out])
         return unet(x, t, context=c)
 
-    result = sample_euler(denoise, noise, p.cond, p.uncond, steps=p.steps)
+    result = sample_euler(denoise, noise, p.cond, p.uncond, steps=p.steps, cfg_scale=p.cfg_scale)
     if p.enable_hr:  # txt2img's hires fix: upscale the latent, then a second sampling pass
         if p.scripts is not None:
             p.scripts.before_hr(p)

@@ -39,7 +39,7 @@ class OptionInfo:
 
 class Options:
     def __init__(self):
-        super().__setattr__("data", {"sd_unet": "Automatic"})
+        super().__setattr__("data", {})
         super().__setattr__(
             "data_labels",
             {
@@ -49,8 +49,11 @@ class Options:
                 "CLIP_stop_at_last_layers": OptionInfo(1, "Clip skip"),
                 "sdxl_clip_l_skip": OptionInfo(False, "Clip skip SDXL"),
                 "sd_vae_decode_method": OptionInfo("Full", "VAE type for decode"),
+                "skip_early_cond": OptionInfo(0.0, "Ignore negative prompt during early sampling"),
             },
         )
+        # as the webui's: every registered option's default is in data (what override_settings stores)
+        self.data.update({k: info.default for k, info in self.data_labels.items()})
 
     def __setattr__(self, key, value):
         self.data[key] = value
