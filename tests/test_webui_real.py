@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -576,6 +577,27 @@ def test_loras_on_openvino_match_torch_and_switch_without_a_recompile(installed)
     assert "[sd-ov] adding the LoRA branch" in webui.log.read_text()
 
 
+JOB_SECONDS = re.compile(r"\[sd-ov\] job seconds: sampling ([\d.]+) s \(UNet ([\d.]+) s in (\d+) calls\)(.*)")
+
+
+def request_parts(log_text: str, request_s: float, nth_last: int = 1) -> str:
+    """Where one request's seconds went, from the `[sd-ov] job seconds` console line of the
+    `nth_last` job in the webui's log: the sampler's span (the UNet's own seconds in it, the rest
+    the sampler's and the webui's per-step work), each companion, and what remains of the request
+    (prompt parsing, image encoding, infotext, the API)."""
+    match = JOB_SECONDS.findall(log_text)[-nth_last]
+    span, unet, calls, rest = float(match[0]), float(match[1]), int(match[2]), match[3]
+    companions = [(name.strip(), float(sec)) for name, sec in re.findall(r",\s*([^,]+?) ([\d.]+) s", rest)]
+    outside = request_s - span - sum(sec for _, sec in companions)
+    parts = [
+        f"request {request_s:.1f} s",
+        f"UNet {unet:.1f} s ({calls} calls)",
+        f"sampler {span - unet:.1f} s",
+    ]
+    parts += [f"{name} {sec:.1f} s" for name, sec in companions] + [f"the webui's rest {outside:.1f} s"]
+    return ", ".join(parts)
+
+
 def test_an_int8_recipe_with_deepcache_is_five_times_faster_per_picture_than_torch(installed):
     """Issues #12 and #24's webui check: a 20-step 512² txt2img (Euler, batch 1) on an INT8 hybrid
     recipe with its DeepCache pair (interval 3, branch 0, non-uniform) runs through OpenVINO, its
@@ -609,7 +631,7 @@ def test_an_int8_recipe_with_deepcache_is_five_times_faster_per_picture_than_tor
     }
     auto_vae = {**COMPANIONS, "sd_ov_vae_precision": "auto"}  # the user's default: INT8 decoder if made
     webui = Webui(Path(WEBUI), installed / "fastest.log")
-    seconds, first = {}, {}
+    seconds, first, parts = {}, {}, {}
     try:
         txt2img("None", job={**job, "steps": 1})  # first use loads what a first job loads
         torch_image, torch_info, seconds["torch"] = txt2img("None", job=job)
@@ -629,9 +651,12 @@ def test_an_int8_recipe_with_deepcache_is_five_times_faster_per_picture_than_tor
             first[name] = txt2img(label, **kwargs, **auto_vae)[2]
             results[name] = txt2img(label, **kwargs, **auto_vae)
             seconds[name] = results[name][2]
+            parts[name] = request_parts(webui.log.read_text(), seconds[name])
     finally:
         webui.stop()
         lora.unlink(missing_ok=True)
+    for name, said in parts.items():
+        print(f"\n[request] {name}: {said}")
     (int8_image, int8_info, _), (fast_image, fast_info, _), (lcm_image, lcm_info, _) = results.values()
     report = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
     report += " (first after a switch: " + ", ".join(f"{k} {v:.1f} s" for k, v in first.items()) + ")"
