@@ -74,7 +74,11 @@ def before_process(p, enabled: bool) -> None:
         p.sd_ov_saved_unet_setting = shared.opts.sd_unet
         p.override_settings["sd_unet"] = "None"
     elif enabled and skips_uncond_at_cfg1(p):
-        # the webui's own "Ignore negative prompt during early sampling" at 1, for this job only
+        # the webui's own "Ignore negative prompt during early sampling" at 1, for this job only.
+        # process_images stores (and restores after the job, in its `finally`) only overridden
+        # options its data holds, and a config.json need not hold this one: without its default
+        # in data the override would stay set for every later job, CFG 7 ones included.
+        shared.opts.data.setdefault("skip_early_cond", shared.opts.get_default("skip_early_cond") or 0.0)
         p.override_settings["skip_early_cond"] = 1.0
         p.sd_ov_cfg1_skip = True
 

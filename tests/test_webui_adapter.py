@@ -401,7 +401,10 @@ def test_at_cfg_1_the_negative_half_is_skipped_through_the_webuis_own_setting(we
     assert set(batches) == {1} and len(batches) == 4, batches
     assert params["OpenVINO note"].startswith("CFG 1: the negative prompt's half of each UNet call skipped")
     assert metrics.rel_l2(half.latent, full.latent) < 1e-5  # the same picture
-    assert webui.shared.opts.skip_early_cond == 0.0  # restored after the job
+    assert webui.shared.opts.skip_early_cond == 0.0  # restored after the job (the webui's own restore)
+    batches.clear()
+    txt2img(webui, cfg_scale=7.0)  # the next job has its negative half
+    assert set(batches) == {2}
     batches.clear()
     txt2img(webui, cfg_scale=7.0)
     txt2img(webui, cfg_scale=1.0, prompt="a red fox AND a blue bird")

@@ -39,7 +39,10 @@ class OptionInfo:
 
 class Options:
     def __init__(self):
-        super().__setattr__("data", {})
+        # as the webui's after loading config.json: only the options the file holds (here sd_unet);
+        # the others answer their default through __getattr__, and an override of one of them is
+        # not stored by process_images, so it is not restored either
+        super().__setattr__("data", {"sd_unet": "Automatic"})
         super().__setattr__(
             "data_labels",
             {
@@ -52,8 +55,6 @@ class Options:
                 "skip_early_cond": OptionInfo(0.0, "Ignore negative prompt during early sampling"),
             },
         )
-        # as the webui's: every registered option's default is in data (what override_settings stores)
-        self.data.update({k: info.default for k, info in self.data_labels.items()})
 
     def __setattr__(self, key, value):
         self.data[key] = value
