@@ -7,7 +7,8 @@ Importing the package turns OpenVINO's and NNCF's telemetry off for this process
 
 The engine's parts, by job:
 - graphs from torch: `ldm_unet`, `export`, `deepcache`, `tome`, `prune`, `text_encoder`, `vae`,
-  `control_model`, `taesd`; `vae_int8` (the VAE decoder quantized)
+  `control_model`, `taesd` (`module_entry`: their cache entries by weights); `vae_int8` (the VAE
+  decoder quantized)
 - graph surgery on IRs: `control_inputs`, `lora_branch`
 - the OpenVINO runtime: `ov_core`, `cpu_caps`, `compiled` (the base every compiled part shares),
   `runtime` (the UNet), `memory`
@@ -77,7 +78,7 @@ _PUBLIC = {
     "quantize_vae_decoder": "vae_int8",
     "OVControlModel": "control_model",
     "prepare_control_entry": "control_model",
-    "weights_digest": "control_model",
+    "weights_digest": "module_entry",
     "OVTextEncoder": "text_encoder",
     "prepare_text_encoder_entry": "text_encoder",
     "token_embedding": "text_encoder",

@@ -13,9 +13,7 @@ after the middle block. ControlNet Union's extra control-type input stays on tor
 
 from __future__ import annotations
 
-import hashlib
 import time
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -26,27 +24,11 @@ from . import cache
 from .compiled import EntryPart
 from .errors import UnsupportedModelError
 from .export import convert_module, save_ir
+from .module_entry import prepare_module_entry
 from .progress import ProgressFn, silent
-from .recipe import Recipe
 
 CONTROL_IR = "control_model.xml"
 COMPONENT = "control"
-_digests: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """A digest of every tensor of `model` (names, shapes, bytes), once per model object: the
-    cache key of its export. Hashing 1.4 GB of a SD1.5 control model takes ~1 s, once per load."""
-    known = _digests.get(model)
-    if known is not None:
-        return known
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        data = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    _digests[model] = known = digest.hexdigest()[:16]
-    return known
 
 
 def _first_conv(module: torch.nn.Module) -> torch.nn.Conv2d:
@@ -147,10 +129,11 @@ def prepare_control_entry(
     model: torch.nn.Module, cache_root: str | Path, name: str, progress: ProgressFn = silent
 ) -> cache.CacheEntry:
     """The cache entry of this control model (named `name`, keyed by its weights), exported when absent."""
-    key = cache.EntryKey(name, weights_digest(model), Recipe(), component=COMPONENT)
-    return cache.find_or_write(
-        Path(cache_root),
-        key,
+    return prepare_module_entry(
+        model,
+        cache_root,
+        name,
+        COMPONENT,
         lambda folder: export_control_model(model, folder, progress),
         CONTROL_IR,
         "control model",

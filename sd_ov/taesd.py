@@ -17,10 +17,9 @@ import openvino as ov
 import torch
 
 from . import cache
-from .control_model import weights_digest
 from .export import save_ir
+from .module_entry import prepare_module_entry
 from .progress import ProgressFn, silent
-from .recipe import Recipe
 
 DECODER_IR = "taesd_decoder.xml"
 COMPONENT = "taesd"
@@ -55,10 +54,11 @@ def prepare_taesd_entry(
     decoder: torch.nn.Module, cache_root: str | Path, name: str, progress: ProgressFn = silent
 ) -> cache.CacheEntry:
     """The cache entry of this TAESD decoder (keyed by its weights), exported when absent."""
-    key = cache.EntryKey(name, weights_digest(decoder), Recipe(), component=COMPONENT)
-    return cache.find_or_write(
-        Path(cache_root),
-        key,
+    return prepare_module_entry(
+        decoder,
+        cache_root,
+        name,
+        COMPONENT,
         lambda folder: export_taesd_decoder(decoder, folder, progress),
         DECODER_IR,
         "TAESD decoder",
