@@ -75,8 +75,8 @@ class TaesdDecoders:
 
     def _decoder_model(self):
         decoder = self.original()
-        if self.current is not None and self.current.module is decoder:
-            return decoder
+        if (self.current is not None and self.current.module is decoder) or self.reason:
+            return decoder  # served, or failed in this job: previews do not retry (the next job does)
         if self.current is not None:
             self.current.detach()
         self.current = WebuiTaesd(decoder, webui_progress)
