@@ -648,6 +648,8 @@ def test_an_int8_recipe_with_deepcache_is_five_times_faster_per_picture_than_tor
             "fastest": (fastest["label"], {"deepcache": deepcache, "job": job}),
             "lcm": (fastest["label"], {"job": lcm_job}),
         }
+        if (Path(WEBUI) / "models" / "VAE-taesd" / "taesd_decoder.pth").exists():  # the webui's TAESD
+            runs["lcm+taesd"] = (fastest["label"], {"job": lcm_job, "sd_vae_decode_method": "TAESD"})
         results = {}
         for name, (label, kwargs) in runs.items():
             first[name] = txt2img(label, **kwargs, **auto_vae)[2]
@@ -659,13 +661,21 @@ def test_an_int8_recipe_with_deepcache_is_five_times_faster_per_picture_than_tor
         lora.unlink(missing_ok=True)
     for name, said in parts.items():
         print(f"\n[request] {name}: {said}")
-    (int8_image, int8_info, _), (fast_image, fast_info, _), (lcm_image, lcm_info, _) = results.values()
+    (int8_image, int8_info, _), (fast_image, fast_info, _), (lcm_image, lcm_info, _) = list(results.values())[
+        :3
+    ]
     report = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
     report += " (first after a switch: " + ", ".join(f"{k} {v:.1f} s" for k, v in first.items()) + ")"
     report += (
         f"; torch/int8+dc {seconds['torch'] / seconds['int8+dc']:.2f}x, "
         f"torch/fastest {seconds['torch'] / seconds['fastest']:.2f}x, "
-        f"torch/lcm {seconds['torch'] / seconds['lcm']:.2f}x; PSNR vs torch: "
+        f"torch/lcm {seconds['torch'] / seconds['lcm']:.2f}x"
+        + (
+            f", torch/lcm+taesd {seconds['torch'] / seconds['lcm+taesd']:.2f}x"
+            if "lcm+taesd" in seconds
+            else ""
+        )
+        + "; PSNR vs torch: "
         f"int8+dc {psnr(int8_image, torch_image):.1f} dB, fastest {psnr(fast_image, torch_image):.1f} dB; "
         f"INT8 VAE decoder {fastest.get('vae_decoder')}; VAE: {fast_info.get('OpenVINO VAE')}"
     )
