@@ -38,7 +38,7 @@ class JobRecord:
 
     def seconds(self) -> str:
         """Where the sampler's seconds went, for the console: `sampling 17.1 s (UNet 15.9 s in 27
-        calls, the rest the sampler's own)`; empty when OpenVINO made no call."""
+        calls)`, the difference being the sampler's own; empty when OpenVINO made no call."""
         if self.sampling_span is None:
             return ""
         span = self.sampling_span[1] - self.sampling_span[0]

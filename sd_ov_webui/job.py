@@ -103,7 +103,8 @@ def skips_uncond_at_cfg1(p) -> bool:
         return False
     if float(getattr(shared.opts, "skip_early_cond", 0.0) or 0.0) != 0.0:
         return False
-    prompts = p.prompt if isinstance(p.prompt, list) else [getattr(p, "prompt", "")]
+    prompt = getattr(p, "prompt", "")
+    prompts = prompt if isinstance(prompt, list) else [prompt]
     if any(" AND " in str(prompt) for prompt in prompts):
         return False
     if getattr(getattr(p, "sd_model", None), "cond_stage_key", "") == "edit":
