@@ -249,6 +249,16 @@ class DeepCacheUNet:
         return self.shallow(x, timesteps, context, *y, slot.feature)
 
 
+def shallow_parameters(unet: torch.nn.Module, branch: int) -> int:
+    """The shallow model's share of the UNet's weights (its blocks, the embeddings, the output
+    head): what its IR adds on disk beside the full model's. At branch 0 that is about 1 % of SDXL's
+    UNet, so the pair needs one UNet's space, not two (a 16 GB laptop's disk is often short)."""
+    first = len(unet.output_blocks) - 1 - branch
+    modules = [*unet.input_blocks[: branch + 1], *unet.output_blocks[first:], unet.out, unet.time_embed]
+    modules += [unet.label_emb] if hasattr(unet, "label_emb") else []
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
 FULL_IR = "unet_full.xml"
 SHALLOW_IR = "unet_shallow.xml"
 
@@ -258,7 +268,7 @@ def export_deepcache(
 ) -> tuple[dict[str, str], int]:
     """Write the full and the shallow IR of `unet` for `branch` into `folder`; returns the IR
     file of each model and the cached feature's channel count."""
-    check_disk_space(folder, spec.parameters * 4 * 2)
+    check_disk_space(folder, (spec.parameters + shallow_parameters(unet, branch)) * 4)
     full, shallow = DeepCacheFull(unet, branch), DeepCacheShallow(unet, branch)
     example = example_inputs(spec)
     with torch.no_grad():

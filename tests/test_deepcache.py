@@ -194,3 +194,17 @@ def test_a_lora_serves_through_the_full_and_the_shallow_model(deepcache_entry, t
     assert metrics.rel_l2(out, ref) <= TOLERANCE
     assert metrics.rel_l2(runner.shallow(x, t, c, feature), ref) <= TOLERANCE
     assert metrics.rel_l2(tiny_unet(x, t, c).detach(), ref) > 0.05
+
+
+def test_the_pairs_disk_check_counts_the_shallow_models_own_weights(deepcache_entry, tiny_unet):
+    """The plain pair writes the full UNet and a shallow model of a few blocks: the space it asks
+    for is one UNet plus those blocks' weights (SDXL: 10.3 GB, not 21 GB that a 2x estimate asked
+    for and a laptop's disk refused), and that is what its shallow IR holds."""
+    from sd_ov.deepcache import shallow_parameters
+
+    shallow = shallow_parameters(tiny_unet, 1)
+    total = sum(p.numel() for p in tiny_unet.parameters())
+    assert 0 < shallow < total
+    assert shallow_parameters(tiny_unet, 0) < shallow  # a deeper branch keeps more blocks
+    written = (deepcache_entry.entry.path / "unet_shallow.bin").stat().st_size
+    assert 0.8 * shallow * 4 <= written <= 1.1 * shallow * 4 + 2**16, (written, shallow * 4)
