@@ -39,7 +39,9 @@ class Report:
     psnr_db: float | None = None
     ssim: float | None = None
     optimize_s: float | None = None
-    peak_rss_mib: float | None = None
+    peak_rss_mib: float | None = None  # Optimize's own peak (sampled), not the process's since it began
+    peak_phase: str | None = None  # what Optimize was doing at that peak
+    start_rss_mib: float | None = None  # what the process held when Optimize began
     disk_mib: float | None = None
 
     def to_json(self) -> dict[str, Any]:

@@ -2,10 +2,10 @@
 
 The steps, each with its own share of the progress bar: export the plain FP32 IR (a cache
 entry of its own, which the plain option serves too), calibrate (the caller's sampler runs with
-the FP32 OpenVINO UNet and its inputs are captured), compress (token merging and FFN pruning
-change the graph and need a new export; INT8 reads an FP32 IR back from disk), compile for
-the shapes asked for, and measure against torch. The result is one cache entry whose manifest
-carries the report.
+a temporary copy of the FP32 IR at INT8 weights and its inputs are captured), compress (token
+merging and FFN pruning change the graph and need a new export; INT8 reads an FP32 IR back from
+disk), compile for the shapes asked for, and measure against torch. The result is one cache
+entry whose manifest carries the report.
 
 Cancelling (the progress function raises `Cancelled`) or failing at any step leaves no entry
 for the recipe: the entry is written to a temporary folder and renamed only when complete, and
@@ -27,12 +27,14 @@ import torch
 
 from . import cache, engine, metrics
 from .calibration import digest, spread
+from .calibration_unet import CalibrationUNet
 from .compress import Sample
 from .deepcache import FULL_IR
 from .errors import UnsupportedModelError
 from .ldm_unet import UNetSpec, describe, traceable
 from .manifest import Report
-from .memory import peak_rss_mib, trim_heap
+from .memory import trim_heap
+from .peak_memory import PeakSampler
 from .progress import ProgressFn, scaled, silent
 from .recipe import Recipe
 from .recipe_ir import build_recipe_ir, feature_channels, ir_files
@@ -40,7 +42,7 @@ from .runtime import OVUNet
 from .sampling import UNetFn
 from .torch_weights import ModuleWeights
 
-# Runs a sampler with the given (FP32 OpenVINO) UNet and returns the UNet inputs it captured.
+# Runs a sampler with the given (calibration) UNet and returns the UNet inputs it captured.
 CaptureFn = Callable[[UNetFn, ProgressFn], list[Sample]]
 # Makes the report's sample picture (same prompt and seed each call) with the given UNet.
 ImageFn = Callable[[UNetFn], np.ndarray]
@@ -149,13 +151,11 @@ def optimize(
     torch_weights: ModuleWeights | None = None,
     preset: str = "",
     cache_compiled: bool = True,
-    fp32_blob: bool | None = None,
 ) -> cache.CacheEntry:
     """Make (or remake) the cache entry of `recipe` for this checkpoint, with its report.
     `preset`: the preset that chose the recipe, recorded in the manifest. `cache_compiled`
-    False (Settings → "Keep compiled blobs on disk" off) writes no compiled blob, for calibration
-    nor measurement: for SDXL FP32 such a blob is another 10 GB. `fp32_blob` (default: as
-    `cache_compiled`) is for calibration's FP32 model alone: False when its entry goes afterwards.
+    False (Settings → "Keep compiled blobs on disk" off) writes no compiled blob for the shapes
+    or the measurement (calibration never writes one). For SDXL an FP32 blob is another 10 GB.
 
     `shapes` are (batch, latent height, latent width, tokens) to compile ahead, so the blobs are
     on disk before the first picture. Peak memory stays near the largest of: the torch UNet plus
@@ -166,23 +166,24 @@ def optimize(
     again when this returns or raises.
     """
     try:
-        return _optimize(
-            unet,
-            cache_root,
-            checkpoint_name,
-            checkpoint_hash,
-            recipe,
-            capture,
-            device,
-            shapes,
-            measure,
-            sample_image,
-            progress,
-            torch_weights,
-            preset,
-            cache_compiled,
-            cache_compiled if fp32_blob is None else fp32_blob,
-        )
+        with PeakSampler() as peak:
+            return _optimize(
+                unet,
+                cache_root,
+                checkpoint_name,
+                checkpoint_hash,
+                recipe,
+                capture,
+                device,
+                shapes,
+                measure,
+                sample_image,
+                peak.tagging(progress),
+                torch_weights,
+                preset,
+                cache_compiled,
+                peak,
+            )
     finally:
         if torch_weights is not None:
             torch_weights.ensure(progress)
@@ -203,7 +204,7 @@ def _optimize(
     torch_weights: ModuleWeights | None,
     preset: str,
     cache_compiled: bool,
-    fp32_blob: bool,
+    peak: PeakSampler,
 ) -> cache.CacheEntry:
     started = time.perf_counter()
     spec = optimizable(unet, recipe)
@@ -225,14 +226,12 @@ def _optimize(
     if recipe.needs_calibration:
         if capture is None:
             raise ValueError(f"recipe {recipe.label()} needs calibration: no capture function given")
-        progress("calibrating: sampling with the FP32 OpenVINO UNet", 0.25)
-        runtime = engine.open_unet(fp32, device=device, cache_compiled=fp32_blob)
+        progress("calibrating: sampling with the UNet at INT8 weights", 0.25)
+        runtime = CalibrationUNet(fp32, device, scaled(progress, 0.25, 0.28))
         try:
-            samples = spread(capture(runtime, scaled(progress, 0.25, 0.4)), recipe.samples)
+            samples = spread(capture(runtime, scaled(progress, 0.28, 0.4)), recipe.samples)
         finally:
-            runtime.release()
-            del runtime
-            gc.collect()
+            runtime.close()
         if not samples:
             raise ValueError("calibration captured no UNet calls")
 
@@ -286,11 +285,14 @@ def _optimize(
         for model in opened:
             model.release()
         del runtime, shallow, opened
+        peak.sample()
         report = Report(
             label=recipe.label(),
             device=device_name,
             optimize_s=time.perf_counter() - started,
-            peak_rss_mib=peak_rss_mib(),
+            peak_rss_mib=peak.peak_mib,
+            peak_phase=peak.peak_phase,
+            start_rss_mib=peak.start_mib,
             disk_mib=entry.manifest.disk_bytes / 2**20,
             **measured,
         )

@@ -43,8 +43,6 @@ def optimize_with_deepcache(
     existed = {
         r: cache.find(root, cache.EntryKey(checkpoint_name, checkpoint_hash, r))[0] is not None for r in plain
     }
-    if not keep_fp32 and not existed[Recipe()]:
-        kwargs["fp32_blob"] = False  # the FP32 entry goes at the end: no 10 GB blob written into it
     entries = _optimize_with_deepcache(
         unet, root, checkpoint_name, checkpoint_hash, recipe, capture, deepcache_branch, progress, **kwargs
     )

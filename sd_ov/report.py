@@ -90,7 +90,8 @@ def report_html(entry: CacheEntry) -> str:
         lines.append(f"Sample picture against torch: PSNR {r.psnr_db:.1f} dB, SSIM {r.ssim:.3f}")
     lines.append(
         f"{disk_text(entry)} MiB on disk (IR + compiled blobs); optimize took {r.optimize_s or 0:.0f} s; "
-        f"process peak memory {r.peak_rss_mib or 0:.0f} MiB"
+        f"peak memory {r.peak_rss_mib or 0:.0f} MiB"
+        + (f" ({html.escape(r.peak_phase)}; {r.start_rss_mib:.0f} MiB when it began)" if r.peak_phase else "")
     )
     return "<br>".join(lines)
 

@@ -4,6 +4,7 @@ sample picture are made by the webui's own sampler and prompts, with the UNet se
 from __future__ import annotations
 
 import contextlib
+import gc
 import html
 import logging
 
@@ -20,6 +21,7 @@ from sd_ov import (
     optimize_with_deepcache,
     parse_optimize_form,
     report,
+    trim_heap,
 )
 
 from .int8_vae import DecodedLatents, Optimized, int8_vae_decoder, vae_decoder_line
@@ -103,9 +105,9 @@ def webui_picture(calib: Calibration, prompt: str, seed: int, unet_fn=None, befo
 
 class PromptEncoders:
     """The text encoders' torch weights while Optimize runs: needed only while a picture encodes
-    its prompts, so they leave memory for the rest (the export, the FP32 UNet's compile and
-    sampling, NNCF). SDXL's are 3.3 GB in f32: measured in the webui, Optimize peaked at 18.6 GiB
-    during the export and 17.4 GiB during calibration with them resident (AMD EPYC, 2026-12-02).
+    its prompts, so they leave memory for the rest (the export, the calibration UNet's compile
+    and sampling, NNCF). SDXL's are 3.3 GB in f32: measured in the webui, Optimize peaked at 18.6
+    GiB during the export and 17.4 GiB during calibration with them resident (AMD EPYC, 2026-12-02).
     Nothing leaves in the `none` memory mode."""
 
     def __init__(self, model, progress) -> None:
@@ -144,7 +146,7 @@ class PromptEncoders:
 def webui_capture(
     calib: Calibration, encoders: PromptEncoders | None = None, decoded: DecodedLatents | None = None
 ):
-    """Calibration: a picture per prompt with the FP32 OpenVINO UNet Optimize hands over; every
+    """Calibration: a picture per prompt with the UNet Optimize hands over (INT8 weights); every
     UNet call's inputs are kept (and, with `decoded`, what the VAE decoded)."""
 
     def capture(runtime, progress):
@@ -157,7 +159,7 @@ def webui_capture(
             if encoders is not None:
                 encoders.ensure()
                 unet_fn = encoders.released_at_first_call(capturing)
-            # the FP32 UNet's buffers go before the VAE decodes (SDXL: both at once set the peak)
+            # the UNet's buffers go before the VAE decodes (SDXL: both at once set the peak)
             release = getattr(runtime, "release_memory", None)
             webui_picture(calib, prompt, calib.seed + i, unet_fn, release, decoded)
         return capturing.samples
@@ -220,6 +222,8 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> Optimized:
         calib = request.calibration
         encoders = PromptEncoders(model, progress)
         encoders.release()
+        gc.collect()
+        trim_heap()  # what a torch job before left on the heap goes back too (SDXL: ~0.5 GiB)
         decoded = DecodedLatents() if request.vae_int8 else None
         with unet_calls_to(None), contextlib.ExitStack() as back:
             back.callback(encoders.ensure)  # the webui's own encoders are whole again at the end

@@ -150,3 +150,26 @@ def test_cleanup_removes_only_what_sd_ov_left(tmp_path):
     (retired / "unet.bin").write_bytes(b"released now")
     assert cache.cleanup_stale(root) == [retired]
     assert (theirs / "style.safetensors").exists() and not retired.exists()
+
+
+def test_the_peak_sampler_sees_an_allocation_and_names_its_phase():
+    """Optimize's peak is sampled (the process's VmHWM is the webui's since it began): a 400 MiB
+    buffer held for a second in one phase is the peak, and that phase is named."""
+    import time
+
+    import numpy as np
+
+    from sd_ov.peak_memory import PeakSampler
+
+    with PeakSampler(every_s=0.05) as peak:
+        progress = peak.tagging(lambda m, f: None)
+        progress("small", 0.0)
+        time.sleep(0.3)
+        progress("large", 0.5)
+        buffer = np.ones(400 * 2**20 // 8)
+        time.sleep(0.5)
+        del buffer
+        progress("after", 1.0)
+        time.sleep(0.2)
+    assert peak.peak_phase == "large"
+    assert peak.peak_mib >= peak.start_mib + 350
