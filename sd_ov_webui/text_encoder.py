@@ -22,8 +22,8 @@ from modules import shared
 from sd_ov import CheckpointTensors, OVTextEncoder, prepare_text_encoder_entry, token_embedding
 
 from .component import ServedComponent
-from .lora import networks_changing
-from .offload import WebuiWeights
+from .lora import networks_changing, networks_set_aside
+from .offload import WebuiWeights, undo_lora_weights
 from .progress import cancellable_progress
 from .settings import cache_root, opt
 
@@ -115,15 +115,21 @@ class WebuiTextEncoder(ServedComponent):
         if self.ov is None:
             self.weights.ensure(self.progress)  # exported from them when the cache has no entry
             self.int8 = bool(opt("sd_ov_text_encoder_int8"))
-            entry = prepare_text_encoder_entry(
-                self.traced,
-                cache_root(),
-                f"{self.checkpoint_name}-text-encoder",
-                self.checkpoint_hash,
-                cancellable_progress,  # an export: Interrupt may stop it (the prompt is then torch's)
-                kind=self.kind,
-                int8_weights=self.int8,
-            )
+            # The trace runs the Lora extension's patched forwards: with a network loaded they merge
+            # it into the weights (baked into the cached IR, or a trace that fails its own check,
+            # as a kohya SDXL LoRA from the previous job did in the real webui). The checkpoint's
+            # own weights are traced, as for the UNet.
+            with networks_set_aside():
+                undo_lora_weights(self.module)
+                entry = prepare_text_encoder_entry(
+                    self.traced,
+                    cache_root(),
+                    f"{self.checkpoint_name}-text-encoder",
+                    self.checkpoint_hash,
+                    cancellable_progress,  # an export: Interrupt may stop it (the prompt is then torch's)
+                    kind=self.kind,
+                    int8_weights=self.int8,
+                )
             self.ov = OVTextEncoder(
                 entry, device=str(opt("sd_ov_device")), precision="f32", progress=self.progress
             )

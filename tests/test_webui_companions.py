@@ -57,6 +57,37 @@ def test_a_text_encoder_lora_makes_torch_encode_the_prompt(webui, monkeypatch):
     assert torch.equal(job.latent, torch_job.latent)  # both encoded by torch
 
 
+def test_a_lora_loaded_when_the_text_encoder_is_first_exported_is_not_traced(webui, monkeypatch, tmp_path):
+    """The export traces torch's text encoder, whose Linears the real Lora extension patches to
+    merge the loaded networks: while it traces, none is loaded (a kohya SDXL LoRA left loaded by
+    the job before made the trace fail its own check in the real webui, or would be baked into the
+    cached IR), and the job's own LoRA is still there afterwards, so torch encodes that prompt."""
+    model = add_vae_and_text_encoder(webui)
+    transformer = model.cond_stage_model.wrapped.transformer
+    layer = transformer.text_model.encoder.layers[0].mlp.fc1
+    lora = SimpleNamespace(
+        name="inkstyle", te_multiplier=1.0, modules={"te_fc1": SimpleNamespace(sd_module=layer)}
+    )
+    loaded = [lora]
+    monkeypatch.setitem(sys.modules, "networks", SimpleNamespace(loaded_networks=loaded))
+    seen = []
+
+    def record(*_):
+        if torch.jit.is_tracing():  # the export's calls, not the job's
+            seen.append(len(loaded))
+
+    hook = transformer.register_forward_pre_hook(record)
+    try:
+        job = txt2img(webui, override={**ON, "sd_ov_cache_dir": str(tmp_path / "fresh")})
+    finally:
+        hook.remove()
+    assert any(tmp_path.joinpath("fresh").rglob("text_encoder*.xml")), "this job exported"
+    assert seen and set(seen) == {0}, seen
+    assert loaded == [lora]
+    said = infotext_params(job.infotexts[0])["OpenVINO text encoder"]
+    assert said == "torch (LoRA inkstyle:1 changes the text encoder)"
+
+
 def test_the_torch_vae_is_freed_while_openvino_decodes_and_a_fallback_or_a_new_vae_brings_it_back(
     webui, monkeypatch
 ):

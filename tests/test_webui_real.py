@@ -971,6 +971,9 @@ def test_an_sdxl_lora_on_openvino_matches_torch(installed):
         assert info["OpenVINO"] == "fp32, CPU, f32, dynamic", info
         assert info["OpenVINO LoRA"] == f"sdov-sdxl-{name}:0.8", info
         assert psnr(image, torch_pics[name]) >= 35, report
+    assert "OpenVINO text encoder" in ov["full"][1], {
+        k: v for k, v in ov["full"][1].items() if "OpenVINO" in k
+    }
     said = ov["full"][1]["OpenVINO text encoder"]
     assert said.count("torch (LoRA sdov-sdxl-full:0.8 changes the text encoder)") == 2, said
     assert ov["unet"][1]["OpenVINO text encoder"] == "CLIP-L: layer -2; OpenCLIP-G: layer -2, pooled"
