@@ -7,7 +7,8 @@ weight-only INT8 call differs from FP32 (relative L2 0.026 on SD1.5) and hold a 
 memory. SDXL's compiled FP32 UNet is 9.6 GB: with the webui's text encoders read back for each
 calibration prompt beside it, calibration was Optimize's peak in the webui (14.5 GiB, AMD EPYC,
 2026-12-02). Nothing is made when the samples were captured before (a DeepCache pair reuses its
-recipe's), and no compiled blob is written.
+recipe's), and no compiled blob is written. A UNet under `INT8_FROM_BYTES` of FP32 weights
+(test-sized ones) samples at FP32: there NNCF's pass costs more time than the memory it saves.
 """
 
 from __future__ import annotations
@@ -25,25 +26,32 @@ from .export import IR_NAME
 from .progress import ProgressFn, silent
 from .runtime import OVUNet
 
+# SD1.5's FP32 UNet is 3.4 GB, SDXL's 10.3 GB; the test suite's are a few MB.
+INT8_FROM_BYTES = 2**30
+
 
 class CalibrationUNet:
-    """A UNet callable that becomes an OpenVINO UNet at INT8 weights on its first call."""
+    """A UNet callable that becomes an OpenVINO UNet at INT8 weights (`int8`) on its first call."""
 
     def __init__(self, fp32: cache.CacheEntry, device: str = "CPU", progress: ProgressFn = silent) -> None:
         self.fp32, self.device, self.progress = fp32, device, progress
+        self.int8 = fp32.manifest.disk_bytes >= INT8_FROM_BYTES
         self.folder: Path | None = None
         self.runtime: OVUNet | None = None
 
     def _open(self) -> OVUNet:
         if self.runtime is None:
-            self.folder = self.fp32.path.with_name(
-                f"calibration-unet{cache.TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            )
-            self.folder.mkdir()
-            self.progress("calibration model: the FP32 IR with INT8 weights", 0.0)
-            compress_ir(self.fp32.ir_path(), self.folder / IR_NAME, "weights")
+            ir = self.fp32.ir_path()
+            if self.int8:
+                self.folder = self.fp32.path.with_name(
+                    f"calibration-unet{cache.TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                )
+                self.folder.mkdir()
+                self.progress("calibration model: the FP32 IR with INT8 weights", 0.0)
+                ir = self.folder / IR_NAME
+                compress_ir(self.fp32.ir_path(), ir, "weights")
             self.runtime = OVUNet(
-                self.folder / IR_NAME,
+                ir,
                 device=self.device,
                 latent_multiple=self.fp32.manifest.unet.size_multiple,
                 progress=self.progress,

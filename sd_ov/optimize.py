@@ -226,8 +226,8 @@ def _optimize(
     if recipe.needs_calibration:
         if capture is None:
             raise ValueError(f"recipe {recipe.label()} needs calibration: no capture function given")
-        progress("calibrating: sampling with the UNet at INT8 weights", 0.25)
         runtime = CalibrationUNet(fp32, device, scaled(progress, 0.25, 0.28))
+        progress(f"calibrating: sampling with the UNet at {'INT8' if runtime.int8 else 'FP32'} weights", 0.25)
         try:
             samples = spread(capture(runtime, scaled(progress, 0.28, 0.4)), recipe.samples)
         finally:

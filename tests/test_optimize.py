@@ -179,43 +179,6 @@ def test_optimize_frees_the_torch_unet_while_calibration_and_nncf_run(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
 
 
-def test_calibration_samples_with_the_unet_at_int8_weights_and_leaves_nothing(micro_unet, tmp_path):
-    """The calibration pictures run on the FP32 IR with INT8 weights (a quarter of the FP32 model's
-    memory: SDXL's calibration was Optimize's peak in the webui), made in a temporary folder that
-    is gone when Optimize returns; a DeepCache pair reuses the samples and makes no second one."""
-    import openvino as ov
-
-    from sd_ov.optimize_pair import optimize_with_deepcache
-
-    inner = random_prompt_capture(describe(micro_unet), prompts=1, steps=2, size=(64, 64))
-    seen = []
-
-    def capture(runtime, progress):
-        samples = inner(runtime, progress)
-        model = ov.Core().read_model(str(runtime.folder / "unet.xml"))
-        weights = {
-            op.get_element_type().get_type_name()
-            for op in model.get_ops()
-            if op.get_type_name() == "Constant"
-        }
-        seen.append((runtime.folder, weights))
-        return samples
-
-    messages = []
-    made = optimize_with_deepcache(
-        micro_unet, tmp_path, "tiny", "f" * 64, Recipe(int8="hybrid", samples=2), capture,
-        deepcache_branch=0, measure=None, progress=lambda m, f: messages.append(m),
-    )  # fmt: skip
-    assert len(made) == 2 and len(seen) == 1
-    folder, weights = seen[0]
-    assert {"i8", "u8"} & weights, weights  # NNCF's INT8 weights
-    assert not folder.exists()
-    assert messages.count("calibration model: the FP32 IR with INT8 weights") == 1
-    assert not [p for p in folder.parent.iterdir() if cache.TMP_MARK in p.name]
-    fp32 = cache.find(tmp_path, cache.EntryKey("tiny", "f" * 64))[0]
-    assert cache.compiled_bytes(fp32) == 0
-
-
 def test_optimize_writes_no_compiled_blob_when_the_setting_keeps_none(micro_unet, tmp_path):
     """Settings → "Keep compiled blobs on disk" off: the measurement leaves no blob; on, it does,
     and the entry's disk figure counts them beside the IR. Calibration never writes one into the
@@ -252,13 +215,38 @@ def test_optimize_writes_no_compiled_blob_when_the_setting_keeps_none(micro_unet
     assert cache.validate(entry.path).manifest.label == entry.manifest.label  # still a valid entry
 
 
-def test_the_fp32_entries_exported_only_for_optimize_go_unless_they_were_there(micro_unet, tmp_path):
+def test_the_fp32_entries_exported_only_for_optimize_go_unless_they_were_there(
+    micro_unet, tmp_path, monkeypatch
+):
     """keep_fp32=False (the tab, the API and the CLI): an INT8 recipe with its DeepCache pair leaves
     its two entries, not the FP32 IR and plain pair it was compressed from (SDXL: 10 GB each);
-    an FP32 entry the user had served before Optimize stays."""
+    an FP32 entry the user had served before Optimize stays.
+
+    Calibration samples with the FP32 IR at INT8 weights (a quarter of the FP32 model's memory:
+    SDXL's calibration was Optimize's peak in the webui; test-sized UNets sample at FP32 unless
+    told, as here), made in a temporary folder gone when Optimize returns; the pair reuses the
+    samples and makes no second one."""
+    import openvino as ov
+
+    from sd_ov import calibration_unet
     from sd_ov.optimize_pair import optimize_with_deepcache
 
-    capture = random_prompt_capture(describe(micro_unet), prompts=1, steps=2, size=(64, 64))
+    monkeypatch.setattr(calibration_unet, "INT8_FROM_BYTES", 0)
+    inner = random_prompt_capture(describe(micro_unet), prompts=1, steps=2, size=(64, 64))
+    seen = []
+
+    def capture(runtime, progress):
+        samples = inner(runtime, progress)
+        model = ov.Core().read_model(str(runtime.folder / "unet.xml"))
+        types = {
+            op.get_element_type().get_type_name()
+            for op in model.get_ops()
+            if op.get_type_name() == "Constant"
+        }
+        seen.append((runtime.folder, types))
+        return samples
+
+    messages = []
     key = "e" * 64
     made = optimize_with_deepcache(
         micro_unet,
@@ -270,10 +258,15 @@ def test_the_fp32_entries_exported_only_for_optimize_go_unless_they_were_there(m
         deepcache_branch=0,
         measure=None,
         keep_fp32=False,
+        progress=lambda m, f: messages.append(m),
     )
     on_disk = {e.path for e in cache.list_entries(tmp_path)}
     assert on_disk == {e.path for e in made} and len(made) == 2
     assert cache.find(tmp_path, cache.EntryKey("tiny", key))[0] is None
+    assert len(seen) == 1 and messages.count("calibration model: the FP32 IR with INT8 weights") == 1
+    folder, types = seen[0]
+    assert {"i8", "u8"} & types, types  # NNCF's INT8 weights
+    assert not folder.exists() and not [p for p in folder.parent.iterdir() if cache.TMP_MARK in p.name]
 
     plain = engine.prepare_entry(micro_unet, tmp_path, "tiny", key).entry  # the user serves FP32
     optimize_with_deepcache(
