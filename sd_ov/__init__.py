@@ -14,7 +14,8 @@ The engine's parts, by job:
   `runtime` (the UNet), `memory`
 - the cache store: `cache`, `cache_removal`, `manifest`, `fs`, `recipe`
 - serving: `engine`, `served`, `record`, `torch_weights`
-- optimizing: `optimize`, `optimize_pair`, `recipe_ir`, `calibration`, `compress`, `preset`, `form`, `report`
+- optimizing: `optimize`, `measure`, `optimize_pair`, `recipe_ir`, `calibration`, `calibration_unet`,
+  `peak_memory`, `compress`, `preset`, `form`, `report`
 """
 
 from __future__ import annotations
