@@ -2,7 +2,8 @@
 
 The steps, each with its own share of the progress bar: export the plain FP32 IR (a cache
 entry of its own, which the plain option serves too), calibrate (the caller's sampler runs with
-a temporary copy of the FP32 IR at INT8 weights and its inputs are captured), compress (token
+the FP32 UNet, from 1 GiB of weights a temporary copy at INT8 weights, `calibration_unet`, and
+its inputs are captured), compress (token
 merging and FFN pruning change the graph and need a new export; INT8 reads an FP32 IR back from
 disk), compile for the shapes asked for, and measure against torch. The result is one cache
 entry whose manifest carries the report.
