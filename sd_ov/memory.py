@@ -19,7 +19,7 @@ import ctypes.util
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -116,25 +116,35 @@ def mapped_resident_bytes(*paths: str | os.PathLike) -> int:
 
 
 @contextlib.contextmanager
-def mapped_file_released(*paths: str | os.PathLike | None, every_s: float = 0.5) -> Iterator[None]:
-    """Keep giving back the mapped pages of `paths` (None entries are skipped) while inside (e.g.
-    during a compile), and once more at the end. A compile reads every weight once to copy it:
-    without this, the whole `.bin` becomes resident on top of the copy for the duration (SD1.5:
-    3.4 GB, the Optimize peak)."""
+def periodically(work: Callable[[], object], every_s: float, name: str) -> Iterator[None]:
+    """Run `work` every `every_s` seconds in a background thread while inside; the thread has
+    stopped when this exits (a page release or a memory sample never outlives its phase)."""
     stop = threading.Event()
-    given = [path for path in paths if path is not None]
 
     def loop() -> None:
         while not stop.wait(every_s):
-            release_mapped_file(*given)
+            work()
 
-    thread = threading.Thread(target=loop, name="sd-ov-release-pages", daemon=True)
+    thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join()
+
+
+@contextlib.contextmanager
+def mapped_file_released(*paths: str | os.PathLike | None, every_s: float = 0.5) -> Iterator[None]:
+    """Keep giving back the mapped pages of `paths` (None entries are skipped) while inside (e.g.
+    during a compile), and once more at the end. A compile reads every weight once to copy it:
+    without this, the whole `.bin` becomes resident on top of the copy for the duration (SD1.5:
+    3.4 GB, the Optimize peak)."""
+    given = [path for path in paths if path is not None]
+    try:
+        with periodically(lambda: release_mapped_file(*given), every_s, "sd-ov-release-pages"):
+            yield
+    finally:
         release_mapped_file(*given)
 
 

@@ -9,11 +9,12 @@ figure is a lower bound within one interval's allocations.
 
 from __future__ import annotations
 
-import threading
+import contextlib
 from types import TracebackType
 
 import psutil
 
+from .memory import periodically
 from .progress import ProgressFn
 
 
@@ -27,8 +28,6 @@ class PeakSampler:
         self.start_mib = 0.0
         self.peak_mib = 0.0
         self.peak_phase = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._process = psutil.Process()
 
     def sample(self) -> float:
@@ -47,19 +46,12 @@ class PeakSampler:
 
     def __enter__(self) -> PeakSampler:
         self.start_mib = self.sample()
-
-        def loop() -> None:
-            while not self._stop.wait(self.every_s):
-                self.sample()
-
-        self._thread = threading.Thread(target=loop, name="sd-ov-peak-memory", daemon=True)
-        self._thread.start()
+        self._running = contextlib.ExitStack()
+        self._running.enter_context(periodically(self.sample, self.every_s, "sd-ov-peak-memory"))
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._running.close()
         self.sample()
