@@ -13,7 +13,9 @@ Configurations (`--configs`, default all):
 - torch-sdpa: torch at its fastest (PyTorch's scaled_dot_product_attention);
 - fp32, int8, int8-tome: OpenVINO UNet recipes (plain FP32, INT8 hybrid, INT8 hybrid + ToMe 0.5),
   each also `+dc`: with its DeepCache pair (branch 0, interval 3, non-uniform schedule);
-- fastest: the preset (`sd_ov.preset.FASTEST`), its precision as this CPU runs it.
+- fastest: the preset (`sd_ov.preset.FASTEST`), its precision as this CPU runs it;
+- fastest-ff: the same with INT8 hybrid-ff (the feed-forward MatMuls W8A8 too).
+`--intervals 3,4` makes each DeepCache configuration's picture at each interval (rows `... i4`).
 The OpenVINO text encoder and VAE serve every OpenVINO configuration; models are compiled by a
 warm-up call before the timed picture (a webui keeps them compiled between jobs, or imports
 their blobs). The reference picture is torch-sdpa's (the torch pictures agree to rounding).
@@ -32,7 +34,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,7 @@ CONFIGS = (
     "int8-tome",
     "int8-tome+dc",
     "fastest",
+    "fastest-ff",
 )
 SCALE = 0.18215  # SD1.x latent scale
 
@@ -110,6 +113,7 @@ def prepare(root: Path, text, unet, vae, configs: list[str]) -> dict[str, cache.
     capture = random_prompt_capture(describe(unet), prompts=4, steps=8, size=(256, 256))
     recipes = {label: (RECIPES[label], DEEPCACHE.branch) for label in RECIPES}
     recipes["fastest"] = (FASTEST.recipe_for("CPU"), FASTEST.deepcache.branch)
+    recipes["fastest-ff"] = (replace(FASTEST.recipe_for("CPU"), int8="hybrid-ff"), FASTEST.deepcache.branch)
     for label in sorted({c.split("+")[0] for c in configs if not c.startswith("torch")}):
         recipe, branch = recipes[label]
         pair = (recipe, recipe.with_deepcache(branch))
@@ -140,13 +144,18 @@ def torch_picture(text, unet, vae, ids, noise, steps: int, sdpa: bool) -> Pictur
     return Picture(image, done - started, text_s, sum(result.step_seconds), done - vae_started)
 
 
-def openvino_picture(entries, config: str, embedding, ids, noise, steps: int) -> Picture:
-    dc = config.endswith("+dc") or config == "fastest"
-    unet_entry = entries[config if config != "fastest" else "fastest+dc"]
+def openvino_picture(
+    entries, config: str, embedding, ids, noise, steps: int, interval: int | None = None
+) -> Picture:
+    preset = config.startswith("fastest")
+    dc = config.endswith("+dc") or preset
+    unet_entry = entries[config + "+dc" if preset else config]
     te = OVTextEncoder(entries["text_encoder"])
     ov_vae = OVVae(entries["vae"])
     if dc:
-        deepcache = FASTEST.deepcache if config == "fastest" else DEEPCACHE
+        deepcache = FASTEST.deepcache if preset else DEEPCACHE
+        if interval is not None:
+            deepcache = replace(deepcache, interval=interval)
         unet = engine.open_deepcache(unet_entry, deepcache, precision=unet_entry.manifest.recipe.precision)
     else:
         unet = engine.open_unet(unet_entry, precision=unet_entry.manifest.recipe.precision)
@@ -183,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "sd_ov_bench_picture")
     p.add_argument("--json", type=Path)
+    p.add_argument("--intervals", default="", help="DeepCache intervals, e.g. 3,4 (default: each config's)")
     args = p.parse_args(argv)
+    intervals = [int(n) for n in args.intervals.split(",") if n.strip()] or [None]
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = set(configs) - set(CONFIGS)
     if unknown:
@@ -201,8 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"picture: {config}", flush=True)
         if config.startswith("torch"):
             pictures[config] = torch_picture(text, unet, vae, ids, noise, args.steps, config == "torch-sdpa")
-        else:
+        elif not (config.endswith("+dc") or config.startswith("fastest")) or intervals == [None]:
             pictures[config] = openvino_picture(entries, config, embedding, ids, noise, args.steps)
+        else:
+            for n in intervals:
+                row = config if len(intervals) == 1 else f"{config} i{n}"
+                pictures[row] = openvino_picture(entries, config, embedding, ids, noise, args.steps, n)
 
     reference = pictures.get("torch-sdpa") or pictures.get("torch-ldm")
     base = pictures.get("torch-ldm") or reference

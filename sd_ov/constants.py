@@ -10,7 +10,7 @@ DEFAULT_SHAPE_POLICY = "dynamic"
 # Inference precision hints; "auto" is sd-ov's per-device default (ov_core.DEFAULT_PRECISION).
 PRECISIONS = ("f32", "bf16", "f16", "auto")
 # Optimize's INT8 modes (compress.py) and pruning modes (prune.py).
-INT8_MODES = ("off", "weights", "hybrid", "full")
+INT8_MODES = ("off", "weights", "hybrid", "hybrid-ff", "full")
 PRUNE_MODES = ("off", "magnitude", "ffn")
 # Token merging: at most the three sources of every 2x2 window merge away.
 MAX_TOME_RATIO = 0.75

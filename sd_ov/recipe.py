@@ -26,7 +26,9 @@ from .tome import MAX_RATIO
 MAX_PRUNE_RATIO = 0.9
 DEFAULT_SAMPLES = 16
 # What the label shows for each INT8 mode; "INT8" is the default (hybrid) recipe.
-INT8_LABELS = {"weights": "INT8w", "hybrid": "INT8", "full": "INT8full"}
+INT8_LABELS = {"weights": "INT8w", "hybrid": "INT8", "hybrid-ff": "INT8ff", "full": "INT8full"}
+# The modes NNCF quantizes activations in, from calibration samples.
+CALIBRATED_INT8 = ("hybrid", "hybrid-ff", "full")
 PRUNE_LABELS = {"magnitude": "Mag", "ffn": "FFN"}
 # The plain recipe's key, unchanged since the first release: existing cache entries stay valid.
 PLAIN_KEY: dict[str, Any] = {"name": "fp32", "weights": "fp32"}
@@ -56,7 +58,7 @@ class Recipe:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
         if self.deepcache_branch is not None and int(self.deepcache_branch) < 0:
             raise ValueError(f"the DeepCache branch must not be negative, not {self.deepcache_branch}")
-        needs_samples = self.int8 in ("hybrid", "full") or self.prune == "ffn"
+        needs_samples = self.int8 in CALIBRATED_INT8 or self.prune == "ffn"
         if needs_samples and int(self.samples) < 1:
             raise ValueError("a calibrated recipe needs at least one calibration sample")
         # Canonical form: what changes nothing is written one way only.
@@ -70,7 +72,7 @@ class Recipe:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.int8 in ("hybrid", "full") or self.prune == "ffn"
+        return self.int8 in CALIBRATED_INT8 or self.prune == "ffn"
 
     @property
     def changes_graph(self) -> bool:

@@ -7,7 +7,7 @@ import torch
 
 from sd_ov import cache, engine, metrics
 from sd_ov.calibration import CapturingUNet, digest, spread
-from sd_ov.compress import RAW_INPUT_CONVS, matmuls_with_weights
+from sd_ov.compress import FEED_FORWARD, RAW_INPUT_CONVS, matmuls_with_weights
 from sd_ov.optimize import optimize
 from sd_ov.recipe import Recipe
 from sd_ov.sampling import sample_euler
@@ -58,25 +58,34 @@ def test_int8_weights(tiny_unet, tiny_entry, tmp_path):
     assert ov_error(entry, tiny_unet) <= WEIGHTS_TOLERANCE
 
 
-def test_int8_hybrid_quantizes_normalized_convolutions_only(tiny_unet, calibration, tmp_path):
-    recipe = Recipe(int8="hybrid", samples=6)
-    entry = optimize(tiny_unet, tmp_path, "tiny", "f" * 64, recipe, lambda _u, _p: calibration, measure=None)
-    model = engine.open_unet(entry).model
-    quantized = {
+def activation_quantized(model, op_type: str) -> set[str]:
+    """Names of `op_type` operations whose data input NNCF quantized (a FakeQuantize feeds it)."""
+    return {
         op.get_friendly_name()
         for op in model.get_ops()
-        if op.get_type_name() == "Convolution"
-        and op.input_value(0).get_node().get_type_name() == "FakeQuantize"
+        if op.get_type_name() == op_type and op.input_value(0).get_node().get_type_name() == "FakeQuantize"
     }
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "hybrid-ff"])
+def test_int8_hybrid_quantizes_normalized_convolutions_only(tiny_unet, calibration, tmp_path, mode):
+    recipe = Recipe(int8=mode, samples=6)
+    entry = optimize(tiny_unet, tmp_path, "tiny", "f" * 64, recipe, lambda _u, _p: calibration, measure=None)
+    model = engine.open_unet(entry).model
+    quantized = activation_quantized(model, "Convolution")
     assert any("in_layers" in name or "out_layers" in name for name in quantized)
     assert not any(RAW_INPUT_CONVS.search(name) for name in quantized)  # residual-stream inputs: FP32
-    assert len(matmuls_with_weights(model)) > 0
+    # hybrid: every MatMul weight-only; hybrid-ff: the feed-forward ones W8A8, attention's not
+    w8a8 = activation_quantized(model, "MatMul")
+    feed_forward = {n for n in matmuls_with_weights(model) if FEED_FORWARD.search(n)}
+    assert feed_forward and w8a8 == (feed_forward if mode == "hybrid-ff" else set())
     samples = spread(calibration, 6)
     held_out = calibration[1]  # a sampler call that was not among the 6 calibration samples
     assert all(held_out["x"] is not s["x"] for s in samples)
     assert ov_error(entry, tiny_unet, held_out) <= HYBRID_TOLERANCE
     assert entry.manifest.calibration == {"samples": 6, "digest": digest(samples)}
     assert entry.manifest.timings["compress_s"] > 0
+    assert entry.manifest.recipe.label() == ("INT8" if mode == "hybrid" else "INT8ff")
 
 
 def test_an_empty_capture_leaves_no_entry(micro_unet, tmp_path):

@@ -54,7 +54,9 @@ def test_the_fastest_preset_sets_the_recipe_and_its_deepcache_pair(monkeypatch):
     assert parse_optimize_form({"preset": "fastest"}).recipe.precision == "bf16"
     with pytest.raises(ValueError, match="preset must be"):
         parse_optimize_form({"preset": "turbo"})
-    assert parse_optimize_form({}).preset == "" and parse_optimize_form({}).deepcache_branch is None
+    default = parse_optimize_form({})
+    assert default.preset == "" and default.deepcache_branch == 0  # a DeepCache pair by default
+    assert parse_optimize_form({"deepcache_branch": "off"}).deepcache_branch is None
 
 
 def test_the_fastest_preset_for_sdxl_keeps_int8_and_deepcache_without_token_merging(monkeypatch):
@@ -62,7 +64,7 @@ def test_the_fastest_preset_for_sdxl_keeps_int8_and_deepcache_without_token_merg
     rest of it, so choosing the preset on an SDXL checkpoint makes a recipe instead of an error."""
     monkeypatch.setattr(cpu_caps_module, "cpu_caps", lambda: FAST_BF16)
     request = parse_optimize_form({"preset": "fastest", "tome": 0.5}, sdxl=True)
-    assert request.recipe.int8 == FASTEST.recipe.int8 and request.recipe.tome == 0
+    assert request.recipe.int8 == FASTEST.sdxl_recipe.int8 and request.recipe.tome == 0
     assert request.recipe.precision == "bf16" and request.deepcache_branch == FASTEST.deepcache.branch
     assert parse_optimize_form({"preset": "fastest"}).recipe.tome == FASTEST.recipe.tome  # SD1/SD2
     assert parse_optimize_form({"tome": 0.3}, sdxl=True).recipe.tome == 0.3  # no preset: the form's own
