@@ -147,6 +147,8 @@ def _optimize(args: argparse.Namespace) -> int:
         measure=request.measure(calls=args.calls),
         progress=console,
         keep_fp32=args.keep_fp32,
+        # the recipe is made and stays; the progress line said why its pair was not
+        pair_failed=lambda err: None,
     )
     for entry in entries:
         report = entry.manifest.report.to_json() if entry.manifest.report else {}

@@ -4,6 +4,7 @@ plain FP32 entries exported only to start from deleted afterwards (for SDXL each
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 
 from . import cache
 from .compress import Sample
+from .errors import ExportError
 from .optimize import CaptureFn, optimize
 from .progress import ProgressFn, scaled, silent
 from .recipe import Recipe
@@ -28,6 +30,7 @@ def optimize_with_deepcache(
     deepcache_branch: int | None = None,
     progress: ProgressFn = silent,
     keep_fp32: bool = True,
+    pair_failed: Callable[[ExportError], None] | None = None,
     **kwargs: Any,
 ) -> list[cache.CacheEntry]:
     """`optimize` the recipe; with `deepcache_branch`, then its DeepCache pair too (the recipe
@@ -37,14 +40,26 @@ def optimize_with_deepcache(
     `keep_fp32` False: the plain FP32 entries this run exported only to start from (the FP32 IR,
     and the plain DeepCache pair an INT8 pair is compressed from) are deleted at the end; ones
     that were in the cache before (the user served FP32) stay. For SDXL each is 10 GB beside a
-    2.6 GB INT8 recipe; the cost is a new export (minutes) should FP32 be wanted later."""
+    2.6 GB INT8 recipe; the cost is a new export (minutes) should FP32 be wanted later.
+
+    `pair_failed(error)`, when given, is told why the pair could not be exported or saved (a full
+    disk) instead of the error ending the run: the recipe made before it stays and is returned."""
     root = Path(cache_root)
     plain = [Recipe()] + ([Recipe().with_deepcache(deepcache_branch)] if deepcache_branch is not None else [])
     existed = {
         r: cache.find(root, cache.EntryKey(checkpoint_name, checkpoint_hash, r))[0] is not None for r in plain
     }
     entries = _optimize_with_deepcache(
-        unet, root, checkpoint_name, checkpoint_hash, recipe, capture, deepcache_branch, progress, **kwargs
+        unet,
+        root,
+        checkpoint_name,
+        checkpoint_hash,
+        recipe,
+        capture,
+        deepcache_branch,
+        progress,
+        pair_failed,
+        **kwargs,
     )
     made = {e.path for e in entries}
     for each in plain if not keep_fp32 else ():
@@ -69,6 +84,7 @@ def _optimize_with_deepcache(
     capture: CaptureFn | None,
     deepcache_branch: int | None,
     progress: ProgressFn,
+    pair_failed: Callable[[ExportError], None] | None,
     **kwargs: Any,
 ) -> list[cache.CacheEntry]:
     captured: list[list[Sample]] = []
@@ -85,17 +101,23 @@ def _optimize_with_deepcache(
     entries = []
     for i, each in enumerate(recipes):
         share = scaled(progress, i / len(recipes), (i + 1) / len(recipes))
-        entries.append(
-            optimize(
-                unet,
-                cache_root,
-                checkpoint_name,
-                checkpoint_hash,
-                each,
-                capture_once if capture is not None else None,
-                progress=share,
-                sample_image=sample_image if i == 0 else None,
-                **kwargs,
+        try:
+            entries.append(
+                optimize(
+                    unet,
+                    cache_root,
+                    checkpoint_name,
+                    checkpoint_hash,
+                    each,
+                    capture_once if capture is not None else None,
+                    progress=share,
+                    sample_image=sample_image if i == 0 else None,
+                    **kwargs,
+                )
             )
-        )
+        except ExportError as err:
+            if i == 0 or pair_failed is None:
+                raise
+            progress(f"no DeepCache pair: {err}", 1.0)
+            pair_failed(err)
     return entries

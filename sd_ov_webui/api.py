@@ -77,6 +77,8 @@ class OptimizeResponse(BaseModel):
     entry: str
     report: dict[str, Any]
     vae_decoder: dict[str, Any] = {}  # the INT8 VAE decoder's report (or a note why none)
+    deepcache_branch: int | None = None  # the DeepCache pair made with it, if any
+    deepcache_note: str = ""  # why a DeepCache pair asked for was not made
 
 
 class RecipesResponse(BaseModel):
@@ -108,7 +110,12 @@ def optimize_route(body: OptimizeBody) -> OptimizeResponse:
     entry = made.entry
     report = entry.manifest.report.to_json() if entry.manifest.report else {}
     return OptimizeResponse(
-        label=option_label(request), entry=str(entry.path), report=report, vae_decoder=made.vae_report()
+        label=option_label(request),
+        entry=str(entry.path),
+        report=report,
+        vae_decoder=made.vae_report(),
+        deepcache_branch=made.pair.manifest.recipe.deepcache_branch if made.pair is not None else None,
+        deepcache_note=made.pair_note,
     )
 
 

@@ -19,12 +19,14 @@ log = logging.getLogger("sd_ov")
 
 @dataclass
 class Optimized:
-    """What one Optimize made: the recipe's entry and, when asked for, the INT8 VAE decoder's
-    entry (or why there is none: the recipe stays made either way)."""
+    """What one Optimize made: the recipe's entry and, when asked for, its DeepCache pair and the
+    INT8 VAE decoder's entry (or why there is none: the recipe stays made either way)."""
 
     entry: cache.CacheEntry
     vae_decoder: cache.CacheEntry | None = None
     vae_decoder_note: str = ""
+    pair: cache.CacheEntry | None = None  # its DeepCache pair, when asked for and made
+    pair_note: str = ""  # why a DeepCache pair asked for was not made
 
     def vae_report(self) -> dict:
         if self.vae_decoder is not None and self.vae_decoder.manifest.report is not None:

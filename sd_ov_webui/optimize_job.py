@@ -225,6 +225,7 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> Optimized:
         gc.collect()
         trim_heap()  # what a torch job before left on the heap goes back too (SDXL: ~0.5 GiB)
         decoded = DecodedLatents() if request.vae_int8 else None
+        pair_notes: list[str] = []
         with unet_calls_to(None), contextlib.ExitStack() as back:
             back.callback(encoders.ensure)  # the webui's own encoders are whole again at the end
             entry, *_pair = optimize_with_deepcache(
@@ -244,9 +245,10 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> Optimized:
                 torch_weights=optimize_weights(model),
                 cache_compiled=bool(opt("sd_ov_cache_compiled")),
                 keep_fp32=False,  # the FP32 IR it starts from stays only if it was there before
+                pair_failed=lambda err: pair_notes.append(str(err)),  # the recipe is made: keep it
             )
         sd_unet.list_unets()
-        made = Optimized(entry)
+        made = Optimized(entry, pair=_pair[0] if _pair else None, pair_note="; ".join(pair_notes))
         if decoded is not None:
             int8_vae_decoder(made, model, name, sha256, decoded, request.device, progress)
         return made
@@ -288,11 +290,13 @@ def run_optimize(values: dict, progress_bar=None) -> str:
             f" The {preset.name} preset runs it with DeepCache {html.escape(preset.deepcache.infotext())}: "
             "set that in the OpenVINO accordion or Settings → OpenVINO → DeepCache."
         )
-    elif request.deepcache_branch is not None:
+    elif made.pair is not None:
         advice += (
             f" Its DeepCache pair (branch {request.deepcache_branch}) serves a job with DeepCache on at "
             "that branch (OpenVINO accordion)."
         )
+    if made.pair_note:
+        advice += f"<br>No DeepCache pair was made: {html.escape(made.pair_note)}. It runs without DeepCache."
     if request.vae_int8:
         advice += "<br>" + html.escape(vae_decoder_line(made))
     return report.report_html(made.entry) + advice

@@ -119,7 +119,7 @@ def form_components() -> dict:
             )
             c["deepcache_branch"] = gr.Dropdown(
                 choices=["off", *(str(b) for b in range(MAX_DEEPCACHE_BRANCH + 1))],
-                value=D["deepcache_branch"],
+                value=lambda: str(opt("sd_ov_deepcache_branch")),  # the branch a DeepCache job asks for
                 label="DeepCache pair too (skip branch)",
                 elem_id="sd_ov_recipe_deepcache",
             )

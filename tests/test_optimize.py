@@ -8,7 +8,7 @@ import torch
 
 from sd_ov import cache, engine
 from sd_ov.calibration import default_prompts, random_prompt_capture
-from sd_ov.errors import Cancelled
+from sd_ov.errors import Cancelled, ExportError
 from sd_ov.ldm_unet import describe
 from sd_ov.optimize import Measure, optimize, recipe_entries
 from sd_ov.recipe import Recipe
@@ -225,10 +225,11 @@ def test_the_fp32_entries_exported_only_for_optimize_go_unless_they_were_there(
     Calibration samples with the FP32 IR at INT8 weights (a quarter of the FP32 model's memory:
     SDXL's calibration was Optimize's peak in the webui; test-sized UNets sample at FP32 unless
     told, as here), made in a temporary folder gone when Optimize returns; the pair reuses the
-    samples and makes no second one."""
+    samples and makes no second one. A pair that cannot be made (a full disk) leaves the recipe
+    made before it, and says why."""
     import openvino as ov
 
-    from sd_ov import calibration_unet
+    from sd_ov import calibration_unet, deepcache
     from sd_ov.optimize_pair import optimize_with_deepcache
 
     monkeypatch.setattr(calibration_unet, "INT8_FROM_BYTES", 0)
@@ -269,7 +270,32 @@ def test_the_fp32_entries_exported_only_for_optimize_go_unless_they_were_there(
     assert not folder.exists() and not [p for p in folder.parent.iterdir() if cache.TMP_MARK in p.name]
 
     plain = engine.prepare_entry(micro_unet, tmp_path, "tiny", key).entry  # the user serves FP32
-    optimize_with_deepcache(
-        micro_unet, tmp_path, "tiny", key, Recipe(int8="weights"), capture, measure=None, keep_fp32=False
+
+    def disk_full(folder, needed_bytes):
+        raise ExportError(f"not enough disk space in {folder}")
+
+    # the pair (on by default) cannot be exported: the recipe made before it stays, and says why
+    monkeypatch.setattr(deepcache, "check_disk_space", disk_full)
+    why = []
+    made = optimize_with_deepcache(
+        micro_unet,
+        tmp_path,
+        "tiny",
+        key,
+        Recipe(int8="weights"),
+        capture,
+        deepcache_branch=0,
+        measure=None,
+        keep_fp32=False,
+        pair_failed=why.append,
     )
+    assert [e.manifest.recipe for e in made] == [Recipe(int8="weights")] and "disk space" in str(why[0])
+    pair_key = cache.EntryKey("tiny", key, Recipe(int8="weights").with_deepcache(0))
+    assert cache.find(tmp_path, pair_key)[0] is None
+    assert not [p for p in tmp_path.rglob("*") if cache.TMP_MARK in p.name]
     assert cache.find(tmp_path, cache.EntryKey("tiny", key))[0].path == plain.path
+    with pytest.raises(ExportError, match="disk space"):  # without `pair_failed`, the run says so
+        weights = Recipe(int8="weights")
+        optimize_with_deepcache(
+            micro_unet, tmp_path, "tiny", key, weights, capture, deepcache_branch=0, measure=None
+        )

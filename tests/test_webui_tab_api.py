@@ -236,9 +236,10 @@ def test_api_optimizes_and_lists(api):
     done = api.post("/sd-ov/v1/optimize", json=SMALL)
     assert done.status_code == 200, done.text
     assert done.json()["label"] == "[OpenVINO INT8w] tinyckpt" and done.json()["report"]["speedup"] > 0
+    assert done.json()["deepcache_branch"] == 0 and done.json()["deepcache_note"] == ""  # a pair by default
     listed = api.get("/sd-ov/v1/recipes").json()["recipes"]
     assert [r["label"] for r in listed] == ["INT8w"]  # the FP32 IR it started from went with the run
-    assert listed[0]["option"] == "[OpenVINO INT8w] tinyckpt" and listed[0]["deepcache_branches"] == []
+    assert listed[0]["option"] == "[OpenVINO INT8w] tinyckpt" and listed[0]["deepcache_branches"] == [0]
 
 
 def test_optimize_makes_an_int8_vae_decoder_that_decodes_while_the_vae_precision_is_auto(api, webui):
@@ -400,8 +401,10 @@ def test_optimize_frees_the_text_encoder_except_while_prompts_are_encoded(webui,
     monkeypatch.setattr(type(model.first_stage_model), "decode", decode)
     monkeypatch.setattr(engine, "prepare_entry", prepare)
     monkeypatch.setattr(type(model.cond_stage_model), "encode_with_transformers", encode)
-    done = api.post("/sd-ov/v1/optimize", json={**SMALL, "int8": "hybrid", "samples": 2, "calib_steps": 2})
+    small = {**SMALL, "int8": "hybrid", "samples": 2, "calib_steps": 2, "deepcache_branch": "off"}
+    done = api.post("/sd-ov/v1/optimize", json=small)
     assert done.status_code == 200, done.text
+    assert done.json()["deepcache_branch"] is None and done.json()["deepcache_note"] == ""  # "off" asked
     assert seen["export"] and all(seen["export"]), seen  # freed while the UNet was exported
     assert seen["encode"] and not any(seen["encode"]), seen  # whole whenever prompts were encoded
     assert events[:2] == ["release", "decode"], events  # the first calibration picture's decode
