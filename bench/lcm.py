@@ -34,10 +34,10 @@ from picture import RECIPES, SCALE, prepare, to_pixels, torch_modules  # noqa: E
 from unet_step import machine_info  # noqa: E402
 
 from sd_ov import engine, metrics  # noqa: E402
-from sd_ov.ldm_unet import traceable  # noqa: E402
 from sd_ov.lora_branch import LoraLayer  # noqa: E402
 from sd_ov.sampling import sample_lcm  # noqa: E402
 from sd_ov.text_encoder import OVTextEncoder  # noqa: E402
+from sd_ov.traceable_unet import traceable  # noqa: E402
 from sd_ov.vae import OVVae  # noqa: E402
 
 CONFIGS = ("torch-ldm", "torch-sdpa", "fp32", "int8", "int8-tome")

@@ -191,7 +191,7 @@ def picture_in_this_process(mode: str, root: Path, steps: int, size: int) -> Non
     started = time.perf_counter()
     with torch.no_grad():
         if mode == "torch":
-            from sd_ov.ldm_unet import traceable
+            from sd_ov.traceable_unet import traceable
 
             hidden = text(input_ids=ids).last_hidden_state
             with traceable(unet):

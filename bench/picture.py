@@ -49,12 +49,13 @@ from sd_ov import cache, engine, metrics  # noqa: E402
 from sd_ov.calibration import random_prompt_capture  # noqa: E402
 from sd_ov.cpu_caps import cpu_caps  # noqa: E402
 from sd_ov.deepcache import DeepCacheConfig  # noqa: E402
-from sd_ov.ldm_unet import build_unet, describe, load_config, traceable  # noqa: E402
+from sd_ov.ldm_unet import build_unet, describe, load_config  # noqa: E402
 from sd_ov.optimize_pair import optimize_with_deepcache  # noqa: E402
 from sd_ov.preset import FASTEST  # noqa: E402
 from sd_ov.recipe import Recipe  # noqa: E402
 from sd_ov.sampling import sample_euler  # noqa: E402
 from sd_ov.text_encoder import OVTextEncoder, prepare_text_encoder_entry  # noqa: E402
+from sd_ov.traceable_unet import traceable  # noqa: E402
 from sd_ov.vae import OVVae, prepare_vae_entry  # noqa: E402
 
 RECIPES = {"fp32": Recipe(), "int8": Recipe(int8="hybrid"), "int8-tome": Recipe(int8="hybrid", tome=0.5)}

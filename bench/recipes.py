@@ -33,12 +33,13 @@ import torch
 
 from sd_ov import cache, engine, metrics
 from sd_ov.calibration import random_prompt_capture
-from sd_ov.ldm_unet import build_unet, describe, load_config, traceable
+from sd_ov.ldm_unet import build_unet, describe, load_config
 from sd_ov.measure import median_call
 from sd_ov.memory import peak_rss_mib
 from sd_ov.optimize import optimize
 from sd_ov.ov_core import ISA_ENV, get_core
 from sd_ov.recipe import Recipe
+from sd_ov.traceable_unet import traceable
 
 RECIPES = {
     "fp32": Recipe(),

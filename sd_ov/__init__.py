@@ -13,7 +13,7 @@ The engine's parts, by job:
 - the OpenVINO runtime: `ov_core`, `cpu_caps`, `compiled` (the base every compiled part shares),
   `runtime` (the UNet), `memory`
 - the cache store: `cache`, `cache_removal`, `manifest`, `fs`, `recipe`
-- serving: `engine`, `served`, `record`, `torch_weights`
+- serving: `engine`, `served`, `runtime_settings`, `unet_source`, `record`, `torch_weights`
 - optimizing: `optimize`, `measure`, `optimize_pair`, `recipe_ir`, `calibration`, `calibration_unet`,
   `peak_memory`, `compress`, `preset`, `form`, `report`
 """
@@ -61,11 +61,11 @@ _PUBLIC = {
     "default_prompts": "calibration",
     "CapturingUNet": "calibration",
     "JobRecord": "record",
-    "run_summary": "served",
+    "run_summary": "runtime_settings",
     # serving
     "ServedUNet": "served",
-    "RuntimeSettings": "served",
-    "UNetSource": "served",
+    "RuntimeSettings": "runtime_settings",
+    "UNetSource": "unet_source",
     "describe": "ldm_unet",
     "feature_shapes": "ldm_unet",
     "file_hash": "engine",

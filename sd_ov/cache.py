@@ -13,31 +13,29 @@ and what is still mapped is removed by a later cleanup, once released.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import filelock
 import openvino as ov
 
 from . import __version__, fs
+from .cache_lock import LOCK_SUFFIX, entry_lock  # noqa: F401
 from .cache_removal import MANIFEST, RETIRED_MARK, TMP_MARK, TRASH_MARK, cleanup_stale, delete  # noqa: F401
 from .cache_removal import remove as _remove
 from .cache_usage import compiled_bytes, drop_compiled, folder_bytes, total_bytes  # noqa: F401
 from .errors import CacheEntryInUse, CacheEntryInvalid
 from .manifest import FORMAT, FileRecord, Manifest, Report
-from .progress import ProgressFn, silent
+from .progress import ProgressFn
 from .recipe import Recipe
 
-LOCK_SUFFIX = ".lock"
 _FULL_HASH_LIMIT = 8 * 2**20
 _SAMPLES = 16
 _SAMPLE_BYTES = 64 * 2**10
@@ -186,37 +184,6 @@ def find(root: Path, key: EntryKey) -> tuple[CacheEntry | None, str | None]:
         return validate(folder, key), None
     except CacheEntryInvalid as err:
         return None, str(err)
-
-
-def _lock_path(key: EntryKey, root: Path) -> Path:
-    folder = key.folder(root)
-    return folder.with_name(folder.name + LOCK_SUFFIX)
-
-
-@contextlib.contextmanager
-def entry_lock(
-    root: Path, key: EntryKey, progress: ProgressFn = silent, poll_s: float = 0.5
-) -> Iterator[None]:
-    """Hold the entry's write lock (an OS lock, released by the system if the holder dies; on
-    Windows as on Linux, through `filelock`).
-
-    Two webui processes may share one cache folder: the second waits here, with progress (which
-    can cancel), and then finds the entry the first one wrote instead of exporting it again.
-    """
-    path = _lock_path(key, Path(root))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(path, thread_local=False)
-    while True:
-        try:
-            lock.acquire(timeout=0)
-            break
-        except filelock.Timeout:
-            progress("waiting for another process writing this OpenVINO UNet to the cache", 0.0)
-            time.sleep(poll_s)
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def write(

@@ -3,7 +3,7 @@ each input block and of the middle block, as cldm's `ControlNet.forward` returns
 
 Why: with the UNet on OpenVINO, a ControlNet job's control model (SD1.5: 361 M parameters, the
 UNet's encoder again) on torch is most of each step (issue #24: ~1.3x per job). It is traced
-like the UNet (`ldm_unet.traceable`: SDPA attention, the webui's attention variants set aside),
+like the UNet (`traceable_unet.traceable`: SDPA attention, the webui's attention variants set aside),
 with batch, latent size, hint size and prompt length free, and cached per control model (its
 weights' digest: the extension's model object does not name its file).
 

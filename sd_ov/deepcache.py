@@ -33,8 +33,9 @@ from .export import (
     input_names,
     save_ir,
 )
-from .ldm_unet import UNetSpec, ends_with_upsample, join_follows_upsample, openaimodel_of
+from .ldm_unet import UNetSpec, openaimodel_of
 from .progress import ProgressFn
+from .traceable_unet import ends_with_upsample, join_follows_upsample
 
 
 def check_branch(unet: torch.nn.Module, branch: int) -> None:

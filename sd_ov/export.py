@@ -15,8 +15,9 @@ import openvino as ov
 import torch
 
 from .errors import ExportError
-from .ldm_unet import UNetSpec, traceable
+from .ldm_unet import UNetSpec
 from .progress import ProgressFn, silent
+from .traceable_unet import traceable
 
 INPUT_NAMES = ("x", "timesteps", "context")
 OUTPUT_NAME = "out"

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from . import metrics
-from .ldm_unet import UNetSpec, traceable
+from .ldm_unet import UNetSpec
 from .memory import trim_heap
 from .progress import ProgressFn
 from .runtime import OVUNet
 from .sampling import UNetFn
 from .torch_weights import ModuleWeights
+from .traceable_unet import traceable
 
 # Makes the report's sample picture (same prompt and seed each call) with the given UNet.
 ImageFn = Callable[[UNetFn], np.ndarray]

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from .compress import Sample
-from .ldm_unet import traceable
+from .traceable_unet import traceable
 
 KEEP_MULTIPLE = 16  # kept neurons rounded up to this: SIMD-friendly widths
 

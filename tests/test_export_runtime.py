@@ -10,7 +10,8 @@ from ldm.modules import attention
 
 from sd_ov import cache, engine, metrics
 from sd_ov.errors import UnsupportedCallError, UnsupportedModelError
-from sd_ov.ldm_unet import build_unet, describe, traceable
+from sd_ov.ldm_unet import build_unet, describe
+from sd_ov.traceable_unet import traceable
 
 from .conftest import MICRO, TINY_SD2, unet_inputs
 
@@ -193,7 +194,9 @@ def test_nan_in_the_inputs_is_not_blamed_on_openvino(tiny_unet, tiny_entry):
     NaN: the served UNet says the input was already bad, not that OpenVINO failed."""
     from sd_ov.errors import NonFiniteOutputError
     from sd_ov.recipe import Recipe
-    from sd_ov.served import RuntimeSettings, ServedUNet, UNetSource
+    from sd_ov.runtime_settings import RuntimeSettings
+    from sd_ov.served import ServedUNet
+    from sd_ov.unet_source import UNetSource
 
     source = UNetSource(tiny_entry.path.parents[1], "tiny", tiny_entry.manifest.checkpoint_hash, tiny_unet)
     served = ServedUNet(source, Recipe(), RuntimeSettings())

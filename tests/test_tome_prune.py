@@ -7,10 +7,11 @@ import torch
 
 from sd_ov import metrics
 from sd_ov.export import convert_unet
-from sd_ov.ldm_unet import describe, traceable
+from sd_ov.ldm_unet import describe
 from sd_ov.ov_core import get_core
 from sd_ov.prune import feed_forwards, ffn_activity, neurons_to_keep, pruned_ffn
 from sd_ov.tome import bipartite_soft_matching, token_merging
+from sd_ov.traceable_unet import traceable
 
 from .conftest import unet_inputs
 
