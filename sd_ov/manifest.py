@@ -37,6 +37,7 @@ class Report:
     speedup: float | None = None
     rel_l2: float | None = None
     psnr_db: float | None = None
+    encoder_psnr_db: float | None = None  # an INT8 VAE encoder's pictures against the float one's
     ssim: float | None = None
     optimize_s: float | None = None
     peak_rss_mib: float | None = None  # Optimize's own peak (sampled), not the process's since it began

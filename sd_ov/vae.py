@@ -180,7 +180,8 @@ class OVVae(EntryPart):
     def __init__(
         self, entry: cache.CacheEntry, *args, decoder_entry: cache.CacheEntry | None = None, **kwargs
     ):
-        """`decoder_entry`: an INT8 decoder (`vae_int8`) decodes in place of the entry's own."""
+        """`decoder_entry`: an INT8 decoder (`vae_int8`) decodes in place of the entry's own, and
+        its INT8 encoder, when it has one, encodes."""
         self.decoder_entry = decoder_entry
         super().__init__(entry, *args, **kwargs)
 
@@ -192,9 +193,14 @@ class OVVae(EntryPart):
     def decoder_int8(self) -> bool:
         return self.decoder_entry is not None
 
+    @property
+    def encoder_int8(self) -> bool:
+        """The INT8 entry has an encoder too (made when Optimize had the host's pictures)."""
+        return self.decoder_entry is not None and "encoder" in self.decoder_entry.manifest.models
+
     def _ir(self, which: str) -> Path:
         if which == "encoder":
-            return self.entry.ir_path("encoder")
+            return (self.decoder_entry if self.encoder_int8 else self.entry).ir_path("encoder")
         return (self.decoder_entry or self.entry).ir_path("decoder")
 
     def _model(self, which: str) -> ov.CompiledModel:

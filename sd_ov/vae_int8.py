@@ -9,8 +9,10 @@ at 33 dB to the f32 picture; NNCF took 42 s on 8 latents at 256². Quantizing ac
 what pays on a CPU: INT8 weights alone are decompressed to float for a convolution.
 
 The INT8 decoder is an entry of its own beside the FP32 VAE entry (same name and hash, component
-"vae", recipe INT8 full): the encoder (img2img) stays the FP32 one, and a user who wants the
-float decoder back sets the VAE precision to f32 or bf16.
+"vae", recipe INT8 full), and a user who wants the float decoder back sets the VAE precision to
+f32 or bf16. Given the host's pictures of those latents, the entry holds an INT8 encoder too
+(img2img's, inpainting's and hires fix's encode), calibrated on those pictures and measured as
+the float decoder's pictures of its latents against those of the float encoder's latents.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .memory import mapped_file_released
 from .ov_core import compile_properties, get_core
 from .progress import ProgressFn, silent
 from .recipe import Recipe
-from .vae import COMPONENT, DECODER_IR
+from .vae import COMPONENT, DECODER_IR, ENCODER_IR
 
 INT8_DECODER_RECIPE = Recipe(int8="full")
 
@@ -64,6 +66,29 @@ def decoder_psnr(
     return worst
 
 
+def encoder_psnr(
+    encoder_ir: Path, vae_entry: cache.CacheEntry, pictures: Sequence[np.ndarray], device: str = "CPU"
+) -> float:
+    """The lowest PSNR (dB, 8-bit pixels) of the FP32 decoder's pictures of `encoder_ir`'s latent
+    means against its pictures of the FP32 encoder's (`vae_entry`'s), at f32: what an encoder's
+    error does to the picture img2img starts from."""
+    core = get_core()
+    properties = compile_properties(device, "f32", None)
+    int8, fp32, decoder = (
+        core.compile_model(str(ir), device, properties)
+        for ir in (encoder_ir, vae_entry.ir_path("encoder"), vae_entry.ir_path("decoder"))
+    )
+    worst = math.inf
+    for picture in pictures:
+        decoded = []
+        for encoder in (int8, fp32):
+            moments = encoder.create_infer_request().infer({0: picture})[0]
+            mean = np.ascontiguousarray(moments[:, : moments.shape[1] // 2])
+            decoded.append(_pictures(decoder.create_infer_request().infer({0: mean})[0]))
+        worst = min(worst, metrics.psnr(*decoded))
+    return worst
+
+
 def quantize_vae_decoder(
     vae_entry: cache.CacheEntry,
     latents: Sequence[np.ndarray],
@@ -74,28 +99,40 @@ def quantize_vae_decoder(
     """Write the INT8 decoder entry of `vae_entry` (replacing an earlier one), calibrated on
     `latents` (what the VAE's `decode` was given: [1, C, h, w] float32, any sizes); with
     `references` (the host's pictures of those latents) its fidelity goes into the manifest's
-    report. The FP32 entry is only read."""
+    report, and an INT8 encoder calibrated on those pictures joins it. The FP32 entry is only
+    read."""
     if not latents:
         raise ValueError("the INT8 VAE decoder is calibrated on latents: none were captured")
     nncf = _nncf()
     samples = [np.ascontiguousarray(latent, dtype=np.float32) for latent in latents]
+    pictures = [np.ascontiguousarray(picture, dtype=np.float32) for picture in references]
+
+    def quantized(model_name: str, data: list[np.ndarray], target: Path) -> None:
+        fp32_ir = vae_entry.ir_path(model_name)
+        with mapped_file_released(fp32_ir.with_suffix(".bin")):
+            model = get_core().read_model(str(fp32_ir))
+            save_ir(nncf.quantize(model, nncf.Dataset(data), subset_size=len(data)), target)
 
     def build(folder: Path) -> dict:
         started = time.perf_counter()
         progress(f"quantizing the VAE decoder (INT8, {len(samples)} latents)", 0.0)
-        fp32_ir = vae_entry.ir_path("decoder")
-        with mapped_file_released(fp32_ir.with_suffix(".bin")):
-            model = get_core().read_model(str(fp32_ir))
-            quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
-        save_ir(quantized, folder / DECODER_IR)
+        quantized("decoder", samples, folder / DECODER_IR)
+        models = {"decoder": DECODER_IR}
+        if pictures:
+            progress(f"quantizing the VAE encoder (INT8, {len(pictures)} pictures)", 0.4)
+            quantized("encoder", pictures, folder / ENCODER_IR)
+            models["encoder"] = ENCODER_IR
         seconds = time.perf_counter() - started
-        report = {"label": "INT8 VAE decoder", "device": device, "optimize_s": seconds}
-        if references:
-            progress("measuring the INT8 VAE decoder against the torch VAE's pictures", 0.8)
-            report["psnr_db"] = decoder_psnr(folder / DECODER_IR, samples, references, device)
-        progress("INT8 VAE decoder done", 1.0)
+        label = "INT8 VAE decoder" + (" and encoder" if pictures else "")
+        report = {"label": label, "device": device, "optimize_s": seconds}
+        if pictures:
+            progress("measuring the INT8 VAE decoder against the torch VAE's pictures", 0.7)
+            report["psnr_db"] = decoder_psnr(folder / DECODER_IR, samples, pictures, device)
+            progress("measuring the INT8 VAE encoder against the float encoder", 0.85)
+            report["encoder_psnr_db"] = encoder_psnr(folder / ENCODER_IR, vae_entry, pictures, device)
+        progress(f"{label} done", 1.0)
         return {
-            "models": {"decoder": DECODER_IR},
+            "models": models,
             "timings": {"quantize_s": seconds},
             "calibration": {"samples": len(samples)},
             "report": cache.Report(**report),

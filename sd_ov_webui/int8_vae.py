@@ -72,7 +72,9 @@ def vae_decoder_line(made: Optimized) -> str:
         return f"INT8 VAE decoder {made.vae_decoder_note}."
     r = made.vae_decoder.manifest.report
     fidelity = f", {r.psnr_db:.1f} dB against the torch VAE's calibration pictures" if r and r.psnr_db else ""
+    if r and r.encoder_psnr_db:
+        fidelity += f"; its INT8 encoder {r.encoder_psnr_db:.1f} dB against the float encoder's"
     return (
-        f"INT8 VAE decoder made{fidelity}: it decodes while Settings → OpenVINO → VAE precision is auto "
-        "(infotext: OpenVINO VAE: decode (int8))."
+        f"{r.label if r else 'INT8 VAE decoder'} made{fidelity}: it decodes (and encodes) while Settings → "
+        "OpenVINO → VAE precision is auto (infotext: OpenVINO VAE: decode (int8), encode (int8))."
     )

@@ -117,14 +117,18 @@ class WebuiVae(ServedComponent):
 
     def infotext(self) -> str | None:
         """`decode` (f32), `decode (bf16)`, `decode (int8)` (Optimize's INT8 decoder; its float
-        parts at the VAE precision), or why a bf16 model went to f32."""
+        parts at the VAE precision; `encode (int8)` its encoder), or why a bf16 model went to f32."""
         served = super().infotext()
         if not served or self.torch_reason or self.ov is None:
             return served
         if self.ov.fell_back:
             return f"{served} ({self.ov.fell_back})"
         if self.ov.decoder_int8 and "decode" in served:
-            return served.replace("decode", "decode (int8)", 1)
+            served = served.replace("decode", "decode (int8)", 1)
+        if self.ov.encoder_int8 and "encode" in served:
+            served = served.replace("encode", "encode (int8)", 1)
+        if self.ov.decoder_int8 or self.ov.encoder_int8:
+            return served
         return served if self.ov.precision == "f32" else f"{served} ({self.ov.precision})"
 
     def _decode(self, z, *args, **kwargs):

@@ -92,9 +92,9 @@ def test_a_bf16_decode_that_gives_nan_runs_again_at_f32_and_says_so(tiny_vae, va
 
 
 def test_the_int8_decoder_is_an_entry_beside_the_vaes_and_a_cancel_leaves_none(tiny_vae, vae_entry):
-    """`vae_int8`: NNCF quantizes the FP32 decoder on the latents given, the fidelity against the
-    host's pictures is in the manifest, the FP32 entry (the encoder's) is untouched, and OVVae
-    decodes with it; cancelled halfway, nothing is written."""
+    """`vae_int8`: NNCF quantizes the FP32 decoder on the latents given and the FP32 encoder on the
+    host's pictures of them, the fidelity of both is in the manifest, the FP32 entry is untouched,
+    and OVVae decodes and encodes with them; cancelled halfway, nothing is written."""
     from sd_ov import metrics, vae_int8
     from sd_ov.errors import Cancelled
 
@@ -116,7 +116,12 @@ def test_the_int8_decoder_is_an_entry_beside_the_vaes_and_a_cancel_leaves_none(t
 
     decoder = vae_int8.quantize_vae_decoder(entry, [z.numpy() for z in latents], pictures)
     assert vae_int8.find_int8_decoder(entry).path == decoder.path != entry.path
-    assert 15 < decoder.manifest.report.psnr_db < 100  # quantized: close, not equal
+    report = decoder.manifest.report
+    assert 15 < report.psnr_db < 100 and 15 < report.encoder_psnr_db < 100  # quantized: close, not equal
+    assert report.label == "INT8 VAE decoder and encoder" and set(decoder.manifest.models) == {
+        "decoder",
+        "encoder",
+    }
     assert cache.validate(entry.path).manifest.files == files_before
     served = vae.OVVae(entry, cache_compiled=False, decoder_entry=decoder)
     z = torch.randn(1, 4, 6, 10, generator=gen) * 3
@@ -124,5 +129,10 @@ def test_the_int8_decoder_is_an_entry_beside_the_vaes_and_a_cancel_leaves_none(t
         expected = tiny_vae.decode(z)
     assert served.decoder_int8 and 0 < metrics.rel_l2(served.decode(z), expected) < 0.2
     x = torch.rand(1, 3, 12, 20, generator=gen) * 2 - 1
+    with torch.no_grad():
+        expected = tiny_vae.encode_moments(x)
+    assert served.encoder_int8 and 0 < metrics.rel_l2(served.encode(x), expected) < 0.2
+    decoder_only = vae_int8.quantize_vae_decoder(entry, [z.numpy() for z in latents])  # no pictures
+    served = vae.OVVae(entry, cache_compiled=False, decoder_entry=decoder_only)
     with torch.no_grad():  # the encoder is the FP32 entry's
-        assert torch.allclose(served.encode(x), tiny_vae.encode_moments(x), atol=1e-4, rtol=1e-3)
+        assert not served.encoder_int8 and torch.allclose(served.encode(x), expected, atol=1e-4, rtol=1e-3)

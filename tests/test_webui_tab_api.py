@@ -229,11 +229,13 @@ SMALL = {
     "measure_size": "128x128",
     "sizes_text": "",
     "compare_picture": False,
+    "deepcache_branch": "off",  # a pair is made by default; only test_api_optimizes_and_lists makes one
 }
 
 
 def test_api_optimizes_and_lists(api):
-    done = api.post("/sd-ov/v1/optimize", json=SMALL)
+    default_pair = {k: v for k, v in SMALL.items() if k != "deepcache_branch"}
+    done = api.post("/sd-ov/v1/optimize", json=default_pair)
     assert done.status_code == 200, done.text
     assert done.json()["label"] == "[OpenVINO INT8w] tinyckpt" and done.json()["report"]["speedup"] > 0
     assert done.json()["deepcache_branch"] == 0 and done.json()["deepcache_note"] == ""  # a pair by default
@@ -258,7 +260,8 @@ def test_optimize_makes_an_int8_vae_decoder_that_decodes_while_the_vae_precision
     done = api.post("/sd-ov/v1/optimize", json={**form, "vae_int8": True})
     assert done.status_code == 200, done.text
     made = done.json()["vae_decoder"]
-    assert made["label"] == "INT8 VAE decoder" and 20 <= made["psnr_db"] < 200, made  # quantized, close
+    assert made["label"] == "INT8 VAE decoder and encoder" and 20 <= made["psnr_db"] < 200, made  # close
+    assert 20 <= made["encoder_psnr_db"] < 200, made
     decoders = [
         e
         for e in cache.list_entries(webui.pkg.settings.cache_root())
@@ -305,7 +308,7 @@ def test_api_answers_500_when_optimize_fails_and_keeps_serving(api, webui, monke
     assert api.get("/sd-ov/v1/recipes").status_code == 200  # the webui keeps serving
 
 
-def test_the_tab_offers_every_deepcache_branch_the_form_takes(webui):
+def test_the_tab_offers_every_deepcache_branch_the_form_takes(webui, monkeypatch):
     """The tab, the accordion, Settings and the form share one range (it once was 0-3 in the tab,
     0-10 in the form)."""
     import gradio as gr
@@ -327,6 +330,11 @@ def test_the_tab_offers_every_deepcache_branch_the_form_takes(webui):
         webui.shared.opts.data_labels["sd_ov_deepcache_branch"].component_args["maximum"]
         == MAX_DEEPCACHE_BRANCH
     )
+    # Optimize makes the pair a DeepCache job asks for by default: the Settings' branch
+    default = by_id["sd_ov_recipe_deepcache"].value
+    assert default() == "0" and default() in offered
+    monkeypatch.setitem(webui.shared.opts.data, "sd_ov_deepcache_branch", 2)
+    assert default() == "2"
 
 
 def test_the_same_recipe_from_the_cli_and_the_tab_is_one_entry(webui, monkeypatch, tmp_path):
@@ -401,8 +409,7 @@ def test_optimize_frees_the_text_encoder_except_while_prompts_are_encoded(webui,
     monkeypatch.setattr(type(model.first_stage_model), "decode", decode)
     monkeypatch.setattr(engine, "prepare_entry", prepare)
     monkeypatch.setattr(type(model.cond_stage_model), "encode_with_transformers", encode)
-    small = {**SMALL, "int8": "hybrid", "samples": 2, "calib_steps": 2, "deepcache_branch": "off"}
-    done = api.post("/sd-ov/v1/optimize", json=small)
+    done = api.post("/sd-ov/v1/optimize", json={**SMALL, "int8": "hybrid", "samples": 2, "calib_steps": 2})
     assert done.status_code == 200, done.text
     assert done.json()["deepcache_branch"] is None and done.json()["deepcache_note"] == ""  # "off" asked
     assert seen["export"] and all(seen["export"]), seen  # freed while the UNet was exported
