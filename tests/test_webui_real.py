@@ -667,6 +667,10 @@ def test_an_int8_recipe_with_deepcache_is_five_times_faster_per_picture_than_tor
             results[name] = txt2img(label, **kwargs, **auto_vae)
             seconds[name] = results[name][2]
             parts[name] = request_parts(webui.log.read_text(), seconds[name])
+        # img2img from torch's picture: the INT8 VAE's encoder encodes it (and torch's VAE, to compare)
+        i2i = {"init_images": [png_b64(torch_image)], "denoising_strength": 0.5, **job}
+        i2i_torch = img2img("None", i2i)
+        i2i_int8 = img2img(fastest["label"], i2i, **auto_vae)
     finally:
         webui.stop()
         lora.unlink(missing_ok=True)
@@ -698,6 +702,9 @@ def test_an_int8_recipe_with_deepcache_is_five_times_faster_per_picture_than_tor
     assert int8_info["OpenVINO DeepCache"] == "interval 3, branch 0, non-uniform", int8_info
     assert fast_info["OpenVINO preset"] == "fastest", fast_info
     assert fast_info["OpenVINO VAE"] == "decode (int8)", fast_info
+    i2i_report = f"{i2i_int8[1].get('OpenVINO VAE')}, {i2i_int8[2]:.1f} s (torch {i2i_torch[2]:.1f} s)"
+    print(f"\n[img2img] INT8 VAE: {i2i_report}, {psnr(i2i_int8[0], i2i_torch[0]):.1f} dB against torch's")
+    assert i2i_int8[1]["OpenVINO VAE"] == "encode (int8), decode (int8)", i2i_int8[1]
     assert lcm_info["OpenVINO LoRA"] == "sdov-test-lcm:1", lcm_info
     assert lcm_info["OpenVINO note"].startswith("CFG 1: the negative prompt's half"), lcm_info
     assert fastest["vae_decoder"]["psnr_db"] >= 25, fastest
