@@ -67,10 +67,18 @@ def activation_quantized(model, op_type: str) -> set[str]:
     }
 
 
+@pytest.fixture(scope="module")
+def shared_root(tmp_path_factory):
+    """One cache for both hybrid modes: the FP32 IR they start from is exported once."""
+    return tmp_path_factory.mktemp("hybrid-cache")
+
+
 @pytest.mark.parametrize("mode", ["hybrid", "hybrid-ff"])
-def test_int8_hybrid_quantizes_normalized_convolutions_only(tiny_unet, calibration, tmp_path, mode):
+def test_int8_hybrid_quantizes_normalized_convolutions_only(tiny_unet, calibration, shared_root, mode):
     recipe = Recipe(int8=mode, samples=6)
-    entry = optimize(tiny_unet, tmp_path, "tiny", "f" * 64, recipe, lambda _u, _p: calibration, measure=None)
+    entry = optimize(
+        tiny_unet, shared_root, "tiny", "f" * 64, recipe, lambda _u, _p: calibration, measure=None
+    )
     model = engine.open_unet(entry).model
     quantized = activation_quantized(model, "Convolution")
     assert any("in_layers" in name or "out_layers" in name for name in quantized)
