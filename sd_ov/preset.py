@@ -1,13 +1,17 @@
 """The "fastest" preset: the combination of recipe, precision and DeepCache schedule that made the
-fastest picture within the fidelity floor in bench/picture.py (README, "The whole picture").
+fastest picture within the fidelity floor (25 dB against torch's picture, the original report's
+bar) in a real webui (`tests/test_webui_real.py -k five_times`, README, "How much faster").
 
-Measured on 2 cores, SD1.5 at 512², 20 Euler steps: INT8 hybrid + ToMe 0.5 is the fastest recipe
-within rel L2 0.1 of torch (bench/recipes.py), DeepCache's non-uniform schedule at interval 3
-keeps the picture closest to the uncached one for its speed (bench/deepcache.py), and together
-(AMD EPYC Zen 4, 2026-12-01) they made the picture in 38.4 s against torch's 406.6 s (ldm
-attention) and 239.8 s (SDPA) at 37.8 dB. bf16 for the float parts only where this CPU runs bf16
-faster than f32 (`cpu_caps`; 1.95x on that Zen 4): a claim of BF16 is not enough (3x slower on an
-AMX VM).
+Measured on 2 cores, SD1.5 at 512², 20 Euler steps, the whole API request (AMD EPYC Zen 4,
+2026-12-03, seeded random weights): INT8 hybrid-ff (hybrid with the feed-forward MatMuls W8A8
+too) + ToMe 0.5 with its DeepCache pair at interval 4, non-uniform (5 full calls of 20), and the
+INT8 VAE: 22.7 s against torch's 345.4 s (15.2x) at 34.4 dB; the same recipe at interval 3
+27.4 s at 35.1 dB, INT8 hybrid at interval 3 (the preset before) 31.1 s at 35.2 dB. Random
+weights cannot show what static activation scales (hybrid-ff) or fewer full calls (interval 4)
+do to a real checkpoint's picture: Optimize's report gives the PSNR against torch on the user's
+checkpoint, and interval 3 in the accordion brings the closer pictures back. bf16 for the float
+parts only where this CPU runs bf16 faster than f32 (`cpu_caps`; 1.95x on that Zen 4): a claim
+of BF16 is not enough (3x slower on an AMX VM).
 """
 
 from __future__ import annotations
@@ -56,8 +60,9 @@ class Preset:
 
 FASTEST = Preset(
     "fastest",
-    Recipe(int8="hybrid", tome=0.5),
-    DeepCacheConfig(3, 0, "non-uniform"),
+    Recipe(int8="hybrid-ff", tome=0.5),
+    DeepCacheConfig(4, 0, "non-uniform"),
+    # SDXL keeps hybrid: hybrid-ff is measured on SD1.5 only
     Recipe(int8="hybrid"),
     vae_int8=True,
 )

@@ -12,6 +12,7 @@ from sd_ov import cache, engine, metrics
 from sd_ov import cpu_caps as cpu_caps_module
 from sd_ov.cpu_caps import CpuCaps
 from sd_ov.deepcache import DeepCacheConfig
+from sd_ov.preset import FASTEST
 
 from . import windows_fs
 from .conftest import unet_inputs
@@ -121,7 +122,7 @@ def pair_equals_its_recipe(single, deepcache: DeepCacheConfig) -> None:
 
 @pytest.mark.parametrize("webui", ["micro"], indirect=True)  # NNCF and tracing are most of its time
 def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path, monkeypatch):
-    """The fastest preset: INT8 hybrid + ToMe 0.5 and its DeepCache pair (f32 here: the CPU's
+    """The fastest preset: INT8 hybrid-ff + ToMe 0.5 and its DeepCache pair (f32 here: the CPU's
     bf16 verdict is pinned, test_preset.py tests that choice)."""
     import gradio as gr
 
@@ -130,43 +131,44 @@ def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path, m
     bar = gr.Progress()
     message = optimize_in_tab(webui, progress_bar=bar, preset="fastest", int8="weights", tome=0.0)
     assert "ready" in message and "PSNR" in message, message
-    assert "fastest preset runs it with DeepCache interval 3, branch 0, non-uniform" in message
-    assert "INT8 ToMe0.5" in webui.pkg.tab.recipe_entries_html()
+    assert f"fastest preset runs it with DeepCache {FASTEST.deepcache.infotext()}" in message
+    assert "INT8ff ToMe0.5" in webui.pkg.tab.recipe_entries_html()
     descs = " | ".join(d for _, d in bar.calls)
     assert "calibration picture 1/2: a red apple" in descs and "compressing to INT8" in descs
     assert descs.count("calibration picture 1/2") == 1, "the pair is calibrated on the same samples"
     assert "compressing the shallow model to INT8" in descs
     assert bar.calls[-1][0] == 1.0 and webui.shared.state.job == ""  # the job ended
-    label = "[OpenVINO INT8 ToMe0.5] tinyckpt"
+    label = "[OpenVINO INT8ff ToMe0.5] tinyckpt"
     assert [o.label for o in webui.sd_unet.unet_options] == ["[OpenVINO] tinyckpt", label]
 
     webui.shared.opts.sd_unet = "None"
     torch_job = txt2img(webui)
     webui.shared.opts.sd_unet = label
     webui.shared.opts.token_merging_ratio = 0.3
-    job = txt2img(webui, deepcache=(3, 0, "non-uniform"))  # the recipe's own DeepCache pair serves
+    preset = FASTEST.deepcache
+    job = txt2img(webui, deepcache=(preset.interval, preset.branch, preset.schedule))  # the recipe's own pair
     unet = webui.sd_unet.current_unet
     assert unet.unavailable is None and unet.record.openvino_calls == 4
     assert {"F", "S"} <= set(unet.served.deepcache.pattern)
     params = infotext_params(job.infotexts[0])
-    assert params["OpenVINO"].startswith("int8-tome0.5+DeepCache3b0nu"), params
+    assert params["OpenVINO"].startswith(f"int8ff-tome0.5+{preset.label()}"), params
     assert params["OpenVINO preset"] == "fastest" and "OpenVINO note" not in params
     assert unet.served.entry.manifest.preset == "fastest"
     listed = {r.label: r for r in webui.pkg.api.recipes_route().recipes}  # what GET /sd-ov/v1/recipes says
-    assert listed["INT8 ToMe0.5"].deepcache_branches == [0]
+    assert listed["INT8ff ToMe0.5"].deepcache_branches == [0]
     pair_equals_its_recipe(unet.served.entry, DeepCacheConfig(2, 0))
     assert "webui ratio 0.3 not applied" in params["OpenVINO token merging"]
     assert metrics.rel_l2(job.latent, torch_job.latent) < 0.25
     job = txt2img(webui, deepcache=(3, 1, "uniform"))  # a branch Optimize did not make
     params = infotext_params(job.infotexts[0])
-    assert params["OpenVINO"] == "int8-tome0.5, CPU, f32, dynamic" and "OpenVINO preset" not in params
-    said = "DeepCache off: no DeepCache pair (branch 1) of INT8 ToMe0.5: Optimize it with 'DeepCache pair"
+    assert params["OpenVINO"] == "int8ff-tome0.5, CPU, f32, dynamic" and "OpenVINO preset" not in params
+    said = "DeepCache off: no DeepCache pair (branch 1) of INT8ff ToMe0.5: Optimize it with 'DeepCache pair"
     assert params["OpenVINO note"].startswith(said), params
     assert "webui ratio 0.3 not applied" in webui.pkg.accordion.status_html()
 
     # delete it from the tab: the option goes, the serving UNet was given back first, so even
     # under Windows' rules (no delete of a mapped file) nothing of it stays
-    (choice,) = [c for c in webui.pkg.tab.entry_choices() if "INT8 ToMe0.5" in c]
+    (choice,) = [c for c in webui.pkg.tab.entry_choices() if "INT8ff ToMe0.5" in c]
     cache_dir = tmp_path / "cache"
     assert len(list(cache_dir.rglob("unet_shallow.xml"))) == 1
     windows_fs.install(monkeypatch)
@@ -179,7 +181,9 @@ def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path, m
     webui.sd_unet.unet_options.append(webui.pkg.options.OpenVINOUnetOption(webui.info, unet.recipe))
     job = txt2img(webui)  # a stale label: torch serves, with the reason
     assert "Optimize" in webui.sd_unet.current_unet.unavailable
-    assert infotext_params(job.infotexts[0])["OpenVINO"].startswith("off (INT8 ToMe0.5 of tinyckpt is not in")
+    assert infotext_params(job.infotexts[0])["OpenVINO"].startswith(
+        "off (INT8ff ToMe0.5 of tinyckpt is not in"
+    )
 
 
 def test_cancel_in_the_tab_leaves_no_entry_and_the_next_job_works(webui, tmp_path):
