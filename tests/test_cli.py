@@ -110,14 +110,15 @@ def test_optimize_command_prints_the_report_and_the_cache_lists_it(tmp_path):
         "1",
         "--calib-steps",
         "4",
+        "--deepcache-branch",
+        "off",  # the default pair is made in test_webui_tab_api.py::test_api_optimizes_and_lists
         cwd=tmp_path,
     )
-    report, end = json.JSONDecoder().raw_decode(out[out.index("{") :])  # the recipe's, then its pair's
-    pair = json.loads(out[out.index("{") + end :])
+    report = json.loads(out[out.index("{") :])
     assert report["label"] == "INT8 ToMe0.5" and report["speedup"] > 0 and report["rel_l2"] < 0.5
     listing = run("cache", "--cache", cache, cwd=tmp_path)
     assert "int8-tome0.5" in listing and "x torch, rel L2" in listing
-    assert pair["deepcache_branch"] == 0 and "int8-tome0.5-deepcache-b0" in listing  # made by default
+    assert "deepcache" not in listing  # "off": no pair
     done = subprocess.run(
         [sys.executable, "-m", "sd_ov", "optimize", *common, "--tome", "0.9"],
         capture_output=True,
