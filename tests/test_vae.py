@@ -114,7 +114,9 @@ def test_the_int8_decoder_is_an_entry_beside_the_vaes_and_a_cancel_leaves_none(t
     assert vae_int8.find_int8_decoder(entry) is None
     assert [p.name for p in entry.path.parent.iterdir() if p.is_dir()] == [entry.path.name]
 
-    decoder = vae_int8.quantize_vae_decoder(entry, [z.numpy() for z in latents], pictures)
+    decoder = vae_int8.quantize_vae_decoder(
+        entry, [z.numpy() for z in latents], pictures, encoder_min_psnr_db=0
+    )
     assert vae_int8.find_int8_decoder(entry).path == decoder.path != entry.path
     report = decoder.manifest.report
     assert 15 < report.psnr_db < 100 and 15 < report.encoder_psnr_db < 100  # quantized: close, not equal
@@ -132,7 +134,15 @@ def test_the_int8_decoder_is_an_entry_beside_the_vaes_and_a_cancel_leaves_none(t
     with torch.no_grad():
         expected = tiny_vae.encode_moments(x)
     assert served.encoder_int8 and 0 < metrics.rel_l2(served.encode(x), expected) < 0.2
-    decoder_only = vae_int8.quantize_vae_decoder(entry, [z.numpy() for z in latents])  # no pictures
+    # an INT8 encoder further from the float one than the floor is not kept: the float one encodes
+    floor = report.encoder_psnr_db + 1
+    decoder_only = vae_int8.quantize_vae_decoder(
+        entry, [z.numpy() for z in latents], pictures, encoder_min_psnr_db=floor
+    )
+    assert set(decoder_only.manifest.models) == {"decoder"} and "encoder" not in str(
+        decoder_only.manifest.files
+    )
+    assert decoder_only.manifest.report.label.startswith("INT8 VAE decoder (encoder float: INT8 ")
     served = vae.OVVae(entry, cache_compiled=False, decoder_entry=decoder_only)
     with torch.no_grad():  # the encoder is the FP32 entry's
         assert not served.encoder_int8 and torch.allclose(served.encode(x), expected, atol=1e-4, rtol=1e-3)

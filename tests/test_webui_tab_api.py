@@ -13,6 +13,7 @@ from sd_ov import cpu_caps as cpu_caps_module
 from sd_ov.cpu_caps import CpuCaps
 from sd_ov.deepcache import DeepCacheConfig
 from sd_ov.preset import FASTEST
+from sd_ov.vae_int8 import ENCODER_MIN_PSNR_DB
 
 from . import windows_fs
 from .conftest import unet_inputs
@@ -264,8 +265,9 @@ def test_optimize_makes_an_int8_vae_decoder_that_decodes_while_the_vae_precision
     done = api.post("/sd-ov/v1/optimize", json={**form, "vae_int8": True})
     assert done.status_code == 200, done.text
     made = done.json()["vae_decoder"]
-    assert made["label"] == "INT8 VAE decoder and encoder" and 20 <= made["psnr_db"] < 200, made  # close
-    assert 20 <= made["encoder_psnr_db"] < 200, made
+    assert made["label"].startswith("INT8 VAE decoder") and 20 <= made["psnr_db"] < 200, made  # close
+    kept = made["encoder_psnr_db"] >= ENCODER_MIN_PSNR_DB  # the INT8 encoder only where it is close
+    assert made["label"] == "INT8 VAE decoder and encoder" if kept else "encoder float" in made["label"], made
     decoders = [
         e
         for e in cache.list_entries(webui.pkg.settings.cache_root())
