@@ -14,8 +14,9 @@
   not the text context) quantized fully too. Measured on an SD1.5-sized UNet with random weights
   (bench/int8_matmuls.py, AMD EPYC Zen 4, bf16 float parts, batch-2 64x64 call): 3.63-3.96 s
   against hybrid's 4.36-4.45 s, rel L2 0.060 against 0.059. Random weights lack the activation
-  outliers real checkpoints have, so it is a mode of its own, Optimize's report measures it
-  against torch on the user's checkpoint, and "hybrid" stays the default.
+  outliers real checkpoints have, so it is a mode of its own and "hybrid" stays the form's
+  default; the `fastest` preset takes it (in the real webui 14 % off the preset's UNet seconds
+  at the same PSNR, preset.py), and Optimize's report measures it on the user's checkpoint.
 - "full": everything quantized from the calibration samples (`nncf.quantize`, transformer
   preset), SmoothQuant optional.
 
