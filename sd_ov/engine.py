@@ -5,10 +5,13 @@ This is the one entry point the webui adapter and the command line share.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,11 +70,14 @@ def prepare_entry(
     checkpoint_hash: str,
     recipe: Recipe = Recipe(),
     progress: ProgressFn = silent,
+    exporting: Callable[[], AbstractContextManager] = contextlib.nullcontext,
 ) -> Prepared:
     """The cache entry for this checkpoint and a plain recipe (FP32, or its DeepCache pair);
     exported only when absent or invalid. Compressed recipes are made by `optimize.optimize`.
 
     Another process exporting the same entry is waited for (its result is then used).
+    `exporting()` is entered around an export only: a host whose torch weights are freed while
+    OpenVINO serves reads them back for the trace, not for a cached entry.
     """
     if not recipe.is_plain:
         raise ValueError(f"{recipe.label()} is made by Optimize, not exported on first use")
@@ -91,18 +97,20 @@ def prepare_entry(
         if problem:
             log.warning("sd-ov: rebuilding a cache entry: %s", problem)
             progress(f"cache entry invalid, rebuilding ({problem})", 0.0)
-        spec = describe(unet).exported(tome=False)
-        branch = recipe.deepcache_branch
+        with exporting():
+            spec = describe(unet).exported(tome=False)
+            branch = recipe.deepcache_branch
 
-        def build(folder: Path) -> dict[str, Any]:
-            started = time.perf_counter()
-            if branch is None:
-                return {"unet": spec, "timings": export_unet(unet, spec, folder, scaled(progress, 0.0, 0.95))}
-            models, channels = export_deepcache(unet, spec, folder, branch, scaled(progress, 0.0, 0.95))
-            timings = {"export_s": time.perf_counter() - started}
-            return {"unet": spec, "timings": timings, "models": models, "feature_channels": channels}
+            def build(folder: Path) -> dict[str, Any]:
+                started = time.perf_counter()
+                if branch is None:
+                    timings = export_unet(unet, spec, folder, scaled(progress, 0.0, 0.95))
+                    return {"unet": spec, "timings": timings}
+                models, channels = export_deepcache(unet, spec, folder, branch, scaled(progress, 0.0, 0.95))
+                timings = {"export_s": time.perf_counter() - started}
+                return {"unet": spec, "timings": timings, "models": models, "feature_channels": channels}
 
-        entry = cache.write(root, key, build, ir_name=IR_NAME if branch is None else FULL_IR)
+            entry = cache.write(root, key, build, ir_name=IR_NAME if branch is None else FULL_IR)
     progress(f"exported the OpenVINO UNet to {entry.path}", 1.0)
     return Prepared(entry, exported=True, rebuilt_because=problem)
 

@@ -33,10 +33,15 @@ class UNetSource:
     def entry(self, recipe: Recipe, progress: ProgressFn) -> cache.CacheEntry:
         """The entry of `recipe`: plain ones are exported when missing, optimized ones must exist."""
         if recipe.is_plain:
-            with self.torch_calls():
-                return engine.prepare_entry(
-                    self.unet, self.cache_root, self.checkpoint_name, self.checkpoint_hash, recipe, progress
-                ).entry
+            return engine.prepare_entry(
+                self.unet,
+                self.cache_root,
+                self.checkpoint_name,
+                self.checkpoint_hash,
+                recipe,
+                progress,
+                exporting=self.torch_calls,
+            ).entry
         found, problem = cache.find(
             Path(self.cache_root), cache.EntryKey(self.checkpoint_name, self.checkpoint_hash, recipe)
         )
