@@ -29,6 +29,9 @@ class OpenVINOScript(scripts.Script):
     def before_process(self, p, enabled=True, *args):
         job.before_process(p, enabled)
 
+    def process(self, p, *args):
+        job.before_init(p)
+
     def process_batch(self, p, enabled=True, interval=0, branch=0, schedule="uniform", *args, **kwargs):
         job.start_batch(p, interval, branch, schedule)
 

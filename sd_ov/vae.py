@@ -76,6 +76,12 @@ class AutoencoderParts(torch.nn.Module):
     def encode_moments(self, x: torch.Tensor) -> torch.Tensor:
         return self.quant_conv(self.encoder(x))
 
+    def encode(self, x: torch.Tensor):
+        """ldm's AutoencoderKL.encode: the posterior the webui samples img2img's latent from."""
+        from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+
+        return DiagonalGaussianDistribution(self.encode_moments(x))
+
 
 def _sdpa_attnblock(self, x: torch.Tensor) -> torch.Tensor:
     """ldm's vanilla `AttnBlock` (one head over all pixels) as SDPA: traceable at any size, unlike

@@ -13,6 +13,7 @@ from modules import sd_unet, shared
 from sd_ov import DeepCacheConfig, Recipe
 
 from .options import OpenVINOUnetOption, current_openvino_unet
+from .recipe_switch import handing_over
 from .settings import opt
 
 log = logging.getLogger("sd_ov")
@@ -113,10 +114,28 @@ def skips_uncond_at_cfg1(p) -> bool:
     return isinstance(sd_unet.get_unet_option(setting), OpenVINOUnetOption)
 
 
+def before_init(p) -> None:
+    """The job's VAE and text encoders ready before `p.init`, where the webui encodes img2img's
+    and inpainting's pictures: the webui applies the SD Unet only after `p.init`, so this applies
+    it a step early (its own `apply_unet`, which then has nothing left to do), handing what does
+    not depend on the recipe from one OpenVINO option to the next (recipe_switch.py). The notes of that
+    preparation go into each batch's record (`p.sd_ov_companion_notes`; None: not prepared, the
+    batch prepares them itself, e.g. while the UNet is unavailable)."""
+    p.sd_ov_companion_notes = None
+    asked = sd_unet.get_unet_option()
+    recipe_change = current_openvino_unet() is not None and isinstance(asked, OpenVINOUnetOption)
+    with handing_over(recipe_change):  # the torch UNet stays freed, the companions compiled
+        sd_unet.apply_unet()
+        unet = current_openvino_unet()
+        if unet is not None:
+            p.sd_ov_companion_notes = unet.prepare_companions()
+
+
 def start_batch(p, interval, branch, schedule) -> None:
     unet = current_openvino_unet()
     if unet is not None:
-        unet.start_job(job_deepcache(interval, branch, schedule), int(p.steps))
+        notes = getattr(p, "sd_ov_companion_notes", None)
+        unet.start_job(job_deepcache(interval, branch, schedule), int(p.steps), companion_notes=notes)
 
 
 def start_hires_pass(p, interval, branch, schedule) -> None:

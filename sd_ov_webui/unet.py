@@ -38,6 +38,7 @@ from .lora import UNetLora, networks_set_aside, unet_lora
 from .offload import WebuiWeights, undo_lora_weights, unet_weights
 from .options import OpenVINOUnetOption, checkpoint_identity
 from .progress import cancellable_progress, webui_progress
+from .recipe_switch import HANDOVER
 from .settings import cache_root, offload_mode, runtime_settings
 from .torch_unet import call_torch, foreign_forward, unet_calls_to
 
@@ -78,10 +79,13 @@ class OpenVINOUnet(sd_unet.SdUnet):
         model = shared.sd_model
         unet = model.model.diffusion_model
         self.record = JobRecord()
+        # from the option before, at a recipe switch: its freed weights and compiled companions
+        self.weights, companions = HANDOVER.take(unet)
+        self.companions = companions or self.companions
         try:
             describe(unet)  # refuses SD3, Flux & co before anything is written
             name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
-            self.weights = unet_weights(unet, model.sd_checkpoint_info.filename)
+            self.weights = self.weights or unet_weights(unet, model.sd_checkpoint_info.filename)
             self.source = UNetSource(cache_root(), name, sha256, unet, torch_calls=self.torch_computes)
             self.binding_note = self.check_binding(model.sd_checkpoint_info)
             self.open(runtime_settings())
@@ -147,8 +151,27 @@ class OpenVINOUnet(sd_unet.SdUnet):
         if self.source is not None:
             self.source.unet.to(devices.device)  # apply_unet moved it to the CPU for us
 
-    def start_job(self, deepcache: DeepCacheConfig, expected_calls: int, first_pass: bool = True) -> None:
-        """At each batch (first_pass) and hires pass: a fresh record, this job's settings."""
+    def prepare_companions(self) -> list[str] | None:
+        """The job's VAE and text encoders, before the webui's `p.init` encodes img2img's pictures
+        (job.before_init): their notes, or None while no OpenVINO UNet is open (the batch's
+        `start_job` prepares them if its own open succeeds; until then torch's VAE and text
+        encoders serve, as in a job torch makes)."""
+        if self.served is None:
+            self.companions.drop()
+            return None
+        notes: list[str] = []
+        self.companions.start_job(self.source, notes.append)
+        return notes
+
+    def start_job(
+        self,
+        deepcache: DeepCacheConfig,
+        expected_calls: int,
+        first_pass: bool = True,
+        companion_notes: list[str] | None = None,
+    ) -> None:
+        """At each batch (first_pass) and hires pass: a fresh record, this job's settings; the
+        companions as `prepare_companions` left them (its notes given), or prepared now."""
         if first_pass:
             self.record = JobRecord()
             self.job_torch_reason = None
@@ -186,7 +209,10 @@ class OpenVINOUnet(sd_unet.SdUnet):
         self.record.summary = self.served.summary()
         self.offload()  # after a torch fallback or an export, the weights go again
         if first_pass:
-            self.companions.start_job(self.source, self.record.note)
+            if companion_notes is None:
+                self.companions.start_job(self.source, self.record.note)
+            for note in companion_notes or ():
+                self.record.note(note)
             self.sampled = False
 
     def controlnet_reason(self) -> str | None:
@@ -324,9 +350,10 @@ class OpenVINOUnet(sd_unet.SdUnet):
         if self.source is not None:
             controlnet.uninstall(self.source.unet)  # ControlNet's calls go to torch again
         self.release()
-        self.companions.drop()
         self.control_models.release()
-        if self.weights is not None:
-            self.weights.ensure(webui_progress)
-        self.weights = None
+        if self.source is None or not HANDOVER.leave(self.source.unet, self.weights, self.companions):
+            self.companions.drop()
+            if self.weights is not None:
+                self.weights.ensure(webui_progress)
+        self.weights, self.companions = None, Companions()
         self.source = None  # the torch UNet is the webui's again; keep no reference to it

@@ -116,6 +116,29 @@ def test_the_torch_vae_is_freed_while_openvino_decodes_and_a_fallback_or_a_new_v
     assert not is_released(vae) and "decode" not in vars(vae)
 
 
+def test_img2img_encodes_its_picture_on_openvino_from_the_first_job_and_on_torch_when_off(webui):
+    """The webui encodes img2img's picture in `p.init`, before the batch hooks and before it
+    applies the SD Unet: sd-ov readies its VAE at `process` (the SD Unet applied a step early), so
+    the first OpenVINO img2img job encodes on OpenVINO and says so, and a job with OpenVINO off
+    encodes on torch, not on the VAE the job before left attached."""
+    model = add_vae_and_text_encoder(webui)
+    vae = model.first_stage_model
+    picture = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5)) * 2 - 1  # latent 32²
+    vae_on = {"sd_ov_vae": True}
+    torch_job = txt2img(webui, enabled=False, override=vae_on, init_image=picture)
+    assert infotext_params(torch_job.infotexts[0])["OpenVINO"].startswith("off")
+    ov_job = txt2img(webui, override=vae_on, init_image=picture)
+    assert infotext_params(ov_job.infotexts[0])["OpenVINO VAE"] == "encode, decode"
+    assert is_released(vae)  # encoded without the torch weights
+    assert not torch.equal(ov_job.init_latent, torch_job.init_latent)  # OpenVINO's own f32 sums
+    assert metrics.rel_l2(ov_job.init_latent, torch_job.init_latent) < 1e-4
+    off_job = txt2img(webui, enabled=False, override=vae_on, init_image=picture)
+    assert torch.equal(off_job.init_latent, torch_job.init_latent) and not is_released(vae)
+    again = txt2img(webui, override=vae_on, init_image=picture)
+    assert infotext_params(again.infotexts[0])["OpenVINO VAE"] == "encode, decode"
+    assert torch.equal(again.init_latent, ov_job.init_latent)
+
+
 def test_the_vae_precision_setting_compiles_the_vae_again_and_the_infotext_names_it(webui):
     """bf16 (where this CPU has it) is another compiled VAE, close to torch's picture; back to f32,
     the f32 decode again. A device without bf16 (GPU) would get f32 whatever the setting says."""

@@ -704,8 +704,10 @@ def test_an_int8_recipe_with_deepcache_is_five_times_faster_per_picture_than_tor
     assert fast_info["OpenVINO VAE"] == "decode (int8)", fast_info
     i2i_report = f"{i2i_int8[1].get('OpenVINO VAE')}, {i2i_int8[2]:.1f} s (torch {i2i_torch[2]:.1f} s)"
     print(f"\n[img2img] INT8 VAE: {i2i_report}, {psnr(i2i_int8[0], i2i_torch[0]):.1f} dB against torch's")
-    # img2img's init picture is encoded in p.init, before the batch hooks: not served (nor named)
-    assert i2i_int8[1]["OpenVINO VAE"] == "decode (int8)", i2i_int8[1]
+    # img2img's init picture is encoded in p.init, before the batch hooks: sd-ov readies its VAE at
+    # `process`, so that encode runs on OpenVINO too (INT8 where Optimize kept an INT8 encoder)
+    said = i2i_int8[1]["OpenVINO VAE"]
+    assert said in ("encode, decode (int8)", "encode (int8), decode (int8)"), i2i_int8[1]
     assert lcm_info["OpenVINO LoRA"] == "sdov-test-lcm:1", lcm_info
     assert lcm_info["OpenVINO note"].startswith("CFG 1: the negative prompt's half"), lcm_info
     assert fastest["vae_decoder"]["psnr_db"] >= 25, fastest

@@ -136,8 +136,10 @@ def txt2img(
     height=256,
     also=(),
     cfg_scale=7.0,
+    init_image=None,
 ):
-    """`also`: other extensions' always-on scripts of the job (the ControlNet stand-in, ...)."""
+    """`also`: other extensions' always-on scripts of the job (the ControlNet stand-in, ...);
+    `init_image` ([-1, 1], [1, 3, H, W]) makes it an img2img job from that picture."""
     from modules import processing, scripts
 
     from sd_ov.ldm_unet import describe
@@ -146,10 +148,14 @@ def txt2img(
     gen = torch.Generator().manual_seed(99)
     cond, uncond = (torch.randn(1, 77, width_of_context, generator=gen) for _ in range(2))
     runner = scripts.ScriptRunner([(webui.script, [enabled, *deepcache]), *((script, []) for script in also)])
-    p = processing.StableDiffusionProcessing(
+    kind, picture = processing.StableDiffusionProcessing, {}
+    if init_image is not None:
+        kind, picture = processing.StableDiffusionProcessingImg2Img, {"init_image": init_image}
+    p = kind(
         webui.shared.sd_model,
         cond,
         uncond,
+        **picture,
         steps=steps,
         seed=seed,
         width=width,

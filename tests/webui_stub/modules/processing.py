@@ -48,6 +48,10 @@ class StableDiffusionProcessing:
         self.prompt = ""
         self.negative_prompt = ""
 
+    def init(self, all_prompts=None, all_seeds=None, all_subseeds=None):
+        """txt2img's init makes no latent; img2img's encodes its pictures here (see below)."""
+        self.init_latent = None
+
     def setup_conds(self):
         """With a text encoder on the model (sd_hijack_clip's stand-in), the prompts are encoded
         here, after process_batch, as the webui does; otherwise the given tensors are kept."""
@@ -117,6 +121,23 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         self.enable_hr = enable_hr
 
 
+class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
+    """img2img: its init picture ([-1, 1], [1, 3, H, W]) is encoded in `init`, which the webui
+    calls in process_images_inner after the scripts' `process` and before apply_unet and the batch
+    hooks (sd_samplers_common.images_tensor_to_samples → first_stage_model.encode → a sample of
+    the posterior, times the scale factor)."""
+
+    def __init__(self, sd_model, cond, uncond, init_image, denoising_strength=0.6, **kwargs):
+        super().__init__(sd_model, cond, uncond, **kwargs)
+        self.init_image = init_image
+        self.denoising_strength = denoising_strength
+
+    def init(self, all_prompts=None, all_seeds=None, all_subseeds=None):
+        torch.manual_seed(self.seed)  # the posterior's sample: the same draw for every job
+        posterior = self.sd_model.first_stage_model.encode(self.init_image)
+        self.init_latent = posterior.sample() * 0.18215
+
+
 class Processed:
     def __init__(self, p, latent, infotexts):
         self.latent = latent
@@ -162,6 +183,7 @@ def process_images_inner(p):
     if p.scripts is not None:
         p.scripts.process(p)
     shared.state.job = "txt2img"
+    p.init()
     sd_unet.apply_unet()
     if p.scripts is not None:
         p.scripts.process_batch(p, batch_number=0)
@@ -170,6 +192,8 @@ def process_images_inner(p):
     gen = torch.Generator().manual_seed(p.seed)
     channels = unet.in_channels
     noise = torch.randn(1, channels, p.height // 8, p.width // 8, generator=gen)
+    if p.init_latent is not None:  # img2img: sampling starts from the encoded picture, noised
+        noise = p.init_latent + noise * p.denoising_strength
 
     # sd_samplers_cfg_denoiser: "Ignore negative prompt during early sampling" skips the negative
     # half while step / steps <= it (1: every step) and puts the prompt's output in its place
@@ -207,6 +231,7 @@ def process_images_inner(p):
         p.scripts.postprocess_batch(p, result.latent, batch_number=0)
     processed = Processed(p, result.latent, [create_infotext(p)])
     processed.decoded = decoded
+    processed.init_latent = p.init_latent
     if p.scripts is not None:
         p.scripts.postprocess(p, processed)
     return processed
