@@ -45,8 +45,9 @@ def prepare_module_entry(
     ir_name: str,
     what: str,
     progress: ProgressFn = silent,
+    recipe: Recipe = Recipe(),
 ) -> cache.CacheEntry:
-    """The entry of `model` (named `name`, keyed by its weights), written by `export(folder)` when
-    absent or damaged."""
-    key = cache.EntryKey(name, weights_digest(model), Recipe(), component=component)
+    """The entry of `model` (named `name`, keyed by its weights and `recipe`: FP32, or INT8
+    weights), written by `export(folder)` when absent or damaged."""
+    key = cache.EntryKey(name, weights_digest(model), recipe, component=component)
     return cache.find_or_write(Path(cache_root), key, export, ir_name, what, progress)

@@ -40,13 +40,15 @@ class ControlModels:
     """The control models of this UNet's ControlNet jobs on OpenVINO, by weights digest."""
 
     def __init__(self) -> None:
-        self.models: dict[tuple[str, str, str], OVControlModel] = {}  # (digest, device, precision)
+        # (digest, device, precision, INT8 weights)
+        self.models: dict[tuple[str, str, str, bool], OVControlModel] = {}
         self.refused: dict[str, str] = {}  # digest → why torch runs it (export refused or failed)
         self.calls = 0
+        self.int8 = False  # this job's served control models have INT8 weights
         self.torch_reasons: list[str] = []
 
     def start_job(self) -> None:
-        self.calls, self.torch_reasons = 0, []
+        self.calls, self.int8, self.torch_reasons = 0, False, []
 
     @contextlib.contextmanager
     def serving(self, params: list[Any], device: str, precision: str) -> Iterator[None]:
@@ -76,10 +78,13 @@ class ControlModels:
         if digest in self.refused:
             self.on_torch(self.refused[digest])
             return None
-        key = (digest, device, precision)
+        int8 = bool(opt("sd_ov_control_model_int8"))
+        key = (digest, device, precision, int8)
         if key not in self.models:
             try:
-                entry = prepare_control_entry(inner, cache_root(), ENTRY_NAME, progress=cancellable_progress)
+                entry = prepare_control_entry(
+                    inner, cache_root(), ENTRY_NAME, progress=cancellable_progress, int8_weights=int8
+                )
                 self.models[key] = OVControlModel(
                     entry,
                     device=device,
@@ -117,7 +122,9 @@ class ControlModels:
         if self.torch_reasons:
             on = "some control models" if self.calls else "control models"
             return f"{on} on torch ({'; '.join(self.torch_reasons)})"
-        return "control models on OpenVINO" if self.calls else "control models on torch"
+        if not self.calls:
+            return "control models on torch"
+        return "control models on OpenVINO (INT8 weights)" if self.int8 else "control models on OpenVINO"
 
     def after_phase(self, keep_compiled: bool) -> None:
         for model in self.models.values():
@@ -147,6 +154,7 @@ class _OpenVINOForward:
                 named["x"], named["hint"], named["timesteps"], named["context"], named.get("y")
             )
             self.owner.calls += 1
+            self.owner.int8 = self.ov_model.entry.manifest.recipe.int8 == "weights"
             return out
         except Exception as err:
             self.owner.failed(self.ov_model, err)

@@ -155,6 +155,33 @@ def test_the_control_model_on_openvino_matches_torch_at_any_size_and_is_cached_o
     assert other.path != entry.path
 
 
+def test_a_control_model_with_int8_weights_is_its_own_entry_a_quarter_the_size_and_close(
+    stub_modules, tmp_path
+):
+    from sd_webui_controlnet import TinyControlNet
+
+    from sd_ov.control_model import OVControlModel, prepare_control_entry
+
+    from .conftest import TINY_SD1
+
+    model = TinyControlNet(TINY_SD1)
+    fp32 = prepare_control_entry(model, tmp_path, "controlnet")
+    int8 = prepare_control_entry(model, tmp_path, "controlnet", int8_weights=True)
+    assert int8.path != fp32.path and int8.manifest.recipe.int8 == "weights"
+    sizes = [entry.ir_path("control").with_suffix(".bin").stat().st_size for entry in (fp32, int8)]
+    assert sizes[1] < 0.4 * sizes[0], sizes
+    assert not list(int8.path.glob("*.fp32.*"))  # the FP32 stage is gone
+    gen = torch.Generator().manual_seed(4)
+    x, hint = torch.randn(2, 4, 16, 24, generator=gen), torch.rand(1, 3, 128, 192, generator=gen)
+    t, context = torch.full((2,), 400.0), torch.randn(2, 77, TINY_SD1["context_dim"], generator=gen)
+    with torch.no_grad():
+        expected = model(x=x, hint=hint.expand(2, -1, -1, -1), timesteps=t, context=context)
+    got = OVControlModel(int8, cache_compiled=False)(x, hint, t, context)
+    errors = [float((g - e).norm() / e.norm()) for g, e in zip(got, expected, strict=True)]
+    assert 1e-5 < max(errors) < 5e-2, errors  # INT8 weights: close, not equal
+    assert prepare_control_entry(model, tmp_path, "controlnet", int8_weights=True).path == int8.path
+
+
 def test_a_control_model_that_is_not_cldms_layout_is_refused(tmp_path):
     from sd_ov.control_model import prepare_control_entry
     from sd_ov.errors import UnsupportedModelError

@@ -148,9 +148,18 @@ def test_the_control_model_on_openvino_exported_once_kept_compiled_and_set_off(w
             off = txt2img(webui, also=[controlnet(control_model)], **size)
         finally:
             webui.shared.opts.sd_ov_control_model = True
+        torch_ran_it = bool(calls)
+        int8_on = {"sd_ov_control_model_int8": True}
+        txt2img(webui, also=[controlnet(control_model)], override=int8_on, **size)  # exports (a trace)
+        calls.clear()
+        int8 = txt2img(webui, also=[controlnet(control_model)], override=int8_on, **size)
+        assert not calls  # OpenVINO ran its INT8 entry
     finally:
         hook.remove()
-    assert calls  # the setting off: torch ran it, its residuals still into the OpenVINO UNet
+    said = infotext_params(int8.infotexts[0])["OpenVINO ControlNet"]
+    assert said.endswith("control models on OpenVINO (INT8 weights)"), said
+    assert not torch.equal(int8.latent, job.latent) and rel_err(int8.latent, reference.latent) < 5e-2
+    assert torch_ran_it  # the setting off: torch ran it, its residuals still into the OpenVINO UNet
     assert infotext_params(off.infotexts[0])["OpenVINO ControlNet"].endswith(
         "control models on torch (off in Settings → OpenVINO)"
     )
@@ -162,7 +171,7 @@ def test_the_control_model_on_openvino_exported_once_kept_compiled_and_set_off(w
     assert next(iter(served.control_models.models.values())) is ov_model
     assert ov_model.compiled is compiled  # kept compiled across jobs (its buffers given back)
     entries = list(cache_root().glob("controlnet-*/control-*/control_model.xml"))
-    assert len(entries) == 1, entries  # exported once
+    assert len(entries) == 2, entries  # exported once, and its INT8 weights entry
     params = infotext_params(again.infotexts[0])
     assert params["OpenVINO ControlNet"] == (
         "1 unit (ControlNet): residuals into the OpenVINO UNet, control models on OpenVINO"
