@@ -80,13 +80,14 @@ def TinyAutoencoderKL():  # noqa: N802 - reads as the class it stands in for
     return AutoencoderParts(dict(SD_DDCONFIG, resolution=64, ch=32, ch_mult=[1, 2], num_res_blocks=1), seed=0)
 
 
-def TinyCLIPTextModel():  # noqa: N802 - reads as the class it stands in for
-    """transformers' CLIPTextModel (SD1.x's text tower), tiny, seeded."""
+def TinyCLIPTextModel(hidden_size: int = 64):  # noqa: N802 - reads as the class it stands in for
+    """transformers' CLIPTextModel (SD1.x's text tower), tiny, seeded; `hidden_size` is the UNet's
+    context width."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
     config = CLIPTextConfig(
-        hidden_size=64,
+        hidden_size=hidden_size,
         intermediate_size=128,
         num_attention_heads=4,
         num_hidden_layers=3,

@@ -3,26 +3,34 @@ and compiles no VAE or text encoder again; a switch to torch gives torch everyth
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sd_ov import Recipe, torch_weights
+from sd_ov.optimize import optimize
 from sd_ov.torch_weights import is_released
 
-from .test_webui_tab_api import optimize_in_tab
 from .webui_harness import add_vae_and_text_encoder, infotext_params, txt2img
 
 ON = {"sd_ov_vae": True, "sd_ov_text_encoder": True}
 
 
+@pytest.mark.parametrize("webui", ["micro"], indirect=True)  # NNCF and tracing are most of its time
 def test_a_recipe_switch_keeps_the_unet_freed_and_the_vae_and_text_encoder_compiled(
     webui, monkeypatch, tmp_path
 ):
+    from sd_ov_webui.settings import cache_root
+
     webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")  # its INT8 entry is its own
     model = add_vae_and_text_encoder(webui)
     unet_module = model.model.diffusion_model
     original = {n: p.detach().clone() for n, p in unet_module.named_parameters()}
-    message = optimize_in_tab(webui, int8="weights", tome=0.0, deepcache_branch="off")
-    assert "ready" in message, message
+    # a second recipe of the checkpoint: INT8 weights by NNCF (no calibration, no measurement)
+    name, sha256 = webui.pkg.options.checkpoint_identity(webui.info)
+    optimize(
+        unet_module, cache_root(), name, sha256, Recipe(int8="weights"), measure=None, cache_compiled=False
+    )
+    webui.sd_unet.list_unets()
     plain_label, int8_label = (o.label for o in webui.sd_unet.unet_options)
     plain = txt2img(webui, override={"sd_unet": plain_label, **ON})
     before = webui.sd_unet.current_unet

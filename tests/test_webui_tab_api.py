@@ -238,6 +238,7 @@ SMALL = {
 }
 
 
+@pytest.mark.parametrize("webui", ["micro"], indirect=True)  # NNCF and tracing are most of its time
 def test_api_optimizes_and_lists(api):
     default_pair = {k: v for k, v in SMALL.items() if k != "deepcache_branch"}
     done = api.post("/sd-ov/v1/optimize", json=default_pair)
@@ -249,6 +250,7 @@ def test_api_optimizes_and_lists(api):
     assert listed[0]["option"] == "[OpenVINO INT8w] tinyckpt" and listed[0]["deepcache_branches"] == [0]
 
 
+@pytest.mark.parametrize("webui", ["micro"], indirect=True)  # NNCF and tracing are most of its time
 def test_optimize_makes_an_int8_vae_decoder_that_decodes_while_the_vae_precision_is_auto(api, webui):
     """Issue #24's INT8 VAE: Optimize calibrates it on the latents its calibration pictures
     decoded and measures it against the torch VAE's pictures; from the next job on, "auto" decodes
@@ -373,6 +375,7 @@ def test_the_same_recipe_from_the_cli_and_the_tab_is_one_entry(webui, monkeypatc
     ).folder(tmp_path)
 
 
+@pytest.mark.parametrize("webui", ["micro"], indirect=True)  # NNCF and tracing are most of its time
 def test_optimize_frees_the_text_encoder_except_while_prompts_are_encoded(webui, api, monkeypatch):
     """The text encoders' torch weights (SDXL: 3.3 GB) leave memory while Optimize exports,
     compiles, samples with the FP32 UNet and compresses; they are back, bit-exactly, for each

@@ -108,11 +108,13 @@ def add_vae_and_text_encoder(webui):
     weights under the webui's keys, as a real checkpoint has them. Call before the first job."""
     from modules.sd_hijack_clip import FrozenCLIPEmbedder, FrozenCLIPEmbedderWithCustomWords
 
+    from sd_ov.ldm_unet import describe
+
     from .conftest import TinyAutoencoderKL, TinyCLIPTextModel
 
     model = webui.shared.sd_model
     model.first_stage_model = TinyAutoencoderKL()
-    clip = TinyCLIPTextModel()
+    clip = TinyCLIPTextModel(describe(model.model.diffusion_model).context_dim)
     state = {f"model.diffusion_model.{k}": v for k, v in model.model.diffusion_model.state_dict().items()}
     state.update({f"first_stage_model.{k}": v for k, v in model.first_stage_model.state_dict().items()})
     state.update({f"cond_stage_model.transformer.{k}": v for k, v in clip.state_dict().items()})
