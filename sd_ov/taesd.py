@@ -17,7 +17,7 @@ import openvino as ov
 import torch
 
 from . import cache
-from .export import save_ir
+from .export import save_ir, trace_to_openvino
 from .module_entry import prepare_module_entry
 from .progress import ProgressFn, silent
 
@@ -41,7 +41,7 @@ def export_taesd_decoder(decoder: torch.nn.Module, folder: Path, progress: Progr
     channels = latent_channels(decoder)
     z = torch.randn(1, channels, 8, 12, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        model = ov.convert_model(decoder, example_input=(z,))
+        model = trace_to_openvino(decoder, (z,))
     model.inputs[0].get_tensor().set_names({"z"})
     model.outputs[0].get_tensor().set_names({"out"})
     model.reshape({"z": ov.PartialShape([-1, channels, -1, -1])})

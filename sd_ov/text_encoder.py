@@ -17,7 +17,7 @@ import torch
 from . import cache, fs
 from .compiled import EntryPart
 from .compress import compress_ir
-from .export import save_ir
+from .export import save_ir, trace_to_openvino
 from .progress import ProgressFn, silent
 from .recipe import Recipe
 from .text_encoder_graphs import ClipFromEmbeddings, OpenClipFromEmbeddings
@@ -82,7 +82,7 @@ def export_text_encoder(
     progress("tracing the text encoder", 0.0)
     traceable, example, shapes = _traceable(module, kind)
     with torch.no_grad():
-        model = ov.convert_model(traceable, example_input=example)
+        model = trace_to_openvino(traceable, example)
     for port, name in zip(model.inputs, shapes, strict=True):
         port.get_tensor().set_names({name})
     for port, name in zip(model.outputs, ("hidden", "pooled")[: len(model.outputs)], strict=True):

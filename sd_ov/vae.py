@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from . import cache
 from .compiled import EntryPart
 from .constants import VAE_PRECISIONS
-from .export import save_ir
+from .export import save_ir, trace_to_openvino
 from .ov_core import compile_properties, device_kind
 from .progress import ProgressFn, silent
 from .recipe import Recipe
@@ -108,7 +108,7 @@ def traceable_vae() -> Iterator[None]:
 
 def _convert(module: torch.nn.Module, example: torch.Tensor, name: str, channels: int) -> ov.Model:
     with torch.no_grad(), traceable_vae():
-        model = ov.convert_model(module, example_input=(example,))
+        model = trace_to_openvino(module, (example,))
     model.inputs[0].get_tensor().set_names({name})
     model.outputs[0].get_tensor().set_names({"out"})
     model.reshape({name: ov.PartialShape([-1, channels, -1, -1])})
