@@ -206,3 +206,25 @@ def test_nan_in_the_inputs_is_not_blamed_on_openvino(tiny_unet, tiny_entry):
     with pytest.raises(NonFiniteOutputError, match="input context already had NaN"):
         served(x, t, c)
     served.release()
+
+
+def test_an_export_runs_the_unet_once_and_its_graph_matches_torch(micro_unet):
+    """The converter traces once: torch's trace check (a second trace and two more forwards, 60 % of
+    a conversion) is off, and what guards the graph is comparing its output with torch's."""
+    import openvino as ov
+
+    from sd_ov.export import convert_unet
+
+    calls = []
+    hook = micro_unet.out.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        model = convert_unet(micro_unet, describe(micro_unet))
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    x, t, c = unet_inputs(2, 8, 12, 77, MICRO["context_dim"])
+    out = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(
+        {"x": x, "timesteps": t, "context": c}
+    )
+    with torch.no_grad():
+        assert metrics.rel_l2(torch.from_numpy(out[0]), micro_unet(x, t, c)) < 1e-5
