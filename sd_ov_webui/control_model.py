@@ -127,7 +127,7 @@ class ControlModels:
         return "control models on OpenVINO (INT8 weights)" if self.int8 else "control models on OpenVINO"
 
     def after_phase(self, keep_compiled: bool) -> None:
-        if not self.models:  # a job without ControlNet: no full collection (0.15-0.5 s in a webui)
+        if not self.models:  # a job without ControlNet: no full collection (0.15 s in the tests' process)
             return
         for model in self.models.values():
             if keep_compiled:

@@ -211,9 +211,8 @@ def test_nan_in_the_inputs_is_not_blamed_on_openvino(tiny_unet, tiny_entry):
 def test_an_export_runs_the_unet_once_and_its_graph_matches_torch(micro_unet):
     """The converter traces once: torch's trace check (a second trace and two more forwards, 60 % of
     a conversion) is off, and what guards the graph is comparing its output with torch's."""
-    import openvino as ov
-
     from sd_ov.export import convert_unet
+    from sd_ov.ov_core import get_core
 
     calls = []
     hook = micro_unet.out.register_forward_hook(lambda *_: calls.append(1))
@@ -223,7 +222,7 @@ def test_an_export_runs_the_unet_once_and_its_graph_matches_torch(micro_unet):
         hook.remove()
     assert len(calls) == 1
     x, t, c = unet_inputs(2, 8, 12, 77, MICRO["context_dim"])
-    out = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(
+    out = get_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(
         {"x": x, "timesteps": t, "context": c}
     )
     with torch.no_grad():
