@@ -18,6 +18,8 @@ MAX_TOME_RATIO = 0.75
 # input blocks; the export checks the real count.
 SCHEDULES = ("uniform", "non-uniform")
 MAX_DEEPCACHE_BRANCH = 10
+# The cached deep feature: the full model's second output, the shallow model's last input.
+DEEPCACHE_FEATURE = "feature"
 # Where a single-file checkpoint keeps the UNet's weights.
 CHECKPOINT_UNET_PREFIX = "model.diffusion_model."
 

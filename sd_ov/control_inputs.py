@@ -10,6 +10,13 @@ or this one, never both.
 
 The inputs are numbered as ControlNet's outputs are: `control.i` for input block i, and the last
 one (`control.n`, n = number of input blocks) for the middle block.
+
+DeepCache's pair takes them too. Its full graph is the whole UNet: every input. Its shallow graph
+joins only input blocks 0..branch, and its first join's `h` is the feature cached at the last
+full call, which already holds that call's middle and deep residuals: it takes `control.0` to
+`control.branch` and nothing for the middle block, so a shallow call adds the fresh residuals
+of its own blocks (bench/controlnet_deepcache.py measured this way at 43 dB from the uncached
+ControlNet picture, as close as DeepCache keeps a plain picture).
 """
 
 from __future__ import annotations
@@ -77,12 +84,15 @@ def _add_input(port: ov.Input, name: str) -> ov.Node:
     return param
 
 
-def add_control_inputs(model: ov.Model) -> list[str]:
-    """Give `model` (in place) ControlNet's residual inputs; returns their names in order."""
+def add_control_inputs(model: ov.Model, middle: bool = True) -> list[str]:
+    """Give `model` (in place) ControlNet's residual inputs; returns their names in order.
+    middle: False for a graph whose first join takes DeepCache's cached feature, not the middle
+    block's output (its residual is in the feature already)."""
     joins = skip_joins(model)
-    names = control_input_names(len(joins))
+    names = control_input_names(len(joins))[: len(joins) + middle]
     params = [_add_input(joins[block].input(1), names[block]) for block in range(len(joins))]
-    params.append(_add_input(joins[len(joins) - 1].input(0), names[-1]))  # the middle block's output
+    if middle:
+        params.append(_add_input(joins[len(joins) - 1].input(0), names[-1]))  # the middle block's output
     model.add_parameters(params)
     model.validate_nodes_and_infer_types()
     return names

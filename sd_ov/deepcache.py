@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import openvino as ov
 import torch
 
-from .constants import SCHEDULES
+from .constants import DEEPCACHE_FEATURE, SCHEDULES
 from .errors import UnsupportedModelError
 from .export import (
     OUTPUT_NAME,
@@ -237,17 +238,27 @@ class DeepCacheUNet:
                 model.release()
 
     def __call__(
-        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *y: torch.Tensor
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        *y: torch.Tensor,
+        control: Sequence[torch.Tensor] = (),
     ) -> torch.Tensor:
+        """control: ControlNet's residuals of this call (one per input block, then the middle
+        block's), for models opened with their inputs. A full call takes them all; a shallow one
+        those of its own input blocks 0..branch (the cached feature holds the rest, as of the last
+        full call): the control model runs every call, since reusing the full call's residuals on
+        shallow calls lost 1.4-1.9 dB more (bench/controlnet_deepcache.py)."""
         slot, full = self.state.plan(x, context)
         if full or not self.state.config.enabled:
-            out, slot.feature = self.full(x, timesteps, context, *y)
+            out, slot.feature = self.full(x, timesteps, context, *y, *control)
             self.state.full_calls += 1
             self.pattern.append("F")
             return out
         self.state.shallow_calls += 1
         self.pattern.append("S")
-        return self.shallow(x, timesteps, context, *y, slot.feature)
+        return self.shallow(x, timesteps, context, *y, slot.feature, *control[: self.branch + 1])
 
 
 def shallow_parameters(unet: torch.nn.Module, branch: int) -> int:
@@ -277,13 +288,15 @@ def export_deepcache(
     feature_shape = ov.PartialShape([-1, int(feature.shape[1]), -1, -1])
     progress(f"tracing the full UNet (DeepCache branch {branch})", 0.0)
     names = input_names(spec)
-    model = convert_module(full, unet, example, names, (OUTPUT_NAME, "feature"), dynamic_shapes(spec))
+    model = convert_module(full, unet, example, names, (OUTPUT_NAME, DEEPCACHE_FEATURE), dynamic_shapes(spec))
     progress("saving the full IR", 0.4)
     save_ir(model, folder / FULL_IR)
     del model
     progress(f"tracing the shallow UNet (DeepCache branch {branch})", 0.5)
-    shapes = {**dynamic_shapes(spec), "feature": feature_shape}
-    model = convert_module(shallow, unet, (*example, feature), (*names, "feature"), (OUTPUT_NAME,), shapes)
+    shapes = {**dynamic_shapes(spec), DEEPCACHE_FEATURE: feature_shape}
+    model = convert_module(
+        shallow, unet, (*example, feature), (*names, DEEPCACHE_FEATURE), (OUTPUT_NAME,), shapes
+    )
     progress("saving the shallow IR", 0.9)
     save_ir(model, folder / SHALLOW_IR)
     progress("saved", 1.0)

@@ -23,6 +23,7 @@ import torch
 
 from . import fs
 from .compress import Sample, compress_ir
+from .constants import DEEPCACHE_FEATURE
 from .deepcache import FULL_IR, SHALLOW_IR, export_deepcache
 from .export import IR_NAME, example_inputs, export_unet, save_ir
 from .ldm_unet import UNetSpec
@@ -32,8 +33,6 @@ from .prune import ffn_activity, magnitude_pruned_copy, neurons_to_keep, pruned_
 from .recipe import Recipe
 from .tome import token_merging
 from .torch_weights import ModuleWeights
-
-FEATURE_OUTPUT = "feature"
 
 
 def ir_files(branch: int | None) -> dict[str, str]:
@@ -98,14 +97,16 @@ def with_features(full_ir: Path, samples: Sequence[Sample]) -> list[Sample]:
     out = []
     for sample in samples:
         result = request.infer(sample)
-        out.append({**sample, FEATURE_OUTPUT: np.array(result[compiled.output(FEATURE_OUTPUT)])})
+        out.append({**sample, DEEPCACHE_FEATURE: np.array(result[compiled.output(DEEPCACHE_FEATURE)])})
     del request, compiled
     gc.collect()
     return out
 
 
 def feature_channels(full_ir: Path) -> int:
-    return int(get_core().read_model(str(full_ir)).output(FEATURE_OUTPUT).get_partial_shape()[1].get_length())
+    return int(
+        get_core().read_model(str(full_ir)).output(DEEPCACHE_FEATURE).get_partial_shape()[1].get_length()
+    )
 
 
 def build_recipe_ir(

@@ -28,7 +28,7 @@ import openvino as ov
 import torch
 
 from .compiled import CompiledPart
-from .constants import DEFAULT_SHAPE_POLICY, PRECISIONS, SHAPE_POLICIES
+from .constants import DEEPCACHE_FEATURE, DEFAULT_SHAPE_POLICY, PRECISIONS, SHAPE_POLICIES
 from .control_inputs import add_control_inputs
 from .errors import UnsupportedCallError
 from .lora_branch import (
@@ -92,7 +92,9 @@ class OVUNet(CompiledPart):
         self._lora_version = 0
         self._lora_applied: dict[int, int] = {}  # id(request) → version of the states it holds
         # ControlNet: its residuals as inputs at the skip joins (control_inputs.py); off, none.
-        self.control_inputs: list[str] = add_control_inputs(self.model) if control else []
+        # DeepCache's shallow graph (it takes the cached feature) has no middle block to add to.
+        middle = DEEPCACHE_FEATURE not in {name for port in self.model.inputs for name in port.get_names()}
+        self.control_inputs: list[str] = add_control_inputs(self.model, middle) if control else []
         x_shape = self.model.input("x").get_partial_shape()
         self.in_channels = x_shape[1].get_length()
         self.context_dim = self.model.input("context").get_partial_shape()[2].get_length()

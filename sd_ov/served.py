@@ -48,8 +48,8 @@ class ServedUNet:
         # The branch costs memory (+0.31 GiB for SD1.5 at 512², bench/lora.py), so the graph
         # gets it at the first LoRA, then keeps it, so later switches recompile nothing.
         self.with_branch = False
-        # ControlNet's residuals as inputs of the plain model (control_inputs.py): set per job by
-        # `set_control`; while on, DeepCache does not run (the residuals reach every block).
+        # ControlNet's residuals as inputs of the models (control_inputs.py): set per job by
+        # `set_control`; DeepCache's pair takes them too.
         self.with_control = False
 
     def open(self) -> None:
@@ -85,8 +85,9 @@ class ServedUNet:
 
     def set_control(self, on: bool) -> None:
         """Open the plain model with ControlNet's residual inputs (a ControlNet job), or with the
-        IR's graph again (a job without): a switch reopens the model, one compile."""
-        if on == self.with_control and (self.plain is not None or not on):
+        IR's graph again (a job without): a switch reopens the model, one compile (and drops
+        DeepCache's pair: `start_job` opens it again with or without the inputs)."""
+        if on == self.with_control and (self.loaded or not on):
             return
         what = "with ControlNet's residual inputs" if on else "without ControlNet's inputs"
         self.progress(f"opening the OpenVINO UNet {what} (compiled once)", 0.0)
@@ -145,8 +146,6 @@ class ServedUNet:
             if self.deepcache is not None:
                 self.deepcache.start(config)
             return None
-        if self.with_control:
-            return "DeepCache off: ControlNet adds its residuals to every skip connection at every step"
         try:
             if self.deepcache is None or self.deepcache.branch != config.branch:
                 # Found (or exported) first: a pair that isn't there leaves the models as they are.
@@ -163,6 +162,7 @@ class ServedUNet:
                     config,
                     progress=self.progress,
                     lora=self.with_branch,
+                    control=self.with_control,
                     **self.settings.open_kwargs(),
                 )
                 self._reapply_lora()
@@ -192,16 +192,12 @@ class ServedUNet:
                 if self.with_control
                 else "ControlNet's residuals came, but the OpenVINO UNet was opened without their inputs"
             )
-        if control:
-            if self.plain is None:
-                raise SdOvError("the OpenVINO UNet was released")
-            out = self.plain(x, timesteps, context, *y, *control)
-        elif self.deepcache is not None and self.job_deepcache.enabled:
-            out = self.deepcache(x, timesteps, context, *y)
+        if self.deepcache is not None and self.job_deepcache.enabled:
+            out = self.deepcache(x, timesteps, context, *y, control=control)
         elif self.deepcache is not None:  # same weights and output as the plain model
-            out = self.deepcache.full(x, timesteps, context, *y)[0]
+            out = self.deepcache.full(x, timesteps, context, *y, *control)[0]
         elif self.plain is not None:
-            out = self.plain(x, timesteps, context, *y)
+            out = self.plain(x, timesteps, context, *y, *control)
         else:
             raise SdOvError("the OpenVINO UNet was released")
         if not bool(torch.isfinite(out).all()):

@@ -192,7 +192,7 @@ class OpenVINOUnet(sd_unet.SdUnet):
         try:  # a reopen here (the first LoRA, a ControlNet switch) may be interrupted: torch serves
             if not lora.why_not:
                 self.serve_lora(lora)  # before start_job: the first LoRA reopens the models with the branch
-            # before start_job too: DeepCache does not run with ControlNet
+            # before start_job too: DeepCache opens its pair with or without ControlNet's inputs
             self.controlnet_job = controlnet.serve_units(
                 self.source.unet, self.served, self.record, hook, self
             )

@@ -21,22 +21,34 @@ def torch_with_residuals(unet, x, t, context, residuals, y=None):
     """ControlNet's way through the UNet (cldm's ControlledUnetModel, sd-webui-controlnet's
     hook): each residual added to its skip connection, the last one to the middle block's output;
     the webui's resize where an upsampled feature meets an odd-sized skip. y: SDXL's vector."""
-    residuals = list(residuals)
+    return controlled_forward(unet, x, t, context, residuals, y)[0]
+
+
+def controlled_forward(unet, x, t, context, residuals, y=None, branch=None, feature=None):
+    """`torch_with_residuals`, and with `branch` DeepCache's calls as the bench's reference makes
+    them (bench/controlnet_deepcache.py): without `feature` a full call, which also returns the
+    feature entering output block N-1-branch; with it a shallow call, which runs input blocks
+    0..branch, adds their residuals only, and continues from the feature."""
+    n = len(unet.input_blocks)
     with torch.no_grad():
         emb = unet.time_embed(timestep_embedding(t, unet.model_channels, repeat_only=False))
         if y is not None:
             emb = emb + unet.label_emb(y)
         hs, h = [], x
-        for block in unet.input_blocks:
+        for block in unet.input_blocks[: n if feature is None else branch + 1]:
             h = block(h, emb, context)
             hs.append(h)
-        h = unet.middle_block(h, emb, context) + residuals.pop()
-        for block in unet.output_blocks:
-            skip = hs.pop() + residuals.pop()
+        first = 0 if feature is None else n - 1 - branch
+        h = unet.middle_block(h, emb, context) + residuals[n] if feature is None else feature
+        cached = None
+        for j, block in enumerate(unet.output_blocks[first:], start=first):
+            if branch is not None and j == n - 1 - branch:
+                cached = h
+            skip = hs.pop() + residuals[len(hs)]
             if h.shape[-2:] != skip.shape[-2:]:
                 h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
             h = block(torch.cat([h, skip], dim=1), emb, context)
-        return unet.out(h)
+        return unet.out(h), cached
 
 
 def random_residuals(unet, batch, h, w, seed=1):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sd_ov import engine, metrics
+from sd_ov.control_inputs import control_input_names
 from sd_ov.deepcache import (
     DeepCacheConfig,
     DeepCacheFull,
@@ -18,6 +19,7 @@ from sd_ov.recipe import Recipe
 from sd_ov.sampling import sample_euler, sample_heun
 
 from .conftest import unet_inputs
+from .test_controlnet import controlled_forward, random_residuals
 
 TOLERANCE = 1e-4
 
@@ -70,6 +72,34 @@ def test_odd_sizes_in_the_full_and_the_shallow_model(stub_modules, deepcache_ent
     assert feature.shape[-2:] == (42, 26)  # upsampled, before the join resizes it
     assert metrics.rel_l2(out, ref) <= TOLERANCE and metrics.rel_l2(feature, ref_feature) <= TOLERANCE
     assert metrics.rel_l2(runner.shallow(x, t, c, feature), ref) <= TOLERANCE
+
+
+@pytest.mark.parametrize("h,w", [(32, 32), (41, 25)])
+def test_controlnets_residuals_reach_the_full_and_the_shallow_model(
+    stub_modules, deepcache_entry, tiny_unet, h, w
+):
+    """Issue #24: the pair opened with ControlNet's inputs. The full model takes every residual;
+    the shallow one those of input blocks 0..branch only (the cached feature holds the middle
+    block's and the deep ones of the last full call). Full and shallow calls, each with the
+    residuals of its own call, equal torch's ControlNet forward cached the same way, call by call
+    (odd sides too: the shallow join resizes the cached feature)."""
+    names = control_input_names(len(tiny_unet.input_blocks))
+    runner = engine.open_deepcache(deepcache_entry.entry, DeepCacheConfig(3, 1), control=True)
+    assert runner.full.control_inputs == names
+    assert runner.shallow.control_inputs == names[:2]  # branch 1: input blocks 0 and 1, no middle
+    runner.start(DeepCacheConfig(3, 1))
+    x, t, c = unet_inputs(2, h, w, 77, 64, seed=11)
+    feature = None
+    for call in range(3):
+        x, t = x * 0.9, t - 50  # a sampler's next call: the cached feature is one call old
+        residuals = random_residuals(tiny_unet, 2, h, w, seed=20 + call)
+        expected, cached = controlled_forward(tiny_unet, x, t, c, residuals, branch=1, feature=feature)
+        feature = cached if feature is None else feature
+        assert metrics.rel_l2(runner(x, t, c, control=residuals), expected) <= TOLERANCE
+    assert runner.pattern == ["F", "S", "S"]
+    no_control = [r * 0 for r in residuals]
+    shallow_without, _ = controlled_forward(tiny_unet, x, t, c, no_control, branch=1, feature=feature)
+    assert metrics.rel_l2(shallow_without, expected) > 0.05  # its own residuals count: the test can fail
 
 
 class Recorder:

@@ -180,6 +180,29 @@ def test_sdxl_graph_takes_controlnets_residuals_like_torch(sdxl_unet, tmp_path):
     assert metrics.rel_l2(served(x, t, c, y, *residuals), ref) <= TOLERANCE
 
 
+def test_sdxl_deepcache_pair_takes_controlnets_residuals_with_y(sdxl_unet, tmp_path):
+    """ControlNet with DeepCache on SDXL: the full model takes y and every residual, the shallow
+    one y, the cached feature and the residuals of its own input blocks; each equals torch's."""
+    from sd_ov.ldm_unet import feature_shapes
+
+    from .test_controlnet import controlled_forward
+
+    entry = engine.prepare_entry(sdxl_unet, tmp_path, "tiny-sdxl", "h", Recipe().with_deepcache(0)).entry
+    pair = engine.open_deepcache(entry, DeepCacheConfig(2, 0, "uniform"), control=True)
+    assert pair.shallow.extra_inputs == ["y", "feature", "control.0"]
+    x, t, c, y = inputs(2, 24, 16, seed=5)
+    gen = torch.Generator().manual_seed(10)
+    feature = None
+    for _ in range(2):
+        residuals = [
+            torch.randn(2, *shape, generator=gen) * 0.5 for shape in feature_shapes(sdxl_unet, 24, 16)
+        ]
+        ref, cached = controlled_forward(sdxl_unet, x, t, c, residuals, y=y, branch=0, feature=feature)
+        assert metrics.rel_l2(pair(x, t, c, y, control=residuals), ref) <= TOLERANCE
+        feature, x, t = cached, x * 0.9, t - 10
+    assert pair.pattern == ["F", "S"]
+
+
 @pytest.fixture(scope="module")
 def tiny_bigg():
     from .conftest import tiny_open_clip_embedder

@@ -72,17 +72,78 @@ def test_a_controlnet_job_runs_on_openvino_and_matches_torchs(webui, control_mod
     assert rel_err(plain.latent, without.latent) < 1e-3
 
 
-def test_two_units_and_deepcache_asked(webui, control_model):
+def test_two_units_with_deepcache_its_shallow_calls_take_their_own_blocks_residuals(
+    webui, control_model, tiny_unet, monkeypatch
+):
+    """Issue #24: ControlNet with DeepCache. The pair is opened with the residual inputs; the
+    control models run at every call, shallow ones too; each call of the job equals torch's
+    ControlNet forward cached the same way (bench/controlnet_deepcache.py's reference), given
+    the residuals ControlNet's forward made for it; the infotext says both."""
+    from sd_ov.deepcache import DeepCacheUNet
+
+    from .test_controlnet import controlled_forward
+
+    calls = []
+    call = DeepCacheUNet.__call__
+
+    def recorded(self, x, t, c, *y, control=()):
+        out = call(self, x, t, c, *y, control=control)
+        calls.append((self.pattern[-1], x, t, c, list(control), out))
+        return out
+
+    monkeypatch.setattr(DeepCacheUNet, "__call__", recorded)
     units = controlnet(control_model, "ControlNet", "ControlNetUnion", weight=0.5)
     reference = torch_job(webui, also=[units])
     job = txt2img(webui, also=[units], deepcache=(2, 0, "uniform"))
     params = infotext_params(job.infotexts[0])
-    assert params["OpenVINO"] == "fp32, CPU, f32, dynamic"  # DeepCache did not run ...
-    assert "DeepCache off: ControlNet adds its residuals" in params["OpenVINO note"]  # ... and it says why
+    assert params["OpenVINO"] == "fp32+DeepCache2b0, CPU, f32, dynamic", params
+    assert params["OpenVINO DeepCache"] == "interval 2, branch 0, uniform"
     assert params["OpenVINO ControlNet"] == (
         "2 units (ControlNet, ControlNetUnion): residuals into the OpenVINO UNet, some control models on "
         "torch (ControlNetUnion units' control models run on torch)"
     )
+    assert "OpenVINO note" not in params
+    assert [kind for kind, *_ in calls] == ["F", "S", "F", "S"]
+    feature = None
+    for i, (kind, x, t, c, residuals, out) in enumerate(calls):
+        assert len(residuals) == len(tiny_unet.input_blocks) + 1
+        if i:  # the control models ran at this call (shallow ones too): fresh residuals
+            assert rel_err(residuals[0], calls[i - 1][4][0]) > 1e-3
+        cached = None if kind == "F" else feature
+        expected, feature_now = controlled_forward(tiny_unet, x, t, c, residuals, branch=0, feature=cached)
+        feature = feature_now if kind == "F" else feature
+        assert rel_err(out, expected) < 1e-4, kind
+    # DeepCache moved the picture a little, no more than it moves one without ControlNet
+    assert 1e-4 < rel_err(job.latent, reference.latent) < 0.1
+    calls.clear()
+    uncached = txt2img(webui, also=[units])  # the pair's full model serves a job without DeepCache
+    assert "OpenVINO DeepCache" not in infotext_params(uncached.infotexts[0]) and not calls
+    assert rel_err(uncached.latent, reference.latent) < 1e-3
+
+
+def test_a_pair_that_cant_take_the_residuals_leaves_deepcache_off_with_a_note(
+    webui, control_model, monkeypatch
+):
+    """The pair's shallow graph refuses ControlNet's inputs: the job runs on the OpenVINO UNet with
+    its residuals, without DeepCache, and says why."""
+    from sd_ov import runtime
+    from sd_ov.errors import SdOvError
+
+    add = runtime.add_control_inputs
+
+    def refusing(model, middle=True):
+        if not middle:
+            raise SdOvError("this UNet graph's skip joins are not one per input block (a test's)")
+        return add(model, middle)
+
+    monkeypatch.setattr(runtime, "add_control_inputs", refusing)
+    units = controlnet(control_model)
+    reference = torch_job(webui, also=[units])
+    job = txt2img(webui, also=[units], deepcache=(2, 0, "uniform"))
+    params = infotext_params(job.infotexts[0])
+    assert params["OpenVINO"] == "fp32, CPU, f32, dynamic" and "OpenVINO DeepCache" not in params
+    assert params["OpenVINO note"].startswith("DeepCache off: this UNet graph's skip joins"), params
+    assert params["OpenVINO ControlNet"].startswith("1 unit (ControlNet): residuals into the OpenVINO UNet")
     assert rel_err(job.latent, reference.latent) < 1e-3
 
 

@@ -1167,12 +1167,21 @@ def test_a_controlnet_job_runs_on_openvino_like_torch(installed):
             name: (on_torch[name], txt2img("Automatic", scripts=scripts)) for name, scripts in jobs.items()
         }
         control_on_torch = txt2img("Automatic", scripts=jobs["balanced"], sd_ov_control_model=False)
-        # an INT8 recipe of this checkpoint made by an earlier test (Optimize), if there is one
+        # an INT8 recipe of this checkpoint made by an earlier test (Optimize), if there is one: one
+        # with a DeepCache pair and token merging first (the fastest preset's), then with DeepCache
         recipes = [r for r in api("/sd-ov/v1/recipes")["recipes"] if r["option"] and "INT8" in r["label"]]
-        on_int8 = None
+        recipes.sort(
+            key=lambda r: (FASTEST.deepcache.branch not in r["deepcache_branches"], "ToMe" not in r["label"])
+        )
+        on_int8 = on_int8_dc = None
         if recipes:
-            txt2img(recipes[0]["option"], job={"steps": 1}, scripts=jobs["balanced"])  # compiles
-            on_int8 = (recipes[0]["label"], txt2img(recipes[0]["option"], scripts=jobs["balanced"]))
+            option, preset = recipes[0]["option"], FASTEST.deepcache
+            txt2img(option, job={"steps": 1}, scripts=jobs["balanced"])  # compiles
+            on_int8 = (recipes[0]["label"], txt2img(option, scripts=jobs["balanced"]))
+            if preset.branch in recipes[0]["deepcache_branches"]:  # ControlNet with DeepCache
+                schedule = (preset.interval, preset.branch, preset.schedule)
+                txt2img(option, job={"steps": 1}, scripts=jobs["balanced"], deepcache=schedule)  # compiles
+                on_int8_dc = txt2img(option, scripts=jobs["balanced"], deepcache=schedule)
     finally:
         webui.stop()
     steps = JOB["steps"]
@@ -1201,6 +1210,19 @@ def test_a_controlnet_job_runs_on_openvino_like_torch(installed):
             f"{psnr(image, results['balanced'][0][0]):.1f} dB vs torch"
         )
         assert info["OpenVINO ControlNet"].endswith("control models on OpenVINO"), info
+    if on_int8_dc is not None:
+        dc_image, dc_info, dc_seconds = on_int8_dc
+        torch_image, torch_seconds = results["balanced"][0][0], results["balanced"][0][2]
+        print(
+            f"[controlnet] the balanced job on that recipe with DeepCache ({dc_info.get('OpenVINO')}; "
+            f"{dc_info.get('OpenVINO DeepCache')}): {dc_seconds / steps:.2f} s/step, torch ÷ that "
+            f"{torch_seconds / dc_seconds:.2f}, {psnr(dc_image, torch_image):.1f} dB "
+            f"vs torch, {psnr(dc_image, on_int8[1][0]):.1f} dB vs the recipe without DeepCache"
+        )
+        assert dc_info["OpenVINO DeepCache"] == FASTEST.deepcache.infotext(), dc_info
+        assert dc_info["OpenVINO ControlNet"].endswith("control models on OpenVINO"), dc_info
+        assert "OpenVINO note" not in dc_info, dc_info
+        assert psnr(dc_image, on_int8[1][0]) >= 30  # DeepCache keeps the recipe's ControlNet picture
     assert control_on_torch[1]["OpenVINO ControlNet"].endswith(
         "control models on torch (off in Settings → OpenVINO)"
     )
