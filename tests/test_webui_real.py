@@ -1167,11 +1167,15 @@ def test_a_controlnet_job_runs_on_openvino_like_torch(installed):
             name: (on_torch[name], txt2img("Automatic", scripts=scripts)) for name, scripts in jobs.items()
         }
         control_on_torch = txt2img("Automatic", scripts=jobs["balanced"], sd_ov_control_model=False)
-        # an INT8 recipe of this checkpoint made by an earlier test (Optimize), if there is one: one
-        # with a DeepCache pair and token merging first (the fastest preset's), then with DeepCache
+        # an INT8 recipe of this checkpoint made by an earlier test (Optimize), if there is one: the
+        # fastest preset's (INT8ff + ToMe, with a DeepCache pair) first, then with DeepCache too
         recipes = [r for r in api("/sd-ov/v1/recipes")["recipes"] if r["option"] and "INT8" in r["label"]]
         recipes.sort(
-            key=lambda r: (FASTEST.deepcache.branch not in r["deepcache_branches"], "ToMe" not in r["label"])
+            key=lambda r: (
+                FASTEST.deepcache.branch not in r["deepcache_branches"],
+                "ToMe" not in r["label"],
+                "INT8ff" not in r["label"],
+            )
         )
         on_int8 = on_int8_dc = None
         if recipes:
