@@ -37,7 +37,7 @@ import openvino as ov
 
 from . import fs
 from .constants import INT8_MODES  # noqa: F401 - its home before constants.py
-from .export import save_ir
+from .export import check_disk_space, save_ir
 from .memory import mapped_file_released
 from .ov_core import get_core
 
@@ -156,6 +156,11 @@ def compress_ir(
         raise ValueError(f"INT8 mode must be one of {INT8_MODES[1:]}, not {mode!r}")
     if mode != "weights" and not samples:
         raise ValueError(f"INT8 mode {mode!r} needs calibration samples")
+    # hybrid writes a stage and the target, each at most the source's size: refused before NNCF's
+    # statistics (minutes), not when the disk fills in the middle (a real Optimize did)
+    check_disk_space(
+        target.parent, source.with_suffix(".bin").stat().st_size * (1 if mode in ("weights", "full") else 2)
+    )
     core = get_core()
     with mapped_file_released(source.with_suffix(".bin")):  # NNCF reads each weight once
         model = core.read_model(str(source))

@@ -105,14 +105,25 @@ def save_ir(model: ov.Model, path: Path, fp16: bool = False) -> None:
     try:
         ov.save_model(model, str(path), compress_to_fp16=fp16)
     except Exception as err:  # a full disk surfaces here as a RuntimeError from OpenVINO
-        raise ExportError(f"saving the OpenVINO IR {path.name} into {path.parent} failed: {err}") from err
+        where = f"the OpenVINO IR {path.name} into {path.parent}"
+        raise ExportError(f"saving {where} failed: {err}{_full_disk_note(path.parent)}") from err
+
+
+def _full_disk_note(folder: Path) -> str:
+    """OpenVINO says only `basic_ios::clear: iostream error` when the disk fills."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return f" (the disk is full: {free / 2**30:.1f} GiB free)" if free < 2**30 else ""
 
 
 def check_disk_space(folder: Path, needed_bytes: int) -> None:
+    """Refuse before the work, not after minutes of it with a half-written file."""
     free = shutil.disk_usage(folder).free
     if free < needed_bytes * DISK_HEADROOM:
         raise ExportError(
-            f"not enough disk space in {folder}: the OpenVINO UNet needs about "
+            f"not enough disk space in {folder}: the OpenVINO IR needs about "
             f"{needed_bytes * DISK_HEADROOM / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
         )
 

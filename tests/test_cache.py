@@ -153,6 +153,37 @@ def test_full_disk_is_refused_before_converting(micro_unet, root, key_hash, monk
     assert cache.list_entries(root) == []
 
 
+def test_a_compression_without_room_for_its_ir_is_refused_before_nncf_runs(tiny_entry, tmp_path, monkeypatch):
+    """Hybrid writes a weight-compressed stage and the INT8 IR, each up to the source's size: with
+    room for one only, it is refused at once (a real Optimize filled the disk at the stage)."""
+    from sd_ov import compress
+
+    source = tiny_entry.ir_path()
+    size = source.with_suffix(".bin").stat().st_size
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(export.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - size, size))
+    monkeypatch.setattr(compress, "_quantize", lambda *a, **k: pytest.fail("NNCF ran"))
+    with pytest.raises(ExportError, match="not enough disk space"):
+        compress.compress_ir(source, tmp_path / "unet.xml", "hybrid", samples=[{"x": None}])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_save_that_fills_the_disk_says_so(tmp_path, monkeypatch):
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(export.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 5, 5))
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("basic_ios::clear: iostream error")  # what OpenVINO says on a full disk
+
+    monkeypatch.setattr(export.ov, "save_model", fails)
+    p = ops.parameter([1], ov.Type.f32)
+    with pytest.raises(ExportError, match=r"iostream error \(the disk is full: 0.0 GiB free\)"):
+        export.save_ir(ov.Model([ops.relu(p)], [p]), tmp_path / "m.xml")
+
+
 def test_recipe_and_checkpoint_are_part_of_the_key(micro_unet, root, key_hash):
     a = engine.prepare_entry(micro_unet, root, "micro", key_hash).entry
     b = engine.prepare_entry(micro_unet, root, "micro", key_hash, Recipe().with_deepcache(0)).entry
