@@ -1126,7 +1126,9 @@ def test_a_controlnet_job_runs_on_openvino_like_torch(installed):
     none, a hint picture), balanced and "my prompt is more important" ending at half the steps,
     runs on the OpenVINO UNet with the unit's residuals, its control model on OpenVINO too (issue
     #24), and matches torch's picture (PSNR >= 35 dB, FP32); the infotext says so; seconds of both
-    are reported."""
+    are reported. On an INT8 recipe with a DeepCache pair (an earlier test's Optimize), the
+    balanced job with the preset's DeepCache too: both infotext lines, >= 30 dB from that recipe's
+    picture without DeepCache."""
     folder = Path(WEBUI)
     if not (folder / "extensions" / "sd-webui-controlnet").is_dir():
         pytest.skip("sd-webui-controlnet is not in the webui's extensions folder")
