@@ -95,10 +95,27 @@ def _resized_skip_joins(unet: torch.nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def zero_padding(module: torch.nn.Module) -> Iterator[None]:
+    """The module's convolutions with zero padding for the duration (an export traces the
+    checkpoint's function, not a job's Tiling: the webui sets every `Conv2d` circular for one)."""
+    changed = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d) and m.padding_mode != "zeros"]
+    saved = [m.padding_mode for m in changed]
+    for conv in changed:
+        conv.padding_mode = "zeros"
+    try:
+        yield
+    finally:
+        for conv, mode in zip(changed, saved, strict=True):
+            conv.padding_mode = mode
+
+
+@contextlib.contextmanager
 def traceable(unet: torch.nn.Module) -> Iterator[None]:
     """Make an ldm UNet traceable for the duration: SDPA attention, no gradient checkpointing,
     skip joins that take any latent size (`_SkipJoinResize`), the class's own forward (an
-    extension's forward set on the instance, as sd-webui-controlnet's, is set aside).
+    extension's forward set on the instance, as sd-webui-controlnet's, is set aside), and its
+    convolutions' own zero padding (the webui's Tiling sets them circular for a job: traced so,
+    the cached graph of the checkpoint would wrap every later picture around).
 
     Everything is put back as it was, whatever the webui had installed before.
     """
@@ -125,7 +142,7 @@ def traceable(unet: torch.nn.Module) -> Iterator[None]:
     try:
         for c in classes:
             c.forward = _sdpa_cross_attention
-        with _resized_skip_joins(unet):
+        with _resized_skip_joins(unet), zero_padding(unet):
             yield
     finally:
         for c, fwd in saved_forwards.items():

@@ -29,6 +29,7 @@ from .export import save_ir, trace_to_openvino
 from .ov_core import compile_properties, device_kind
 from .progress import ProgressFn, silent
 from .recipe import Recipe
+from .traceable_unet import zero_padding
 
 # The VAE's inference precision: "auto" is bf16 on a CPU that runs bf16 faster than f32 (measured
 # once per machine, `cpu_caps`), f32 elsewhere. Never f16: the VAE's activations overflow f16's
@@ -107,7 +108,7 @@ def traceable_vae() -> Iterator[None]:
 
 
 def _convert(module: torch.nn.Module, example: torch.Tensor, name: str, channels: int) -> ov.Model:
-    with torch.no_grad(), traceable_vae():
+    with torch.no_grad(), traceable_vae(), zero_padding(module):
         model = trace_to_openvino(module, (example,))
     model.inputs[0].get_tensor().set_names({name})
     model.outputs[0].get_tensor().set_names({"out"})

@@ -21,6 +21,7 @@ from .progress import webui_progress
 from .settings import offload_mode, opt
 from .taesd import TaesdDecoders
 from .text_encoder import WebuiTextEncoder, text_encoder_slots
+from .torch_patches import vae_refusal
 from .vae import WebuiVae
 
 log = logging.getLogger("sd_ov")
@@ -46,9 +47,12 @@ class Companions:
         model = shared.sd_model
         release_torch = offload_mode() != "none"
         vae = getattr(model, "first_stage_model", None)
-        self.vae = self._sync(
-            self.vae, "VAE", vae, bool(opt("sd_ov_vae")), WebuiVae, release_torch, source, note
-        )
+        wanted = bool(opt("sd_ov_vae"))
+        refusal = vae_refusal(vae) if wanted else None
+        if refusal:
+            note(f"VAE on torch: {refusal}")
+        wanted = wanted and not refusal
+        self.vae = self._sync(self.vae, "VAE", vae, wanted, WebuiVae, release_torch, source, note)
         self.taesd.start_job(bool(opt("sd_ov_vae")) and source is not None)
         wanted = bool(opt("sd_ov_text_encoder"))
         slots = text_encoder_slots(model) if wanted else []

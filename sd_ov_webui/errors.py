@@ -1,11 +1,46 @@
-"""An engine error in the words the infotext and the progress area use."""
+"""An error in the words the infotext and the progress area use.
+
+The engine's own errors (`SdOvError`) are written for the user already; so are the system's
+(`OSError`: a path and what is wrong with it) and OpenVINO's (raised inside the `openvino`
+package: a device lost, a compile the device refused). Anything else is a fault in sd-ov or in
+what it drives (torch, an extension): the user reads that it happened and what follows, and the
+Python error with its traceback goes to the console (`unexpected` tells the caller to log it)."""
 
 from __future__ import annotations
 
+import os
+
 from sd_ov import SdOvError
+
+
+def raised_by_openvino(err: BaseException) -> bool:
+    """True when the error came out of OpenVINO's own code (its Python API's frames)."""
+    tb = err.__traceback__
+    while tb is not None:
+        if f"{os.sep}openvino{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def openvino_message(err: BaseException) -> str:
+    """OpenVINO's message without the `Exception from src/...cpp:N:` lines it stacks above it."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    said = [line for line in lines if line and not line.startswith("Exception from ")]
+    return " ".join(said) or type(err).__name__
+
+
+def unexpected(err: BaseException) -> bool:
+    """True for an error that is not one a user can read and act on: log it with its traceback."""
+    return not isinstance(err, (SdOvError, MemoryError, OSError)) and not raised_by_openvino(err)
 
 
 def explain(err: BaseException) -> str:
     if isinstance(err, MemoryError):
         return "out of memory while preparing the OpenVINO UNet (nothing was written to the cache)"
-    return str(err) if isinstance(err, SdOvError) else f"{type(err).__name__}: {err}"
+    if isinstance(err, (SdOvError, OSError)):
+        return str(err)
+    if raised_by_openvino(err):
+        return f"OpenVINO: {openvino_message(err)}"
+    kind = type(err).__name__
+    return f"an unexpected error in sd-ov ({kind}, details in the console); the next job tries again"

@@ -128,6 +128,7 @@ def before_init(p) -> None:
         sd_unet.apply_unet()
         unet = current_openvino_unet()
         if unet is not None:
+            unet.begin_job()  # after an earlier job's failure: opens again
             p.sd_ov_companion_notes = unet.prepare_companions()
 
 
@@ -224,6 +225,9 @@ def after_process(p) -> None:
     saved = getattr(p, "sd_ov_saved_unet_setting", None)
     if saved is not None and shared.opts.sd_unet != saved:
         shared.opts.sd_unet = saved  # the webui restores only settings it had stored
+    unet = current_openvino_unet()
+    if unet is not None:
+        unet.job_ended()
 
 
 def pasted_deepcache(params: dict, field: str):

@@ -27,17 +27,24 @@ OFFLOAD_MODES = ("release", "lowvram", "none")
 
 def undo_lora_weights(unet: torch.nn.Module) -> None:
     """Put the base weights back where the webui's Lora extension had merged a LoRA into them
-    (its own backup and reset functions); it merges again at its next torch call."""
+    (its own backup and reset functions); it merges again at its next torch call.
+
+    Under `no_grad`: the extension's `restore_weights_backup` copies in place into the layer's
+    weight, which the webui's UNet keeps as a leaf that requires grad. The extension itself only
+    calls it inside the webui's sampling (`no_grad`); we call it from the scripts' `process` hook,
+    which the webui runs outside, and the copy raised "a leaf Variable that requires grad is being
+    used in an in-place operation" after any torch job with a LoRA."""
     networks = sys.modules.get("networks")
     if networks is None:
         return
-    for module in unet.modules():
-        if (
-            getattr(module, "network_weights_backup", None) is not None
-            or getattr(module, "network_bias_backup", None) is not None
-        ):
-            networks.network_restore_weights_from_backup(module)
-            networks.network_reset_cached_weight(module)
+    with torch.no_grad():
+        for module in unet.modules():
+            if (
+                getattr(module, "network_weights_backup", None) is not None
+                or getattr(module, "network_bias_backup", None) is not None
+            ):
+                networks.network_restore_weights_from_backup(module)
+                networks.network_reset_cached_weight(module)
 
 
 class WebuiWeights(ModuleWeights):

@@ -4,6 +4,10 @@ fall back to torch and record why.
 An option is bound to its checkpoint. Chosen while another checkpoint is loaded, it serves that
 checkpoint's own entry of the same recipe and says so, or refuses with a message: it never
 serves one checkpoint's weights under another's label.
+
+A fallback costs the job it happens in only: whatever fails while opening or serving, torch makes
+that job, what OpenVINO held is given back, and the next job opens again from a clean state (a
+model the engine does not support is the one lasting refusal).
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ from . import controlnet
 from .companions import Companions
 from .control_model import ControlModels
 from .controlnet import TorchServes
-from .errors import explain
+from .errors import explain, unexpected
 from .lora import UNetLora, networks_set_aside, unet_lora
 from .offload import WebuiWeights, undo_lora_weights, unet_weights
 from .options import OpenVINOUnetOption, checkpoint_identity
 from .progress import cancellable_progress, webui_progress
 from .recipe_switch import HANDOVER
 from .settings import cache_root, offload_mode, runtime_settings
+from .torch_patches import unet_notes, unet_refusal
 from .torch_unet import call_torch, foreign_forward, unet_calls_to
 
 log = logging.getLogger("sd_ov")
@@ -52,7 +57,9 @@ class OpenVINOUnet(sd_unet.SdUnet):
         self.source: UNetSource | None = None  # the loaded checkpoint's torch UNet and cache entries
         self.served: ServedUNet | None = None
         self.unavailable: str | None = None  # why OpenVINO serves nothing now
-        self.failed_settings: RuntimeSettings | None = None
+        self.unsupported: str | None = None  # the engine refuses this model: torch, not retried
+        self.said: tuple[str | None, int] = (None, 0)  # the last failure said, and how often
+        self.opened_for_job = False  # activate opened it for the job that activated it
         self.binding_note: str | None = None  # the option was chosen for another checkpoint
         self.job_torch_reason: str | None = None  # torch serves the rest of this job (NaN/inf)
         self.weights: WebuiWeights | None = None  # freed while OpenVINO serves (Settings → memory)
@@ -84,10 +91,31 @@ class OpenVINOUnet(sd_unet.SdUnet):
         self.companions = companions or self.companions
         try:
             describe(unet)  # refuses SD3, Flux & co before anything is written
-            name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
-            self.weights = self.weights or unet_weights(unet, model.sd_checkpoint_info.filename)
-            self.source = UNetSource(cache_root(), name, sha256, unet, torch_calls=self.torch_computes)
-            self.binding_note = self.check_binding(model.sd_checkpoint_info)
+        except Exception as err:
+            self.source, self.unsupported = UNetSource(cache_root(), "", "", unet), explain(err)
+            self.use_torch(err)
+            return
+        self.open_again()
+        self.opened_for_job = True
+
+    def begin_job(self) -> None:
+        """A job starts (before the webui's `p.init`): after an earlier job's failure, open again
+        once, unless this job's activation just tried."""
+        if not self.opened_for_job:
+            self.apply_settings(may_open=True)
+        self.opened_for_job = False
+
+    def open_again(self) -> None:
+        """Bind to the loaded checkpoint (once) and open its OpenVINO UNet with the current
+        settings; a failure leaves this job to torch, and the next job calls this again."""
+        model = shared.sd_model
+        unet = model.model.diffusion_model
+        try:
+            if self.source is None or not self.source.checkpoint_hash:
+                name, sha256 = checkpoint_identity(model.sd_checkpoint_info)
+                self.weights = self.weights or unet_weights(unet, model.sd_checkpoint_info.filename)
+                self.source = UNetSource(cache_root(), name, sha256, unet, torch_calls=self.torch_computes)
+                self.binding_note = self.check_binding(model.sd_checkpoint_info)
             self.open(runtime_settings())
             self.offload()
         except Exception as err:  # any failure: report it, torch makes the picture
@@ -114,10 +142,13 @@ class OpenVINOUnet(sd_unet.SdUnet):
             and foreign_forward(self.source.unet)  # an extension calls torch itself
             and not self.controlnet_job  # (unless it is ControlNet's forward, served by us)
         )
-        if self.served is not None and offload_mode() != "none" and not torch_needed:
-            self.weights.release(webui_progress)
-        else:
+        if self.served is None or offload_mode() == "none" or torch_needed:
             self.weights.ensure(webui_progress)
+            return
+        try:  # freeing is a saving, never a reason to leave OpenVINO: the weights then stay
+            self.weights.release(webui_progress)
+        except Exception as err:
+            log.warning("sd-ov: the torch UNet's weights stay in memory: %s", err, exc_info=unexpected(err))
 
     def check_binding(self, loaded) -> str | None:
         """A note when the option was made for another checkpoint than the loaded one."""
@@ -130,26 +161,43 @@ class OpenVINOUnet(sd_unet.SdUnet):
         )
 
     def open(self, settings: RuntimeSettings) -> None:
-        self.failed_settings = None
         served = ServedUNet(self.source, self.recipe, settings, cancellable_progress)
         served.open()
         self.served, self.unavailable = served, None
 
     def use_torch(self, err: BaseException) -> None:
-        """OpenVINO can't serve: give its memory back, say why, and let torch make the picture."""
+        """OpenVINO can't serve: give back what it holds (the UNet, its companions and control
+        models), say why, and let torch make this job; the next job opens again."""
         self.unavailable = explain(err)
         self.release()
-        try:  # retried when the settings change; after a cancel, at the next job
-            self.failed_settings = None if isinstance(err, Cancelled) else runtime_settings()
-        except ValueError:
-            self.failed_settings = None
-        log.warning("sd-ov: the torch UNet serves instead: %s", self.unavailable)
-        print(f"[sd-ov] OpenVINO UNet unavailable, using torch: {self.unavailable}")
+        self.companions.drop()
+        self.control_models.release()
+        self.say_unavailable(err)
         shared.state.textinfo = f"OpenVINO unavailable, using torch: {self.unavailable}"
         if self.weights is not None:
             self.weights.ensure(webui_progress)
         if self.source is not None:
             self.source.unet.to(devices.device)  # apply_unet moved it to the CPU for us
+
+    def say_unavailable(self, err: BaseException) -> None:
+        """The console hears a cause once, with the Python error and its traceback where it is
+        not one of the engine's own; the same cause at a later job once more, with what the
+        user can do; then nothing (the infotext still says it at every job)."""
+        reason, times = self.said
+        times = times + 1 if reason == self.unavailable else 1
+        self.said = (self.unavailable, times)
+        if isinstance(err, Cancelled) or times > 2:
+            return
+        if times == 2:
+            print(
+                f"[sd-ov] OpenVINO unavailable again, for the same cause: {self.unavailable}. Each job "
+                "tries again; SD Unet 'None' (or the accordion's switch) keeps jobs on torch without trying."
+            )
+            return
+        log.warning("sd-ov: the torch UNet serves instead: %s", self.unavailable)
+        print(f"[sd-ov] OpenVINO UNet unavailable, using torch: {self.unavailable}")
+        if unexpected(err):
+            log.error("sd-ov: %s: %s", type(err).__name__, err, exc_info=err)
 
     def prepare_companions(self) -> list[str] | None:
         """The job's VAE and text encoders, before the webui's `p.init` encodes img2img's pictures
@@ -172,20 +220,22 @@ class OpenVINOUnet(sd_unet.SdUnet):
     ) -> None:
         """At each batch (first_pass) and hires pass: a fresh record, this job's settings; the
         companions as `prepare_companions` left them (its notes given), or prepared now."""
+        unet = self.source.unet if self.source is not None else None
         if first_pass:
             self.record = JobRecord()
-            self.job_torch_reason = None
             self.control_models.start_job()
             if self.binding_note:
                 self.record.note(self.binding_note)
-        hook = controlnet.job_hook(self.source.unet if self.source is not None else None, self.record)
+        hook = controlnet.job_hook(unet, self.record)
         # provisional until serve_units says: apply_settings' offload must not read the torch UNet
         # back for ControlNet's forward (3.2 GB read and checked again at every ControlNet job)
         self.controlnet_job = hook is not None
-        lora = unet_lora(self.source.unet) if self.source is not None else UNetLora()
-        if lora.why_not:  # the Lora extension applies it in torch's forward: never dropped silently
-            self.job_torch_reason = lora.why_not
-        self.apply_settings(retry_unchanged=False)  # a per-job override_settings takes effect here
+        lora = unet_lora(unet) if unet is not None else UNetLora()
+        # the Lora extension applies a LoRA in torch's forward, the webui tiling in torch's convs:
+        # what the compiled UNet can't follow makes the job torch's, never a silently other picture
+        earlier = None if first_pass else self.job_torch_reason  # a hires pass keeps its first pass's
+        self.job_torch_reason = lora.why_not or unet_refusal(unet) or earlier
+        self.apply_settings(may_open=False)  # a per-job override_settings takes effect here
         if self.served is None:
             self.record.unavailable = self.record.unavailable or self.unavailable
             return
@@ -205,6 +255,8 @@ class OpenVINOUnet(sd_unet.SdUnet):
             self.record.note(why_not)
         if self.served.settings.precision_note:
             self.record.note(self.served.settings.precision_note)
+        for note in unet_notes(hires_pass=not first_pass):
+            self.record.note(note)
         self.record.preset = self.served.preset_of_job()
         self.record.summary = self.served.summary()
         self.offload()  # after a torch fallback or an export, the weights go again
@@ -321,24 +373,31 @@ class OpenVINOUnet(sd_unet.SdUnet):
         if self.weights is not None:
             self.weights.ensure(webui_progress)  # freed while OpenVINO served
 
-    def apply_settings(self, retry_unchanged: bool) -> None:
-        """Open or reconfigure with the current settings. After a failure, a job tries again only
-        when the settings changed (`retry_unchanged` is Settings → Apply: always)."""
-        if self.source is None or not self.source.checkpoint_hash:
+    def apply_settings(self, may_open: bool) -> None:
+        """Reconfigure with the current settings, or open again after a failure (`may_open`: at a
+        job's start and at Settings → Apply; not at a batch or hires pass of a job torch makes)."""
+        if self.unsupported or self.source is None:
+            return
+        if self.served is None:
+            if may_open:
+                self.open_again()
             return
         try:
-            settings = runtime_settings()
-            if self.served is not None:
-                self.served.configure(settings)
-            elif retry_unchanged or settings != self.failed_settings:
-                self.open(settings)
+            self.served.configure(runtime_settings())
             self.offload()
         except Exception as err:
             self.use_torch(err)
 
     def reopen(self) -> None:
         """Settings → Apply changed how the UNet is compiled: take effect now."""
-        self.apply_settings(retry_unchanged=True)
+        self.apply_settings(may_open=True)
+
+    def job_ended(self) -> None:
+        """After a job that torch made while OpenVINO stays current (a LoHa, tiling, NaN), the
+        torch weights go again: between jobs the webui holds what it holds when OpenVINO serves."""
+        self.job_torch_reason = None
+        if self.served is not None:
+            self.offload()
 
     def release(self) -> None:
         if self.served is not None:

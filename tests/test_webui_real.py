@@ -579,6 +579,152 @@ def test_loras_on_openvino_match_torch_and_switch_without_a_recompile(installed)
     assert "[sd-ov] adding the LoRA branch" in webui.log.read_text()
 
 
+def write_loha(path: Path, seed: int) -> None:
+    """A seeded random LoHa (LyCORIS's Hadamard product, `hada_w1_a` ... keys) on a few attention
+    Linears: a network kind the OpenVINO branch does not take."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for block, width in list(SD15_TRANSFORMERS.items())[:4]:
+        key = "lora_unet_" + f"{block}.transformer_blocks.0.attn1.to_q".replace(".", "_")
+        for i in (1, 2):
+            tensors[f"{key}.hada_w{i}_a"] = (torch.randn(width, 4, generator=gen) * 0.3).half()
+            tensors[f"{key}.hada_w{i}_b"] = (torch.randn(4, width, generator=gen) * 0.3).half()
+        tensors[f"{key}.alpha"] = torch.tensor(4.0)
+    save_file(tensors, str(path))
+
+
+def test_a_session_of_mixed_jobs_serves_every_openvino_job(installed):
+    """One webui, jobs as a user mixes them: OpenVINO and torch interleaved, with and without a
+    LoRA (SD Unet "None" per request and in Settings), a LoHa, Tiling, an Interrupt, a checkpoint
+    switch and back. Every OpenVINO job after a torch job is served (infotext) and matches torch's
+    picture (>= 40 dB; LoRA jobs against torch with the same LoRA); what OpenVINO can't follow goes
+    to torch with its reason; the webui's RSS at the end is within 0.5 GB of torch alone."""
+    import threading
+
+    folder = Path(WEBUI) / "models" / "Lora"
+    folder.mkdir(exist_ok=True)
+    lora, loha = folder / "sdov-mixed-lora.safetensors", folder / "sdov-mixed-loha.safetensors"
+    write_lora(lora, rank=8, seed=3, strength=0.5)
+    write_loha(loha, seed=4)
+    with_lora = {"prompt": f"{JOB['prompt']} <lora:sdov-mixed-lora:0.8>"}
+    with_loha = {"prompt": f"{JOB['prompt']} <lora:sdov-mixed-loha:1>"}
+    tiled = {"tiling": True}
+    short = {"steps": 4}
+    webui = Webui(Path(WEBUI), installed / "mixed.log")
+    pid = webui.process.pid
+    loaded = api("/sdapi/v1/options")["sd_model_checkpoint"]
+    source = Path(next(m["filename"] for m in api("/sdapi/v1/sd-models") if m["title"] == loaded))
+    other = source.with_name("sdov-mixed-other.safetensors")
+    jobs: dict[str, tuple] = {}
+
+    def run(name: str, unet: str, job: dict | None = None) -> None:
+        jobs[name] = txt2img(unet, job={**short, **(job or {})})[:2]
+        print(f"[mixed] {name}: {jobs[name][1].get('OpenVINO')}", flush=True)
+
+    try:
+        run("torch", "None")
+        torch_alone = rss_gib(pid)[0]
+        run("torch lora", "None", with_lora)
+        run("ov lora", "Automatic", with_lora)
+        run("torch lora again", "None", with_lora)
+        run("ov after torch lora", "Automatic")
+        run("torch loha", "None", with_loha)
+        run("ov loha", "Automatic", with_loha)
+        run("ov after loha", "Automatic")
+        run("torch tiled", "None", tiled)
+        run("ov tiled", "Automatic", tiled)
+        run("ov after tiled", "Automatic")
+        answer: dict = {}
+        worker = threading.Thread(
+            target=lambda: answer.update(
+                result=api_status(
+                    "/sdapi/v1/txt2img",
+                    {**JOB, "steps": 30, "override_settings": {"sd_unet": "Automatic", **NO_NORM, **F32_VAE}},
+                )
+            )
+        )
+        worker.start()
+        deadline = time.time() + 600
+        while (
+            time.time() < deadline
+            and api("/sdapi/v1/progress?skip_current_image=true")["state"]["sampling_step"] < 2
+        ):
+            time.sleep(1)
+        api("/sdapi/v1/interrupt", {})
+        worker.join(900)
+        run("ov after interrupt", "Automatic")
+        os.link(source, other)
+        api("/sdapi/v1/refresh-checkpoints", {})
+        with checkpoint_loaded(other.stem):
+            run("ov other checkpoint", "Automatic")
+        run("ov switched back", "Automatic")
+        settings = api("/sdapi/v1/options")["sd_unet"]
+        api("/sdapi/v1/options", {"sd_unet": "None"})  # Settings, not per request
+        try:
+            jobs["torch lora by settings"] = txt2img_settings(with_lora)
+        finally:
+            api("/sdapi/v1/options", {"sd_unet": settings})
+        run("ov after settings", "Automatic")
+        at_end = rss_gib(pid)[0]
+    finally:
+        webui.stop()
+        for file in (lora, loha, other):
+            file.unlink(missing_ok=True)
+        for entry in (Path(WEBUI) / "models" / "OpenVINO").glob(f"{other.stem}-*"):
+            shutil.rmtree(entry)
+    log = (installed / "mixed.log").read_text()
+    base, lora_base, loha_base, tiled_base = (
+        jobs[k][0] for k in ("torch", "torch lora", "torch loha", "torch tiled")
+    )
+    against = {
+        "ov lora": lora_base,
+        "ov after torch lora": base,
+        "ov loha": loha_base,
+        "ov after loha": base,
+        "ov tiled": tiled_base,
+        "ov after tiled": base,
+        "ov after interrupt": base,
+        "ov other checkpoint": base,  # the same weights under another name
+        "ov switched back": base,
+        "ov after settings": base,
+    }
+    report = {name: round(psnr(jobs[name][0], ref), 1) for name, ref in against.items()}
+    print(
+        f"\n[mixed] PSNR vs torch: {report}; RSS torch alone {torch_alone:.2f} GiB, "
+        f"at the end {at_end:.2f} GiB"
+    )
+    assert psnr(lora_base, base) < 30, "the LoRA must change torch's picture"
+    assert psnr(tiled_base, base) < 30, "tiling must change torch's picture"
+    assert psnr(jobs["torch lora again"][0], lora_base) >= 60
+    assert psnr(jobs["torch lora by settings"][0], lora_base) >= 60
+    served = [name for name in against if name not in ("ov loha", "ov tiled")]
+    for name in served:
+        assert jobs[name][1]["OpenVINO"] == "fp32, CPU, f32, dynamic", (name, jobs[name][1])
+    assert jobs["ov lora"][1]["OpenVINO LoRA"] == "sdov-mixed-lora:0.8"
+    loha_said = jobs["ov loha"][1]["OpenVINO"]
+    assert loha_said.startswith("off (LoRA sdov-mixed-loha:1: LoHa layers are not served"), loha_said
+    assert jobs["ov tiled"][1]["OpenVINO"].startswith("off (Tiling is on"), jobs["ov tiled"][1]
+    assert jobs["torch"][1]["OpenVINO"] == "off (SD Unet is None)"
+    assert all(db >= 40 for db in report.values()), report
+    assert at_end <= torch_alone + 0.5 / 1.073741824, (torch_alone, at_end)
+    assert "leaf Variable" not in log and "weights stay in memory" not in log
+
+
+def txt2img_settings(job: dict) -> tuple[np.ndarray, dict]:
+    """A job that sets no SD Unet of its own: the one in Settings serves."""
+    from PIL import Image
+
+    result = api(
+        "/sdapi/v1/txt2img",
+        {**JOB, "steps": 4, **job, "override_settings": {**NO_NORM, **F32_VAE}},
+    )
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["images"][0]))).convert("RGB"))
+    return image, infotext_params(json.loads(result["info"])["infotexts"][0])
+
+
 JOB_SECONDS = re.compile(r"\[sd-ov\] job seconds: sampling ([\d.]+) s \(UNet ([\d.]+) s in (\d+) calls\)(.*)")
 
 

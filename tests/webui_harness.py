@@ -58,9 +58,11 @@ def webui(request, stub_modules, tiny_unet, tmp_path, shared_cache):
     """The stand-in webui with the tiny UNet's checkpoint loaded; `indirect` parametrization with
     "micro" loads the micro UNet's instead, with its attention at full resolution where token
     merging works (for tests whose cost is mostly NNCF and tracing)."""
-    from modules import paths, script_callbacks, scripts, sd_models, sd_unet, shared
+    from modules import paths, script_callbacks, scripts, sd_hijack, sd_models, sd_unet, shared
 
     script_callbacks.clear_callbacks()
+    sd_hijack.model_hijack.circular_enabled = False
+    shared.loaded_hypernetworks.clear()
     shared.opts = shared.Options()
     # The VAE at f32 whatever this CPU runs fastest ("auto" may pick bf16): tests compare the
     # decode with torch's; bf16 has its own test.
@@ -139,6 +141,7 @@ def txt2img(
     also=(),
     cfg_scale=7.0,
     init_image=None,
+    tiling=False,
 ):
     """`also`: other extensions' always-on scripts of the job (the ControlNet stand-in, ...);
     `init_image` ([-1, 1], [1, 3, H, W]) makes it an img2img job from that picture."""
@@ -168,6 +171,7 @@ def txt2img(
         cfg_scale=cfg_scale,
     )
     p.enable_hr = hires
+    p.tiling = tiling
     p.prompt, p.negative_prompt = prompt, negative_prompt
     return processing.process_images(p)
 
@@ -188,6 +192,23 @@ def infotext_params(infotext: str) -> dict:
 
 def openvino_infotext(job) -> str | None:
     return infotext_params(job.infotexts[0]).get("OpenVINO")
+
+
+def openvino_runtime_error() -> RuntimeError:
+    """A RuntimeError raised by OpenVINO's own code, as a device lost or a compile the device refuses
+    reaches sd-ov: compiling for a device this machine does not have."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([1], ov.Type.f32)
+    try:
+        ov.Core().compile_model(ov.Model([ops.relu(x)], [x]), "NO_SUCH_DEVICE")
+    except RuntimeError as err:
+        return err
+    raise AssertionError("OpenVINO compiled for a device that does not exist")
+
+
+OPENVINO_SAYS = 'OpenVINO: Device with "NO_SUCH_DEVICE" name is not registered in the OpenVINO Runtime'
 
 
 def faulty_runtime_job(webui, monkeypatch, fault):

@@ -47,6 +47,7 @@ class StableDiffusionProcessing:
         self.token_merging_ratio_hr = 0
         self.prompt = ""
         self.negative_prompt = ""
+        self.tiling = False
 
     def init(self, all_prompts=None, all_seeds=None, all_subseeds=None):
         """txt2img's init makes no latent; img2img's encodes its pictures here (see below)."""
@@ -180,9 +181,19 @@ def process_images(p):
 
 
 def process_images_inner(p):
+    """As the webui's: tiling set on the model's convolutions first, the scripts' `process` hook
+    outside `no_grad`, everything from `p.init` on inside it."""
+    from modules import sd_hijack
+
+    sd_hijack.model_hijack.apply_circular(p.tiling)
     if p.scripts is not None:
         p.scripts.process(p)
     shared.state.job = "txt2img"
+    with torch.no_grad():
+        return _sample_and_decode(p)
+
+
+def _sample_and_decode(p):
     p.init()
     sd_unet.apply_unet()
     if p.scripts is not None:

@@ -126,4 +126,5 @@ class State:
 opts = Options()
 state = State()
 sd_model = None
+loaded_hypernetworks = []  # the job's <hypernet:...> (modules/hypernetworks fills it)
 cmd_opts = SimpleNamespace(lowvram=False, medvram=False, no_half=True, use_cpu=["all"])
