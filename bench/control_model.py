@@ -4,7 +4,8 @@ side in one run, with each one's residuals against torch's.
 Question (issue #24, item 4): does an INT8 control model pay, and which kind? The extension's own
 cldm `ControlNet` class (SD1.5's layout, `controlnet_default_config`: 361 M parameters) with the
 weights of a control model file (the real webui's test model has seeded random weights), the
-trace sd-ov serves (`sd_ov.control_model`), NNCF as Optimize uses it (`sd_ov.compress.compress_ir`:
+trace sd-ov serves (`sd_ov.runtime.control_model`), NNCF as Optimize uses it
+(`sd_ov.runtime.compress.compress_ir`:
 "weights" needs no data, "hybrid" calibrates its convolutions' activations on the calibration
 inputs below). Inputs: a denoising run's latents (noise at a sigma of the Euler schedule, scaled
 as the webui's sampler gives them), a random smooth hint picture, random prompt embeddings;
@@ -33,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from unet_step import machine_info  # noqa: E402
 
-from sd_ov.compress import compress_ir  # noqa: E402
-from sd_ov.control_model import export_control_model  # noqa: E402
-from sd_ov.measure import median_call  # noqa: E402
-from sd_ov.ov_core import get_core  # noqa: E402
+from sd_ov.optimize.measure import median_call  # noqa: E402
+from sd_ov.runtime.compress import compress_ir  # noqa: E402
+from sd_ov.runtime.control_model import export_control_model  # noqa: E402
+from sd_ov.runtime.ov_core import get_core  # noqa: E402
 
 SD15_CONTROLNET = {  # sd-webui-controlnet's controlnet_default_config
     "in_channels": 4,

@@ -29,12 +29,13 @@ from pathlib import Path
 import openvino as ov
 import torch
 
-from sd_ov import engine, metrics
-from sd_ov.deepcache import SCHEDULES, DeepCacheConfig
-from sd_ov.ldm_unet import build_unet, describe, load_config
-from sd_ov.ov_core import ISA_ENV, get_core
-from sd_ov.recipe import Recipe
-from sd_ov.sampling import latent_to_image, sample_euler
+from sd_ov.graphs.deepcache import SCHEDULES, DeepCacheConfig
+from sd_ov.graphs.ldm_unet import build_unet, describe, load_config
+from sd_ov.optimize import metrics
+from sd_ov.optimize.sampling import latent_to_image, sample_euler
+from sd_ov.runtime.ov_core import ISA_ENV, get_core
+from sd_ov.serve import engine
+from sd_ov.store.recipe import Recipe
 
 
 def cpu_name() -> str:

@@ -33,12 +33,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from picture import RECIPES, SCALE, prepare, to_pixels, torch_modules  # noqa: E402
 from unet_step import machine_info  # noqa: E402
 
-from sd_ov import engine, metrics  # noqa: E402
-from sd_ov.lora_branch import LoraLayer  # noqa: E402
-from sd_ov.sampling import sample_lcm  # noqa: E402
-from sd_ov.text_encoder import OVTextEncoder  # noqa: E402
-from sd_ov.traceable_unet import traceable  # noqa: E402
-from sd_ov.vae import OVVae  # noqa: E402
+from sd_ov import metrics  # noqa: E402
+from sd_ov.graphs.lora_branch import LoraLayer  # noqa: E402
+from sd_ov.graphs.traceable_unet import traceable  # noqa: E402
+from sd_ov.optimize.sampling import sample_lcm  # noqa: E402
+from sd_ov.runtime.text_encoder import OVTextEncoder  # noqa: E402
+from sd_ov.runtime.vae import OVVae  # noqa: E402
+from sd_ov.serve import engine
 
 CONFIGS = ("torch-ldm", "torch-sdpa", "fp32", "int8", "int8-tome")
 

@@ -35,11 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sd_ov import engine, metrics
-from sd_ov.ldm_unet import build_unet, load_config
-from sd_ov.lora_branch import LoraLayer, concatenate
-from sd_ov.memory import rss_mib
-from sd_ov.runtime import OVUNet
+from sd_ov.graphs.ldm_unet import build_unet, load_config
+from sd_ov.graphs.lora_branch import LoraLayer, concatenate
+from sd_ov.optimize import metrics
+from sd_ov.runtime.memory import rss_mib
+from sd_ov.runtime.unet import OVUNet
+from sd_ov.serve import engine
 
 sys.path.insert(0, str(Path(__file__).parent))
 from unet_step import machine_info  # noqa: E402

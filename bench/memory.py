@@ -34,8 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sd_ov import metrics  # noqa: E402
-from sd_ov.engine import weights_hash  # noqa: E402
-from sd_ov.memory import rss_mib  # noqa: E402
+from sd_ov.runtime.memory import rss_mib  # noqa: E402
+from sd_ov.serve.engine import weights_hash  # noqa: E402
 
 
 def median_s(fn, repeats: int) -> float:
@@ -48,7 +48,7 @@ def median_s(fn, repeats: int) -> float:
 
 
 def bench_vae(size: int, repeats: int) -> None:
-    from sd_ov.vae import SD_DDCONFIG, AutoencoderParts, OVVae, prepare_vae_entry
+    from sd_ov.runtime.vae import SD_DDCONFIG, AutoencoderParts, OVVae, prepare_vae_entry
 
     vae = AutoencoderParts(SD_DDCONFIG)
     z = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(1))
@@ -76,8 +76,8 @@ def bench_vae(size: int, repeats: int) -> None:
 def bench_release(config: str) -> None:
     from safetensors.torch import save_file
 
-    from sd_ov.ldm_unet import CHECKPOINT_UNET_PREFIX, build_unet, load_config
-    from sd_ov.torch_weights import CheckpointTensors, ReleasedWeights
+    from sd_ov.graphs.ldm_unet import CHECKPOINT_UNET_PREFIX, build_unet, load_config
+    from sd_ov.runtime.torch_weights import CheckpointTensors, ReleasedWeights
 
     unet = build_unet(load_config(config), seed=0)
     with tempfile.TemporaryDirectory() as folder:
@@ -113,9 +113,9 @@ def torch_modules():
     """SD1.5-sized text encoder, UNet and VAE with seeded random weights."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sd_ov.ldm_unet import build_unet, load_config
-    from sd_ov.text_encoder import CLIP_L_CONFIG
-    from sd_ov.vae import SD_DDCONFIG, AutoencoderParts
+    from sd_ov.graphs.ldm_unet import build_unet, load_config
+    from sd_ov.runtime.text_encoder import CLIP_L_CONFIG
+    from sd_ov.runtime.vae import SD_DDCONFIG, AutoencoderParts
 
     torch.manual_seed(0)
     text = CLIPTextModel(CLIPTextConfig(**CLIP_L_CONFIG)).eval()
@@ -126,13 +126,13 @@ def prepare_entries(root: Path) -> dict:
     """Export the three models (and make the INT8 recipe) once; returns what opens them."""
     import json
 
-    from sd_ov import engine
-    from sd_ov.calibration import random_prompt_capture
-    from sd_ov.ldm_unet import describe
-    from sd_ov.optimize import optimize
-    from sd_ov.recipe import Recipe
-    from sd_ov.text_encoder import prepare_text_encoder_entry
-    from sd_ov.vae import prepare_vae_entry
+    from sd_ov.graphs.ldm_unet import describe
+    from sd_ov.optimize.calibration import random_prompt_capture
+    from sd_ov.optimize.run import optimize
+    from sd_ov.runtime.text_encoder import prepare_text_encoder_entry
+    from sd_ov.runtime.vae import prepare_vae_entry
+    from sd_ov.serve import engine
+    from sd_ov.store.recipe import Recipe
 
     index = root / "entries.json"
     if index.exists():
@@ -164,11 +164,12 @@ def picture_in_this_process(mode: str, root: Path, steps: int, size: int) -> Non
     """One mode's picture (the child process of `bench_picture`); prints a JSON line."""
     import json
 
-    from sd_ov import cache, engine
-    from sd_ov.memory import trim_heap
-    from sd_ov.sampling import sample_euler
-    from sd_ov.text_encoder import OVTextEncoder
-    from sd_ov.vae import OVVae
+    from sd_ov.optimize.sampling import sample_euler
+    from sd_ov.runtime.memory import trim_heap
+    from sd_ov.runtime.text_encoder import OVTextEncoder
+    from sd_ov.runtime.vae import OVVae
+    from sd_ov.serve import engine
+    from sd_ov.store import cache
 
     entries = json.loads((root / "entries.json").read_text())
     gen = torch.Generator().manual_seed(1)
@@ -191,7 +192,7 @@ def picture_in_this_process(mode: str, root: Path, steps: int, size: int) -> Non
     started = time.perf_counter()
     with torch.no_grad():
         if mode == "torch":
-            from sd_ov.traceable_unet import traceable
+            from sd_ov.graphs.traceable_unet import traceable
 
             hidden = text(input_ids=ids).last_hidden_state
             with traceable(unet):

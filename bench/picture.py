@@ -13,7 +13,7 @@ Configurations (`--configs`, default all):
 - torch-sdpa: torch at its fastest (PyTorch's scaled_dot_product_attention);
 - fp32, int8, int8-tome: OpenVINO UNet recipes (plain FP32, INT8 hybrid, INT8 hybrid + ToMe 0.5),
   each also `+dc`: with its DeepCache pair (branch 0, interval 3, non-uniform schedule);
-- fastest: the preset (`sd_ov.preset.FASTEST`), its precision as this CPU runs it;
+- fastest: the preset (`sd_ov.serve.preset.FASTEST`), its precision as this CPU runs it;
 - fastest-ff: the same with INT8 hybrid-ff (the feed-forward MatMuls W8A8 too).
 `--intervals 3,4` makes each DeepCache configuration's picture at each interval (rows `... i4`).
 The OpenVINO text encoder and VAE serve every OpenVINO configuration; models are compiled by a
@@ -45,18 +45,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from unet_step import machine_info  # noqa: E402
 
-from sd_ov import cache, engine, metrics  # noqa: E402
-from sd_ov.calibration import random_prompt_capture  # noqa: E402
-from sd_ov.cpu_caps import cpu_caps  # noqa: E402
-from sd_ov.deepcache import DeepCacheConfig  # noqa: E402
-from sd_ov.ldm_unet import build_unet, describe, load_config  # noqa: E402
-from sd_ov.optimize_pair import optimize_with_deepcache  # noqa: E402
-from sd_ov.preset import FASTEST  # noqa: E402
-from sd_ov.recipe import Recipe  # noqa: E402
-from sd_ov.sampling import sample_euler  # noqa: E402
-from sd_ov.text_encoder import OVTextEncoder, prepare_text_encoder_entry  # noqa: E402
-from sd_ov.traceable_unet import traceable  # noqa: E402
-from sd_ov.vae import OVVae, prepare_vae_entry  # noqa: E402
+from sd_ov import metrics  # noqa: E402
+from sd_ov.graphs.deepcache import DeepCacheConfig  # noqa: E402
+from sd_ov.graphs.ldm_unet import build_unet, describe, load_config  # noqa: E402
+from sd_ov.graphs.traceable_unet import traceable  # noqa: E402
+from sd_ov.optimize.calibration import random_prompt_capture  # noqa: E402
+from sd_ov.optimize.pair import optimize_with_deepcache  # noqa: E402
+from sd_ov.optimize.sampling import sample_euler  # noqa: E402
+from sd_ov.runtime.cpu_caps import cpu_caps  # noqa: E402
+from sd_ov.runtime.text_encoder import OVTextEncoder, prepare_text_encoder_entry  # noqa: E402
+from sd_ov.runtime.vae import OVVae, prepare_vae_entry  # noqa: E402
+from sd_ov.serve import engine
+from sd_ov.serve.preset import FASTEST  # noqa: E402
+from sd_ov.store import cache
+from sd_ov.store.recipe import Recipe  # noqa: E402
 
 RECIPES = {"fp32": Recipe(), "int8": Recipe(int8="hybrid"), "int8-tome": Recipe(int8="hybrid", tome=0.5)}
 DEEPCACHE = DeepCacheConfig(3, 0, "non-uniform")
@@ -89,8 +91,8 @@ def torch_modules(config: str):
     """CLIP-L text encoder, the UNet and the VAE with seeded random weights."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sd_ov.text_encoder import CLIP_L_CONFIG
-    from sd_ov.vae import SD_DDCONFIG, AutoencoderParts
+    from sd_ov.runtime.text_encoder import CLIP_L_CONFIG
+    from sd_ov.runtime.vae import SD_DDCONFIG, AutoencoderParts
 
     torch.manual_seed(0)
     text = CLIPTextModel(CLIPTextConfig(**CLIP_L_CONFIG)).eval()

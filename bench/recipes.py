@@ -6,7 +6,7 @@ on the same weights and inputs)? The UNet has seeded random weights and the cali
 are random text embeddings run through the real sampler: fidelity here is to torch on the same
 weights, not picture quality.
 
-Every recipe goes through `sd_ov.optimize.optimize` (what the webui's Optimize button runs),
+Every recipe goes through `sd_ov.optimize.run.optimize` (what the webui's Optimize button runs),
 with one set of calibration samples captured up front with the FP32 OpenVINO UNet at
 --calib-size. Each recipe's compiled model is freed before the next is compiled. Run by hand
 (about 40 minutes for sd15 on 2 cores):
@@ -31,15 +31,17 @@ from pathlib import Path
 import openvino as ov
 import torch
 
-from sd_ov import cache, engine, metrics
-from sd_ov.calibration import random_prompt_capture
-from sd_ov.ldm_unet import build_unet, describe, load_config
-from sd_ov.measure import median_call
-from sd_ov.memory import peak_rss_mib
-from sd_ov.optimize import optimize
-from sd_ov.ov_core import ISA_ENV, get_core
-from sd_ov.recipe import Recipe
-from sd_ov.traceable_unet import traceable
+from sd_ov.graphs.ldm_unet import build_unet, describe, load_config
+from sd_ov.graphs.traceable_unet import traceable
+from sd_ov.optimize import metrics
+from sd_ov.optimize.calibration import random_prompt_capture
+from sd_ov.optimize.measure import median_call
+from sd_ov.optimize.run import optimize
+from sd_ov.runtime.memory import peak_rss_mib
+from sd_ov.runtime.ov_core import ISA_ENV, get_core
+from sd_ov.serve import engine
+from sd_ov.store import cache
+from sd_ov.store.recipe import Recipe
 
 RECIPES = {
     "fp32": Recipe(),

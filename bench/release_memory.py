@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from sd_ov.memory import rss_mib, trim_heap
-from sd_ov.ov_core import device_full_name
-from sd_ov.vae import SD_DDCONFIG, AutoencoderParts, OVVae, prepare_vae_entry
+from sd_ov.runtime.memory import rss_mib, trim_heap
+from sd_ov.runtime.ov_core import device_full_name
+from sd_ov.runtime.vae import SD_DDCONFIG, AutoencoderParts, OVVae, prepare_vae_entry
 
 
 def main() -> None:

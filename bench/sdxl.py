@@ -56,19 +56,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from sdxl_text_encoders import clip_l, open_clip_bigg  # noqa: E402
 
-from sd_ov import cache, engine, metrics  # noqa: E402
-from sd_ov.calibration import CapturingUNet  # noqa: E402
+from sd_ov import metrics  # noqa: E402
 from sd_ov.constants import CHECKPOINT_UNET_PREFIX  # noqa: E402
-from sd_ov.deepcache import DeepCacheConfig  # noqa: E402
-from sd_ov.ldm_unet import randomize_zero_init  # noqa: E402
-from sd_ov.memory import trim_heap  # noqa: E402
-from sd_ov.optimize_pair import optimize_with_deepcache  # noqa: E402
-from sd_ov.preset import preset_precision  # noqa: E402
-from sd_ov.recipe import Recipe  # noqa: E402
-from sd_ov.sampling import sample_euler  # noqa: E402
-from sd_ov.text_encoder import OVTextEncoder, prepare_text_encoder_entry, token_embedding  # noqa: E402
-from sd_ov.torch_weights import CheckpointTensors, ModuleWeights  # noqa: E402
-from sd_ov.vae import SD_DDCONFIG, AutoencoderParts, OVVae, prepare_vae_entry, vae_precision  # noqa: E402
+from sd_ov.graphs.deepcache import DeepCacheConfig  # noqa: E402
+from sd_ov.graphs.ldm_unet import randomize_zero_init  # noqa: E402
+from sd_ov.optimize.calibration import CapturingUNet  # noqa: E402
+from sd_ov.optimize.pair import optimize_with_deepcache  # noqa: E402
+from sd_ov.optimize.sampling import sample_euler  # noqa: E402
+from sd_ov.runtime.memory import trim_heap  # noqa: E402
+from sd_ov.runtime.text_encoder import OVTextEncoder, prepare_text_encoder_entry, token_embedding  # noqa: E402
+from sd_ov.runtime.torch_weights import CheckpointTensors, ModuleWeights  # noqa: E402
+from sd_ov.runtime.vae import SD_DDCONFIG, AutoencoderParts, OVVae, prepare_vae_entry, vae_precision  # noqa: E402
+from sd_ov.serve import engine
+from sd_ov.serve.preset import preset_precision  # noqa: E402
+from sd_ov.store import cache
+from sd_ov.store.recipe import Recipe  # noqa: E402
 
 # generative-models' configs/inference/sd_xl_base.yaml, network_config (attention as SDPA)
 SDXL_BASE = dict(
@@ -124,7 +126,7 @@ def reset_peak() -> None:
 
 def cpu_name() -> str:
     """The CPU as OpenVINO names it."""
-    from sd_ov.ov_core import get_core
+    from sd_ov.runtime.ov_core import get_core
 
     return str(get_core().get_property("CPU", "FULL_DEVICE_NAME"))
 

@@ -35,12 +35,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sd_ov import text_encoder  # noqa: E402
-from sd_ov.memory import rss_mib, trim_heap  # noqa: E402
+from sd_ov.runtime.memory import rss_mib, trim_heap  # noqa: E402
 
 
 def cpu_name() -> str:
     """The CPU as OpenVINO names it (Windows and Linux alike)."""
-    from sd_ov.ov_core import get_core
+    from sd_ov.runtime.ov_core import get_core
 
     return str(get_core().get_property("CPU", "FULL_DEVICE_NAME"))
 

@@ -41,12 +41,13 @@ import openvino as ov
 import psutil
 import torch
 
-from sd_ov import engine, metrics
-from sd_ov.ldm_unet import build_unet, describe, load_config
-from sd_ov.memory import peak_rss_mib
-from sd_ov.ov_core import ISA_ENV, get_core
-from sd_ov.runtime import OVUNet
-from sd_ov.traceable_unet import traceable
+from sd_ov.graphs.ldm_unet import build_unet, describe, load_config
+from sd_ov.graphs.traceable_unet import traceable
+from sd_ov.optimize import metrics
+from sd_ov.runtime.memory import peak_rss_mib
+from sd_ov.runtime.ov_core import ISA_ENV, get_core
+from sd_ov.runtime.unet import OVUNet
+from sd_ov.serve import engine
 
 BATCH = 2  # cond + uncond
 TOKENS = 77

@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sd_ov.metrics import psnr  # noqa: E402
-from sd_ov.preset import FASTEST  # noqa: E402
+from sd_ov.optimize.metrics import psnr  # noqa: E402
+from sd_ov.serve.preset import FASTEST  # noqa: E402
 from tests import test_webui_real as real  # noqa: E402
 
 JOB = {"width": 512, "height": 512, "steps": 20}

@@ -5,17 +5,20 @@ and uses only the names below (`__all__`). They load on first use (PEP 562), so 
 stays light: the webui's Settings page reads the constants without loading OpenVINO or NNCF.
 Importing the package turns OpenVINO's and NNCF's telemetry off for this process (`privacy`).
 
-The engine's parts, by job:
-- graphs from torch: `ldm_unet`, `export`, `deepcache`, `tome`, `prune`, `text_encoder`, `vae`,
-  `control_model`, `taesd` (`module_entry`: their cache entries by weights); `vae_int8` (the VAE
-  decoder quantized)
-- graph surgery on IRs: `control_inputs`, `lora_branch`
-- the OpenVINO runtime: `ov_core`, `cpu_caps`, `compiled` (the base every compiled part shares),
-  `runtime` (the UNet), `memory`
-- the cache store: `cache`, `cache_removal`, `manifest`, `fs`, `recipe`
-- serving: `engine`, `served`, `runtime_settings`, `unet_source`, `record`, `torch_weights`
-- optimizing: `optimize`, `measure`, `optimize_pair`, `recipe_ir`, `calibration`, `calibration_unet`,
-  `peak_memory`, `compress`, `preset`, `form`, `report`
+The engine's parts, each a package whose docstring says what it may import (one way, upwards):
+
+    tools/     the command line, the demo and its chart
+    optimize/  run, calibration, compression stages, measurement, the DeepCache pair, the INT8 VAE,
+               the form, the report, the sampler and metrics they use
+    serve/     the engine (cache or export), the served UNet, its source, presets, the job record
+    runtime/   Core and devices, CPU capabilities, CompiledPart and the UNet / VAE / text encoder /
+               control model on it, runtime settings, memory, torch weights, weight compression
+    graphs/    ldm/sgm UNet, traceable UNet, export, DeepCache's models, ToMe, pruning, text
+               encoder and TAESD graphs, ControlNet's inputs, the LoRA branch
+    store/     cache entries, lock, removal, usage, manifest, fs, recipe, module entries
+    (top)      this API, constants, errors, progress, privacy
+
+`tests/engine/test_layers.py` fails on an import loop or on an import that runs up this list.
 """
 
 from __future__ import annotations
@@ -48,58 +51,63 @@ _PUBLIC = {
     "NonFiniteOutputError": "errors",
     "SdOvError": "errors",
     "UnsupportedCallError": "errors",
-    "UnsupportedLoraError": "lora_branch",
+    "UnsupportedLoraError": "graphs.lora_branch",
     "UnsupportedModelError": "errors",
     # what a recipe, a job and an Optimize request are
-    "Recipe": "recipe",
-    "DeepCacheConfig": "deepcache",
-    "PRESETS": "preset",
-    "OPTIMIZE_FIELDS": "form",
-    "Calibration": "form",
-    "OptimizeRequest": "form",
-    "parse_optimize_form": "form",
-    "default_prompts": "calibration",
-    "CapturingUNet": "calibration",
-    "JobRecord": "record",
-    "run_summary": "runtime_settings",
+    "Recipe": "store.recipe",
+    "DeepCacheConfig": "graphs.deepcache",
+    "PRESETS": "serve.preset",
+    "OptimizeField": "optimize.fields",
+    "optimize_fields": "optimize.fields",
+    "optimize_defaults": "optimize.fields",
+    "Calibration": "optimize.form",
+    "OptimizeRequest": "optimize.form",
+    "parse_optimize_form": "optimize.form",
+    "default_prompts": "optimize.calibration",
+    "CapturingUNet": "optimize.calibration",
+    "JobRecord": "serve.record",
+    "run_summary": "runtime.settings",
     # serving
-    "ServedUNet": "served",
-    "RuntimeSettings": "runtime_settings",
-    "UNetSource": "unet_source",
-    "describe": "ldm_unet",
-    "feature_shapes": "ldm_unet",
-    "file_hash": "engine",
-    "LoraLayer": "lora_branch",
-    "concatenate": "lora_branch",
-    "OVVae": "vae",
-    "vae_precision": "vae",
-    "prepare_vae_entry": "vae",
-    "find_int8_decoder": "vae_int8",
-    "prepare_taesd_entry": "taesd",
-    "quantize_vae_decoder": "vae_int8",
-    "OVControlModel": "control_model",
-    "prepare_control_entry": "control_model",
-    "weights_digest": "module_entry",
-    "OVTextEncoder": "text_encoder",
-    "prepare_text_encoder_entry": "text_encoder",
-    "token_embedding": "text_encoder",
-    "CheckpointTensors": "torch_weights",
-    "ModuleWeights": "torch_weights",
-    "canonical": "cache",
-    "trim_heap": "memory",
-    "optimize_with_deepcache": "optimize_pair",
+    "ServedUNet": "serve.served",
+    "RuntimeSettings": "runtime.settings",
+    "UNetSource": "serve.unet_source",
+    "describe": "graphs.ldm_unet",
+    "feature_shapes": "graphs.ldm_unet",
+    "file_hash": "serve.engine",
+    "LoraLayer": "graphs.lora_branch",
+    "concatenate": "graphs.lora_branch",
+    "OVVae": "runtime.vae",
+    "vae_precision": "runtime.vae",
+    "prepare_vae_entry": "runtime.vae",
+    "find_int8_decoder": "optimize.vae_int8",
+    "prepare_taesd_entry": "graphs.taesd",
+    "quantize_vae_decoder": "optimize.vae_int8",
+    "OVControlModel": "runtime.control_model",
+    "prepare_control_entry": "runtime.control_model",
+    "weights_digest": "store.module_entry",
+    "OVTextEncoder": "runtime.text_encoder",
+    "prepare_text_encoder_entry": "runtime.text_encoder",
+    "token_embedding": "runtime.text_encoder",
+    "CheckpointTensors": "runtime.torch_weights",
+    "ModuleWeights": "runtime.torch_weights",
+    "canonical": "store.cache",
+    "trim_heap": "runtime.memory",
+    "optimize_with_deepcache": "optimize.pair",
+    "recipe_entries": "optimize.run",
+    "deepcache_pairs": "optimize.run",
+    "optimizable": "optimize.run",
     "ProgressFn": "progress",
     "silent": "progress",
 }
-# Modules used as namespaces (`cache.delete`, `optimize.recipe_entries`, ...).
-_MODULES = ("cache", "optimize", "ov_core", "report")
+# Modules used as namespaces (`cache.delete`, `ov_core.available_devices`, ...).
+_MODULES = {"cache": "store.cache", "ov_core": "runtime.ov_core", "report": "optimize.report"}
 
 __all__ = sorted([*_PUBLIC, *_MODULES])
 
 
 def __getattr__(name: str) -> Any:
     if name in _MODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_MODULES[name]}", __name__)
     home = _PUBLIC.get(name)
     if home is None:
         raise AttributeError(f"module 'sd_ov' has no attribute {name!r}")

@@ -12,55 +12,47 @@ import logging
 from typing import Any
 
 from fastapi import HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
-from sd_ov import OPTIMIZE_FIELDS, Cancelled, DeviceNotFoundError, UnsupportedModelError, optimize
+from sd_ov import (
+    Cancelled,
+    DeviceNotFoundError,
+    UnsupportedModelError,
+    deepcache_pairs,
+    optimize_fields,
+    recipe_entries,
+)
 
 from .optimize_job import Busy, optimize_loaded_checkpoint, option_label, parse_request
 from .progress import cancellable_progress
 from .settings import cache_root
 
 log = logging.getLogger("sd_ov")
-D = OPTIMIZE_FIELDS
 
 
-class OptimizeBody(BaseModel):
-    """The OpenVINO tab's Optimize form (prune_ratio in percent)."""
-
-    preset: str = Field(
-        D["preset"],
-        description="none, or fastest: the recipe, precision and DeepCache pair of the fastest picture",
-    )
-    int8: str = Field(D["int8"], description="off, weights, hybrid or full")
-    smooth_quant: bool = Field(D["smooth_quant"], description="SmoothQuant the MatMuls (INT8 full only)")
-    tome: float = Field(D["tome"], description="token merging ratio, 0 to 0.75")
-    prune: str = Field(D["prune"], description="off, magnitude or ffn")
-    prune_ratio: float = Field(D["prune_ratio"], description="percent pruned when pruning is on")
-    precision: str = Field(D["precision"], description="f32, bf16, f16 or auto")
-    deepcache_branch: str | int = Field(
-        D["deepcache_branch"], description="off, or the skip branch of the DeepCache pair to make too"
-    )
-    vae_int8: bool = Field(
-        D["vae_int8"], description="also an INT8 VAE decoder, calibrated on the calibration pictures"
-    )
-    samples: int = Field(D["samples"], description="calibration samples kept")
-    prompts_text: str | None = Field(
-        D["prompts_text"], description="calibration prompts, one per line (null: shipped)"
-    )
-    sampler: str = Field(D["sampler"], description="the webui sampler for calibration pictures")
-    calib_size: str = Field(D["calib_size"], description="calibration picture size, WxH")
-    calib_steps: int = Field(D["calib_steps"], description="sampler steps per calibration picture")
-    sizes_text: str = Field(D["sizes_text"], description="picture sizes to compile ahead, comma separated")
-    batch: int = Field(D["batch"], description="pictures per batch (UNet batch x2)")
-    chunks: int = Field(D["chunks"], description="prompt chunks of 75 tokens")
-    device: str = Field(D["device"], description="OpenVINO device; empty: Settings → OpenVINO device")
-    measure_size: str = Field(D["measure_size"], description="picture size the speed is measured at")
-    compare_picture: bool = Field(
-        D["compare_picture"], description="make a sample picture with torch and the recipe"
-    )
+class ForbidExtra(BaseModel):
+    """A request model that answers 422 to a field it does not have."""
 
     class Config:
         extra = "forbid"
+
+
+def optimize_body_model() -> type[BaseModel]:
+    """The Optimize request: one attribute per row of the engine's field table (`optimize_fields`),
+    its default and help; the form's parser checks the values (422 before any work). A field that
+    takes a name or a number ("off" or a DeepCache branch) takes either."""
+    attributes: dict[str, Any] = {}
+    for row in optimize_fields().values():
+        kind: Any = row.kind
+        if kind is str and any(choice.isdigit() for choice in row.options()):
+            kind = str | int
+        if row.nullable:
+            kind = kind | None
+        attributes[row.name] = (kind, Field(row.default, description=row.help))
+    return create_model("OptimizeBody", __base__=ForbidExtra, **attributes)
+
+
+OptimizeBody = optimize_body_model()
 
 
 class RecipeItem(BaseModel):
@@ -121,7 +113,7 @@ def optimize_route(body: OptimizeBody) -> OptimizeResponse:
 
 def recipes_route() -> RecipesResponse:
     try:
-        entries = optimize.recipe_entries(cache_root())
+        entries = recipe_entries(cache_root())
     except OSError as err:
         raise HTTPException(status_code=500, detail=f"cannot read the cache folder: {err}") from err
     return RecipesResponse(
@@ -135,7 +127,7 @@ def recipes_route() -> RecipesResponse:
                 entry=str(e.path),
                 report=e.manifest.report.to_json() if e.manifest.report else {},
                 deepcache_branches=sorted(
-                    p.manifest.recipe.deepcache_branch for p in optimize.deepcache_pairs(cache_root(), e)
+                    p.manifest.recipe.deepcache_branch for p in deepcache_pairs(cache_root(), e)
                 ),
             )
             for e in entries

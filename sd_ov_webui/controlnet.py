@@ -11,7 +11,7 @@ nothing. Each input block returns zeros of the real feature's shape, so ControlN
 `aligned_adding` leaves at each skip join exactly the residual it would add for torch (resized
 and channel-aligned as it does), where the stand-in's output blocks read it off; the stand-in's
 output layer then calls the OpenVINO UNet with those residuals as inputs
-(`sd_ov.control_inputs`), and ControlNet's post-processing gets its output. The units' control
+(`sd_ov.graphs.control_inputs`), and ControlNet's post-processing gets its output. The units' control
 models run on OpenVINO too for the length of each call (control_model.py), or on torch.
 
 Served only for unit types that add residuals and nothing else; reference-only, T2I adapters,

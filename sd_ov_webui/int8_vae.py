@@ -1,4 +1,4 @@
-"""The INT8 VAE decoder Optimize makes beside the recipe (`sd_ov.vae_int8`): the latents its
+"""The INT8 VAE decoder Optimize makes beside the recipe (`sd_ov.optimize.vae_int8`): the latents its
 calibration pictures decoded with the torch VAE's pictures of them, the decoder quantized and
 measured on those, and what the tab and the API say about it. The recipe is made first: a
 failure or a Cancel here leaves it."""

@@ -1,6 +1,6 @@
 """The accordion script's hooks: a job's switch, its DeepCache choice, and its infotext.
 
-The infotext is written from the job's own record (see `sd_ov.record`): what OpenVINO served,
+The infotext is written from the job's own record (see `sd_ov.serve.record`): what OpenVINO served,
 what torch served and why.
 """
 

@@ -3,7 +3,7 @@ imported by the webui as the top-level module `networks`), and which of our modu
 
 The extension applies a network inside torch's forward of each layer it maps to (`sd_module`);
 a compiled OpenVINO model never runs those forwards. So the UNet's low-rank networks are handed
-to the OpenVINO UNet's LoRA branch (`sd_ov.lora_branch`), and any network it can't take makes the
+to the OpenVINO UNet's LoRA branch (`sd_ov.graphs.lora_branch`), and any network it can't take makes the
 job torch's, with a note: never dropped silently.
 """
 

@@ -1,6 +1,6 @@
 """The torch UNet's weights while OpenVINO serves: freed (`release`, the default) or kept (`none`).
 
-Freed weights come back from the checkpoint file, bit-exactly (see `sd_ov.torch_weights`),
+Freed weights come back from the checkpoint file, bit-exactly (see `sd_ov.runtime.torch_weights`),
 before anything needs torch: a call OpenVINO cannot serve, an export, Optimize, or the SD Unet
 option being switched off or the checkpoint reloading (the webui deactivates the SD Unet first,
 then loads the new weights into the same Parameters).

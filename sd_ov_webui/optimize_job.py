@@ -15,7 +15,7 @@ from sd_ov import (
     Cancelled,
     OptimizeRequest,
     SdOvError,
-    optimize,
+    optimizable,
     optimize_with_deepcache,
     parse_optimize_form,
     report,
@@ -48,7 +48,7 @@ def optimize_loaded_checkpoint(request: OptimizeRequest, progress, wait: bool = 
     With `wait=False`, a busy queue raises Busy instead of waiting. Returns the recipe's entry
     (its DeepCache pair and INT8 VAE decoder, when asked for, are made in the same job, after it)."""
     # Refuses what Optimize can't make (e.g. SDXL token merging) before waiting for the queue.
-    optimize.optimizable(shared.sd_model.model.diffusion_model, request.recipe)
+    optimizable(shared.sd_model.model.diffusion_model, request.recipe)
     lock = getattr(call_queue, "queue_lock", None) or contextlib.nullcontext()
     if isinstance(lock, contextlib.nullcontext) or lock.acquire(blocking=wait):
         try:

@@ -8,7 +8,7 @@ import logging
 
 from modules import sd_models, sd_unet
 
-from sd_ov import Recipe, canonical, file_hash, optimize
+from sd_ov import Recipe, canonical, file_hash, recipe_entries
 
 from .settings import cache_root
 
@@ -81,7 +81,7 @@ def list_unets(unet_list: list) -> None:
     checkpoints = list(sd_models.checkpoints_list.values())
     unet_list.extend(OpenVINOUnetOption(info) for info in checkpoints)
     try:
-        entries = optimize.recipe_entries(cache_root())
+        entries = recipe_entries(cache_root())
     except OSError as err:  # an unreadable cache folder must not break the webui's list
         log.warning("sd-ov: cannot list the OpenVINO cache: %s", err)
         return

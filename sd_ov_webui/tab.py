@@ -1,7 +1,8 @@
 """The OpenVINO tab: Optimize the loaded checkpoint's UNet into a recipe; list and delete recipes.
 
-The Optimize inputs are built as a `{field: component}` mapping and their values are read back by
-field name, so the form's order cannot drift between the UI and the parser.
+The Optimize inputs are made from the engine's field table as a `{field: component}` mapping and
+their values are read back by field name, so the form's order cannot drift between the UI and the
+parser, and a new field shows up here without a line of this module.
 """
 
 from __future__ import annotations
@@ -11,16 +12,11 @@ import html
 from modules import sd_unet, shared
 
 from sd_ov import (
-    INT8_MODES,
-    MAX_DEEPCACHE_BRANCH,
-    MAX_TOME_RATIO,
-    OPTIMIZE_FIELDS,
-    PRECISIONS,
-    PRESETS,
-    PRUNE_MODES,
     cache,
+    deepcache_pairs,
     default_prompts,
-    optimize,
+    optimize_fields,
+    recipe_entries,
     report,
 )
 
@@ -32,7 +28,7 @@ from .settings import cache_root, device_choices, opt
 def recipe_entries_html() -> str:
     try:
         root = cache_root()
-        return report.entries_html(optimize.recipe_entries(root), cache.total_bytes(root))
+        return report.entries_html(recipe_entries(root), cache.total_bytes(root))
     except OSError as err:
         return f"<p>Cannot read the cache folder: {html.escape(str(err))}</p>"
 
@@ -46,7 +42,7 @@ def entry_choices() -> list[str]:
     try:
         return [
             f"{e.manifest.checkpoint_name} | {report.entry_label(e)} | {entry_folder(e)}"
-            for e in optimize.recipe_entries(cache_root())
+            for e in recipe_entries(cache_root())
         ]
     except OSError:
         return []
@@ -56,13 +52,13 @@ def delete_entry(choice: str) -> str:
     """Delete the chosen entry and its DeepCache pairs (giving them back first if they serve) and
     refresh the SD Unet list."""
     folder = str(choice or "").rsplit("|", 1)[-1].strip()
-    matches = [e for e in optimize.recipe_entries(cache_root()) if entry_folder(e) == folder]
+    matches = [e for e in recipe_entries(cache_root()) if entry_folder(e) == folder]
     if not matches:
         return f"<p>Nothing to delete: {html.escape(str(choice))} is not in the cache.</p>"
     serving = current_openvino_unet()
     if serving is not None and serving.served is not None and serving.served.entry.path == matches[0].path:
         sd_unet.apply_unet("None")  # it is in use: give it back first
-    left = [f for pair in optimize.deepcache_pairs(cache_root(), matches[0]) for f in cache.delete(pair.path)]
+    left = [f for pair in deepcache_pairs(cache_root(), matches[0]) for f in cache.delete(pair.path)]
     left += cache.delete(matches[0].path)
     sd_unet.list_unets()
     said = f"<p>Deleted {html.escape(matches[0].path.name)}."
@@ -81,94 +77,46 @@ def sampler_choices() -> list[str]:
 
 
 def form_components() -> dict:
-    """One component per Optimize field (OPTIMIZE_FIELDS), laid out as the tab shows them."""
+    """One component per Optimize field, made from the engine's table (`optimize_fields`) and laid
+    out by its groups: the first a column on the left, the next a column on the right, the rest
+    rows under it. The webui fills in what only it knows: its devices and samplers, the shipped
+    prompts, the Settings' DeepCache branch."""
     import gradio as gr
 
-    D = OPTIMIZE_FIELDS
+    host = {
+        "device": {"choices": device_choices(), "value": lambda: opt("sd_ov_device")},
+        "deepcache_branch": {"value": lambda: str(opt("sd_ov_deepcache_branch"))},
+        "sampler": {"choices": sampler_choices()},
+        "prompts_text": {"value": "\n".join(default_prompts()[:4]), "lines": 6},
+    }
+    kinds = {
+        "radio": gr.Radio,
+        "dropdown": gr.Dropdown,
+        "checkbox": gr.Checkbox,
+        "slider": gr.Slider,
+        "textbox": gr.Textbox,
+    }
 
-    def slider(label, minimum, maximum, value, step, elem_id):
-        return gr.Slider(
-            minimum=minimum, maximum=maximum, value=value, step=step, label=label, elem_id=elem_id
-        )
+    def make(row):
+        kwargs = {"label": row.label, "elem_id": row.element, "value": row.default}
+        if row.widget in ("radio", "dropdown"):
+            kwargs["choices"] = list(row.options())
+        if row.widget == "slider":
+            low, high = row.slider or (row.low, row.high)
+            kwargs.update(minimum=low, maximum=high, step=row.step)
+        return kinds[row.widget](**{**kwargs, **host.get(row.name, {})})
 
+    rows = list(optimize_fields().values())
+    groups = list(dict.fromkeys(row.group for row in rows))
     c: dict = {}
     with gr.Row():
         with gr.Column():
-            c["preset"] = gr.Radio(
-                choices=["none", *PRESETS],
-                value=D["preset"],
-                label="Preset (fastest: the fastest picture measured)",
-                elem_id="sd_ov_preset",
-            )
-            c["int8"] = gr.Radio(
-                choices=list(INT8_MODES), value=D["int8"], label="INT8", elem_id="sd_ov_int8"
-            )
-            c["smooth_quant"] = gr.Checkbox(
-                value=D["smooth_quant"], label="SmoothQuant (INT8 full)", elem_id="sd_ov_sq"
-            )
-            c["tome"] = slider("Token merging ratio", 0.0, MAX_TOME_RATIO, D["tome"], 0.05, "sd_ov_tome")
-            c["prune"] = gr.Radio(
-                choices=list(PRUNE_MODES), value=D["prune"], label="Pruning", elem_id="sd_ov_prune"
-            )
-            c["prune_ratio"] = slider("Pruning %", 5, 80, D["prune_ratio"], 5, "sd_ov_prune_ratio")
-            c["precision"] = gr.Radio(
-                choices=list(PRECISIONS),
-                value=D["precision"],
-                label="Inference precision",
-                elem_id="sd_ov_recipe_precision",
-            )
-            c["deepcache_branch"] = gr.Dropdown(
-                choices=["off", *(str(b) for b in range(MAX_DEEPCACHE_BRANCH + 1))],
-                value=lambda: str(opt("sd_ov_deepcache_branch")),  # the branch a DeepCache job asks for
-                label="DeepCache pair too (skip branch)",
-                elem_id="sd_ov_recipe_deepcache",
-            )
-            c["vae_int8"] = gr.Checkbox(
-                value=D["vae_int8"],
-                label="INT8 VAE decoder too (served when Settings → VAE precision is auto)",
-                elem_id="sd_ov_vae_int8",
-            )
-            c["device"] = gr.Dropdown(
-                choices=device_choices(),
-                value=lambda: opt("sd_ov_device"),
-                label="Device",
-                elem_id="sd_ov_recipe_device",
-            )
+            c.update({row.name: make(row) for row in rows if row.group == groups[0]})
         with gr.Column():
-            c["prompts_text"] = gr.Textbox(
-                value="\n".join(default_prompts()[:4]),
-                lines=6,
-                label="Calibration prompts (one per line)",
-                elem_id="sd_ov_prompts",
-            )
-            with gr.Row():
-                c["sampler"] = gr.Dropdown(
-                    choices=sampler_choices(), value=D["sampler"], label="Sampler", elem_id="sd_ov_sampler"
-                )
-                c["calib_size"] = gr.Textbox(
-                    value=D["calib_size"], label="Calibration size", elem_id="sd_ov_calib_size"
-                )
-                c["calib_steps"] = slider(
-                    "Calibration steps", 2, 30, D["calib_steps"], 1, "sd_ov_calib_steps"
-                )
-                c["samples"] = slider("Calibration samples", 1, 64, D["samples"], 1, "sd_ov_samples")
-            with gr.Row():
-                c["sizes_text"] = gr.Textbox(
-                    value=D["sizes_text"], label="Sizes to compile ahead", elem_id="sd_ov_sizes"
-                )
-                c["batch"] = slider("Batch size", 1, 8, D["batch"], 1, "sd_ov_batch")
-                c["chunks"] = slider("Prompt chunks (75 tokens)", 1, 4, D["chunks"], 1, "sd_ov_chunks")
-            with gr.Row():
-                c["measure_size"] = gr.Textbox(
-                    value=D["measure_size"], label="Measure at", elem_id="sd_ov_measure_size"
-                )
-                c["compare_picture"] = gr.Checkbox(
-                    value=D["compare_picture"],
-                    label="Compare a sample picture with torch",
-                    elem_id="sd_ov_compare",
-                )
-    missing = set(OPTIMIZE_FIELDS) ^ set(c)
-    assert not missing, f"the tab and the form disagree on {sorted(missing)}"
+            c.update({row.name: make(row) for row in rows if row.group == groups[1]})
+            for group in groups[2:]:
+                with gr.Row():
+                    c.update({row.name: make(row) for row in rows if row.group == group})
     return c
 
 

@@ -27,7 +27,7 @@ from .offload import WebuiWeights, undo_lora_weights
 from .progress import cancellable_progress
 from .settings import cache_root, opt
 
-# The webui's wrapper classes → the graph kind (sd_ov.text_encoder.COMPONENTS) and a label.
+# The webui's wrapper classes → the graph kind (sd_ov.runtime.text_encoder.COMPONENTS) and a label.
 HOST_CLASSES = {
     "FrozenCLIPEmbedderWithCustomWords": ("clip", "CLIP"),  # SD1.x
     "FrozenCLIPEmbedderForSDXLWithCustomWords": ("clip_hidden", "CLIP-L"),  # SDXL's first

@@ -6,7 +6,7 @@ attributes); we set them on the instance and put back whatever was there. The VA
 by the checkpoint and the VAE file the webui loaded (`sd_vae.loaded_vae_file`), checked at each
 job, so choosing another VAE re-exports instead of serving stale weights. The torch VAE's
 weights leave memory while OpenVINO serves; loading another VAE into it, or the webui keeping a
-copy of it, brings them back first (`sd_ov.torch_weights.ModuleWeights`).
+copy of it, brings them back first (`sd_ov.runtime.torch_weights.ModuleWeights`).
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from sd_ov import engine
-from sd_ov.ldm_unet import build_unet
-from sd_ov.ov_core import get_core
+from sd_ov.graphs.ldm_unet import build_unet
+from sd_ov.runtime.ov_core import get_core
+from sd_ov.serve import engine
 
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") == str(os.cpu_count()):
     # One pytest-xdist worker per core: each computes on one thread (torch and OpenVINO), so two
@@ -75,7 +75,7 @@ MICRO_TOME = dict(MICRO, attention_resolutions=[1])
 
 def TinyAutoencoderKL():  # noqa: N802 - reads as the class it stands in for
     """ldm's AutoencoderKL modules, tiny, seeded (a factor-2 VAE with the mid-block attention)."""
-    from sd_ov.vae import SD_DDCONFIG, AutoencoderParts
+    from sd_ov.runtime.vae import SD_DDCONFIG, AutoencoderParts
 
     return AutoencoderParts(dict(SD_DDCONFIG, resolution=64, ch=32, ch_mult=[1, 2], num_res_blocks=1), seed=0)
 

@@ -11,9 +11,11 @@ from collections import namedtuple
 
 import pytest
 
-from sd_ov import cache, engine, export
 from sd_ov.errors import Cancelled, ExportError
-from sd_ov.recipe import Recipe
+from sd_ov.graphs import export
+from sd_ov.serve import engine
+from sd_ov.store import cache
+from sd_ov.store.recipe import Recipe
 
 from . import windows_fs
 
@@ -156,7 +158,7 @@ def test_full_disk_is_refused_before_converting(micro_unet, root, key_hash, monk
 def test_a_compression_without_room_for_its_ir_is_refused_before_nncf_runs(tiny_entry, tmp_path, monkeypatch):
     """Hybrid writes a weight-compressed stage and the INT8 IR, each up to the source's size: with
     room for one only, it is refused at once (a real Optimize filled the disk at the stage)."""
-    from sd_ov import compress
+    from sd_ov.runtime import compress
 
     source = tiny_entry.ir_path()
     size = source.with_suffix(".bin").stat().st_size
@@ -212,8 +214,8 @@ def test_leftovers_of_a_dead_process_are_cleaned(root, file_rules):
 SHARED_EXPORT = r"""
 import sys, time
 sys.path.insert(0, sys.argv[3])
-from sd_ov import engine
-from sd_ov.ldm_unet import build_unet
+from sd_ov.serve import engine
+from sd_ov.graphs.ldm_unet import build_unet
 from tests.conftest import MICRO
 unet = build_unet(MICRO, seed=0)
 report = lambda message, fraction: print(message, flush=True)
@@ -248,9 +250,9 @@ def test_two_processes_sharing_a_cache_export_once(micro_unet, root, key_hash):
 FULL_DISK_EXPORT = r"""
 import resource, signal, sys
 sys.path.insert(0, sys.argv[3])
-from sd_ov import engine
+from sd_ov.serve import engine
 from sd_ov.errors import ExportError
-from sd_ov.ldm_unet import build_unet
+from sd_ov.graphs.ldm_unet import build_unet
 from tests.conftest import MICRO
 unet = build_unet(MICRO, seed=0)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

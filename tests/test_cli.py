@@ -32,7 +32,7 @@ def test_demo_prints_both_timings_and_the_fidelity(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from sd_ov.demo_chart import OPENVINO_COLOUR, TORCH_COLOUR
+    from sd_ov.tools.demo_chart import OPENVINO_COLOUR, TORCH_COLOUR
 
     chart = np.asarray(Image.open(tmp_path / "sd_ov_demo.png").convert("RGB"))
     for colour in (OPENVINO_COLOUR, TORCH_COLOUR):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from sd_ov import engine
-from sd_ov.compiled import CompiledPart
-from sd_ov.text_encoder import OVTextEncoder
-from sd_ov.vae import OVVae
+from sd_ov.runtime.compiled import CompiledPart
+from sd_ov.runtime.text_encoder import OVTextEncoder
+from sd_ov.runtime.vae import OVVae
+from sd_ov.serve import engine
 
 from .conftest import unet_inputs
 

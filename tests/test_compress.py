@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd_ov import cache, engine, metrics
-from sd_ov.calibration import CapturingUNet, digest, spread
-from sd_ov.compress import FEED_FORWARD, RAW_INPUT_CONVS, matmuls_with_weights
-from sd_ov.optimize import optimize
-from sd_ov.recipe import Recipe
-from sd_ov.sampling import sample_euler
+from sd_ov.optimize import metrics
+from sd_ov.optimize.calibration import CapturingUNet, digest, spread
+from sd_ov.optimize.run import optimize
+from sd_ov.optimize.sampling import sample_euler
+from sd_ov.runtime.compress import FEED_FORWARD, RAW_INPUT_CONVS, matmuls_with_weights
+from sd_ov.serve import engine
+from sd_ov.store import cache
+from sd_ov.store.recipe import Recipe
 
 from .conftest import unet_inputs
 

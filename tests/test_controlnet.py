@@ -1,4 +1,4 @@
-"""ControlNet's residuals as inputs of the OpenVINO UNet (sd_ov.control_inputs), against torch's
+"""ControlNet's residuals as inputs of the OpenVINO UNet (sd_ov.graphs.control_inputs), against torch's
 forward with the same residuals added, on the real ldm UNet class."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from ldm.modules.diffusionmodules.util import timestep_embedding
 
-from sd_ov import engine
-from sd_ov.control_inputs import control_input_names, skip_joins
 from sd_ov.errors import UnsupportedCallError
-from sd_ov.ldm_unet import feature_shapes
+from sd_ov.graphs.control_inputs import control_input_names, skip_joins
+from sd_ov.graphs.ldm_unet import feature_shapes
+from sd_ov.serve import engine
 
 from .conftest import unet_inputs
 
@@ -116,10 +116,10 @@ def test_an_int8_recipes_graph_takes_the_residuals_too(micro_tome_unet, tmp_path
     """The inputs go into any recipe's IR: an INT8 hybrid + ToMe one (FakeQuantize and token
     merging in the graph) with zero residuals gives the recipe's own output, and with residuals
     follows torch within the recipe's INT8 error."""
-    from sd_ov.calibration import random_prompt_capture
-    from sd_ov.ldm_unet import describe
-    from sd_ov.optimize import optimize
-    from sd_ov.recipe import Recipe
+    from sd_ov.graphs.ldm_unet import describe
+    from sd_ov.optimize.calibration import random_prompt_capture
+    from sd_ov.optimize.run import optimize
+    from sd_ov.store.recipe import Recipe
 
     unet = micro_tome_unet
     capture = random_prompt_capture(describe(unet), prompts=1, steps=3, size=(64, 64))
@@ -143,7 +143,7 @@ def test_the_control_model_on_openvino_matches_torch_at_any_size_and_is_cached_o
     without a new compile; the same weights find the entry again, other weights make another."""
     from sd_webui_controlnet import TinyControlNet
 
-    from sd_ov.control_model import OVControlModel, prepare_control_entry
+    from sd_ov.runtime.control_model import OVControlModel, prepare_control_entry
 
     from .conftest import TINY_SD1
 
@@ -172,7 +172,7 @@ def test_a_control_model_with_int8_weights_is_its_own_entry_a_quarter_the_size_a
 ):
     from sd_webui_controlnet import TinyControlNet
 
-    from sd_ov.control_model import OVControlModel, prepare_control_entry
+    from sd_ov.runtime.control_model import OVControlModel, prepare_control_entry
 
     from .conftest import TINY_SD1
 
@@ -195,8 +195,8 @@ def test_a_control_model_with_int8_weights_is_its_own_entry_a_quarter_the_size_a
 
 
 def test_a_control_model_that_is_not_cldms_layout_is_refused(tmp_path):
-    from sd_ov.control_model import prepare_control_entry
     from sd_ov.errors import UnsupportedModelError
+    from sd_ov.runtime.control_model import prepare_control_entry
 
     with pytest.raises(UnsupportedModelError, match="not a ControlNet"):
         prepare_control_entry(torch.nn.Conv2d(3, 3, 1), tmp_path, "controlnet")

@@ -5,18 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd_ov import engine, metrics
-from sd_ov.control_inputs import control_input_names
-from sd_ov.deepcache import (
+from sd_ov.errors import UnsupportedModelError
+from sd_ov.graphs.control_inputs import control_input_names
+from sd_ov.graphs.deepcache import (
     DeepCacheConfig,
     DeepCacheFull,
     DeepCacheShallow,
     DeepCacheUNet,
     full_call_indices,
 )
-from sd_ov.errors import UnsupportedModelError
-from sd_ov.recipe import Recipe
-from sd_ov.sampling import sample_euler, sample_heun
+from sd_ov.optimize import metrics
+from sd_ov.optimize.sampling import sample_euler, sample_heun
+from sd_ov.serve import engine
+from sd_ov.store.recipe import Recipe
 
 from .conftest import unet_inputs
 from .test_controlnet import controlled_forward, random_residuals
@@ -230,7 +231,7 @@ def test_the_pairs_disk_check_counts_the_shallow_models_own_weights(deepcache_en
     """The plain pair writes the full UNet and a shallow model of a few blocks: the space it asks
     for is one UNet plus those blocks' weights (SDXL: 10.3 GB, not 21 GB that a 2x estimate asked
     for and a laptop's disk refused), and that is what its shallow IR holds."""
-    from sd_ov.deepcache import shallow_parameters
+    from sd_ov.graphs.deepcache import shallow_parameters
 
     shallow = shallow_parameters(tiny_unet, 1)
     total = sum(p.numel() for p in tiny_unet.parameters())

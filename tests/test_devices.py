@@ -7,8 +7,9 @@ import openvino as ov
 import openvino.opset13 as ops
 import pytest
 
-from sd_ov import engine, ov_core
 from sd_ov.errors import DeviceNotFoundError
+from sd_ov.runtime import ov_core
+from sd_ov.serve import engine
 
 
 def absent_device() -> str:
@@ -27,7 +28,7 @@ def test_cpu_is_found_with_its_full_name():
 def test_per_device_defaults():
     """auto precision: f32 on CPU (OpenVINO's own default there is bf16 on AMX CPUs), f16 on GPU
     and NPU; NPU takes static shapes only, also behind HETERO; AUTO keeps each device's own."""
-    from sd_ov.runtime_settings import RuntimeSettings
+    from sd_ov.runtime.settings import RuntimeSettings
 
     cases = {
         "CPU": ("f32", "dynamic"),

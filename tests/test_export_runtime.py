@@ -8,10 +8,12 @@ import pytest
 import torch
 from ldm.modules import attention
 
-from sd_ov import cache, engine, metrics
 from sd_ov.errors import UnsupportedCallError, UnsupportedModelError
-from sd_ov.ldm_unet import build_unet, describe
-from sd_ov.traceable_unet import traceable
+from sd_ov.graphs.ldm_unet import build_unet, describe
+from sd_ov.graphs.traceable_unet import traceable
+from sd_ov.optimize import metrics
+from sd_ov.serve import engine
+from sd_ov.store import cache
 
 from .conftest import MICRO, TINY_SD2, unet_inputs
 
@@ -193,10 +195,10 @@ def test_nan_in_the_inputs_is_not_blamed_on_openvino(tiny_unet, tiny_entry):
     """A NaN context (from a text encoder or the host's own arithmetic) makes any UNet's output
     NaN: the served UNet says the input was already bad, not that OpenVINO failed."""
     from sd_ov.errors import NonFiniteOutputError
-    from sd_ov.recipe import Recipe
-    from sd_ov.runtime_settings import RuntimeSettings
-    from sd_ov.served import ServedUNet
-    from sd_ov.unet_source import UNetSource
+    from sd_ov.runtime.settings import RuntimeSettings
+    from sd_ov.serve.served import ServedUNet
+    from sd_ov.serve.unet_source import UNetSource
+    from sd_ov.store.recipe import Recipe
 
     source = UNetSource(tiny_entry.path.parents[1], "tiny", tiny_entry.manifest.checkpoint_hash, tiny_unet)
     served = ServedUNet(source, Recipe(), RuntimeSettings())
@@ -211,8 +213,8 @@ def test_nan_in_the_inputs_is_not_blamed_on_openvino(tiny_unet, tiny_entry):
 def test_an_export_runs_the_unet_once_and_its_graph_matches_torch(micro_unet):
     """The converter traces once: torch's trace check (a second trace and two more forwards, 60 % of
     a conversion) is off, and what guards the graph is comparing its output with torch's."""
-    from sd_ov.export import convert_unet
-    from sd_ov.ov_core import get_core
+    from sd_ov.graphs.export import convert_unet
+    from sd_ov.runtime.ov_core import get_core
 
     calls = []
     hook = micro_unet.out.register_forward_hook(lambda *_: calls.append(1))

@@ -9,14 +9,17 @@ import sys
 import pytest
 
 from sd_ov.errors import DeviceNotFoundError
-from sd_ov.form import OPTIMIZE_FIELDS, parse_optimize_form, parse_size, parse_sizes
-from sd_ov.recipe import Recipe
+from sd_ov.optimize.fields import optimize_defaults
+from sd_ov.optimize.form import parse_optimize_form, parse_size, parse_sizes
+from sd_ov.store.recipe import Recipe
 
 
 def test_inert_and_nearly_equal_fields_make_one_recipe():
     """The form normalises what changes nothing (the tab's own inputs: test_webui_tab_api.py)."""
-    base = parse_optimize_form({**OPTIMIZE_FIELDS, "int8": "hybrid", "tome": 0.5})
-    same = parse_optimize_form({**OPTIMIZE_FIELDS, "int8": "hybrid", "tome": 0.5000001, "prune_ratio": 30})
+    base = parse_optimize_form({**optimize_defaults(), "int8": "hybrid", "tome": 0.5})
+    same = parse_optimize_form(
+        {**optimize_defaults(), "int8": "hybrid", "tome": 0.5000001, "prune_ratio": 30}
+    )
     assert base.recipe.key() == same.recipe.key() and base.recipe.label() == "INT8 ToMe0.5"
 
 

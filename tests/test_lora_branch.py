@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from sd_ov import engine, metrics
-from sd_ov.lora_branch import LoraLayer, UnsupportedLoraError, concatenate
-from sd_ov.optimize import optimize
-from sd_ov.recipe import Recipe
-from sd_ov.sampling import sample_lcm
+from sd_ov.graphs.lora_branch import LoraLayer, UnsupportedLoraError, concatenate
+from sd_ov.optimize import metrics
+from sd_ov.optimize.run import optimize
+from sd_ov.optimize.sampling import sample_lcm
+from sd_ov.serve import engine
+from sd_ov.store.recipe import Recipe
 
 from .conftest import unet_inputs
 

@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from sd_ov import engine
-from sd_ov.ldm_unet import build_unet
-from sd_ov.memory import mapped_resident_bytes, release_mapped_file, rss_mib
+from sd_ov.graphs.ldm_unet import build_unet
+from sd_ov.runtime.memory import mapped_resident_bytes, release_mapped_file, rss_mib
+from sd_ov.serve import engine
 
 from .conftest import MICRO, unet_inputs
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd_ov import cache, engine
-from sd_ov.calibration import default_prompts, random_prompt_capture
 from sd_ov.errors import Cancelled, ExportError
-from sd_ov.ldm_unet import describe
-from sd_ov.optimize import Measure, optimize, recipe_entries
-from sd_ov.recipe import Recipe
+from sd_ov.graphs.ldm_unet import describe
+from sd_ov.optimize.calibration import default_prompts, random_prompt_capture
+from sd_ov.optimize.run import Measure, optimize, recipe_entries
+from sd_ov.serve import engine
+from sd_ov.store import cache
+from sd_ov.store.recipe import Recipe
 
 # Stated tolerance: INT8 hybrid + ToMe 0.5 + 25 % FFN pruning against torch FP32 (measured ~0.1).
 COMBINED_TOLERANCE = 0.25
@@ -97,7 +98,7 @@ def test_optimize_makes_a_measured_entry_per_recipe(micro_tome_unet, tmp_path):
 
 def _preview(unet, torch_unet):
     """The report's sample picture: a short Euler run from a fixed seed, cheap preview decode."""
-    from sd_ov.sampling import latent_to_image, sample_euler
+    from sd_ov.optimize.sampling import latent_to_image, sample_euler
 
     gen = torch.Generator().manual_seed(1)
     width = describe(torch_unet).context_dim
@@ -142,8 +143,8 @@ def test_optimize_frees_the_torch_unet_while_calibration_and_nncf_run(tmp_path):
     """With the torch UNet's weights handed over, they are gone while the FP32 OpenVINO UNet
     calibrates and NNCF compresses, back (bit-exactly) for the ToMe export and the measurement,
     and in memory when Optimize returns."""
-    from sd_ov.ldm_unet import build_unet
-    from sd_ov.torch_weights import ModuleWeights, is_released
+    from sd_ov.graphs.ldm_unet import build_unet
+    from sd_ov.runtime.torch_weights import ModuleWeights, is_released
 
     from .conftest import MICRO
     from .test_torch_weights import loaded_like_the_webui, write_checkpoint
@@ -183,7 +184,7 @@ def test_optimize_writes_no_compiled_blob_when_the_setting_keeps_none(micro_unet
     """Settings → "Keep compiled blobs on disk" off: the measurement leaves no blob; on, it does,
     and the entry's disk figure counts them beside the IR. Calibration never writes one into the
     FP32 entry (SDXL's FP32 blob alone is 10 GB): it samples with a temporary INT8-weights copy."""
-    from sd_ov.report import disk_text, entry_text
+    from sd_ov.optimize.report import disk_text, entry_text
 
     capture = random_prompt_capture(describe(micro_unet), prompts=1, steps=2, size=(64, 64))
     recipe = Recipe(int8="hybrid", samples=2)
@@ -229,8 +230,9 @@ def test_the_fp32_entries_exported_only_for_optimize_go_unless_they_were_there(
     made before it, and says why."""
     import openvino as ov
 
-    from sd_ov import calibration_unet, deepcache
-    from sd_ov.optimize_pair import optimize_with_deepcache
+    from sd_ov.graphs import deepcache
+    from sd_ov.optimize import calibration_unet
+    from sd_ov.optimize.pair import optimize_with_deepcache
 
     monkeypatch.setattr(calibration_unet, "INT8_FROM_BYTES", 0)
     inner = random_prompt_capture(describe(micro_unet), prompts=1, steps=2, size=(64, 64))

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sd_ov import cache, engine
 from sd_ov.errors import CacheEntryInUse
-from sd_ov.memory import peak_rss_mib, rss_mib
-from sd_ov.recipe import Recipe
+from sd_ov.runtime.memory import peak_rss_mib, rss_mib
+from sd_ov.serve import engine
+from sd_ov.store import cache
+from sd_ov.store.recipe import Recipe
 
 from . import windows_fs
 from .conftest import unet_inputs
@@ -36,9 +37,10 @@ import importlib, pkgutil
 import sd_ov
 for module in [m for m in pkgutil.iter_modules(sd_ov.__path__) if m.name != "__main__"]:
     importlib.import_module(f"sd_ov.{module.name}")
-import sd_ov.engine, sd_ov.cache
+import sd_ov.serve.engine, sd_ov.store.cache
 from pathlib import Path
-from sd_ov import cache, memory
+from sd_ov.store import cache
+from sd_ov.runtime import memory
 from tests import windows_fs
 windows_fs.install()
 root = Path(sys.argv[2])
@@ -159,7 +161,7 @@ def test_the_peak_sampler_sees_an_allocation_and_names_its_phase():
 
     import numpy as np
 
-    from sd_ov.peak_memory import PeakSampler
+    from sd_ov.optimize.peak_memory import PeakSampler
 
     with PeakSampler(every_s=0.05) as peak:
         progress = peak.tagging(lambda m, f: None)

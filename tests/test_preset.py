@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from sd_ov import cpu_caps as cpu_caps_module
-from sd_ov.cpu_caps import MIN_BF16_SPEEDUP, CpuCaps, cpu_caps
-from sd_ov.form import parse_optimize_form
-from sd_ov.preset import FASTEST, preset_precision
-from sd_ov.runtime_settings import RuntimeSettings
+from sd_ov.optimize.form import parse_optimize_form
+from sd_ov.runtime import cpu_caps as cpu_caps_module
+from sd_ov.runtime.cpu_caps import MIN_BF16_SPEEDUP, CpuCaps, cpu_caps
+from sd_ov.runtime.settings import RuntimeSettings
+from sd_ov.serve.preset import FASTEST, preset_precision
 
 SLOW_BF16 = CpuCaps(("BF16", "FP32", "INT8"), 0.35)  # claimed, 3x slower: the AMX VM of 2026-11
 FAST_BF16 = CpuCaps(("BF16", "FP32", "INT8"), 1.8)
@@ -33,7 +33,7 @@ def test_this_cpus_verdict_is_measured_only_where_bf16_is_claimed_and_kept(tmp_p
 @pytest.mark.parametrize("caps, runs", [(SLOW_BF16, "f32"), (FAST_BF16, "bf16"), (NO_BF16, "f32")])
 def test_bf16_runs_only_where_this_cpu_runs_it_faster(monkeypatch, caps, runs):
     monkeypatch.setattr(cpu_caps_module, "cpu_caps", lambda: caps)
-    monkeypatch.setattr("sd_ov.runtime_settings.cpu_caps", lambda: caps)
+    monkeypatch.setattr("sd_ov.runtime.settings.cpu_caps", lambda: caps)
     settings = RuntimeSettings(precision="bf16").for_device()
     assert settings.precision == runs
     assert bool(settings.precision_note) == (runs == "f32")

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from sd_ov.ldm_unet import UNetSpec
-from sd_ov.manifest import FileRecord, Manifest, Report
-from sd_ov.recipe import Recipe
-from sd_ov.record import REASON_CHARS, JobRecord
+from sd_ov.graphs.ldm_unet import UNetSpec
+from sd_ov.serve.record import REASON_CHARS, JobRecord
+from sd_ov.store.manifest import FileRecord, Manifest, Report
+from sd_ov.store.recipe import Recipe
 
 
 def test_a_job_served_by_openvino_says_what_ran():

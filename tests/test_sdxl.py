@@ -11,10 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd_ov import engine, metrics
-from sd_ov.deepcache import DeepCacheConfig, DeepCacheShallow
-from sd_ov.ldm_unet import describe, randomize_zero_init
-from sd_ov.recipe import Recipe
+from sd_ov.graphs.deepcache import DeepCacheConfig, DeepCacheShallow
+from sd_ov.graphs.ldm_unet import describe, randomize_zero_init
+from sd_ov.optimize import metrics
+from sd_ov.serve import engine
+from sd_ov.store.recipe import Recipe
 
 from .conftest import bigg_tokens
 
@@ -102,11 +103,11 @@ def test_sdxl_deepcache_pair_with_y_matches_torch(sdxl_unet, tmp_path):
 def test_optimize_makes_int8_recipes_of_sdxl_and_refuses_token_merging(sdxl_unet, tmp_path):
     """INT8 hybrid with its DeepCache pair, calibrated on captures that carry y (the IR's fourth
     input) and measured with it; token merging and FFN pruning are refused before any work."""
-    from sd_ov.calibration import random_prompt_capture
     from sd_ov.errors import UnsupportedModelError
-    from sd_ov.form import parse_optimize_form
-    from sd_ov.optimize import Measure, optimizable, optimize
-    from sd_ov.optimize_pair import optimize_with_deepcache
+    from sd_ov.optimize.calibration import random_prompt_capture
+    from sd_ov.optimize.form import parse_optimize_form
+    from sd_ov.optimize.pair import optimize_with_deepcache
+    from sd_ov.optimize.run import Measure, optimizable, optimize
 
     for recipe in (Recipe(tome=0.5), Recipe(prune="ffn", prune_ratio=0.2)):
         with pytest.raises(UnsupportedModelError, match="SDXL"):
@@ -166,7 +167,7 @@ def test_a_lora_on_the_sdxl_graph_equals_torch_merged(sdxl_unet, tmp_path):
 def test_sdxl_graph_takes_controlnets_residuals_like_torch(sdxl_unet, tmp_path):
     """SDXL's ControlNet adds one residual per input block (9 in SDXL) and one to the middle
     block's output: the graph with their inputs equals torch's blocks with them added."""
-    from sd_ov.ldm_unet import feature_shapes
+    from sd_ov.graphs.ldm_unet import feature_shapes
 
     from .test_controlnet import torch_with_residuals
 
@@ -183,7 +184,7 @@ def test_sdxl_graph_takes_controlnets_residuals_like_torch(sdxl_unet, tmp_path):
 def test_sdxl_deepcache_pair_takes_controlnets_residuals_with_y(sdxl_unet, tmp_path):
     """ControlNet with DeepCache on SDXL: the full model takes y and every residual, the shallow
     one y, the cached feature and the residuals of its own input blocks; each equals torch's."""
-    from sd_ov.ldm_unet import feature_shapes
+    from sd_ov.graphs.ldm_unet import feature_shapes
 
     from .test_controlnet import controlled_forward
 
@@ -213,7 +214,7 @@ def tiny_bigg():
 def test_sdxl_open_clip_penultimate_and_pooled_match_sgm(tiny_bigg, tmp_path):
     """OpenCLIP bigG's graph, from the token embeddings the host looked up, equals sgm's own
     encode_with_transformer: the penultimate layer (raw) and the pooled, projected end token."""
-    from sd_ov import text_encoder
+    from sd_ov.runtime import text_encoder
 
     model = tiny_bigg.model
     entry = text_encoder.prepare_text_encoder_entry(model, tmp_path, "tiny-sdxl", "h", kind="open_clip")
@@ -242,7 +243,7 @@ def test_sd2_open_clip_layer_normed_penultimate_from_the_same_graph(tiny_bigg, t
     """SD2's FrozenOpenCLIPEmbedder (ldm) reads ln_final of the penultimate block: the host
     applies ln_final (it stays with the host, 2 x width parameters) to the graph's layer."""
     ldm_modules = pytest.importorskip("ldm.modules.encoders.modules")
-    from sd_ov import text_encoder
+    from sd_ov.runtime import text_encoder
 
     sd2 = ldm_modules.FrozenOpenCLIPEmbedder.__new__(ldm_modules.FrozenOpenCLIPEmbedder)
     torch.nn.Module.__init__(sd2)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd_ov import cache, optimize, text_encoder
-from sd_ov.engine import weights_hash
+from sd_ov.optimize import run as optimize
+from sd_ov.runtime import text_encoder
+from sd_ov.serve.engine import weights_hash
+from sd_ov.store import cache
 
 from .conftest import TinyCLIPTextModel
 
@@ -122,6 +124,6 @@ def test_int8_weights_are_a_quarter_of_the_file_and_close_to_torch(tiny_clip, tm
         want = tiny_clip(input_ids=ids).last_hidden_state
         embeds = text_encoder.token_embedding(tiny_clip)(ids)
     got = ov_te.hidden(embeds)
-    from sd_ov import metrics
+    from sd_ov.optimize import metrics
 
     assert 0 < metrics.rel_l2(got, want) <= 0.05

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd_ov import metrics
-from sd_ov.export import convert_unet
-from sd_ov.ldm_unet import describe
-from sd_ov.ov_core import get_core
-from sd_ov.prune import feed_forwards, ffn_activity, neurons_to_keep, pruned_ffn
-from sd_ov.tome import bipartite_soft_matching, token_merging
-from sd_ov.traceable_unet import traceable
+from sd_ov.graphs.export import convert_unet
+from sd_ov.graphs.ldm_unet import describe
+from sd_ov.graphs.prune import feed_forwards, ffn_activity, neurons_to_keep, pruned_ffn
+from sd_ov.graphs.tome import bipartite_soft_matching, token_merging
+from sd_ov.graphs.traceable_unet import traceable
+from sd_ov.optimize import metrics
+from sd_ov.runtime.ov_core import get_core
 
 from .conftest import unet_inputs
 

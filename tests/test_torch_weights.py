@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sd_ov.ldm_unet import CHECKPOINT_UNET_PREFIX, build_unet
-from sd_ov.memory import rss_mib
-from sd_ov.torch_weights import (
+from sd_ov.graphs.ldm_unet import CHECKPOINT_UNET_PREFIX, build_unet
+from sd_ov.runtime.memory import rss_mib
+from sd_ov.runtime.torch_weights import (
     CheckpointTensors,
     ModuleWeights,
     ReleasedWeights,
@@ -151,8 +151,8 @@ def test_the_check_and_the_restore_keep_few_file_pages_resident(tmp_path, suffix
     makes the whole file resident beside the UNet (SDXL: 10 + 10 GB). With the pages given back
     every RELEASE_PAGES_EVERY_BYTES, the file's resident part stays near that; the weights read
     are still the file's, bit-exactly."""
-    import sd_ov.torch_weights as tw
-    from sd_ov.memory import mapped_resident_bytes
+    import sd_ov.runtime.torch_weights as tw
+    from sd_ov.runtime.memory import mapped_resident_bytes
 
     if not os.path.exists("/proc/self/smaps"):
         pytest.skip("resident pages per mapping are read from /proc (Linux)")

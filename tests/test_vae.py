@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from sd_ov import cache, optimize, vae
-from sd_ov.engine import weights_hash
+from sd_ov.optimize import run as optimize
+from sd_ov.runtime import vae
+from sd_ov.serve.engine import weights_hash
+from sd_ov.store import cache
 
 from .conftest import TinyAutoencoderKL
 
@@ -95,8 +97,8 @@ def test_the_int8_decoder_is_an_entry_beside_the_vaes_and_a_cancel_leaves_none(t
     """`vae_int8`: NNCF quantizes the FP32 decoder on the latents given and the FP32 encoder on the
     host's pictures of them, the fidelity of both is in the manifest, the FP32 entry is untouched,
     and OVVae decodes and encodes with them; cancelled halfway, nothing is written."""
-    from sd_ov import metrics, vae_int8
     from sd_ov.errors import Cancelled
+    from sd_ov.optimize import metrics, vae_int8
 
     entry, root = vae_entry
     files_before = dict(entry.manifest.files)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from sd_ov import engine, metrics
-from sd_ov.sampling import latent_to_image
-from sd_ov.torch_weights import is_released
+from sd_ov.optimize import metrics
+from sd_ov.optimize.sampling import latent_to_image
+from sd_ov.runtime.torch_weights import is_released
+from sd_ov.serve import engine
 
 from .webui_harness import faulty_runtime_job, infotext_params, openvino_infotext, txt2img
 
@@ -383,7 +384,7 @@ def test_at_cfg_1_the_negative_half_is_skipped_through_the_webuis_own_setting(we
     for that job: every UNet call has the prompt's rows only, the picture is the one the full
     batch gives, and the infotext says so; the setting is the user's again after the job. Not at
     other CFG scales, not with AND prompts, not when the setting is off."""
-    from sd_ov.runtime import OVUNet
+    from sd_ov.runtime.unet import OVUNet
 
     batches = []
     real_call = OVUNet.__call__

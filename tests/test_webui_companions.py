@@ -11,8 +11,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sd_ov import cache, metrics, ov_core
-from sd_ov.torch_weights import is_released
+from sd_ov.optimize import metrics
+from sd_ov.runtime import ov_core
+from sd_ov.runtime.torch_weights import is_released
+from sd_ov.store import cache
 
 from .webui_harness import add_vae_and_text_encoder, infotext_params, txt2img
 
@@ -205,7 +207,7 @@ def test_each_offload_mode_gives_the_same_picture_and_keeps_what_it_says(webui):
 
 def interrupt_at_the_second_unet_call(webui, monkeypatch):
     """The user presses Interrupt while the sampler runs (the webui then decodes the partial latent)."""
-    from sd_ov.served import ServedUNet
+    from sd_ov.serve.served import ServedUNet
 
     real = ServedUNet.__call__
     calls = []

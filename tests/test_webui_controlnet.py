@@ -79,7 +79,7 @@ def test_two_units_with_deepcache_its_shallow_calls_take_their_own_blocks_residu
     control models run at every call, shallow ones too; each call of the job equals torch's
     ControlNet forward cached the same way (bench/controlnet_deepcache.py's reference), given
     the residuals ControlNet's forward made for it; the infotext says both."""
-    from sd_ov.deepcache import DeepCacheUNet
+    from sd_ov.graphs.deepcache import DeepCacheUNet
 
     from .test_controlnet import controlled_forward
 
@@ -126,8 +126,8 @@ def test_a_pair_that_cant_take_the_residuals_leaves_deepcache_off_with_a_note(
 ):
     """The pair's shallow graph refuses ControlNet's inputs: the job runs on the OpenVINO UNet with
     its residuals, without DeepCache, and says why."""
-    from sd_ov import runtime
     from sd_ov.errors import SdOvError
+    from sd_ov.runtime import unet as runtime
 
     add = runtime.add_control_inputs
 

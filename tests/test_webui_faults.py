@@ -6,7 +6,8 @@ from __future__ import annotations
 import openvino as ov
 import torch
 
-from sd_ov import engine, export
+from sd_ov.graphs import export
+from sd_ov.serve import engine
 
 from .webui_harness import (
     OPENVINO_SAYS,

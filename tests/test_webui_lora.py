@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sd_ov import metrics
-from sd_ov.torch_weights import is_released
+from sd_ov.optimize import metrics
+from sd_ov.runtime.torch_weights import is_released
 
 from .webui_harness import infotext_params, txt2img
 

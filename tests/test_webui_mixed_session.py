@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sd_ov import metrics
-from sd_ov.torch_weights import is_released
+from sd_ov.optimize import metrics
+from sd_ov.runtime.torch_weights import is_released
 
 from .test_webui_lora import MATCH, lora_ext, lora_network  # noqa: F401 - the fixture
 from .webui_harness import add_vae_and_text_encoder, openvino_infotext, txt2img

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sd_ov.metrics import psnr
-from sd_ov.ov_core import get_core
-from sd_ov.preset import FASTEST, preset_precision
+from sd_ov.optimize.metrics import psnr
+from sd_ov.runtime.ov_core import get_core
+from sd_ov.serve.preset import FASTEST, preset_precision
 
 from .webui_harness import infotext_params
 

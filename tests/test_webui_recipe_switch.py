@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd_ov import Recipe, torch_weights
-from sd_ov.optimize import optimize
-from sd_ov.torch_weights import is_released
+from sd_ov import Recipe
+from sd_ov.optimize.run import optimize
+from sd_ov.runtime import torch_weights
+from sd_ov.runtime.torch_weights import is_released
 
 from .webui_harness import add_vae_and_text_encoder, infotext_params, txt2img
 

@@ -8,12 +8,14 @@ import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from sd_ov import cache, engine, metrics
-from sd_ov import cpu_caps as cpu_caps_module
-from sd_ov.cpu_caps import CpuCaps
-from sd_ov.deepcache import DeepCacheConfig
-from sd_ov.preset import FASTEST
-from sd_ov.vae_int8 import ENCODER_MIN_PSNR_DB
+from sd_ov.graphs.deepcache import DeepCacheConfig
+from sd_ov.optimize import metrics
+from sd_ov.optimize.vae_int8 import ENCODER_MIN_PSNR_DB
+from sd_ov.runtime import cpu_caps as cpu_caps_module
+from sd_ov.runtime.cpu_caps import CpuCaps
+from sd_ov.serve import engine
+from sd_ov.serve.preset import FASTEST
+from sd_ov.store import cache
 
 from . import windows_fs
 from .conftest import unet_inputs
@@ -322,16 +324,16 @@ def test_the_tab_offers_every_deepcache_branch_the_form_takes(webui, monkeypatch
     import gradio as gr
 
     from sd_ov import MAX_DEEPCACHE_BRANCH, parse_optimize_form
-    from sd_ov.form import OPTIMIZE_FIELDS
+    from sd_ov.optimize.fields import optimize_defaults
 
     webui.callbacks.ui_tabs_callback()
     webui.script.ui(False)
     by_id = {c.kwargs.get("elem_id"): c for c in gr.Component.created}
     offered = by_id["sd_ov_recipe_deepcache"].kwargs["choices"]
     for choice in offered[1:]:
-        assert parse_optimize_form({**OPTIMIZE_FIELDS, "deepcache_branch": choice}).deepcache_branch == int(
-            choice
-        )
+        assert parse_optimize_form(
+            {**optimize_defaults(), "deepcache_branch": choice}
+        ).deepcache_branch == int(choice)
     assert offered[-1] == str(MAX_DEEPCACHE_BRANCH)
     assert by_id["sd_ov_txt2img_deepcache_branch"].kwargs["maximum"] == MAX_DEEPCACHE_BRANCH
     assert (
@@ -350,8 +352,8 @@ def test_the_same_recipe_from_the_cli_and_the_tab_is_one_entry(webui, monkeypatc
     ratio that pruning off makes inert), reach Optimize as the CLI's `--int8 hybrid --tome 0.5`."""
     import gradio as gr
 
-    from sd_ov.cache import EntryKey
-    from sd_ov.cli import build_parser, optimize_form_values
+    from sd_ov.store.cache import EntryKey
+    from sd_ov.tools.cli import build_parser, optimize_form_values
 
     webui.callbacks.ui_tabs_callback()
     button = next(c for c in gr.Component.created if c.kwargs.get("elem_id") == "sd_ov_optimize")
@@ -381,9 +383,9 @@ def test_optimize_frees_the_text_encoder_except_while_prompts_are_encoded(webui,
     compiles, samples with the FP32 UNet and compresses; they are back, bit-exactly, for each
     calibration picture's prompts and at the end. The FP32 UNet's buffers go before each
     calibration picture is decoded."""
-    from sd_ov import engine
-    from sd_ov.runtime import OVUNet
-    from sd_ov.torch_weights import is_released
+    from sd_ov.runtime.torch_weights import is_released
+    from sd_ov.runtime.unet import OVUNet
+    from sd_ov.serve import engine
 
     from .webui_harness import add_vae_and_text_encoder
 
@@ -426,3 +428,46 @@ def test_optimize_frees_the_text_encoder_except_while_prompts_are_encoded(webui,
     assert events[:2] == ["release", "decode"], events  # the first calibration picture's decode
     assert not is_released(encoder)
     assert all(torch.equal(v, before[k]) for k, v in encoder.state_dict().items())
+
+
+def test_a_new_optimize_field_is_one_row_of_the_table(webui, monkeypatch, tmp_path):
+    """A row added to the engine's field table shows in the tab (its label, range, element id), is
+    an attribute of the API's request model (its default; its bounds checked: 422) and a flag of
+    the command line (its bounds checked too)."""
+    import argparse
+
+    from sd_ov.optimize import fields
+    from sd_ov.tools import cli
+
+    knob = fields.OptimizeField(
+        "knob", 3, int, "Knob", "a new knob", group="shapes", widget="slider", low=1, high=5
+    )
+    monkeypatch.setattr(fields, "FIELDS", (*fields.FIELDS, knob))
+
+    components = webui.pkg.tab.form_components()
+    assert components["knob"].label == "Knob" and components["knob"].kwargs["maximum"] == 5
+    assert components["knob"].kwargs["elem_id"] == "sd_ov_knob"
+
+    body = webui.pkg.api.optimize_body_model()
+    assert body().knob == 3
+    monkeypatch.setattr(webui.pkg.api, "OptimizeBody", body)
+    app = FastAPI()
+    webui.callbacks.app_started_callback(None, app)
+    webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
+    answer = TestClient(app).post("/sd-ov/v1/optimize", json={"knob": 9})
+    assert answer.status_code == 422 and "knob must be between 1 and 5" in answer.json()["detail"], (
+        answer.json()
+    )
+
+    parser = argparse.ArgumentParser()
+    cli.add_optimize_fields(parser)
+    assert cli.optimize_form_values(parser.parse_args([]))["knob"] == 3
+    with pytest.raises(ValueError, match="knob must be between 1 and 5"):
+        sd_ov_form_parse(cli.optimize_form_values(parser.parse_args(["--knob", "9"])))
+    assert not (tmp_path / "cache").exists()
+
+
+def sd_ov_form_parse(values):
+    from sd_ov.optimize.form import parse_optimize_form
+
+    return parse_optimize_form(values)

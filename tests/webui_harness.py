@@ -72,7 +72,7 @@ def webui(request, stub_modules, tiny_unet, tmp_path, shared_cache):
     paths.models_path = str(shared_cache)
     sd_models.checkpoints_list.clear()
     if getattr(request, "param", "tiny") == "micro":
-        from sd_ov.ldm_unet import build_unet
+        from sd_ov.graphs.ldm_unet import build_unet
 
         from .conftest import MICRO_TOME
 
@@ -110,7 +110,7 @@ def add_vae_and_text_encoder(webui):
     weights under the webui's keys, as a real checkpoint has them. Call before the first job."""
     from modules.sd_hijack_clip import FrozenCLIPEmbedder, FrozenCLIPEmbedderWithCustomWords
 
-    from sd_ov.ldm_unet import describe
+    from sd_ov.graphs.ldm_unet import describe
 
     from .conftest import TinyAutoencoderKL, TinyCLIPTextModel
 
@@ -147,7 +147,7 @@ def txt2img(
     `init_image` ([-1, 1], [1, 3, H, W]) makes it an img2img job from that picture."""
     from modules import processing, scripts
 
-    from sd_ov.ldm_unet import describe
+    from sd_ov.graphs.ldm_unet import describe
 
     width_of_context = describe(webui.shared.sd_model.model.diffusion_model).context_dim
     gen = torch.Generator().manual_seed(99)

@@ -103,7 +103,7 @@ class TinyControlNet(nn.Module):
             nn.SiLU(),
             nn.Conv2d(32, self.model_channels, 3, padding=1, stride=2),
         )
-        from sd_ov.ldm_unet import feature_shapes
+        from sd_ov.graphs.ldm_unet import feature_shapes
 
         shapes = feature_shapes(encoder, 8, 8)
         self.zero_convs = nn.ModuleList(nn.Conv2d(c, c, 1) for c, _, _ in shapes[:-1])

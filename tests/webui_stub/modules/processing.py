@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from modules import sd_unet, shared
-from sd_ov.sampling import latent_to_image, sample_euler
+from sd_ov.optimize.sampling import latent_to_image, sample_euler
 
 
 class StableDiffusionProcessing:
