@@ -8,9 +8,12 @@ Python error with its traceback goes to the console (`unexpected` tells the call
 
 from __future__ import annotations
 
+import logging
 import os
 
-from sd_ov import SdOvError
+from sd_ov import Cancelled, SdOvError
+
+log = logging.getLogger("sd_ov")
 
 
 def raised_by_openvino(err: BaseException) -> bool:
@@ -44,3 +47,24 @@ def explain(err: BaseException) -> str:
         return f"OpenVINO: {openvino_message(err)}"
     kind = type(err).__name__
     return f"an unexpected error in sd-ov ({kind}, details in the console); the next job tries again"
+
+
+def tell_console(said: tuple[str | None, int], reason: str, err: BaseException) -> tuple[str, int]:
+    """Say why OpenVINO is unavailable: a cause once, with the Python error and its traceback where
+    it is unexpected; the same cause at a later job once more, with what the user can do; then
+    nothing (the infotext says it at every job). `said`: the cause said last and how often; the
+    return value is the new one."""
+    times = said[1] + 1 if said[0] == reason else 1
+    if isinstance(err, Cancelled) or times > 2:
+        return reason, times
+    if times == 2:
+        print(
+            f"[sd-ov] OpenVINO unavailable again, for the same cause: {reason}. Each job tries again; "
+            "SD Unet 'None' (or the accordion's switch) keeps jobs on torch without trying."
+        )
+        return reason, times
+    log.warning("sd-ov: the torch UNet serves instead: %s", reason)
+    print(f"[sd-ov] OpenVINO UNet unavailable, using torch: {reason}")
+    if unexpected(err):
+        log.error("sd-ov: %s: %s", type(err).__name__, err, exc_info=err)
+    return reason, times

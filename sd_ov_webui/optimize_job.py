@@ -23,9 +23,10 @@ from sd_ov import (
 )
 
 from .calibration_pictures import PromptEncoders, webui_capture, webui_sample_image
+from .checkpoints import checkpoint_identity
 from .int8_vae import DecodedLatents, Optimized, int8_vae_decoder, vae_decoder_line
 from .offload import WebuiWeights, unet_weights
-from .options import OpenVINOUnetOption, checkpoint_identity
+from .options import OpenVINOUnetOption
 from .progress import cancellable_progress
 from .settings import cache_root, offload_mode, opt
 from .torch_unet import unet_calls_to

@@ -8,21 +8,12 @@ import logging
 
 from modules import sd_models, sd_unet
 
-from sd_ov import Recipe, canonical, file_hash, recipe_entries
+from sd_ov import Recipe, canonical, recipe_entries
 
 from .settings import cache_root
 
 log = logging.getLogger("sd_ov")
 LABEL_PREFIX = "[OpenVINO]"
-
-
-def checkpoint_identity(info) -> tuple[str, str]:
-    """(name, sha256) of a webui CheckpointInfo; the webui caches the hash in cache.json."""
-    sha256 = getattr(info, "sha256", None)
-    if not sha256 and hasattr(info, "calculate_shorthash"):
-        info.calculate_shorthash()
-        sha256 = info.sha256
-    return info.model_name, sha256 or file_hash(info.filename)
 
 
 class OpenVINOUnetOption(sd_unet.SdUnetOption):

@@ -20,6 +20,7 @@ ON = {"sd_ov_vae": True, "sd_ov_text_encoder": True}
 def test_a_recipe_switch_keeps_the_unet_freed_and_the_vae_and_text_encoder_compiled(
     webui, monkeypatch, tmp_path
 ):
+    from sd_ov_webui.checkpoints import checkpoint_identity
     from sd_ov_webui.settings import cache_root
 
     webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")  # its INT8 entry is its own
@@ -27,7 +28,7 @@ def test_a_recipe_switch_keeps_the_unet_freed_and_the_vae_and_text_encoder_compi
     unet_module = model.model.diffusion_model
     original = {n: p.detach().clone() for n, p in unet_module.named_parameters()}
     # a second recipe of the checkpoint: INT8 weights by NNCF (no calibration, no measurement)
-    name, sha256 = webui.pkg.options.checkpoint_identity(webui.info)
+    name, sha256 = checkpoint_identity(webui.info)
     optimize(
         unet_module, cache_root(), name, sha256, Recipe(int8="weights"), measure=None, cache_compiled=False
     )
