@@ -40,9 +40,9 @@ from control_model import extension_control_model  # noqa: E402
 from picture import SCALE, to_pixels  # noqa: E402
 from unet_step import machine_info  # noqa: E402
 
-from sd_ov import metrics  # noqa: E402
 from sd_ov.graphs.deepcache import DeepCacheConfig, full_call_indices  # noqa: E402
 from sd_ov.graphs.ldm_unet import build_unet, load_config  # noqa: E402
+from sd_ov.optimize import metrics  # noqa: E402
 from sd_ov.optimize.sampling import sample_euler  # noqa: E402
 from sd_ov.runtime.vae import SD_DDCONFIG, AutoencoderParts  # noqa: E402
 from sd_ov.serve.preset import FASTEST  # noqa: E402

@@ -30,10 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sd_ov import metrics  # noqa: E402
 from sd_ov.graphs.export import export_unet, save_ir  # noqa: E402
 from sd_ov.graphs.ldm_unet import build_unet, describe, load_config  # noqa: E402
 from sd_ov.graphs.traceable_unet import traceable  # noqa: E402
+from sd_ov.optimize import metrics  # noqa: E402
 from sd_ov.optimize.calibration import random_prompt_capture  # noqa: E402
 from sd_ov.runtime.compress import _nncf, _quantize, matmuls_with_weights, raw_input_convolutions  # noqa: E402
 from sd_ov.runtime.unet import OVUNet  # noqa: E402

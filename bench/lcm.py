@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from picture import RECIPES, SCALE, prepare, to_pixels, torch_modules  # noqa: E402
 from unet_step import machine_info  # noqa: E402
 
-from sd_ov import metrics  # noqa: E402
 from sd_ov.graphs.lora_branch import LoraLayer  # noqa: E402
 from sd_ov.graphs.traceable_unet import traceable  # noqa: E402
+from sd_ov.optimize import metrics  # noqa: E402
 from sd_ov.optimize.sampling import sample_lcm  # noqa: E402
 from sd_ov.runtime.text_encoder import OVTextEncoder  # noqa: E402
 from sd_ov.runtime.vae import OVVae  # noqa: E402

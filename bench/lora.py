@@ -6,7 +6,7 @@ has none, and one who has some, against recompiling (what the anchors do)? The L
 random, rank 16 on every layer a kohya SD1.5 LoRA trains (attention q/k/v/out, feed-forward,
 proj_in/proj_out), and one LoCon on every layer, 3x3 convs included (as LCM-LoRA trains); the
 UNet has seeded random weights. Speed only: what the branch computes is
-checked against torch by tests/test_lora_branch.py.
+checked against torch by tests/engine/test_lora_branch.py.
 
 Fairness: both models are compiled first; then each round calls plain, branch+none, branch+1 and
 branch+3 (the first of each round rotating), every call with the same inputs; s/step is the median

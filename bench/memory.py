@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sd_ov import metrics  # noqa: E402
+from sd_ov.optimize import metrics  # noqa: E402
 from sd_ov.runtime.memory import rss_mib  # noqa: E402
 from sd_ov.serve.engine import weights_hash  # noqa: E402
 

@@ -45,10 +45,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from unet_step import machine_info  # noqa: E402
 
-from sd_ov import metrics  # noqa: E402
 from sd_ov.graphs.deepcache import DeepCacheConfig  # noqa: E402
 from sd_ov.graphs.ldm_unet import build_unet, describe, load_config  # noqa: E402
 from sd_ov.graphs.traceable_unet import traceable  # noqa: E402
+from sd_ov.optimize import metrics  # noqa: E402
 from sd_ov.optimize.calibration import random_prompt_capture  # noqa: E402
 from sd_ov.optimize.pair import optimize_with_deepcache  # noqa: E402
 from sd_ov.optimize.sampling import sample_euler  # noqa: E402

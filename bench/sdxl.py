@@ -56,10 +56,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from sdxl_text_encoders import clip_l, open_clip_bigg  # noqa: E402
 
-from sd_ov import metrics  # noqa: E402
 from sd_ov.constants import CHECKPOINT_UNET_PREFIX  # noqa: E402
 from sd_ov.graphs.deepcache import DeepCacheConfig  # noqa: E402
 from sd_ov.graphs.ldm_unet import randomize_zero_init  # noqa: E402
+from sd_ov.optimize import metrics  # noqa: E402
 from sd_ov.optimize.calibration import CapturingUNet  # noqa: E402
 from sd_ov.optimize.pair import optimize_with_deepcache  # noqa: E402
 from sd_ov.optimize.sampling import sample_euler  # noqa: E402

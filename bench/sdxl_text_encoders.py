@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sd_ov import text_encoder  # noqa: E402
+from sd_ov.runtime import text_encoder  # noqa: E402
 from sd_ov.runtime.memory import rss_mib, trim_heap  # noqa: E402
 
 

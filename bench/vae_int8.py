@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from unet_step import machine_info  # noqa: E402
 
-from sd_ov import metrics  # noqa: E402
+from sd_ov.optimize import metrics  # noqa: E402
 from sd_ov.optimize.measure import median_call  # noqa: E402
 from sd_ov.optimize.vae_int8 import find_int8_decoder, quantize_vae_decoder  # noqa: E402
 from sd_ov.runtime.vae import SD_DDCONFIG, AutoencoderParts, OVVae, prepare_vae_entry  # noqa: E402

@@ -2,7 +2,7 @@
 Euler txt2img (the API's whole request) on torch, on the preset (twice, after a 1-step warm-up),
 and the 4-step LCM path at CFG 1 with an LCM-LoRA-shaped LoCon on the preset's recipe (twice).
 
-Why beside `tests/test_webui_real.py -k five_times`: that test Optimizes three recipes in the
+Why beside `tests/real/test_webui_real.py -k five_times`: that test Optimizes three recipes in the
 same webui process (43 minutes) and measures their jobs after it; this measures a user's fresh
 start with the preset already made, in about 12 minutes. It uses the real tests' helpers and
 settings (SD_OV_WEBUI_DIR, SD_OV_WEBUI_PYTHON) and links this checkout into the webui's
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from sd_ov.optimize.metrics import psnr  # noqa: E402
 from sd_ov.serve.preset import FASTEST  # noqa: E402
-from tests import test_webui_real as real  # noqa: E402
+from tests.real import test_webui_real as real  # noqa: E402
 
 JOB = {"width": 512, "height": 512, "steps": 20}
 

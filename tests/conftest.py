@@ -129,10 +129,6 @@ def tiny_entry(tiny_unet, tmp_path_factory):
     return engine.prepare_entry(tiny_unet, root, "tiny", engine.weights_hash(tiny_unet)).entry
 
 
-# The webui stand-in's fixtures (tests/webui_harness.py), for the adapter's tests.
-from .webui_harness import shared_cache, stub_modules, webui  # noqa: E402, F401
-
-
 def tiny_open_clip_embedder():
     """sgm's real FrozenOpenCLIPEmbedder2 as the webui's SDXL config makes it (penultimate layer,
     pooled output, not legacy) around a tiny seeded open_clip model (no weights to download).
@@ -177,3 +173,8 @@ def bigg_tokens(batch: int, seed: int) -> torch.Tensor:
         tokens[row, 1:length] = torch.randint(1, 990, (length - 1,), generator=gen)
         tokens[row, length] = 999
     return tokens
+
+
+# The webui stand-in's modules on sys.path (tests/webui/harness.py): the engine's tests of the
+# webui's own forward use them too; the adapter's fixtures are in tests/webui/conftest.py.
+from .webui.harness import stub_modules  # noqa: E402, F401

@@ -1,6 +1,6 @@
 """The "fastest" preset: the combination of recipe, precision and DeepCache schedule that made the
 fastest picture within the fidelity floor (25 dB against torch's picture, the original report's
-bar) in a real webui (`tests/test_webui_real.py -k five_times`, README, "How much faster").
+bar) in a real webui (`tests/real/test_webui_real.py -k five_times`, README, "How much faster").
 
 Measured on 2 cores, SD1.5 at 512², 20 Euler steps, the whole API request (AMD EPYC Zen 4,
 2026-12-03, seeded random weights): INT8 hybrid-ff (hybrid with the feed-forward MatMuls W8A8

@@ -1,0 +1,114 @@
+"""install.py as the webui runs it: installs only what is missing, never moves the webui's pins."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def launch(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "launch_stub"))
+    import launch
+
+    launch.calls.clear()
+    yield launch
+    sys.modules.pop("launch", None)
+
+
+def run_installer(monkeypatch, versions: dict[str, str | None]):
+    """Run install.py as __main__ with some packages' installed versions overridden."""
+    import importlib.metadata as md
+
+    real = md.version
+
+    def fake_version(name):
+        if name in versions:
+            if versions[name] is None:
+                raise md.PackageNotFoundError(name)
+            return versions[name]
+        return real(name)
+
+    monkeypatch.setattr(md, "version", fake_version)
+    runpy.run_path(str(ROOT / "install.py"), run_name="__main__")
+
+
+RECENT = {"openvino": "2026.4.1", "nncf": "3.4.0", "filelock": "3.20.0"}
+
+
+def test_nothing_to_do_when_everything_is_recent(launch, monkeypatch):
+    run_installer(monkeypatch, RECENT)
+    assert launch.calls == []
+
+
+def test_missing_openvino_is_installed_with_the_webui_pins_as_constraints(launch, monkeypatch):
+    seen = {}
+    real_run_pip = launch.run_pip
+
+    def run_pip(command, desc=None, live=False):
+        constraints = command.split('-c "')[1].rstrip('"')
+        seen["constraints"] = Path(constraints).read_text()
+        return real_run_pip(command, desc)
+
+    monkeypatch.setattr(launch, "run_pip", run_pip)
+    run_installer(
+        monkeypatch,
+        {
+            **RECENT,
+            "openvino": None,
+            "torch": "2.1.2",
+            "numpy": "1.26.2",
+            "gradio": "3.41.2",
+            "transformers": "4.30.2",
+        },
+    )
+    [(command, desc)] = launch.calls
+    targets = command.split(" -c ")[0]
+    assert targets == 'install "openvino>=2024.4,<2027"'
+    assert "torch" not in targets and "numpy" not in targets
+    for pin in ("torch==2.1.2", "numpy==1.26.2", "gradio==3.41.2", "transformers==4.30.2"):
+        assert pin in seen["constraints"].splitlines()
+    assert "openvino" in desc
+
+
+def test_too_old_nncf_is_upgraded_alone(launch, monkeypatch):
+    run_installer(monkeypatch, {**RECENT, "openvino": "2025.1.0", "nncf": "2.7.0"})
+    [(command, _)] = launch.calls
+    assert command.startswith('install "nncf>=2.13,<4" -c ')
+
+
+def test_running_twice_installs_once(launch, monkeypatch):
+    run_installer(monkeypatch, {**RECENT, "openvino": None})
+    assert len(launch.calls) == 1
+    run_installer(monkeypatch, RECENT)  # as the first run left it
+    assert len(launch.calls) == 1
+
+
+def test_a_temp_folder_with_spaces_and_non_ascii_letters_is_quoted(launch, monkeypatch, tmp_path):
+    """Windows' temp folder is under the user's name (C:\\Users\\Zoë Müller\\AppData\\Local\\Temp):
+    the constraints file's path reaches pip whole, and pip reads it."""
+    import subprocess
+    import tempfile
+
+    temp = tmp_path / "Zoë Müller" / "Temp"
+    temp.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    seen = {}
+
+    def run_pip(command, desc=None, live=False):
+        # as the webui runs it: one shell command line
+        line = f'"{sys.executable}" -m pip {command} --dry-run --no-index --quiet'
+        seen["pip"] = subprocess.run(line, shell=True, capture_output=True, text=True)
+        seen["command"] = command
+
+    monkeypatch.setattr(launch, "run_pip", run_pip)
+    run_installer(monkeypatch, {**RECENT, "filelock": None})
+    assert str(temp) in seen["command"]
+    # pip read the constraints file (a path it could not open fails with "Could not open")
+    assert "Could not open" not in seen["pip"].stderr and "No such file" not in seen["pip"].stderr, seen
+    assert seen["pip"].returncode == 0, seen["pip"].stderr
