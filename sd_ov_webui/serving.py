@@ -10,30 +10,27 @@ checkpoint and its torch UNet (`open_again`), how torch computes a call, and how
 from __future__ import annotations
 
 import logging
-import time
 
 from modules import devices, shared
 
 from sd_ov import (
     DeepCacheConfig,
     JobRecord,
-    NonFiniteOutputError,
     Recipe,
     RuntimeSettings,
     ServedUNet,
     UNetSource,
-    UnsupportedCallError,
     UnsupportedLoraError,
 )
 
 from . import controlnet
+from .calls import UNetCalls
 from .companions import Companions
 from .control_model import ControlModels
-from .controlnet import TorchServes
 from .errors import explain, tell_console, unexpected
 from .lora import UNetLora
 from .offload import WebuiWeights
-from .plan import plan_job
+from .plan import HostReading, plan_job
 from .progress import cancellable_progress, webui_progress
 from .settings import offload_mode, runtime_settings
 from .torch_unet import foreign_forward
@@ -41,13 +38,17 @@ from .torch_unet import foreign_forward
 log = logging.getLogger("sd_ov")
 
 
-class JobServing:
+class JobServing(UNetCalls):
     """The OpenVINO side of the SD Unet: its state lives across jobs, its record per job."""
 
     recipe: Recipe  # the host's option says which recipe serves
 
     def open_again(self) -> None:
         """Bind to the loaded checkpoint and open its OpenVINO UNet (the host's)."""
+        raise NotImplementedError
+
+    def read_job(self, unet, first_pass: bool) -> HostReading:
+        """What the host says of the job it starts (its LoRAs, ControlNet, refusals)."""
         raise NotImplementedError
 
     def __init__(self) -> None:
@@ -145,7 +146,8 @@ class JobServing:
             self.control_models.start_job()
             if self.binding_note:
                 self.record.note(self.binding_note)
-        plan = plan_job(unet, self.record, deepcache, expected_calls, first_pass, self.job_torch_reason)
+        reading = self.read_job(unet, first_pass)
+        plan = plan_job(reading, deepcache, expected_calls, first_pass, self.job_torch_reason)
         # provisional until serve_units says: apply_settings' offload must not read the torch UNet
         # back for ControlNet's forward (3.2 GB read and checked again at every ControlNet job)
         self.controlnet_job = plan.control_hook is not None
@@ -179,26 +181,6 @@ class JobServing:
                 self.record.note(note)
             self.sampled = False
 
-    def controlnet_reason(self) -> str | None:
-        """Why torch serves ControlNet's next call; None: OpenVINO does (controlnet.Server)."""
-        reason = self.job_torch_reason or self.unavailable
-        if self.served is None:
-            return reason or "the OpenVINO UNet is not loaded"
-        if not self.served.with_control:
-            return reason or "the OpenVINO UNet was not opened with ControlNet's inputs"
-        return reason
-
-    def serve_controlled(self, x, timesteps, context, y, residuals):
-        """One ControlNet call: the UNet with the units' residuals on OpenVINO (controlnet.Server)."""
-        if self.served.takes_y and y is None:
-            raise TorchServes("this UNet takes a vector conditioning (y) and the call gave none")
-        return self.serve_call(x, timesteps, context, (y,) if self.served.takes_y else (), residuals)
-
-    def control_models_served(self, params):
-        """ControlNet's units' control models on OpenVINO around one call (controlnet.Server)."""
-        settings = self.served.settings
-        return self.control_models.serving(params, settings.device, settings.precision)
-
     def serve_lora(self, lora: UNetLora) -> None:
         """The job's UNet LoRAs into the OpenVINO UNet's branch (none: the branch is emptied); one it
         can't take makes the job torch's, with the reason in the infotext."""
@@ -228,33 +210,6 @@ class JobServing:
 
     def decoding_ended(self) -> None:
         self.companions.decoded()
-
-    def serve_call(self, x, timesteps, context, y: tuple = (), control: list | tuple = ()):
-        """One UNet call on OpenVINO; TorchServes with the reason when torch must make it."""
-        try:
-            if not self.sampled:
-                self.sampled = True
-                self.sampling_starts()
-            started = time.perf_counter()
-            out = self.served(x, timesteps, context, *y, control=control)
-            self.record.served(started, time.perf_counter())
-            return out
-        except UnsupportedCallError as err:  # this call only (e.g. an odd shape)
-            reason = str(err)
-        except NonFiniteOutputError as err:  # this job's remaining calls go to torch
-            reason = self.job_torch_reason = str(err)
-        except Exception as err:
-            self.use_torch(err)
-            reason = self.unavailable
-        raise TorchServes(reason)
-
-    def torch_serves(self, reason: str) -> None:
-        """Torch makes this call: counted with its reason (said once per job), weights back."""
-        if self.record.fell_back(reason):
-            shared.state.textinfo = f"OpenVINO: torch serves: {reason}"
-            log.info("sd-ov: torch serves: %s", reason)
-        if self.weights is not None:
-            self.weights.ensure(webui_progress)  # freed while OpenVINO served
 
     def apply_settings(self, may_open: bool) -> None:
         """Reconfigure with the current settings, or open again after a failure (`may_open`: at a

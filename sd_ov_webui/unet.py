@@ -23,14 +23,15 @@ from sd_ov import JobRecord, Recipe, UNetSource, describe
 from . import controlnet
 from .checkpoints import checkpoint_identity
 from .companions import Companions
-from .controlnet import TorchServes
 from .errors import explain
-from .lora import networks_set_aside
+from .lora import UNetLora, networks_set_aside, unet_lora
 from .offload import undo_lora_weights, unet_weights
+from .plan import HostReading
 from .progress import webui_progress
 from .recipe_switch import HANDOVER
 from .serving import JobServing
 from .settings import cache_root, runtime_settings
+from .torch_patches import unet_notes, unet_refusal
 from .torch_unet import call_torch, unet_calls_to
 
 
@@ -79,6 +80,16 @@ class OpenVINOUnet(sd_unet.SdUnet, JobServing):
             self.source = self.source or UNetSource(cache_root(), "", "", unet)
             self.use_torch(err)
 
+    def read_job(self, unet, first_pass: bool) -> HostReading:
+        """A1111's: the Lora extension's networks, sd-webui-controlnet's hook, the webui's per-job
+        patches of torch modules (Tiling, hypernetworks, Hypertile)."""
+        return HostReading(
+            unet_lora(unet) if unet is not None else UNetLora(),
+            controlnet.job_hook(unet, self.record),
+            unet_refusal(unet),
+            unet_notes(hires_pass=not first_pass),
+        )
+
     @contextlib.contextmanager
     def torch_computes(self) -> Iterator[None]:
         """While inside (an export's trace), the torch UNet has its base weights (no LoRA merged in)
@@ -101,32 +112,15 @@ class OpenVINOUnet(sd_unet.SdUnet, JobServing):
         )
 
     def forward(self, x, timesteps, context, *args, **kwargs):
-        reason = self.job_torch_reason or self.unavailable
-        extra, y = [], ()  # the common call has none: nothing to build
-        if args or kwargs:
-            named = {k: v for k, v in kwargs.items() if v is not None}
-            if self.served is not None and self.served.takes_y and "y" in named:  # SDXL's vector
-                y = (named.pop("y"),)
-            extra = [f"#{i}" for i in range(len(args))] + list(named)
-        if self.served is None:
-            reason = reason or "the OpenVINO UNet is not loaded"
-        elif extra:
-            reason = f"extra UNet inputs ({', '.join(extra)}) that the compiled UNet does not take"
-        elif self.served.takes_y and not y:
-            reason = "this UNet takes a vector conditioning (y) and the call gave none"
-        elif reason is None:
-            try:
-                return self.serve_call(x, timesteps, context, y)
-            except TorchServes as err:
-                reason = str(err)
-        self.torch_serves(reason)
-        return call_torch(
-            self.source.unet if self.source else shared.sd_model.model.diffusion_model,
+        """The webui's hijacked `UNetModel.forward` calls this for every denoiser call."""
+        torch_unet = self.source.unet if self.source else shared.sd_model.model.diffusion_model
+        return self.dispatch(
             x,
             timesteps,
             context,
-            *args,
-            **kwargs,
+            args,
+            kwargs,
+            lambda: call_torch(torch_unet, x, timesteps, context, *args, **kwargs),
         )
 
     def deactivate(self) -> None:

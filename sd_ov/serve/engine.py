@@ -64,7 +64,7 @@ def _find(root: Path, key: cache.EntryKey) -> tuple[cache.CacheEntry | None, str
 
 
 def prepare_entry(
-    unet: torch.nn.Module,
+    unet: torch.nn.Module | Callable[[], torch.nn.Module],
     cache_root: str | Path,
     checkpoint_name: str,
     checkpoint_hash: str,
@@ -77,7 +77,8 @@ def prepare_entry(
 
     Another process exporting the same entry is waited for (its result is then used).
     `exporting()` is entered around an export only: a host whose torch weights are freed while
-    OpenVINO serves reads them back for the trace, not for a cached entry.
+    OpenVINO serves reads them back for the trace, not for a cached entry. `unet` may be a function
+    that makes the module to trace, called only then.
     """
     if not recipe.is_plain:
         raise ValueError(f"{recipe.label()} is made by Optimize, not exported on first use")
@@ -98,6 +99,8 @@ def prepare_entry(
             log.warning("sd-ov: rebuilding a cache entry: %s", problem)
             progress(f"cache entry invalid, rebuilding ({problem})", 0.0)
         with exporting():
+            if not isinstance(unet, torch.nn.Module):
+                unet = unet()
             spec = describe(unet).exported(tome=False)
             branch = recipe.deepcache_branch
 

@@ -23,19 +23,22 @@ from . import engine
 class UNetSource:
     """Where the IRs come from: a checkpoint's cache entries, exported from its torch UNet on first
     use (plain and DeepCache). `torch_calls` is entered around an export, so the host routes the
-    trace's UNet calls to torch itself."""
+    trace's UNet calls to torch itself. `exported`: where a host's own UNet is not the ldm/sgm
+    class the exporter traces (Forge's), what makes that class's UNet of the same weights, called
+    only when an export runs."""
 
     cache_root: Path
     checkpoint_name: str
     checkpoint_hash: str
     unet: torch.nn.Module
     torch_calls: Callable[[], AbstractContextManager] = contextlib.nullcontext
+    exported: Callable[[], torch.nn.Module] | None = None
 
     def entry(self, recipe: Recipe, progress: ProgressFn) -> cache.CacheEntry:
         """The entry of `recipe`: plain ones are exported when missing, optimized ones must exist."""
         if recipe.is_plain:
             return engine.prepare_entry(
-                self.unet,
+                self.exported or self.unet,
                 self.cache_root,
                 self.checkpoint_name,
                 self.checkpoint_hash,

@@ -150,8 +150,10 @@ def test_absent_device_falls_back_to_torch_with_a_clear_message(webui):
 
 
 def test_changing_the_device_setting_reopens_the_runtime_and_registration_does_not(webui, monkeypatch):
+    from sd_ov_webui.unet import OpenVINOUnet
+
     reopened = []
-    monkeypatch.setattr(webui.pkg.unet.OpenVINOUnet, "reopen", lambda self: reopened.append(1))
+    monkeypatch.setattr(OpenVINOUnet, "reopen", lambda self: reopened.append(1))
     webui.callbacks.ui_settings_callback()  # registering again runs no callback (call=False)
     assert reopened == []
     monkeypatch.undo()
