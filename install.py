@@ -54,6 +54,19 @@ PROTECTED = (
 )
 
 
+# Forge ships neither ldm nor sgm: sd-ov exports SD1.x/SD2.x UNets with ldm's class, which PyPI's
+# stable-diffusion-sdkit carries as the same `ldm` package (without its 2022 pins: --no-deps).
+LDM_FOR_FORGE = "stable-diffusion-sdkit==2.1.5"
+
+
+def needs_ldm(webui_root: str) -> bool:
+    """A Forge checkout whose venv has no `ldm` package."""
+    import importlib.util
+
+    forge = os.path.isdir(os.path.join(webui_root, "modules_forge"))
+    return forge and importlib.util.find_spec("ldm") is None
+
+
 def installed_version(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -87,6 +100,9 @@ def write_constraints(folder: str) -> str:
 def main() -> None:
     import launch  # the webui's module: available when the webui runs this file
 
+    webui_root = os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] or os.getcwd()
+    if needs_ldm(webui_root):
+        launch.run_pip(f'install --no-deps "{LDM_FOR_FORGE}"', "sd-ov: the ldm UNet class for Forge")
     todo = missing_requirements()
     if not todo:
         return

@@ -11,7 +11,7 @@ module's namespace would be registered as well).
 
 from modules import script_callbacks, scripts
 
-from sd_ov_webui import accordion, api, job, options, settings, tab
+from sd_ov_webui import accordion, api, host, job, options, settings, tab
 
 
 class OpenVINOScript(scripts.Script):
@@ -38,6 +38,9 @@ class OpenVINOScript(scripts.Script):
     def before_hr(self, p, enabled=True, interval=0, branch=0, schedule="uniform", *args):
         job.start_hires_pass(p, interval, branch, schedule)
 
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        job.before_sampling(p)
+
     def post_sample(self, p, ps, *args):
         job.sampling_ended(p)
 
@@ -55,6 +58,7 @@ def on_script_unloaded():
         served.release()
 
 
+print(f"[sd-ov] serving in {host.host_name()}")
 script_callbacks.on_list_unets(options.list_unets)
 script_callbacks.on_model_loaded(options.on_model_loaded)
 script_callbacks.on_ui_settings(lambda: settings.register(options.reopen_current))

@@ -72,6 +72,8 @@ _PUBLIC = {
     "RuntimeSettings": "runtime.settings",
     "UNetSource": "serve.unet_source",
     "describe": "graphs.ldm_unet",
+    "config_for_state_dict": "graphs.ldm_unet",
+    "load_unet_from_checkpoint": "graphs.ldm_unet",
     "feature_shapes": "graphs.ldm_unet",
     "file_hash": "serve.engine",
     "LoraLayer": "graphs.lora_branch",

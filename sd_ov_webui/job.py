@@ -139,6 +139,15 @@ def start_batch(p, interval, branch, schedule) -> None:
         unet.start_job(job_deepcache(interval, branch, schedule), int(p.steps), companion_notes=notes)
 
 
+def before_sampling(p) -> None:
+    """Each sampling pass (hires fix's too): in Forge, the OpenVINO UNet goes into this pass's
+    UNet patcher (`forge.ForgeUnet.install`); A1111 routes its calls through the SD Unet already."""
+    unet = current_openvino_unet()
+    install = getattr(unet, "install", None)
+    if install is not None:
+        install(p)
+
+
 def start_hires_pass(p, interval, branch, schedule) -> None:
     unet = current_openvino_unet()
     if unet is not None:

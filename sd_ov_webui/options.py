@@ -28,9 +28,12 @@ class OpenVINOUnetOption(sd_unet.SdUnetOption):
         self.label = f"{tag} {checkpoint_info.model_name}"
 
     def create_unet(self):
-        from .unet import OpenVINOUnet  # the SdUnet imports this module
+        """A1111's SdUnet, or Forge's (it patches each sampling pass's UNet instead)."""
+        from .forge import ForgeUnet
+        from .host import is_forge
+        from .unet import OpenVINOUnet
 
-        return OpenVINOUnet(self)
+        return ForgeUnet(self) if is_forge() else OpenVINOUnet(self)
 
     def _identity(self) -> tuple:
         return (self.label, getattr(self.checkpoint_info, "filename", None), canonical(self.recipe.key()))

@@ -112,3 +112,21 @@ def test_a_temp_folder_with_spaces_and_non_ascii_letters_is_quoted(launch, monke
     # pip read the constraints file (a path it could not open fails with "Could not open")
     assert "Could not open" not in seen["pip"].stderr and "No such file" not in seen["pip"].stderr, seen
     assert seen["pip"].returncode == 0, seen["pip"].stderr
+
+
+def test_in_forge_without_ldm_the_ldm_package_is_added_without_its_pins(launch, monkeypatch, tmp_path):
+    """Forge ships no ldm: the installer adds stable-diffusion-sdkit's `ldm` with --no-deps (its
+    2022 pins never reach Forge's venv); in A1111 (no modules_forge) it adds nothing of it."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ldm" else real_find_spec(name, *a)
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    run_installer(monkeypatch, {})
+    assert not any("stable-diffusion-sdkit" in call[0] for call in launch.calls)
+    (tmp_path / "modules_forge").mkdir()
+    run_installer(monkeypatch, {})
+    ldm = [call[0] for call in launch.calls if "stable-diffusion-sdkit" in call[0]]
+    assert ldm == ['install --no-deps "stable-diffusion-sdkit==2.1.5"'], launch.calls

@@ -52,6 +52,9 @@ class Script:
     def before_hr(self, p, *args):
         pass
 
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        pass
+
     def post_sample(self, p, ps, *args):
         pass
 
@@ -90,6 +93,9 @@ class ScriptRunner:
 
     def before_hr(self, p):
         self._call("before_hr", p)
+
+    def process_before_every_sampling(self, p, **kwargs):
+        self._call("process_before_every_sampling", p, **kwargs)
 
     def post_sample(self, p, ps):
         self._call("post_sample", p, ps)

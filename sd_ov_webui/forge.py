@@ -1,0 +1,179 @@
+"""sd-ov in stable-diffusion-webui-forge (its Forge 2 backend: `backend/`, `modules_forge/`).
+
+Forge keeps A1111's extension API (scripts, settings, tabs, the SD Unet list and its activation)
+but its model is its own: the webui's hijack that routed `UNetModel.forward` to the SD Unet is
+gone, and the UNet sits in `p.sd_model.forge_objects.unet`, a `UnetPatcher` whose `KModel` does the
+predictor's maths around `diffusion_model(x, t, context=..., control=..., transformer_options=...,
+y=...)`. So each sampling pass (`process_before_every_sampling`, hires fix's too), a clone of that
+patcher gets `diffusion_model` replaced by an object whose calls go to the served OpenVINO UNet,
+and is assigned back, as Forge's own extensions patch the UNet (clone, patch, assign back).
+Forge unpatches it when another clone of the model is loaded: a torch job after it is torch's.
+
+The export: Forge's UNet class is not ldm's (its attention and skip joins are Forge's code), but
+its state dict has ldm's keys; the IR is exported from ldm's class loaded with the checkpoint's
+own weights (read from the file only when an export runs), so A1111 and Forge share cache
+entries. SD1.x and SD2.x: Forge does not ship sgm, so SDXL stays on torch with the reason.
+
+Not served on OpenVINO in Forge yet, each making the job's UNet calls torch's with the reason:
+Forge's LoRA patches, its ControlNet units, patches other extensions put inside the UNet
+(`transformer_options` patches, block modifiers). The torch UNet's weights stay in memory (Forge's
+memory manager loads them), and its VAE and text encoders are its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from modules import shared
+
+from sd_ov import JobRecord, UNetSource, config_for_state_dict, load_unet_from_checkpoint
+
+from .checkpoints import checkpoint_identity
+from .lora import UNetLora
+from .plan import HostReading
+from .settings import cache_root, runtime_settings
+from .unet import OpenVINOUnet
+
+log = logging.getLogger("sd_ov")
+
+# transformer_options entries that change what happens inside the UNet (FreeU, SAG, PAG, Kohya's
+# HRFix, ... put theirs here): the compiled UNet can't follow them.
+INSIDE_THE_UNET = (
+    "patches",
+    "patches_replace",
+    "block_modifiers",
+    "block_inner_modifiers",
+    "group_norm_wrapper",
+)
+
+
+def torch_unet_of(sd_model) -> torch.nn.Module:
+    """Forge's own torch UNet of the loaded model, whatever clone last patched `diffusion_model`."""
+    unet = sd_model.forge_objects.unet.model.diffusion_model
+    return unet.torch_unet if isinstance(unet, ForgeDiffusionModel) else unet
+
+
+def inside_patches(patcher) -> list[str]:
+    """What other extensions patched inside this UNet patcher (names, for the reason)."""
+    options = patcher.model_options.get("transformer_options", {})
+    found = [key for key in INSIDE_THE_UNET if options.get(key)]
+    found += [name for name in patcher.object_patches if name.startswith("diffusion_model")]
+    return found
+
+
+class ForgeDiffusionModel(torch.nn.Module):
+    """What Forge's `KModel` calls as its `diffusion_model` while OpenVINO serves."""
+
+    def __init__(self, serving: ForgeUnet, torch_unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.serving = serving
+        # not a submodule: Forge's moves and its size estimate leave the torch UNet alone
+        object.__setattr__(self, "torch_unet", torch_unet)
+
+    def __getattr__(self, name: str):
+        # Forge's LoRA loader walks `diffusion_model.<layer>.weight` to put weights back
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "torch_unet"), name)
+
+    def forward(self, x, timesteps=None, context=None, control=None, transformer_options=None, **kwargs):
+        def on_torch():
+            return self.torch_unet(
+                x,
+                timesteps,
+                context=context,
+                control=control,
+                transformer_options=transformer_options,
+                **kwargs,
+            )
+
+        inside = [key for key in INSIDE_THE_UNET if (transformer_options or {}).get(key)]
+        if control is not None:
+            self.serving.torch_serves("ControlNet in Forge: its residuals are not served on OpenVINO yet")
+            return on_torch()
+        if inside:
+            self.serving.torch_serves(f"another extension patched the UNet ({', '.join(inside)})")
+            return on_torch()
+        return self.serving.dispatch(x, timesteps, context, (), kwargs, on_torch)
+
+
+class ForgeUnet(OpenVINOUnet):
+    """The SD Unet in Forge: activated by Forge's `sd_unet.apply_unet` like A1111's, it serves
+    through the object it patches into each sampling pass (`install`)."""
+
+    config: dict | None = None  # the ldm config of the loaded checkpoint's UNet
+
+    def activate(self) -> None:
+        model = shared.sd_model
+        self.record = JobRecord()
+        self.weights = None  # Forge's memory manager holds them: not freed here yet
+        unet = torch_unet_of(model)
+        try:  # the shipped ldm config of its weights (shapes only: nothing is copied)
+            self.config = config_for_state_dict(unet.state_dict())
+        except Exception as err:  # SDXL & co, before anything is written
+            why = f"this model is not served on OpenVINO in Forge yet (SD1.x and SD2.x are): {err}"
+            self.source, self.unsupported = UNetSource(cache_root(), "", "", unet), why
+            self.use_torch(err)
+            self.unavailable = why
+            return
+        self.open_again()
+        self.opened_for_job = True
+
+    def open_again(self) -> None:
+        model = shared.sd_model
+        unet = torch_unet_of(model)
+        try:
+            if self.source is None or not self.source.checkpoint_hash:
+                info = model.sd_checkpoint_info
+                name, sha256 = checkpoint_identity(info)
+                filename, config = Path(info.filename), self.config
+                self.source = UNetSource(
+                    cache_root(),
+                    name,
+                    sha256,
+                    unet,
+                    exported=lambda: load_unet_from_checkpoint(filename, config),
+                )
+                self.binding_note = self.check_binding(info)
+            self.open(runtime_settings())
+        except Exception as err:
+            self.source = self.source or UNetSource(cache_root(), "", "", unet)
+            self.use_torch(err)
+
+    @contextlib.contextmanager
+    def torch_computes(self) -> Iterator[None]:
+        yield  # the export traces ldm's UNet made from the file, not Forge's module
+
+    def read_job(self, unet, first_pass: bool) -> HostReading:
+        """Forge's LoRAs are patches on the job's UnetPatcher (`lora_patches`), merged into the
+        torch weights when Forge loads the model: not the OpenVINO branch's updates yet."""
+        patcher = shared.sd_model.forge_objects.unet
+        names = [Path(str(key[0])).stem for key in getattr(patcher, "lora_patches", {})]
+        lora = UNetLora()
+        if names:
+            lora = UNetLora(
+                why_not=f"LoRA {', '.join(names)}: Forge's LoRA patches are not served on OpenVINO yet"
+            )
+        notes = [] if not first_pass else ["VAE and text encoders: Forge's own"]
+        return HostReading(lora, None, None, notes)
+
+    def install(self, p) -> None:
+        """This sampling pass's UNet: a clone of the job's patcher whose `diffusion_model` calls
+        go to OpenVINO; left as Forge made it when the job is torch's (the record says why)."""
+        patcher = p.sd_model.forge_objects.unet
+        inside = inside_patches(patcher)
+        if inside:
+            self.job_torch_reason = (
+                self.job_torch_reason or f"another extension patched the UNet ({', '.join(inside)})"
+            )
+        if self.served is None or self.job_torch_reason:
+            self.record.unavailable = self.record.unavailable or self.job_torch_reason or self.unavailable
+            return
+        clone = patcher.clone()
+        clone.add_object_patch("diffusion_model", ForgeDiffusionModel(self, torch_unet_of(p.sd_model)))
+        p.sd_model.forge_objects.unet = clone

@@ -1,0 +1,14 @@
+"""Stand-in of Forge's backend/patcher/unet.py: the UNet's patcher (ControlNet hangs here)."""
+
+from backend.patcher.base import ModelPatcher
+
+
+class UnetPatcher(ModelPatcher):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.controlnet_linked_list = None
+
+    def clone(self):
+        n = super().clone()
+        n.controlnet_linked_list = self.controlnet_linked_list
+        return n

@@ -1,0 +1,170 @@
+"""sd-ov in stable-diffusion-webui-forge, against stand-ins of Forge's own pieces (forge_stub/: its
+UnetPatcher, KModel, ForgeObjects and memory manager, with their real paths and signatures) and
+A1111's `modules.*` API, which Forge keeps (stub/).
+
+A job runs in Forge's order (`processing.process_images_inner` of dfdcbab6): the scripts' `process`
+hook, the SD Unet applied, then per batch the model's objects reset, LoRAs applied to a clone,
+`process_batch`, the objects after LoRA, `process_before_every_sampling`, the patcher loaded by the
+memory manager, and the sampler calling `KModel.apply_model`. No A1111 hijack routes UNet calls:
+what OpenVINO serves comes through the object patched into the pass's UNet patcher.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sd_ov.optimize import metrics
+from sd_ov.optimize.sampling import sample_euler
+
+from ..conftest import TINY_SD1
+from .harness import infotext_params
+
+FORGE_STUB = Path(__file__).parent / "forge_stub"
+FORGE_MODULES = ("modules_forge", "backend")
+SERVED = "fp32, CPU, f32, dynamic"
+MATCH = 1e-3
+
+
+@pytest.fixture
+def forge(webui, monkeypatch):
+    """The stand-in webui as Forge: its model object, patchers and memory manager; the loaded
+    checkpoint's UNet as Forge's torch UNet, no A1111 hijack of `UNetModel.forward`."""
+    from modules import sd_hijack_unet, sd_unet
+
+    monkeypatch.syspath_prepend(str(FORGE_STUB))
+    from backend.diffusion_engine.base import ForgeDiffusionEngine, ForgeObjects
+    from backend.modules.k_model import KModel
+    from backend.patcher.unet import UnetPatcher
+    from forge_sd_unet import apply_unet
+
+    import sd_ov_webui.forge as forge_module
+    import sd_ov_webui.host as host
+
+    monkeypatch.setattr(host, "is_forge", lambda: True)
+    monkeypatch.setattr(sd_unet, "apply_unet", apply_unet)
+    # the tiny test UNet is no shipped SD1/SD2 config: its own (the real lookup: test_ldm's)
+    monkeypatch.setattr(forge_module, "config_for_state_dict", lambda state: dict(TINY_SD1))
+    sd_hijack_unet.undo()
+    unet = webui.shared.sd_model.model.diffusion_model
+    objects = ForgeObjects(UnetPatcher(KModel(unet)), clip=None, vae=None, clipvision=None)
+    webui.shared.sd_model = ForgeDiffusionEngine(objects, webui.info)
+    yield SimpleNamespace(webui=webui, unet=unet, kmodel=objects.unet.model)
+    sd_hijack_unet.hijack()
+    for name in [m for m in sys.modules if m.split(".")[0] in (*FORGE_MODULES, "forge_sd_unet")]:
+        sys.modules.pop(name)
+
+
+def forge_job(forge, sd_unet="Automatic", lora=False, inside_patch=False, hires=False, steps=4, seed=3):
+    """One txt2img job in Forge's order; the picture's latent and its infotext's parameters."""
+    from backend import memory_management
+    from modules import processing, scripts, shared
+    from modules import sd_unet as sd_unet_module
+
+    webui = forge.webui
+    shared.opts.sd_unet = sd_unet
+    gen = torch.Generator().manual_seed(99)
+    cond, uncond = (torch.randn(1, 77, TINY_SD1["context_dim"], generator=gen) for _ in range(2))
+    runner = scripts.ScriptRunner([(webui.script, [True, 0, 0, "uniform"])])
+    p = processing.StableDiffusionProcessing(
+        shared.sd_model, cond, uncond, steps=steps, seed=seed, scripts=runner, script_args=runner.script_args
+    )
+    model = p.sd_model
+    runner.before_process(p)
+    runner.process(p)
+    sd_unet_module.apply_unet()
+    passes = [steps, steps] if hires else [steps]
+    model.forge_objects = model.forge_objects_original.shallow_copy()
+    if lora:  # Forge's Lora extension: patches on a clone of the UNet's patcher
+        clone = model.forge_objects.unet.clone()
+        clone.add_patches(
+            filename="/models/Lora/ink.safetensors", patches={"diffusion_model.out.2.weight": []}
+        )
+        model.forge_objects.unet = clone
+    model.forge_objects_after_applying_lora = model.forge_objects.shallow_copy()
+    runner.process_batch(p, batch_number=0)
+    latent = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
+    for n, pass_steps in enumerate(passes):
+        if n:
+            runner.before_hr(p)
+        model.forge_objects = model.forge_objects_after_applying_lora.shallow_copy()
+        if inside_patch:  # e.g. FreeU: a patch inside the UNet, on this pass's patcher
+            patched = model.forge_objects.unet.clone()
+            patched.set_model_patch(lambda h, *a: h, "output_block_patch")
+            model.forge_objects.unet = patched
+        runner.process_before_every_sampling(p, x=latent, noise=latent, c=cond, uc=uncond)
+        patcher = model.forge_objects.unet
+        memory_management.load_models_gpu([patcher])
+        transformer_options = patcher.model_options["transformer_options"]
+
+        def denoise(x, t, c, patcher=patcher, options=transformer_options):
+            return patcher.model.apply_model(x, t, c_crossattn=c, transformer_options=options)
+
+        latent = sample_euler(denoise, latent, cond, uncond, steps=pass_steps, cfg_scale=7.0).latent
+    runner.post_sample(p, scripts.PostSampleArgs(latent))
+    runner.postprocess_batch(p, latent, batch_number=0)
+    info = processing.create_infotext(p)
+    runner.postprocess(p, SimpleNamespace(images=[], infotexts=[info]))
+    return latent, infotext_params(info)
+
+
+def test_forge_serves_its_unet_on_openvino_and_a_torch_job_after_it_is_torchs(forge):
+    torch_latent, torch_info = forge_job(forge, "None")
+    latent, info = forge_job(forge)
+    again, again_info = forge_job(forge)
+    torch_again, _ = forge_job(forge, "None")
+    assert torch_info["OpenVINO"] == "off (SD Unet is None)"
+    assert info["OpenVINO"] == SERVED and again_info["OpenVINO"] == SERVED, info
+    assert "VAE and text encoders: Forge's own" in info["OpenVINO note"]
+    assert metrics.rel_l2(latent, torch_latent) <= MATCH and metrics.rel_l2(again, torch_latent) <= MATCH
+    assert metrics.rel_l2(latent, torch_latent) > 0, "the calls went to OpenVINO, not to torch"
+    assert torch.equal(torch_again, torch_latent), "Forge unpatched the OpenVINO UNet for the torch job"
+    assert forge.kmodel.diffusion_model is forge.unet
+
+
+def test_hires_fix_in_forge_serves_both_passes(forge):
+    torch_latent, _ = forge_job(forge, "None", hires=True)
+    latent, info = forge_job(forge, hires=True)
+    assert info["OpenVINO"] == SERVED and metrics.rel_l2(latent, torch_latent) <= MATCH
+    assert forge.webui.sd_unet.current_unet.record.openvino_calls == 4 * 2  # the hires pass's calls
+
+
+def test_a_forge_lora_makes_the_job_torchs_with_its_reason_and_the_next_job_is_served(forge):
+    """Forge's LoRAs are patches on the job's UnetPatcher, merged into the torch weights when Forge
+    loads the model: not served on OpenVINO yet, so the job is torch's, never a picture without
+    the LoRA; the UNet of that job is Forge's own."""
+    torch_latent, _ = forge_job(forge, "None")
+    latent, info = forge_job(forge, lora=True)
+    assert info["OpenVINO"] == "off (LoRA ink: Forge's LoRA patches are not served on OpenVINO yet)", info
+    assert torch.equal(latent, torch_latent)  # the stand-in's torch applies no LoRA: torch made it
+    _, next_info = forge_job(forge)
+    assert next_info["OpenVINO"] == SERVED
+
+
+def test_a_patch_another_extension_puts_inside_the_unet_goes_to_torch(forge):
+    """FreeU, SAG, Kohya's HRFix & co patch inside Forge's UNet (`transformer_options`): the
+    compiled UNet can't follow them, so the job is torch's, with the reason."""
+    torch_latent, _ = forge_job(forge, "None", inside_patch=True)
+    latent, info = forge_job(forge, inside_patch=True)
+    assert info["OpenVINO"] == "off (another extension patched the UNet (patches))", info
+    assert torch.equal(latent, torch_latent)
+
+
+def test_a_model_forge_serves_only_on_torch_says_why(forge, monkeypatch):
+    """SDXL in Forge (it ships no sgm): refused at activation, before anything is written."""
+    import sd_ov_webui.forge as forge_module
+    from sd_ov import UnsupportedModelError
+
+    def sdxl(state):
+        raise UnsupportedModelError("unknown UNet: cross-attention width 2048")
+
+    monkeypatch.setattr(forge_module, "config_for_state_dict", sdxl)
+    _, info = forge_job(forge)
+    said = info["OpenVINO"]
+    assert said.startswith("off (this model is not served on OpenVINO in Forge yet (SD1.x and SD2.x are)"), (
+        said
+    )
