@@ -15,6 +15,7 @@ from sd_ov import (
     Cancelled,
     OptimizeRequest,
     SdOvError,
+    UnsupportedModelError,
     optimizable,
     optimize_with_deepcache,
     parse_optimize_form,
@@ -22,6 +23,7 @@ from sd_ov import (
     trim_heap,
 )
 
+from . import host
 from .calibration_pictures import PromptEncoders, webui_capture, webui_sample_image
 from .checkpoints import checkpoint_identity
 from .int8_vae import DecodedLatents, Optimized, int8_vae_decoder, vae_decoder_line
@@ -48,6 +50,11 @@ def optimize_loaded_checkpoint(request: OptimizeRequest, progress, wait: bool = 
     """Optimize as one webui job (no picture runs beside it); the new option is listed at once.
     With `wait=False`, a busy queue raises Busy instead of waiting. Returns the recipe's entry
     (its DeepCache pair and INT8 VAE decoder, when asked for, are made in the same job, after it)."""
+    if host.is_forge():  # its model object has no ldm UNet, and its sampling is its own
+        raise UnsupportedModelError(
+            "Optimize is not available in Forge yet: make the recipe in AUTOMATIC1111's webui or with "
+            "`python -m sd_ov optimize --checkpoint <file>`"
+        )
     # Refuses what Optimize can't make (e.g. SDXL token merging) before waiting for the queue.
     optimizable(shared.sd_model.model.diffusion_model, request.recipe)
     lock = getattr(call_queue, "queue_lock", None) or contextlib.nullcontext()

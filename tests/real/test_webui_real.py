@@ -143,7 +143,6 @@ def txt2img(
     """A picture, its infotext's parameters (parsed as the webui parses them), and seconds;
     `job` changes JOB's fields, `scripts` adds other always-on scripts' args, `overrides` are
     settings for this job."""
-    from PIL import Image
 
     started = time.perf_counter()
     result = api(
@@ -155,8 +154,15 @@ def txt2img(
             "alwayson_scripts": {"OpenVINO": {"args": [openvino, *deepcache]}, **(scripts or {})},
         },
     )
+    return (*decode_picture(result), time.perf_counter() - started)
+
+
+def decode_picture(result: dict) -> tuple[np.ndarray, dict]:
+    """An API answer's first picture and its infotext's parameters (parsed as the webui does)."""
+    from PIL import Image
+
     image = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["images"][0]))).convert("RGB"))
-    return image, infotext_params(json.loads(result["info"])["infotexts"][0]), time.perf_counter() - started
+    return image, infotext_params(json.loads(result["info"])["infotexts"][0])
 
 
 @pytest.fixture(scope="module")
@@ -715,14 +721,9 @@ def test_a_session_of_mixed_jobs_serves_every_openvino_job(installed):
 
 def txt2img_settings(job: dict) -> tuple[np.ndarray, dict]:
     """A job that sets no SD Unet of its own: the one in Settings serves."""
-    from PIL import Image
-
-    result = api(
-        "/sdapi/v1/txt2img",
-        {**JOB, "steps": 4, **job, "override_settings": {**NO_NORM, **F32_VAE}},
+    return decode_picture(
+        api("/sdapi/v1/txt2img", {**JOB, "steps": 4, **job, "override_settings": {**NO_NORM, **F32_VAE}})
     )
-    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["images"][0]))).convert("RGB"))
-    return image, infotext_params(json.loads(result["info"])["infotexts"][0])
 
 
 JOB_SECONDS = re.compile(r"\[sd-ov\] job seconds: sampling ([\d.]+) s \(UNet ([\d.]+) s in (\d+) calls\)(.*)")

@@ -168,3 +168,18 @@ def test_a_model_forge_serves_only_on_torch_says_why(forge, monkeypatch):
     assert said.startswith("off (this model is not served on OpenVINO in Forge yet (SD1.x and SD2.x are)"), (
         said
     )
+
+
+def test_optimize_in_forge_is_refused_with_what_to_do_instead(forge, tmp_path):
+    """Optimize samples with the webui's own A1111 model object: in Forge, the API answers 422 with
+    what to do instead, before any work, and the next job is served."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+    forge.webui.callbacks.app_started_callback(None, app)
+    answer = TestClient(app).post("/sd-ov/v1/optimize", json={"int8": "weights"})
+    assert answer.status_code == 422, answer.json()
+    assert "Optimize is not available in Forge yet" in answer.json()["detail"]
+    _, info = forge_job(forge)
+    assert info["OpenVINO"] == SERVED

@@ -1,0 +1,141 @@
+"""Opt-in: sd-ov inside a real stable-diffusion-webui-forge checkout (Forge 2, main), driven through
+its API as a user's session of jobs.
+
+Set SD_OV_FORGE_DIR to a Forge checkout whose venv is set up, with an SD1.x checkpoint in
+models/Stable-diffusion loaded (SD_OV_FORGE_PYTHON for its interpreter, default
+<dir>/venv/bin/python). The test links this repository into extensions/, runs sd-ov's install.py as
+Forge would, starts Forge API-only on CPU and makes each job on torch and on OpenVINO. Skipped when
+SD_OV_FORGE_DIR is unset. docs/development.md says how a Forge was built offline for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sd_ov.optimize.metrics import psnr
+
+from .test_webui_real import decode_picture, write_lora
+
+FORGE = os.environ.get("SD_OV_FORGE_DIR")
+pytestmark = [
+    pytest.mark.webui,
+    pytest.mark.skipif(not FORGE, reason="SD_OV_FORGE_DIR is not set (opt-in test against a real Forge)"),
+]
+ROOT = Path(__file__).resolve().parents[2]
+PORT = int(os.environ.get("SD_OV_FORGE_PORT", "7896"))
+JOB = {
+    "prompt": "a lighthouse on a cliff at dusk, oil painting",
+    "negative_prompt": "blurry",
+    "steps": 4,
+    "width": 256,
+    "height": 256,
+    "sampler_name": "Euler",
+    "seed": 1234,
+    "cfg_scale": 7,
+    "override_settings_restore_afterwards": True,
+}
+SERVED = "fp32, CPU, f32, dynamic"
+
+
+def api(path: str, payload: dict | None = None, timeout: float = 1800) -> dict:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{PORT}{path}", data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def txt2img(unet: str, **fields):
+    result = api(
+        "/sdapi/v1/txt2img",
+        {**JOB, **fields, "override_settings": {"sd_unet": unet, "emphasis": "No norm"}},
+    )
+    return decode_picture(result)
+
+
+@pytest.fixture(scope="module")
+def forge(tmp_path_factory):
+    folder = Path(FORGE)
+    link = folder / "extensions" / "sd-ov-under-test"
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(ROOT, target_is_directory=True)
+    python = os.environ.get("SD_OV_FORGE_PYTHON", str(folder / "venv" / "bin" / "python"))
+    env = {**os.environ, "PYTHONPATH": str(folder)}
+    subprocess.run([python, str(ROOT / "install.py")], cwd=folder, env=env, check=True)
+    log = tmp_path_factory.mktemp("forge-logs") / "forge.log"
+    args = [python, "launch.py", "--always-cpu", "--skip-torch-cuda-test", "--api", "--nowebui"]
+    args += ["--port", str(PORT), "--skip-prepare-environment", "--skip-version-check"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(args, cwd=folder, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 900
+            while True:
+                if process.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"Forge did not start: {log.read_text()[-3000:]}")
+                try:
+                    api("/sdapi/v1/sd-models", timeout=10)
+                    break
+                except OSError:
+                    time.sleep(5)
+            yield log
+        finally:
+            process.terminate()
+            process.wait(60)
+            link.unlink()
+
+
+def test_a_session_of_jobs_in_forge_serves_the_unet_on_openvino(forge):
+    """Each job on torch and on OpenVINO: served (infotext) and >= 40 dB from Forge's torch picture,
+    for Euler, DPM++ 2M Karras, batch 2, hires fix and 328x200; a LoRA job goes to torch with its
+    reason (the same picture as torch with the LoRA) and the next job is served; no traceback of
+    sd-ov's in Forge's log."""
+    lora = Path(FORGE) / "models" / "Lora" / "sdov-forge-test.safetensors"
+    lora.parent.mkdir(exist_ok=True)
+    write_lora(lora, rank=8, seed=3, strength=0.5)
+    api("/sdapi/v1/refresh-loras", {})
+    cases = {
+        "euler": {},
+        "dpm++ 2m karras": {"sampler_name": "DPM++ 2M", "scheduler": "Karras"},
+        "batch 2": {"batch_size": 2},
+        "hires": {
+            "enable_hr": True,
+            "hr_scale": 1.5,
+            "hr_upscaler": "Latent",
+            "hr_second_pass_steps": 2,
+            "denoising_strength": 0.6,
+            "hr_additional_modules": ["Use same choices"],  # Forge's API answers 500 without it
+        },
+        "328x200": {"width": 328, "height": 200},
+    }
+    report, said = {}, {}
+    try:
+        for name, fields in cases.items():
+            torch_image, _ = txt2img("None", **fields)
+            image, info = txt2img("Automatic", **fields)
+            report[name], said[name] = round(psnr(image, torch_image), 1), info["OpenVINO"]
+        prompt = f"{JOB['prompt']} <lora:sdov-forge-test:0.8>"
+        torch_lora, _ = txt2img("None", prompt=prompt)
+        ov_lora, lora_info = txt2img("Automatic", prompt=prompt)
+        after, after_info = txt2img("Automatic")
+    finally:
+        lora.unlink(missing_ok=True)
+    print(f"\n[forge] PSNR OpenVINO vs Forge's torch: {report}")
+    assert all(text == SERVED for text in said.values()), said
+    assert all(db >= 40 for db in report.values()), report
+    assert lora_info["OpenVINO"].startswith("off (LoRA sdov-forge-test: Forge's LoRA patches"), lora_info
+    assert psnr(ov_lora, torch_lora) >= 60
+    assert after_info["OpenVINO"] == SERVED
+    log = forge.read_text()
+    assert "[sd-ov] serving in stable-diffusion-webui-forge" in log
+    tracebacks = re.findall(r"Traceback \(most recent call last\):\n(?:  .*\n)+", log)
+    assert not [t for t in tracebacks if "sd_ov" in t], tracebacks
