@@ -75,10 +75,10 @@ INT8_TOME_REQUEST = {
 }
 
 
-def api(path: str, payload: dict | None = None, timeout: float = 1800) -> dict:
+def api(path: str, payload: dict | None = None, timeout: float = 1800, port: int = PORT) -> dict:
     data = None if payload is None else json.dumps(payload).encode()
     request = urllib.request.Request(
-        f"http://127.0.0.1:{PORT}{path}", data=data, headers={"Content-Type": "application/json"}
+        f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
@@ -273,34 +273,45 @@ def test_faults_end_with_a_message_and_the_next_job_works(installed):
     assert "cache entry invalid, rebuilding" in (installed / "faults.log").read_text()
 
 
+def sampling_step() -> int:
+    return api("/sdapi/v1/progress?skip_current_image=true")["state"]["sampling_step"]
+
+
+def interrupted_job() -> tuple[int, dict]:
+    """A 30-step OpenVINO job interrupted at its second step, as the Interrupt button does:
+    (HTTP status, body) of its request."""
+    import threading
+
+    answer: dict = {}
+
+    def job() -> None:
+        answer["result"] = api_status(
+            "/sdapi/v1/txt2img",
+            {**JOB, "steps": 30, "override_settings": {"sd_unet": "Automatic", **NO_NORM, **F32_VAE}},
+        )
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    deadline = time.time() + 600
+    while (
+        time.time() < deadline
+        and api("/sdapi/v1/progress?skip_current_image=true")["state"]["sampling_step"] < 2
+    ):
+        time.sleep(1)
+    api("/sdapi/v1/interrupt", {})
+    worker.join(900)
+    return answer["result"]
+
+
 def test_an_interrupt_returns_the_partial_picture_and_the_next_job_is_served(installed):
     """Interrupt during sampling (the API's, as the button does): the webui decodes the partial
     latent, on OpenVINO's VAE, and answers 200 with that picture, as it does alone; the next job
     is served."""
-    import threading
 
     webui = Webui(Path(WEBUI), installed / "interrupt.log")
     try:
         txt2img("Automatic", job={"steps": 2})  # first use: export and compile
-        answer: dict = {}
-
-        def job() -> None:
-            answer["result"] = api_status(
-                "/sdapi/v1/txt2img",
-                {**JOB, "steps": 30, "override_settings": {"sd_unet": "Automatic", **NO_NORM, **F32_VAE}},
-            )
-
-        worker = threading.Thread(target=job)
-        worker.start()
-        deadline = time.time() + 600
-        while (
-            time.time() < deadline
-            and api("/sdapi/v1/progress?skip_current_image=true")["state"]["sampling_step"] < 2
-        ):
-            time.sleep(1)
-        api("/sdapi/v1/interrupt", {})
-        worker.join(900)
-        code, body = answer["result"]
+        code, body = interrupted_job()
         image, info, _ = txt2img("Automatic")
     finally:
         webui.stop()
@@ -608,7 +619,6 @@ def test_a_session_of_mixed_jobs_serves_every_openvino_job(installed):
     switch and back. Every OpenVINO job after a torch job is served (infotext) and matches torch's
     picture (>= 40 dB; LoRA jobs against torch with the same LoRA); what OpenVINO can't follow goes
     to torch with its reason; the webui's RSS at the end is within 0.5 GB of torch alone."""
-    import threading
 
     folder = Path(WEBUI) / "models" / "Lora"
     folder.mkdir(exist_ok=True)
@@ -643,24 +653,7 @@ def test_a_session_of_mixed_jobs_serves_every_openvino_job(installed):
         run("torch tiled", "None", tiled)
         run("ov tiled", "Automatic", tiled)
         run("ov after tiled", "Automatic")
-        answer: dict = {}
-        worker = threading.Thread(
-            target=lambda: answer.update(
-                result=api_status(
-                    "/sdapi/v1/txt2img",
-                    {**JOB, "steps": 30, "override_settings": {"sd_unet": "Automatic", **NO_NORM, **F32_VAE}},
-                )
-            )
-        )
-        worker.start()
-        deadline = time.time() + 600
-        while (
-            time.time() < deadline
-            and api("/sdapi/v1/progress?skip_current_image=true")["state"]["sampling_step"] < 2
-        ):
-            time.sleep(1)
-        api("/sdapi/v1/interrupt", {})
-        worker.join(900)
+        interrupted_job()
         run("ov after interrupt", "Automatic")
         os.link(source, other)
         api("/sdapi/v1/refresh-checkpoints", {})
