@@ -30,7 +30,14 @@ from pathlib import Path
 import torch
 from modules import shared
 
-from sd_ov import JobRecord, UNetSource, config_for_state_dict, load_unet_from_checkpoint
+from sd_ov import (
+    JobRecord,
+    LoraLayer,
+    UNetSource,
+    concatenate,
+    config_for_state_dict,
+    load_unet_from_checkpoint,
+)
 
 from .checkpoints import checkpoint_identity
 from .lora import UNetLora
@@ -42,6 +49,15 @@ log = logging.getLogger("sd_ov")
 
 # transformer_options entries that change what happens inside the UNet (FreeU, SAG, PAG, Kohya's
 # HRFix, ... put theirs here): the compiled UNet can't follow them.
+UNET_KEY = "diffusion_model."  # Forge's LoRA keys: the KModel's names of the UNet's weights
+# Forge's LoRA patch kinds (backend/patcher/lora.py) and what users call them.
+FORGE_KINDS = {
+    "diff": "full-weight diff",
+    "set": "weight replacement",
+    "lokr": "LoKr",
+    "loha": "LoHa",
+    "glora": "GLoRA",
+}
 INSIDE_THE_UNET = (
     "patches",
     "patches_replace",
@@ -63,6 +79,55 @@ def inside_patches(patcher) -> list[str]:
     found = [key for key in INSIDE_THE_UNET if options.get(key)]
     found += [name for name in patcher.object_patches if name.startswith("diffusion_model")]
     return found
+
+
+def forge_lora(patcher) -> UNetLora:
+    """Forge's LoRA patches (`UnetPatcher.lora_patches`: per LoRA file, `diffusion_model.<layer>.weight`
+    → `[strength, ("lora", (up, down, alpha, mid, dora_scale)), strength_model, offset, function]`,
+    which `backend/patcher/lora.py` merges as `weight += strength * alpha / rank * up @ down`) as
+    the OpenVINO branch's low-rank updates; a patch of another kind makes the job torch's, with why."""
+    parts, names = [], []
+    for (filename, strength, *_), patches in getattr(patcher, "lora_patches", {}).items():
+        label = f"{Path(str(filename)).stem}:{float(strength):g}"
+        layers: list[dict[str, LoraLayer]] = []
+        for key, entries in patches.items():
+            if not (key.startswith(UNET_KEY) and key.endswith(".weight")):
+                continue
+            path = key[len(UNET_KEY) : -len(".weight")]
+            for strength_patch, value, strength_model, offset, function in entries:
+                why = forge_patch_refusal(value, strength_model, offset, function)
+                if why:
+                    return UNetLora(why_not=f"LoRA {label}: {why} ({path})")
+                layers.append({path: low_rank(value[1], float(strength_patch))})
+        if layers:
+            parts.append(concatenate(layers))
+            names.append(label)
+    return UNetLora(concatenate(parts), names) if parts else UNetLora()
+
+
+def forge_patch_refusal(value, strength_model, offset, function) -> str | None:
+    """Why a Forge LoRA patch is not a plain low-rank update of the layer; None if it is."""
+    kind = value[0] if isinstance(value, tuple) and len(value) == 2 else "diff"
+    if kind != "lora":
+        return f"{FORGE_KINDS.get(kind, kind)} layers are not served on OpenVINO yet"
+    if value[1][4] is not None:
+        return "DoRA layers are not served on OpenVINO yet"
+    if offset is not None or function is not None or float(strength_model) != 1.0:
+        return "a patch on part of a layer, or one that scales its weight, is not served on OpenVINO yet"
+    return None
+
+
+def low_rank(lora: tuple, strength: float) -> LoraLayer:
+    """(up, down, alpha, mid, _) → the branch's (down, up x strength x alpha / rank); a CP-decomposed
+    down (1x1) with its kxk mid is the same as a kxk down (as A1111's Lora extension rebuilds it)."""
+    up, down, alpha, mid, _ = lora
+    rank = down.shape[0]
+    up = up.detach().float().reshape(up.shape[0], -1)
+    down = down.detach().float()
+    if mid is not None:
+        down = torch.einsum("nmkl,mj->njkl", mid.detach().float(), down.reshape(rank, -1))
+    scale = strength * (float(alpha) / rank if alpha is not None else 1.0)
+    return LoraLayer(down.reshape(down.shape[0], -1).numpy(), (up * scale).numpy())
 
 
 class ForgeDiffusionModel(torch.nn.Module):
@@ -108,6 +173,31 @@ class ForgeUnet(OpenVINOUnet):
 
     config: dict | None = None  # the ldm config of the loaded checkpoint's UNet
 
+    def __init__(self, option) -> None:
+        super().__init__(option)
+        self.patched: list = []  # this job's patched clones, whose object is on Forge's model
+
+    def unpatch(self) -> None:
+        """Forge's model gets its own UNet back. Forge itself puts it back only when another clone
+        of the model loads, but its Lora extension reads the model's weights (`add_patches` keeps
+        only keys the model has) before that: with our object still in place, the next job's LoRA
+        would find no UNet weights and be dropped, on torch too."""
+        for clone in self.patched:
+            clone.forge_unpatch_model()
+        self.patched.clear()
+
+    def begin_job(self) -> None:
+        self.unpatch()  # a job that ended without its postprocess (an error) left it
+        super().begin_job()
+
+    def job_ended(self) -> None:
+        self.unpatch()
+        super().job_ended()
+
+    def deactivate(self) -> None:
+        self.unpatch()
+        super().deactivate()
+
     def activate(self) -> None:
         model = shared.sd_model
         self.record = JobRecord()
@@ -150,15 +240,8 @@ class ForgeUnet(OpenVINOUnet):
         yield  # the export traces ldm's UNet made from the file, not Forge's module
 
     def read_job(self, unet, first_pass: bool) -> HostReading:
-        """Forge's LoRAs are patches on the job's UnetPatcher (`lora_patches`), merged into the
-        torch weights when Forge loads the model: not the OpenVINO branch's updates yet."""
-        patcher = shared.sd_model.forge_objects.unet
-        names = [Path(str(key[0])).stem for key in getattr(patcher, "lora_patches", {})]
-        lora = UNetLora()
-        if names:
-            lora = UNetLora(
-                why_not=f"LoRA {', '.join(names)}: Forge's LoRA patches are not served on OpenVINO yet"
-            )
+        """Forge's LoRAs: the patches its Lora extension put on the job's UnetPatcher."""
+        lora = forge_lora(shared.sd_model.forge_objects.unet)
         notes = [] if not first_pass else ["VAE and text encoders: Forge's own"]
         return HostReading(lora, None, None, notes)
 
@@ -175,5 +258,7 @@ class ForgeUnet(OpenVINOUnet):
             self.record.unavailable = self.record.unavailable or self.job_torch_reason or self.unavailable
             return
         clone = patcher.clone()
+        clone.lora_patches = {}  # the OpenVINO branch applies them: Forge need not merge them in torch
         clone.add_object_patch("diffusion_model", ForgeDiffusionModel(self, torch_unet_of(p.sd_model)))
         p.sd_model.forge_objects.unet = clone
+        self.patched.append(clone)

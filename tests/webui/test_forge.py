@@ -11,6 +11,7 @@ what OpenVINO serves comes through the object patched into the pass's UNet patch
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +24,7 @@ from sd_ov.optimize.sampling import sample_euler
 
 from ..conftest import TINY_SD1
 from .harness import infotext_params
+from .test_lora import LAYERS
 
 FORGE_STUB = Path(__file__).parent / "forge_stub"
 FORGE_MODULES = ("modules_forge", "backend")
@@ -59,8 +61,9 @@ def forge(webui, monkeypatch):
         sys.modules.pop(name)
 
 
-def forge_job(forge, sd_unet="Automatic", lora=False, inside_patch=False, hires=False, steps=4, seed=3):
-    """One txt2img job in Forge's order; the picture's latent and its infotext's parameters."""
+def forge_job(forge, sd_unet="Automatic", lora=None, inside_patch=False, hires=False, steps=4, seed=3):
+    """One txt2img job in Forge's order; the picture's latent and its infotext's parameters.
+    `lora`: (file name, strength, {weight key: patch}) as Forge's Lora extension adds them."""
     from backend import memory_management
     from modules import processing, scripts, shared
     from modules import sd_unet as sd_unet_module
@@ -80,10 +83,11 @@ def forge_job(forge, sd_unet="Automatic", lora=False, inside_patch=False, hires=
     passes = [steps, steps] if hires else [steps]
     model.forge_objects = model.forge_objects_original.shallow_copy()
     if lora:  # Forge's Lora extension: patches on a clone of the UNet's patcher
+        filename, strength, patches = lora
         clone = model.forge_objects.unet.clone()
-        clone.add_patches(
-            filename="/models/Lora/ink.safetensors", patches={"diffusion_model.out.2.weight": []}
-        )
+        clone.add_patches(filename=filename, patches=patches, strength_patch=strength)
+        found = sum(len(entries) for entries in clone.lora_patches[(filename, strength, 1.0, False)].values())
+        assert found == len(patches), "Forge found the UNet's weights for every LoRA key"
         model.forge_objects.unet = clone
     model.forge_objects_after_applying_lora = model.forge_objects.shallow_copy()
     runner.process_batch(p, batch_number=0)
@@ -133,14 +137,91 @@ def test_hires_fix_in_forge_serves_both_passes(forge):
     assert forge.webui.sd_unet.current_unet.record.openvino_calls == 4 * 2  # the hires pass's calls
 
 
-def test_a_forge_lora_makes_the_job_torchs_with_its_reason_and_the_next_job_is_served(forge):
-    """Forge's LoRAs are patches on the job's UnetPatcher, merged into the torch weights when Forge
-    loads the model: not served on OpenVINO yet, so the job is torch's, never a picture without
-    the LoRA; the UNet of that job is Forge's own."""
+def forge_lora_patches(forge, seed: int, mid: bool = False) -> dict:
+    """Forge's LoRA patches for a few layers (`("lora", (up, down, alpha, mid, dora_scale))` per
+    weight key, as its loader makes them from a kohya file): attention and feed-forward Linears,
+    a 1x1 proj_in, ResBlock 3x3 convs (with `mid`: LoCon's CP decomposition)."""
+    gen = torch.Generator().manual_seed(seed)
+    modules = dict(forge.unet.named_modules())
+    patches, rank = {}, 4
+    for path in LAYERS:
+        weight = modules[path].weight.detach()
+        out_f, in_f = weight.shape[0], weight[0].numel()
+        up = torch.randn(out_f, rank, generator=gen) * weight.abs().mean() * 8
+        down = torch.randn(rank, in_f, generator=gen) / in_f**0.5
+        mid_w = None
+        if weight.dim() == 4:
+            up, down = up.reshape(out_f, rank, 1, 1), down.reshape(rank, *weight.shape[1:])
+            if mid and weight.shape[2:] != (1, 1):
+                down = torch.randn(rank, weight.shape[1], 1, 1, generator=gen) / weight.shape[1] ** 0.5
+                mid_w = torch.randn(rank, rank, *weight.shape[2:], generator=gen) / 3
+        patches[f"diffusion_model.{path}.weight"] = ("lora", (up, down, torch.tensor(rank / 2), mid_w, None))
+    return patches
+
+
+@contextlib.contextmanager
+def merged_as_forge_merges(forge, strength: float, patches: dict):
+    """What Forge's LoraLoader does to the torch weights: weight += strength * alpha / rank * up @ down
+    (a CP mid rebuilt into the down, as its loader does)."""
+    modules = dict(forge.unet.named_modules())
+    saved = {}
+    with torch.no_grad():
+        for key, (_, (up, down, alpha, mid, _)) in patches.items():
+            layer = modules[key[len("diffusion_model.") : -len(".weight")]]
+            saved[layer] = layer.weight.detach().clone()
+            rank = down.shape[0]
+            if mid is not None:  # backend/patcher/lora.py's rebuild of the CP decomposition
+                shape = [down.shape[1], down.shape[0], mid.shape[2], mid.shape[3]]
+                down = torch.mm(down.transpose(0, 1).flatten(1), mid.transpose(0, 1).flatten(1))
+                down = down.reshape(shape).transpose(0, 1)
+            diff = torch.mm(up.flatten(1), down.flatten(1)).reshape(layer.weight.shape)
+            layer.weight += strength * float(alpha) / rank * diff
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, weight in saved.items():
+                layer.weight.copy_(weight)
+
+
+def test_a_forge_lora_is_served_through_the_branch_like_forges_merged_torch(forge):
+    """Forge's LoRA patches reach the OpenVINO UNet's LoRA branch: the picture matches torch with
+    the LoRA merged as Forge's loader merges it; another strength recompiles nothing; none again
+    is the plain picture."""
+    ink = forge_lora_patches(forge, seed=2, mid=True)
+    base, _ = forge_job(forge, "None")
+    with merged_as_forge_merges(forge, 0.8, ink):
+        torch_lora, _ = forge_job(forge, "None")
+    with merged_as_forge_merges(forge, 0.4, ink):
+        torch_weaker, _ = forge_job(forge, "None")
+    assert metrics.rel_l2(torch_lora, base) > 0.05, "the LoRA must matter"
+    latent, info = forge_job(forge, lora=("/models/Lora/ink.safetensors", 0.8, ink))
+    assert info["OpenVINO"] == SERVED and info["OpenVINO LoRA"] == "ink:0.8", info
+    assert metrics.rel_l2(latent, torch_lora) <= MATCH
+    served = forge.webui.sd_unet.current_unet.served
+    compiles = dict(served.plain.stats.compiles)
+    weaker, weaker_info = forge_job(forge, lora=("/models/Lora/ink.safetensors", 0.4, ink))
+    assert weaker_info["OpenVINO LoRA"] == "ink:0.4"
+    assert metrics.rel_l2(weaker, torch_weaker) <= MATCH
+    plain, plain_info = forge_job(forge)
+    assert "OpenVINO LoRA" not in plain_info and metrics.rel_l2(plain, base) <= MATCH
+    assert served.plain.stats.compiles == compiles, "a strength or set change recompiles nothing"
+
+
+def test_a_forge_lora_of_another_kind_makes_the_job_torchs_with_its_reason(forge):
+    """A LoKr (or a full diff) is not a low-rank update: the job is torch's, never a picture without
+    the LoRA; the next job without it is served."""
     torch_latent, _ = forge_job(forge, "None")
-    latent, info = forge_job(forge, lora=True)
-    assert info["OpenVINO"] == "off (LoRA ink: Forge's LoRA patches are not served on OpenVINO yet)", info
-    assert torch.equal(latent, torch_latent)  # the stand-in's torch applies no LoRA: torch made it
+    path = LAYERS[0]
+    weight = dict(forge.unet.named_modules())[path].weight
+    lokr = {f"diffusion_model.{path}.weight": ("lokr", (None,) * 9)}
+    latent, info = forge_job(forge, lora=("/models/Lora/weave.safetensors", 1.0, lokr))
+    said = info["OpenVINO"]
+    assert said == f"off (LoRA weave:1: LoKr layers are not served on OpenVINO yet ({path}))", said
+    assert torch.equal(latent, torch_latent)  # the stand-in's torch applies no patch: torch made it
+    diff = {f"diffusion_model.{path}.weight": (torch.zeros_like(weight),)}
+    _, diff_info = forge_job(forge, lora=("/models/Lora/flat.safetensors", 1.0, diff))
+    assert diff_info["OpenVINO"].startswith("off (LoRA flat:1: full-weight diff layers"), diff_info
     _, next_info = forge_job(forge)
     assert next_info["OpenVINO"] == SERVED
 

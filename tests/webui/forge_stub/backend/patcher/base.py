@@ -40,7 +40,18 @@ class ModelPatcher:
         return hasattr(other, "model") and self.model is other.model
 
     def add_patches(self, *, filename, patches, strength_patch=1.0, strength_model=1.0, online_mode=False):
-        self.lora_patches[(filename, strength_patch, strength_model, online_mode)] = patches
+        """As Forge's: each patch kept per weight the model has, with its strengths."""
+        model_keys = {k for k, _ in self.model.named_parameters()}
+        this_patches = {}
+        for k, value in patches.items():
+            key, offset, function = (
+                (k, None, None) if isinstance(k, str) else (k[0], k[1], k[2] if len(k) > 2 else None)
+            )
+            if key in model_keys:
+                this_patches.setdefault(key, []).append(
+                    [strength_patch, value, strength_model, offset, function]
+                )
+        self.lora_patches[(filename, strength_patch, strength_model, online_mode)] = this_patches
 
     def set_model_patch(self, patch, name):
         to = self.model_options["transformer_options"]
