@@ -14,8 +14,9 @@ its state dict has ldm's keys; the IR is exported from ldm's class loaded with t
 own weights (read from the file only when an export runs), so A1111 and Forge share cache
 entries. SD1.x and SD2.x: Forge does not ship sgm, so SDXL stays on torch with the reason.
 
+Forge's LoRAs (low-rank patches on the job's UnetPatcher) go to the OpenVINO UNet's LoRA branch.
 Not served on OpenVINO in Forge yet, each making the job's UNet calls torch's with the reason:
-Forge's LoRA patches, its ControlNet units, patches other extensions put inside the UNet
+other LoRA kinds, its ControlNet units, patches other extensions put inside the UNet
 (`transformer_options` patches, block modifiers). The torch UNet's weights stay in memory (Forge's
 memory manager loads them), and its VAE and text encoders are its own.
 """
