@@ -199,6 +199,10 @@ class ForgeUnet(OpenVINOUnet):
         self.unpatch()
         super().deactivate()
 
+    def bound_elsewhere(self, sd_model) -> bool:
+        """True when Forge loaded another model than the one this serves (a checkpoint change)."""
+        return self.source is not None and self.source.unet is not torch_unet_of(sd_model)
+
     def activate(self) -> None:
         model = shared.sd_model
         self.record = JobRecord()

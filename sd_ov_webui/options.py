@@ -68,6 +68,12 @@ def on_model_loaded(sd_model) -> None:
     listed = any(isinstance(o, OpenVINOUnetOption) and o.model_name == name for o in sd_unet.unet_options)
     if name and not listed:
         sd_unet.list_unets()
+    # Forge loads a changed checkpoint inside the job, after the SD Unet was applied, and never
+    # applies it again: the current one would serve the old checkpoint's UNet on the new one.
+    unet = current_openvino_unet()
+    if unet is not None and unet.bound_elsewhere(sd_model):
+        sd_unet.apply_unet("None")
+        sd_unet.apply_unet()
 
 
 def list_unets(unet_list: list) -> None:

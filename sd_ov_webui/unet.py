@@ -101,6 +101,10 @@ class OpenVINOUnet(sd_unet.SdUnet, JobServing):
                 undo_lora_weights(self.source.unet)
             yield
 
+    def bound_elsewhere(self, sd_model) -> bool:
+        """A1111 applies the SD Unet again around every checkpoint load: never stale here."""
+        return False
+
     def check_binding(self, loaded) -> str | None:
         """A note when the option was made for another checkpoint than the loaded one."""
         chosen = self.option.checkpoint_info

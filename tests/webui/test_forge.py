@@ -61,9 +61,12 @@ def forge(webui, monkeypatch):
         sys.modules.pop(name)
 
 
-def forge_job(forge, sd_unet="Automatic", lora=None, inside_patch=False, hires=False, steps=4, seed=3):
+def forge_job(
+    forge, sd_unet="Automatic", lora=None, inside_patch=False, hires=False, steps=4, seed=3, reload=None
+):
     """One txt2img job in Forge's order; the picture's latent and its infotext's parameters.
-    `lora`: (file name, strength, {weight key: patch}) as Forge's Lora extension adds them."""
+    `lora`: (file name, strength, {weight key: patch}) as Forge's Lora extension adds them;
+    `reload()`: Forge's `forge_model_reload` loading another checkpoint inside the job."""
     from backend import memory_management
     from modules import processing, scripts, shared
     from modules import sd_unet as sd_unet_module
@@ -80,6 +83,8 @@ def forge_job(forge, sd_unet="Automatic", lora=None, inside_patch=False, hires=F
     runner.before_process(p)
     runner.process(p)
     sd_unet_module.apply_unet()
+    if reload is not None:  # inside the batch loop, before anything of the batch
+        p.sd_model = model = reload()
     passes = [steps, steps] if hires else [steps]
     model.forge_objects = model.forge_objects_original.shallow_copy()
     if lora:  # Forge's Lora extension: patches on a clone of the UNet's patcher
@@ -264,3 +269,33 @@ def test_optimize_in_forge_is_refused_with_what_to_do_instead(forge, tmp_path):
     assert "Optimize is not available in Forge yet" in answer.json()["detail"]
     _, info = forge_job(forge)
     assert info["OpenVINO"] == SERVED
+
+
+def test_a_checkpoint_loaded_inside_a_forge_job_is_served_with_its_own_unet(forge, tmp_path):
+    """Forge loads a changed checkpoint inside the job (`forge_model_reload`, after the SD Unet was
+    applied) and calls the model-loaded callbacks: the OpenVINO UNet of the old checkpoint must not
+    serve the new one; its own serves (matching its torch picture)."""
+    from backend.diffusion_engine.base import ForgeDiffusionEngine, ForgeObjects
+    from backend.modules.k_model import KModel
+    from backend.patcher.unet import UnetPatcher
+    from modules import shared
+
+    from sd_ov.graphs.ldm_unet import build_unet
+
+    from .harness import checkpoint
+
+    forge_job(forge)  # served with the first checkpoint
+    other_unet = build_unet(TINY_SD1, seed=7)
+    other_info = checkpoint(tmp_path, "otherckpt", other_unet)
+
+    def reload():
+        objects = ForgeObjects(UnetPatcher(KModel(other_unet)), clip=None, vae=None, clipvision=None)
+        shared.sd_model = ForgeDiffusionEngine(objects, other_info)
+        forge.webui.callbacks.model_loaded_callback(shared.sd_model)
+        return shared.sd_model
+
+    latent, info = forge_job(forge, reload=reload)
+    forge.unet = other_unet
+    torch_latent, _ = forge_job(forge, "None")
+    assert info["OpenVINO"] == SERVED
+    assert metrics.rel_l2(latent, torch_latent) <= MATCH, "the new checkpoint's own UNet served"
