@@ -42,7 +42,10 @@ from sd_ov import (
 
 from .checkpoints import checkpoint_identity
 from .lora import UNetLora
+from .offload import unet_weights
 from .plan import HostReading
+from .progress import webui_progress
+from .recipe_switch import HANDOVER
 from .settings import cache_root, runtime_settings
 from .unet import OpenVINOUnet
 
@@ -197,6 +200,8 @@ class ForgeUnet(OpenVINOUnet):
 
     def deactivate(self) -> None:
         self.unpatch()
+        if self.bound_elsewhere(shared.sd_model):  # Forge dropped that model: nothing to read back
+            self.weights = None
         super().deactivate()
 
     def bound_elsewhere(self, sd_model) -> bool:
@@ -206,16 +211,19 @@ class ForgeUnet(OpenVINOUnet):
     def activate(self) -> None:
         model = shared.sd_model
         self.record = JobRecord()
-        self.weights = None  # Forge's memory manager holds them: not freed here yet
         unet = torch_unet_of(model)
-        try:  # the shipped ldm config of its weights (shapes only: nothing is copied)
-            self.config = config_for_state_dict(unet.state_dict())
+        # from the option before, at a recipe switch: its freed weights and compiled companions
+        self.weights, companions = HANDOVER.take(unet)
+        self.companions = companions or self.companions
+        try:  # the shipped ldm config of its weights (their shapes: nothing is read or copied)
+            self.config = config_for_state_dict(dict(unet.named_parameters()))
         except Exception as err:  # SDXL & co, before anything is written
             why = f"this model is not served on OpenVINO in Forge yet (SD1.x and SD2.x are): {err}"
             self.source, self.unsupported = UNetSource(cache_root(), "", "", unet), why
             self.use_torch(err)
             self.unavailable = why
             return
+        self.weights = self.weights or unet_weights(unet, model.sd_checkpoint_info.filename)
         self.open_again()
         self.opened_for_job = True
 
@@ -236,6 +244,7 @@ class ForgeUnet(OpenVINOUnet):
                 )
                 self.binding_note = self.check_binding(info)
             self.open(runtime_settings())
+            self.offload()
         except Exception as err:
             self.source = self.source or UNetSource(cache_root(), "", "", unet)
             self.use_torch(err)
@@ -261,6 +270,8 @@ class ForgeUnet(OpenVINOUnet):
             )
         if self.served is None or self.job_torch_reason:
             self.record.unavailable = self.record.unavailable or self.job_torch_reason or self.unavailable
+            if self.weights is not None:  # Forge's own UNet runs this pass: its weights first
+                self.weights.ensure(webui_progress)
             return
         clone = patcher.clone()
         clone.lora_patches = {}  # the OpenVINO branch applies them: Forge need not merge them in torch

@@ -299,3 +299,23 @@ def test_a_checkpoint_loaded_inside_a_forge_job_is_served_with_its_own_unet(forg
     torch_latent, _ = forge_job(forge, "None")
     assert info["OpenVINO"] == SERVED
     assert metrics.rel_l2(latent, torch_latent) <= MATCH, "the new checkpoint's own UNet served"
+
+
+def test_forges_torch_unet_weights_are_freed_while_openvino_serves(forge):
+    """In Forge too the torch UNet's weights leave memory while OpenVINO serves, checked against the
+    checkpoint first; a torch job (SD Unet None) reads them back bit-exactly before Forge loads its
+    UNet; a job torch makes within the option (a LoKr) has them, and they go again after it."""
+    from sd_ov.runtime.torch_weights import is_released
+
+    torch_latent, _ = forge_job(forge, "None")
+    _, info = forge_job(forge)
+    assert info["OpenVINO"] == SERVED and is_released(forge.unet)
+    again, _ = forge_job(forge, "None")
+    assert not is_released(forge.unet) and torch.equal(again, torch_latent)
+    forge_job(forge)
+    assert is_released(forge.unet)
+    lokr = {f"diffusion_model.{LAYERS[0]}.weight": ("lokr", (None,) * 9)}
+    latent, lokr_info = forge_job(forge, lora=("/models/Lora/weave.safetensors", 1.0, lokr))
+    assert lokr_info["OpenVINO"].startswith("off (LoRA weave:1: LoKr")
+    assert torch.equal(latent, torch_latent), "torch made it with the checkpoint's weights"
+    assert is_released(forge.unet), "freed again once the job ended"
