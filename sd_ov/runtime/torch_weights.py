@@ -186,7 +186,10 @@ class ReleasedWeights:
                 for name in self.names:
                     param = self._param(name)
                     param.untyped_storage().resize_(param.numel() * param.element_size())
-                    param.copy_(read(name))
+                    # a host that loads its model under inference mode (Forge) holds inference
+                    # tensors: their in-place update is allowed only inside that mode
+                    with torch.inference_mode() if param.is_inference() else contextlib.nullcontext():
+                        param.copy_(read(name))
         except (OSError, KeyError, RuntimeError) as err:
             raise WeightsRestoreError(f"cannot read {self.source.path.name}: {err}") from err
         self.restored = True

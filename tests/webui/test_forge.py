@@ -53,6 +53,11 @@ def forge(webui, monkeypatch):
     monkeypatch.setattr(forge_module, "config_for_state_dict", lambda state: dict(TINY_SD1))
     sd_hijack_unet.undo()
     unet = webui.shared.sd_model.model.diffusion_model
+    with torch.inference_mode():  # Forge loads its models under inference mode: inference tensors
+        for module in unet.modules():
+            for name, param in list(module._parameters.items()):
+                if param is not None:
+                    module._parameters[name] = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
     objects = ForgeObjects(UnetPatcher(KModel(unet)), clip=None, vae=None, clipvision=None)
     webui.shared.sd_model = ForgeDiffusionEngine(objects, webui.info)
     yield SimpleNamespace(webui=webui, unet=unet, kmodel=objects.unet.model)
@@ -170,7 +175,7 @@ def merged_as_forge_merges(forge, strength: float, patches: dict):
     (a CP mid rebuilt into the down, as its loader does)."""
     modules = dict(forge.unet.named_modules())
     saved = {}
-    with torch.no_grad():
+    with torch.inference_mode():  # Forge's loader merges under inference mode
         for key, (_, (up, down, alpha, mid, _)) in patches.items():
             layer = modules[key[len("diffusion_model.") : -len(".weight")]]
             saved[layer] = layer.weight.detach().clone()
@@ -184,7 +189,7 @@ def merged_as_forge_merges(forge, strength: float, patches: dict):
     try:
         yield
     finally:
-        with torch.no_grad():
+        with torch.inference_mode():
             for layer, weight in saved.items():
                 layer.weight.copy_(weight)
 
