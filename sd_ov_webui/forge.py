@@ -17,8 +17,9 @@ entries. SD1.x and SD2.x: Forge does not ship sgm, so SDXL stays on torch with t
 Forge's LoRAs (low-rank patches on the job's UnetPatcher) go to the OpenVINO UNet's LoRA branch.
 Not served on OpenVINO in Forge yet, each making the job's UNet calls torch's with the reason:
 other LoRA kinds, its ControlNet units, patches other extensions put inside the UNet
-(`transformer_options` patches, block modifiers). The torch UNet's weights stay in memory (Forge's
-memory manager loads them), and its VAE and text encoders are its own.
+(`transformer_options` patches, block modifiers). The torch UNet's weights are freed while OpenVINO
+serves and read back before Forge's own UNet runs (its parameters are inference tensors); its VAE
+and text encoders are its own.
 """
 
 from __future__ import annotations
