@@ -42,7 +42,7 @@ from sd_ov import (
 )
 
 from .checkpoints import checkpoint_identity
-from .lora import UNetLora
+from .lora import UNetLora, low_rank_layer
 from .offload import unet_weights
 from .plan import HostReading
 from .progress import webui_progress
@@ -123,16 +123,11 @@ def forge_patch_refusal(value, strength_model, offset, function) -> str | None:
 
 
 def low_rank(lora: tuple, strength: float) -> LoraLayer:
-    """(up, down, alpha, mid, _) → the branch's (down, up x strength x alpha / rank); a CP-decomposed
-    down (1x1) with its kxk mid is the same as a kxk down (as A1111's Lora extension rebuilds it)."""
+    """Forge's (up, down, alpha, mid, _) at `strength`: scaled by strength x alpha / rank, as
+    `backend/patcher/lora.py` merges it."""
     up, down, alpha, mid, _ = lora
     rank = down.shape[0]
-    up = up.detach().float().reshape(up.shape[0], -1)
-    down = down.detach().float()
-    if mid is not None:
-        down = torch.einsum("nmkl,mj->njkl", mid.detach().float(), down.reshape(rank, -1))
-    scale = strength * (float(alpha) / rank if alpha is not None else 1.0)
-    return LoraLayer(down.reshape(down.shape[0], -1).numpy(), (up * scale).numpy())
+    return low_rank_layer(up, down, mid, strength * (float(alpha) / rank if alpha is not None else 1.0))
 
 
 class ForgeDiffusionModel(torch.nn.Module):
@@ -162,6 +157,7 @@ class ForgeDiffusionModel(torch.nn.Module):
                 **kwargs,
             )
 
+        # `install` saw the pass's patcher; an extension whose hook runs after ours may patch it still
         inside = [key for key in INSIDE_THE_UNET if (transformer_options or {}).get(key)]
         if control is not None:
             self.serving.torch_serves("ControlNet in Forge: its residuals are not served on OpenVINO yet")

@@ -82,24 +82,34 @@ def _why_not_low_rank(module) -> str | None:
     return None
 
 
+def low_rank_layer(
+    up: torch.Tensor, down: torch.Tensor, mid: torch.Tensor | None, scale: float, rank: int | None = None
+) -> LoraLayer:
+    """The branch's update of one layer, `scale * up @ down`, as both hosts' LoRA loaders rebuild
+    it: a LoCon 3x3 layer's down keeps torch's (in, kh, kw) order; a CP-decomposed one (1x1 down,
+    kxk mid) is the same as a kxk down of the mid's rank (einsum('n m k l, i n, m j -> i j k l'));
+    `rank` cuts a plain one (the webui's dyn_dim)."""
+    up = up.detach().float().reshape(up.shape[0], -1)
+    down = down.detach().float().reshape(down.shape[0], -1)
+    if mid is not None:
+        down = torch.einsum("nmkl,mj->njkl", mid.detach().float(), down).reshape(mid.shape[0], -1)
+    elif rank is not None:
+        up, down = up[:, :rank], down[:rank]
+    return LoraLayer(down.cpu().numpy(), (up * scale).cpu().numpy())
+
+
 def _low_rank(module) -> LoraLayer:
     """The webui's own numbers (`rebuild_conventional`, `rebuild_cp_decomposition`,
     `finalize_updown`): rank cut to the network's dyn_dim, `calc_scale()` (alpha / rank, or scale)
-    and `multiplier()` folded into up. A LoCon 3x3 layer's down keeps torch's (in, kh, kw) order;
-    a CP-decomposed one (1x1 down, kxk mid) is the same as a kxk down of the mid's rank."""
-    up = module.up_model.weight.detach().float()
-    down = module.down_model.weight.detach().float()
-    up, down = up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1)
+    and `multiplier()` folded into up."""
     mid = getattr(module, "mid_model", None)
-    if mid is not None:  # einsum('n m k l, i n, m j -> i j k l', mid, up, down), as the webui
-        down = torch.einsum("nmkl,mj->njkl", mid.weight.detach().float(), down)
-        down = down.reshape(down.shape[0], -1)
-    else:
-        dyn_dim = getattr(module.network, "dyn_dim", None)
-        if dyn_dim is not None:
-            up, down = up[:, :dyn_dim], down[:dyn_dim]
-    scale = float(module.multiplier()) * float(module.calc_scale())
-    return LoraLayer(down.cpu().numpy(), (up * scale).cpu().numpy())
+    return low_rank_layer(
+        module.up_model.weight,
+        module.down_model.weight,
+        mid.weight if mid is not None else None,
+        float(module.multiplier()) * float(module.calc_scale()),
+        getattr(module.network, "dyn_dim", None),
+    )
 
 
 @dataclass
