@@ -45,8 +45,7 @@ def explain(err: BaseException) -> str:
         return str(err)
     if raised_by_openvino(err):
         return f"OpenVINO: {openvino_message(err)}"
-    kind = type(err).__name__
-    return f"an unexpected error in sd-ov ({kind}, details in the console); the next job tries again"
+    return f"an unexpected error in sd-ov ({type(err).__name__}, details in the console)"
 
 
 def tell_console(said: tuple[str | None, int], reason: str, err: BaseException) -> tuple[str, int]:

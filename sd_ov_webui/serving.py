@@ -108,6 +108,8 @@ class JobServing(UNetCalls):
         """OpenVINO can't serve: give back what it holds (the UNet, its companions and control
         models), say why, and let torch make this job; the next job opens again."""
         self.unavailable = explain(err)
+        if unexpected(err):  # the user's next step: nothing but the next job
+            self.unavailable += "; the next job tries again"
         self.release()
         self.companions.drop()
         self.control_models.release()
