@@ -63,8 +63,31 @@ def needs_ldm(webui_root: str) -> bool:
     """A Forge checkout whose venv has no `ldm` package."""
     import importlib.util
 
-    forge = os.path.isdir(os.path.join(webui_root, "modules_forge"))
-    return forge and importlib.util.find_spec("ldm") is None
+    return is_forge(webui_root) and importlib.util.find_spec("ldm") is None
+
+
+# Nor sgm, SDXL's UNet class: Stability's generative-models, cloned into the webui's repositories/
+# at the commit A1111 v1.10 pins (the same variables override them, as in A1111's launch_utils).
+SGM_REPO = os.environ.get("STABLE_DIFFUSION_XL_REPO", "https://github.com/Stability-AI/generative-models.git")
+SGM_COMMIT = os.environ.get("STABLE_DIFFUSION_XL_COMMIT_HASH", "45c443b316737a4ab6e40413d7794a7f5657c19f")
+
+
+def is_forge(webui_root: str) -> bool:
+    return os.path.isdir(os.path.join(webui_root, "modules_forge"))
+
+
+def fetch_sgm(launch, webui_root: str) -> None:
+    """SDXL in Forge: generative-models in repositories/ unless there; a failed clone leaves SDXL
+    on torch (the infotext says why), never a failed start."""
+    import importlib.util
+
+    folder = os.path.join(webui_root, "repositories", "generative-models")
+    if importlib.util.find_spec("sgm") is not None or os.path.isdir(os.path.join(folder, "sgm")):
+        return
+    try:
+        launch.git_clone(SGM_REPO, folder, "Stable Diffusion XL (sd-ov in Forge)", SGM_COMMIT)
+    except Exception as err:  # offline, no git: SDXL stays on torch in Forge
+        print(f"sd-ov: could not fetch generative-models ({err}); SDXL stays on torch in Forge")
 
 
 def installed_version(package: str) -> str | None:
@@ -103,6 +126,8 @@ def main() -> None:
     webui_root = os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] or os.getcwd()
     if needs_ldm(webui_root):
         launch.run_pip(f'install --no-deps "{LDM_FOR_FORGE}"', "sd-ov: the ldm UNet class for Forge")
+    if is_forge(webui_root):
+        fetch_sgm(launch, webui_root)
     todo = missing_requirements()
     if not todo:
         return

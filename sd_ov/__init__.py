@@ -73,6 +73,7 @@ _PUBLIC = {
     "UNetSource": "serve.unet_source",
     "describe": "graphs.ldm_unet",
     "config_for_state_dict": "graphs.ldm_unet",
+    "is_sgm_config": "graphs.ldm_unet",
     "load_unet_from_checkpoint": "graphs.ldm_unet",
     "feature_shapes": "graphs.ldm_unet",
     "file_hash": "serve.engine",

@@ -12,122 +12,74 @@ Forge unpatches it when another clone of the model is loaded: a torch job after 
 The export: Forge's UNet class is not ldm's (its attention and skip joins are Forge's code), but
 its state dict has ldm's keys; the IR is exported from ldm's class loaded with the checkpoint's
 own weights (read from the file only when an export runs), so A1111 and Forge share cache
-entries. SD1.x and SD2.x: Forge does not ship sgm, so SDXL stays on torch with the reason.
+entries. SD1.x, SD2.x and SDXL base; SDXL's class (sgm) comes from Stability's generative-models,
+which Forge does not ship and install.py fetches (`sgm_on_path`).
 
-Forge's LoRAs (low-rank patches on the job's UnetPatcher) go to the OpenVINO UNet's LoRA branch.
-Not served on OpenVINO in Forge yet, each making the job's UNet calls torch's with the reason:
-other LoRA kinds, its ControlNet units, patches other extensions put inside the UNet
-(`transformer_options` patches, block modifiers). The torch UNet's weights are freed while OpenVINO
-serves and read back before Forge's own UNet runs (its parameters are inference tensors); its VAE
-and text encoders are its own.
+Forge's LoRAs (low-rank patches on the job's UnetPatcher) go to the OpenVINO UNet's LoRA branch;
+its ControlNet units' residuals (`c["control"]`) to the UNet's residual inputs, their control models
+staying Forge's. Not served on OpenVINO in Forge yet, each making the job's UNet calls torch's with
+the reason: other LoRA kinds, ControlLoRA and T2I-Adapter units, patches other extensions put inside
+the UNet (`transformer_options` patches, block modifiers). The torch UNet's weights are freed while
+OpenVINO serves and read back before Forge's own UNet runs (its parameters are inference tensors);
+its VAE and text encoders are its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from modules import shared
+from modules import paths, shared
 
 from sd_ov import (
     JobRecord,
-    LoraLayer,
     UNetSource,
-    concatenate,
+    UnsupportedModelError,
     config_for_state_dict,
+    is_sgm_config,
     load_unet_from_checkpoint,
 )
 
 from .checkpoints import checkpoint_identity
-from .lora import UNetLora, low_rank_layer
+from .controlnet import TorchServes
+from .errors import explain
+from .forge_patches import INSIDE_THE_UNET, forge_lora, forge_residuals, forge_units, inside_patches
 from .offload import unet_weights
 from .plan import HostReading
 from .progress import webui_progress
 from .recipe_switch import HANDOVER
-from .settings import cache_root, runtime_settings
+from .settings import cache_root, offload_mode, runtime_settings
 from .unet import OpenVINOUnet
 
 log = logging.getLogger("sd_ov")
 
-# transformer_options entries that change what happens inside the UNet (FreeU, SAG, PAG, Kohya's
-# HRFix, ... put theirs here): the compiled UNet can't follow them.
-UNET_KEY = "diffusion_model."  # Forge's LoRA keys: the KModel's names of the UNet's weights
-# Forge's LoRA patch kinds (backend/patcher/lora.py) and what users call them.
-FORGE_KINDS = {
-    "diff": "full-weight diff",
-    "set": "weight replacement",
-    "lokr": "LoKr",
-    "loha": "LoHa",
-    "glora": "GLoRA",
-}
-INSIDE_THE_UNET = (
-    "patches",
-    "patches_replace",
-    "block_modifiers",
-    "block_inner_modifiers",
-    "group_norm_wrapper",
-)
+
+def sgm_on_path() -> None:
+    """SDXL's UNet class (sgm) importable, or UnsupportedModelError saying how to get it. Forge
+    ships no sgm; sd-ov's install.py clones Stability's generative-models into the webui's
+    `repositories/` (at the commit A1111 v1.10 pins), as A1111 itself does, and it goes on the
+    import path here, once."""
+    if importlib.util.find_spec("sgm") is None:
+        folder = Path(paths.script_path) / "repositories" / "generative-models"
+        if (folder / "sgm").is_dir() and str(folder) not in sys.path:
+            sys.path.append(str(folder))
+            importlib.invalidate_caches()
+    if importlib.util.find_spec("sgm") is None:
+        raise UnsupportedModelError(
+            "SDXL's UNet class (sgm) is missing: sd-ov's installer puts Stability's generative-models in "
+            "repositories/generative-models at the webui's start (it needs internet access once)"
+        )
 
 
 def torch_unet_of(sd_model) -> torch.nn.Module:
     """Forge's own torch UNet of the loaded model, whatever clone last patched `diffusion_model`."""
     unet = sd_model.forge_objects.unet.model.diffusion_model
     return unet.torch_unet if isinstance(unet, ForgeDiffusionModel) else unet
-
-
-def inside_patches(patcher) -> list[str]:
-    """What other extensions patched inside this UNet patcher (names, for the reason)."""
-    options = patcher.model_options.get("transformer_options", {})
-    found = [key for key in INSIDE_THE_UNET if options.get(key)]
-    found += [name for name in patcher.object_patches if name.startswith("diffusion_model")]
-    return found
-
-
-def forge_lora(patcher) -> UNetLora:
-    """Forge's LoRA patches (`UnetPatcher.lora_patches`: per LoRA file, `diffusion_model.<layer>.weight`
-    → `[strength, ("lora", (up, down, alpha, mid, dora_scale)), strength_model, offset, function]`,
-    which `backend/patcher/lora.py` merges as `weight += strength * alpha / rank * up @ down`) as
-    the OpenVINO branch's low-rank updates; a patch of another kind makes the job torch's, with why."""
-    parts, names = [], []
-    for (filename, strength, *_), patches in getattr(patcher, "lora_patches", {}).items():
-        label = f"{Path(str(filename)).stem}:{float(strength):g}"
-        layers: list[dict[str, LoraLayer]] = []
-        for key, entries in patches.items():
-            if not (key.startswith(UNET_KEY) and key.endswith(".weight")):
-                continue
-            path = key[len(UNET_KEY) : -len(".weight")]
-            for strength_patch, value, strength_model, offset, function in entries:
-                why = forge_patch_refusal(value, strength_model, offset, function)
-                if why:
-                    return UNetLora(why_not=f"LoRA {label}: {why} ({path})")
-                layers.append({path: low_rank(value[1], float(strength_patch))})
-        if layers:
-            parts.append(concatenate(layers))
-            names.append(label)
-    return UNetLora(concatenate(parts), names) if parts else UNetLora()
-
-
-def forge_patch_refusal(value, strength_model, offset, function) -> str | None:
-    """Why a Forge LoRA patch is not a plain low-rank update of the layer; None if it is."""
-    kind = value[0] if isinstance(value, tuple) and len(value) == 2 else "diff"
-    if kind != "lora":
-        return f"{FORGE_KINDS.get(kind, kind)} layers are not served on OpenVINO yet"
-    if value[1][4] is not None:
-        return "DoRA layers are not served on OpenVINO yet"
-    if offset is not None or function is not None or float(strength_model) != 1.0:
-        return "a patch on part of a layer, or one that scales its weight, is not served on OpenVINO yet"
-    return None
-
-
-def low_rank(lora: tuple, strength: float) -> LoraLayer:
-    """Forge's (up, down, alpha, mid, _) at `strength`: scaled by strength x alpha / rank, as
-    `backend/patcher/lora.py` merges it."""
-    up, down, alpha, mid, _ = lora
-    rank = down.shape[0]
-    return low_rank_layer(up, down, mid, strength * (float(alpha) / rank if alpha is not None else 1.0))
 
 
 class ForgeDiffusionModel(torch.nn.Module):
@@ -159,13 +111,26 @@ class ForgeDiffusionModel(torch.nn.Module):
 
         # `install` saw the pass's patcher; an extension whose hook runs after ours may patch it still
         inside = [key for key in INSIDE_THE_UNET if (transformer_options or {}).get(key)]
-        if control is not None:
-            self.serving.torch_serves("ControlNet in Forge: its residuals are not served on OpenVINO yet")
-            return on_torch()
         if inside:
             self.serving.torch_serves(f"another extension patched the UNet ({', '.join(inside)})")
             return on_torch()
-        return self.serving.dispatch(x, timesteps, context, (), kwargs, on_torch)
+        if not self.serving.controlnet_job:
+            if control is not None:  # a unit added after our hook made the pass's plan
+                self.serving.torch_serves("a ControlNet unit came after the job's start")
+                return on_torch()
+            return self.serving.dispatch(x, timesteps, context, (), kwargs, on_torch)
+        residuals = forge_residuals(control, x, self.torch_unet)
+        extra = [key for key, value in kwargs.items() if key != "y" and value is not None]
+        why = residuals if isinstance(residuals, str) else None
+        if extra:
+            why = f"extra UNet inputs ({', '.join(extra)}) that the compiled UNet does not take"
+        if why is None:
+            try:
+                return self.serving.serve_controlled(x, timesteps, context, kwargs.get("y"), residuals)
+            except TorchServes as err:
+                why = str(err)
+        self.serving.torch_serves(why)
+        return on_torch()
 
 
 class ForgeUnet(OpenVINOUnet):
@@ -177,6 +142,7 @@ class ForgeUnet(OpenVINOUnet):
     def __init__(self, option) -> None:
         super().__init__(option)
         self.patched: list = []  # this job's patched clones, whose object is on Forge's model
+        self.pending: tuple | None = None  # the pass's start_job, carried out at `install`
 
     def unpatch(self) -> None:
         """Forge's model gets its own UNet back. Forge itself puts it back only when another clone
@@ -212,10 +178,12 @@ class ForgeUnet(OpenVINOUnet):
         # from the option before, at a recipe switch: its freed weights and compiled companions
         self.weights, companions = HANDOVER.take(unet)
         self.companions = companions or self.companions
-        try:  # the shipped ldm config of its weights (their shapes: nothing is read or copied)
+        try:  # the shipped ldm/sgm config of its weights (their shapes: nothing is read or copied)
             self.config = config_for_state_dict(dict(unet.named_parameters()))
-        except Exception as err:  # SDXL & co, before anything is written
-            why = f"this model is not served on OpenVINO in Forge yet (SD1.x and SD2.x are): {err}"
+            if is_sgm_config(self.config):
+                sgm_on_path()
+        except Exception as err:  # a refiner, SD3, ..., before anything is written
+            why = f"this model is not served on OpenVINO in Forge yet (SD1.x, SD2.x and SDXL base are): {err}"
             self.source, self.unsupported = UNetSource(cache_root(), "", "", unet), why
             self.use_torch(err)
             self.unavailable = why
@@ -237,6 +205,7 @@ class ForgeUnet(OpenVINOUnet):
                     name,
                     sha256,
                     unet,
+                    torch_calls=self.torch_computes,
                     exported=lambda: load_unet_from_checkpoint(filename, config),
                 )
                 self.binding_note = self.check_binding(info)
@@ -248,17 +217,56 @@ class ForgeUnet(OpenVINOUnet):
 
     @contextlib.contextmanager
     def torch_computes(self) -> Iterator[None]:
-        yield  # the export traces ldm's UNet made from the file, not Forge's module
+        """Around an export, which traces the ldm/sgm UNet made from the file, not Forge's module:
+        Forge's own weights leave memory first (as set in Settings), so the peak holds one FP32
+        copy of the UNet, not two (SDXL's is 10 GB). They come back if OpenVINO then can't serve."""
+        if self.weights is not None and offload_mode() != "none":
+            try:
+                self.weights.release(webui_progress)
+            except Exception as err:  # a saving only: the export goes on with them in memory
+                log.warning("sd-ov: the torch UNet's weights stay in memory: %s", err)
+        yield
 
     def read_job(self, unet, first_pass: bool) -> HostReading:
-        """Forge's LoRAs: the patches its Lora extension put on the job's UnetPatcher."""
-        lora = forge_lora(shared.sd_model.forge_objects.unet)
+        """The pass's UnetPatcher: the LoRA patches of Forge's Lora extension, the units of its
+        ControlNet."""
+        patcher = shared.sd_model.forge_objects.unet
+        units, why = forge_units(patcher)
         notes = [] if not first_pass else ["VAE and text encoders: Forge's own"]
-        return HostReading(lora, None, None, notes)
+        return HostReading(forge_lora(patcher), units or None, why, notes)
+
+    def serve_control(self, units) -> bool:
+        """Forge's ControlNet units: the OpenVINO UNet opened with their residual inputs (each call
+        gets them from Forge's `c["control"]`, `forge_residuals`); their control models stay
+        Forge's, on torch. A UNet that can't take them makes the job torch's."""
+        try:
+            self.served.set_control(bool(units))
+        except Exception as err:
+            if not units:
+                raise
+            self.job_torch_reason = f"ControlNet on torch: {explain(err)}"
+            return False
+        if units:
+            plural = "s" if len(units) > 1 else ""
+            self.record.controlnet = (
+                f"{len(units)} unit{plural} (ControlNet): residuals into the OpenVINO UNet"
+            )
+        return bool(units)
+
+    def start_job(
+        self, deepcache, expected_calls: int, first_pass: bool = True, companion_notes=None
+    ) -> None:
+        """Forge completes the pass's UnetPatcher (LoRAs, then ControlNet's units, added in its own
+        `process_before_every_sampling`) just before sampling: the pass's plan is made then
+        (`install`), not at the batch's start."""
+        self.pending = (deepcache, expected_calls, first_pass, companion_notes)
 
     def install(self, p) -> None:
         """This sampling pass's UNet: a clone of the job's patcher whose `diffusion_model` calls
         go to OpenVINO; left as Forge made it when the job is torch's (the record says why)."""
+        if self.pending is not None:
+            args, self.pending = self.pending, None
+            super().start_job(*args)
         patcher = p.sd_model.forge_objects.unet
         inside = inside_patches(patcher)
         if inside:

@@ -12,6 +12,7 @@ from modules import sd_unet, shared
 
 from sd_ov import DeepCacheConfig, Recipe
 
+from .host import not_served_here
 from .options import OpenVINOUnetOption, current_openvino_unet
 from .recipe_switch import handing_over
 from .settings import opt
@@ -157,6 +158,9 @@ def start_hires_pass(p, interval, branch, schedule) -> None:
 
 def not_served_because(p) -> str:
     """Why no OpenVINO UNet is current for this job, in the user's words."""
+    why = not_served_here()
+    if why:
+        return why
     if getattr(p, "sd_ov_saved_unet_setting", None) is not None:
         return "turned off for this job"
     option = sd_unet.current_unet_option

@@ -10,6 +10,7 @@ from modules import sd_models, sd_unet
 
 from sd_ov import Recipe, canonical, recipe_entries
 
+from .host import not_served_here
 from .settings import cache_root
 
 log = logging.getLogger("sd_ov")
@@ -77,7 +78,10 @@ def on_model_loaded(sd_model) -> None:
 
 
 def list_unets(unet_list: list) -> None:
-    """The plain option of every checkpoint, then every optimized recipe found in the cache."""
+    """The plain option of every checkpoint, then every optimized recipe found in the cache; none
+    in a webui sd-ov does not serve (choosing one would do nothing)."""
+    if not_served_here():
+        return
     checkpoints = list(sd_models.checkpoints_list.values())
     unet_list.extend(OpenVINOUnetOption(info) for info in checkpoints)
     try:

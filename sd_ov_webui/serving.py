@@ -162,9 +162,7 @@ class JobServing(UNetCalls):
             if not plan.lora.why_not:
                 self.serve_lora(plan.lora)  # first: the first LoRA reopens the models with the branch
             # before start_job too: DeepCache opens its pair with or without ControlNet's inputs
-            self.controlnet_job = controlnet.serve_units(
-                self.source.unet, self.served, self.record, plan.control_hook, self
-            )
+            self.controlnet_job = self.serve_control(plan.control_hook)
             why_not = self.served.start_job(plan.deepcache, plan.expected_calls)
         except Exception as err:
             self.use_torch(err)
@@ -182,6 +180,11 @@ class JobServing(UNetCalls):
             for note in companion_notes or ():
                 self.record.note(note)
             self.sampled = False
+
+    def serve_control(self, hook) -> bool:
+        """This job's ControlNet units into the OpenVINO UNet (opened with their residual inputs, or
+        without when none run); True when they are served. A1111's: sd-webui-controlnet's hook."""
+        return controlnet.serve_units(self.source.unet, self.served, self.record, hook, self)
 
     def serve_lora(self, lora: UNetLora) -> None:
         """The job's UNet LoRAs into the OpenVINO UNet's branch (none: the branch is emptied); one it

@@ -1,5 +1,5 @@
-"""The webui's SD1/SD2 UNet (`ldm...openaimodel.UNetModel`): build, describe, load (tracing it:
-`traceable_unet`).
+"""The webui's SD1/SD2 UNet (`ldm...openaimodel.UNetModel`) and SDXL's (sgm's class of the same
+name): build, describe, load (tracing it: `traceable_unet`).
 
 The ldm package is imported lazily: the webui ships its own copy, tests and the demo use the
 identical one from PyPI's stable-diffusion-sdkit.
@@ -39,6 +39,26 @@ def _openaimodel():
     return openaimodel
 
 
+def is_sgm_config(config: dict[str, Any]) -> bool:
+    """An SDXL-style config (a vector conditioning, per-level transformer depths): sgm's class."""
+    return "adm_in_channels" in config or isinstance(config.get("transformer_depth"), list)
+
+
+def openaimodel_for(config: dict[str, Any]):
+    """The openaimodel module that builds `config`: ldm's for SD1/SD2, sgm's for SDXL (a clear
+    error where Stability's generative-models is not importable)."""
+    if not is_sgm_config(config):
+        return _openaimodel()
+    try:
+        from sgm.modules.diffusionmodules import openaimodel
+    except ImportError as err:
+        raise UnsupportedModelError(
+            "SDXL's UNet class (sgm, from Stability's generative-models repository) is not importable "
+            f"here ({err}): the webui's repositories/generative-models provides it"
+        ) from err
+    return openaimodel
+
+
 def openaimodel_of(unet: torch.nn.Module):
     """The openaimodel module `unet`'s class comes from (ldm's or sgm's), or None."""
     module = sys.modules.get(type(unet).__module__)
@@ -67,7 +87,7 @@ def build_unet(config: dict[str, Any], seed: int | None = 0) -> torch.nn.Module:
     """
     if seed is not None:
         torch.manual_seed(seed)
-    model = _openaimodel().UNetModel(**config).eval()
+    model = openaimodel_for(config).UNetModel(**config).eval()
     return model if seed is None else randomize_zero_init(model, seed)
 
 
@@ -115,21 +135,24 @@ def describe(unet: torch.nn.Module) -> UNetSpec:
 
 
 def config_for_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Pick the shipped config matching a checkpoint's UNet (SD1 or SD2; inpainting channels)."""
+    """Pick the shipped config matching a checkpoint's UNet (SD1, SD2 or SDXL base; inpainting
+    channels), from the shapes of its weights only."""
     k_weight = next((v for k, v in state_dict.items() if k.endswith("attn2.to_k.weight")), None)
     first = state_dict.get("input_blocks.0.0.weight")
     if k_weight is None or first is None:
-        raise UnsupportedModelError(
-            "no SD1/SD2 UNet found in this checkpoint (the command line reads SD1/SD2 checkpoints; "
-            "SDXL is served inside the webui)"
-        )
+        raise UnsupportedModelError("no SD1, SD2 or SDXL UNet found in this checkpoint")
     context_dim = k_weight.shape[1]
-    if context_dim == 768:
+    vector = state_dict.get("label_emb.0.0.weight")
+    if context_dim == 768 and vector is None:
         config = load_config("sd15")
-    elif context_dim == 1024:
+    elif context_dim == 1024 and vector is None:
         config = load_config("sd2")
+    elif context_dim == 2048 and vector is not None and vector.shape[1] == 2816:
+        config = load_config("sdxl")
     else:
-        raise UnsupportedModelError(f"unknown UNet: cross-attention width {context_dim}")
+        kind = "SDXL refiner" if context_dim == 1280 else f"cross-attention width {context_dim}"
+        extra = f", a vector conditioning of {vector.shape[1]}" if vector is not None else ""
+        raise UnsupportedModelError(f"this UNet is not supported: {kind}{extra}")
     config["in_channels"] = int(first.shape[1])
     return config
 
@@ -153,22 +176,31 @@ def unet_state_dict_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]
 
 
 def load_unet_from_checkpoint(path: str | Path, config: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The checkpoint's UNet in FP32, built on the meta device and given the file's weights (one
+    tensor converted at a time): the peak is one FP32 copy, which matters for SDXL's 10 GB."""
     state = unet_state_dict_from_checkpoint(path)
     config = config or config_for_state_dict(state)
-    unet = build_unet(config, seed=None)
-    unet.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    with torch.device("meta"):
+        unet = openaimodel_for(config).UNetModel(**config)
+    weights = {}
+    for key in list(state):
+        weights[key] = state.pop(key).float()
+    unet.load_state_dict(weights, strict=True, assign=True)
+    leftover = [name for name, t in [*unet.named_parameters(), *unet.named_buffers()] if t.is_meta]
+    if leftover:
+        raise UnsupportedModelError(f"the checkpoint's UNet lacks {', '.join(leftover[:3])}")
     return unet.eval()
 
 
 def feature_shapes(unet: torch.nn.Module, height: int, width: int) -> list[tuple[int, int, int]]:
     """(channels, height, width) of each input block's output, then the middle block's, for a
-    latent of height x width: where ControlNet adds its residuals (the skip connections)."""
-    module = openaimodel_of(unet) or _openaimodel()
+    latent of height x width: where ControlNet adds its residuals (the skip connections). Read off
+    the blocks by their layers' names, so it holds for ldm's, sgm's and Forge's class alike."""
     channels, h, w = int(unet.model_channels), int(height), int(width)
     shapes = []
     for block in unet.input_blocks:
         for layer in block:
-            if isinstance(layer, module.Downsample):  # a stride-2 conv (pad 1) rounds up, pooling down
+            if type(layer).__name__ == "Downsample":  # a stride-2 conv (pad 1) rounds up, pooling down
                 h, w = ((h + 1) // 2, (w + 1) // 2) if layer.use_conv else (h // 2, w // 2)
             channels = int(getattr(layer, "out_channels", channels))  # attention keeps its input's
         shapes.append((channels, h, w))

@@ -8,6 +8,8 @@ repositories/generative-models), not on PyPI: these tests run where it is import
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -260,3 +262,42 @@ def test_sd2_open_clip_layer_normed_penultimate_from_the_same_graph(tiny_bigg, t
         )
         got = sd2.model.ln_final(hidden)
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+
+
+def test_an_sdxl_checkpoint_is_read_from_its_weights_alone(sdxl_unet, tmp_path):
+    """Forge holds its own UNet class: the export builds sgm's from the file. The shipped SDXL
+    config is picked from the weights' shapes (full size, on the meta device), a refiner is
+    refused, and the file's UNet computes what the UNet written to it does."""
+    from safetensors.torch import save_file
+
+    from sd_ov.errors import UnsupportedModelError
+    from sd_ov.graphs.ldm_unet import config_for_state_dict, load_config, load_unet_from_checkpoint
+
+    with torch.device("meta"):
+        full = openaimodel.UNetModel(**load_config("sdxl"))
+        refiner = openaimodel.UNetModel(
+            **{
+                **load_config("sdxl"),
+                "context_dim": 1280,
+                "adm_in_channels": 2560,
+                "model_channels": 384,
+                "num_head_channels": 64,
+                "transformer_depth": [0, 4, 4, 0],
+                "channel_mult": [1, 2, 4, 4],
+                "attention_resolutions": [4, 2],
+            }
+        )
+    assert config_for_state_dict(full.state_dict()) == load_config("sdxl")
+    with pytest.raises(UnsupportedModelError, match="SDXL refiner"):
+        config_for_state_dict(refiner.state_dict())
+
+    path = tmp_path / "sdxl.safetensors"
+    save_file(
+        {f"model.diffusion_model.{k}": v.half().contiguous() for k, v in sdxl_unet.state_dict().items()}, path
+    )
+    loaded = load_unet_from_checkpoint(path, TINY_SDXL)
+    assert type(loaded) is openaimodel.UNetModel
+    x, t, c, y = inputs(1, 16, 16)
+    with torch.no_grad():
+        expected = copy.deepcopy(sdxl_unet).half().float()(x, t, c, y)  # as the fp16 file holds them
+        assert torch.allclose(loaded(x, t, c, y), expected, atol=1e-5)

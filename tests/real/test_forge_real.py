@@ -168,3 +168,33 @@ def test_a_512_picture_in_forge_and_the_memory_it_takes(forge):
         f"OpenVINO FP32 {ov_s:.1f} s, RSS {ov_rss:.2f} GiB; {psnr(image, torch_image):.1f} dB"
     )
     assert info["OpenVINO"] == SERVED and psnr(image, torch_image) >= 40
+
+
+SDXL = os.environ.get("SD_OV_FORGE_SDXL", "sdxl-random")
+
+
+def test_sdxl_in_forge_is_served(forge):
+    """A full-size SDXL base checkpoint (SD_OV_FORGE_SDXL names it; skipped when Forge lists none):
+    512², 2 Euler steps on OpenVINO, served and >= 40 dB from Forge's torch picture. Its UNet class
+    (sgm) comes from Stability's generative-models, which install.py put in Forge's repositories/."""
+    if SDXL not in {m["model_name"] for m in api("/sdapi/v1/sd-models")}:
+        pytest.skip(f"Forge lists no checkpoint named {SDXL}")
+    before = api("/sdapi/v1/options")["sd_model_checkpoint"]
+    api("/sdapi/v1/options", {"sd_model_checkpoint": SDXL})
+    job = {"width": 512, "height": 512, "steps": 2}
+    try:
+        started = time.perf_counter()
+        torch_image, _ = txt2img("None", **job)
+        torch_s = time.perf_counter() - started
+        first, first_info = txt2img("Automatic", **job)  # exports and compiles
+        started = time.perf_counter()
+        image, info = txt2img("Automatic", **job)
+        ov_s = time.perf_counter() - started
+    finally:
+        api("/sdapi/v1/options", {"sd_model_checkpoint": before})
+    db = psnr(image, torch_image)
+    print(
+        f"\n[forge] SDXL 512², 2 Euler steps: torch {torch_s:.1f} s, OpenVINO FP32 {ov_s:.1f} s, {db:.1f} dB"
+    )
+    assert first_info["OpenVINO"] == SERVED and info["OpenVINO"] == SERVED, (first_info, info)
+    assert db >= 40

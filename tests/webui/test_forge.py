@@ -12,6 +12,7 @@ what OpenVINO serves comes through the object patched into the pass's UNet patch
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -58,20 +59,36 @@ def forge(webui, monkeypatch):
             for name, param in list(module._parameters.items()):
                 if param is not None:
                     module._parameters[name] = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
+    from backend.nn.unet import IntegratedUNet2DConditionModel
+
+    ldm_class, unet.__class__ = unet.__class__, IntegratedUNet2DConditionModel  # Forge's forward
     objects = ForgeObjects(UnetPatcher(KModel(unet)), clip=None, vae=None, clipvision=None)
     webui.shared.sd_model = ForgeDiffusionEngine(objects, webui.info)
     yield SimpleNamespace(webui=webui, unet=unet, kmodel=objects.unet.model)
+    unet.__class__ = ldm_class
     sd_hijack_unet.hijack()
     for name in [m for m in sys.modules if m.split(".")[0] in (*FORGE_MODULES, "forge_sd_unet")]:
         sys.modules.pop(name)
 
 
 def forge_job(
-    forge, sd_unet="Automatic", lora=None, inside_patch=False, hires=False, steps=4, seed=3, reload=None
+    forge,
+    sd_unet="Automatic",
+    lora=None,
+    inside_patch=False,
+    hires=False,
+    steps=4,
+    seed=3,
+    reload=None,
+    units=(),
+    deepcache=0,
 ):
     """One txt2img job in Forge's order; the picture's latent and its infotext's parameters.
     `lora`: (file name, strength, {weight key: patch}) as Forge's Lora extension adds them;
-    `reload()`: Forge's `forge_model_reload` loading another checkpoint inside the job."""
+    `reload()`: Forge's `forge_model_reload` loading another checkpoint inside the job; `units`:
+    ControlNet units, added to each pass's patcher as Forge's ControlNet does (in its own
+    `process_before_every_sampling`, which runs before an extension's); `deepcache`: the
+    accordion's DeepCache interval."""
     from backend import memory_management
     from modules import processing, scripts, shared
     from modules import sd_unet as sd_unet_module
@@ -80,7 +97,7 @@ def forge_job(
     shared.opts.sd_unet = sd_unet
     gen = torch.Generator().manual_seed(99)
     cond, uncond = (torch.randn(1, 77, TINY_SD1["context_dim"], generator=gen) for _ in range(2))
-    runner = scripts.ScriptRunner([(webui.script, [True, 0, 0, "uniform"])])
+    runner = scripts.ScriptRunner([(webui.script, [True, deepcache, 0, "uniform"])])
     p = processing.StableDiffusionProcessing(
         shared.sd_model, cond, uncond, steps=steps, seed=seed, scripts=runner, script_args=runner.script_args
     )
@@ -110,13 +127,22 @@ def forge_job(
             patched = model.forge_objects.unet.clone()
             patched.set_model_patch(lambda h, *a: h, "output_block_patch")
             model.forge_objects.unet = patched
+        if units:
+            controlled = model.forge_objects.unet.clone()
+            for unit in units:
+                controlled.add_patched_controlnet(unit)
+            model.forge_objects.unet = controlled
         runner.process_before_every_sampling(p, x=latent, noise=latent, c=cond, uc=uncond)
         patcher = model.forge_objects.unet
         memory_management.load_models_gpu([patcher])
         transformer_options = patcher.model_options["transformer_options"]
 
         def denoise(x, t, c, patcher=patcher, options=transformer_options):
-            return patcher.model.apply_model(x, t, c_crossattn=c, transformer_options=options)
+            units = patcher.controlnet_linked_list  # sampling_function: c["control"] per call
+            control = units.get_control(x, t, {"c_crossattn": c}, 1) if units is not None else None
+            return patcher.model.apply_model(
+                x, t, c_crossattn=c, control=control, transformer_options=options
+            )
 
         latent = sample_euler(denoise, latent, cond, uncond, steps=pass_steps, cfg_scale=7.0).latent
     runner.post_sample(p, scripts.PostSampleArgs(latent))
@@ -245,20 +271,36 @@ def test_a_patch_another_extension_puts_inside_the_unet_goes_to_torch(forge):
     assert torch.equal(latent, torch_latent)
 
 
-def test_a_model_forge_serves_only_on_torch_says_why(forge, monkeypatch):
-    """SDXL in Forge (it ships no sgm): refused at activation, before anything is written."""
+def test_a_model_forge_serves_only_on_torch_says_why(forge, monkeypatch, tmp_path):
+    """A UNet sd-ov does not export (an SDXL refiner): refused at activation with the reason,
+    before anything is written."""
     import sd_ov_webui.forge as forge_module
     from sd_ov import UnsupportedModelError
 
-    def sdxl(state):
-        raise UnsupportedModelError("unknown UNet: cross-attention width 2048")
+    def refiner(state):
+        raise UnsupportedModelError("this UNet is not supported: SDXL refiner")
 
-    monkeypatch.setattr(forge_module, "config_for_state_dict", sdxl)
+    monkeypatch.setattr(forge_module, "config_for_state_dict", refiner)
     _, info = forge_job(forge)
-    said = info["OpenVINO"]
-    assert said.startswith("off (this model is not served on OpenVINO in Forge yet (SD1.x and SD2.x are)"), (
-        said
-    )
+    assert info["OpenVINO"].startswith(
+        "off (this model is not served on OpenVINO in Forge yet (SD1.x, SD2.x and SDXL base are): "
+        "this UNet is not supported: SDXL refiner"
+    ), info
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sgm") is not None, reason="sgm is importable here")
+def test_sdxl_in_forge_without_sgm_says_how_to_get_it(forge, monkeypatch, tmp_path):
+    """SDXL where Stability's generative-models (sgm) did not arrive (no folder in the webui's
+    repositories/): torch, with what to do."""
+    import sd_ov_webui.forge as forge_module
+    from sd_ov.graphs.ldm_unet import load_config
+
+    monkeypatch.setattr(forge_module, "config_for_state_dict", lambda state: load_config("sdxl"))
+    monkeypatch.setattr(forge_module.paths, "script_path", str(tmp_path))
+    torch_latent, _ = forge_job(forge, "None")
+    latent, info = forge_job(forge)
+    assert torch.equal(latent, torch_latent)
+    assert "SDXL's UNet class (sgm) is missing: sd-ov's installer puts" in info["OpenVINO"], info
 
 
 def test_optimize_in_forge_is_refused_with_what_to_do_instead(forge, tmp_path):
@@ -324,3 +366,83 @@ def test_forges_torch_unet_weights_are_freed_while_openvino_serves(forge):
     assert lokr_info["OpenVINO"].startswith("off (LoRA weave:1: LoKr")
     assert torch.equal(latent, torch_latent), "torch made it with the checkpoint's weights"
     assert is_released(forge.unet), "freed again once the job ended"
+
+
+class TinyControlModel(torch.nn.Module):
+    """A seeded random stand-in of a ControlNet's control model: one residual per skip join of the
+    test UNet, then the middle block's (Forge's order), each a function of the latent and the hint."""
+
+    def __init__(self, unet, seed: int) -> None:
+        super().__init__()
+        from sd_ov import feature_shapes
+
+        torch.manual_seed(seed)
+        self.unet = [unet]  # not a submodule
+        channels = [c for c, _, _ in feature_shapes(unet, 32, 32)]
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(4, c, 1) for c in channels)
+
+    def forward(self, x, hint, timesteps, context, y=None):
+        from sd_ov import feature_shapes
+
+        shapes = feature_shapes(self.unet[0], x.shape[2], x.shape[3])
+        out = []
+        for conv, (_, h, w) in zip(self.convs, shapes, strict=True):
+            out.append(conv(torch.nn.functional.interpolate(x, size=(h, w))) * 0.3 + hint.mean())
+        return out
+
+
+def units(forge, *ranges, seed: int = 5):
+    """Forge ControlNet units with their timestep ranges (UNet timesteps, high to low; None: all)."""
+    from backend.patcher.controlnet import ControlNet
+
+    made = []
+    for n, timesteps in enumerate(ranges):
+        unit = ControlNet(TinyControlModel(forge.unet, seed + n)).set_cond_hint(
+            torch.full((1, 3, 8, 8), 0.1 * (n + 1))
+        )
+        unit.timestep_range = timesteps
+        made.append(unit)
+    return made
+
+
+def test_forge_controlnet_units_are_served_with_their_residuals(forge):
+    """Forge's ControlNet units (its `c["control"]` per call) go into the OpenVINO UNet's residual
+    inputs: one unit, two units, a unit for part of the steps (zeros where it sends none), each
+    as Forge's torch UNet with the same units; the job after them is served without."""
+    plain, _ = forge_job(forge, "None")
+    for case in [(None,), (None, None), ((999, 500),)]:
+        torch_latent, _ = forge_job(forge, "None", units=units(forge, *case))
+        latent, info = forge_job(forge, units=units(forge, *case))
+        assert info["OpenVINO"] == SERVED, (case, info)
+        count = len(case)
+        assert info["OpenVINO ControlNet"] == (
+            f"{count} unit{'s' if count > 1 else ''} (ControlNet): residuals into the OpenVINO UNet, "
+            "control models on torch"
+        ), info
+        assert metrics.rel_l2(torch_latent, plain) > 0.01, "the units changed torch's picture"
+        assert metrics.rel_l2(latent, torch_latent) <= MATCH, case
+    after, info = forge_job(forge)
+    assert info["OpenVINO"] == SERVED and "OpenVINO ControlNet" not in info
+    assert metrics.rel_l2(after, plain) <= MATCH
+
+
+def test_forge_controlnet_with_deepcache_and_units_it_cannot_serve(forge):
+    """DeepCache's pair takes the units' residuals too (served, DeepCache in the infotext, the
+    units' effect kept); a T2I-Adapter unit makes the job torch's, with the reason."""
+    from backend.patcher.controlnet import T2IAdapter
+
+    cached, _ = forge_job(forge, deepcache=2, steps=6)
+    latent, info = forge_job(forge, units=units(forge, None), deepcache=2, steps=6)
+    assert info["OpenVINO"].startswith("fp32+DeepCache") and "OpenVINO DeepCache" in info, info
+    assert info["OpenVINO ControlNet"].startswith("1 unit (ControlNet)"), info
+    assert metrics.rel_l2(latent, cached) > 0.01, "the residuals reached DeepCache's pair"
+
+    def adapter():
+        return T2IAdapter(lambda x: [torch.zeros(1)], 3, 8, "nearest-exact")
+
+    torch_latent, _ = forge_job(forge, "None", units=[adapter()])
+    latent, info = forge_job(forge, units=[adapter()])
+    assert info["OpenVINO"] == "off (ControlNet in Forge: T2IAdapter units are not served on OpenVINO yet)", (
+        info
+    )
+    assert torch.equal(latent, torch_latent)

@@ -130,3 +130,35 @@ def test_in_forge_without_ldm_the_ldm_package_is_added_without_its_pins(launch, 
     run_installer(monkeypatch, {})
     ldm = [call[0] for call in launch.calls if "stable-diffusion-sdkit" in call[0]]
     assert ldm == ['install --no-deps "stable-diffusion-sdkit==2.1.5"'], launch.calls
+
+
+def test_in_forge_generative_models_is_cloned_at_a1111s_commit_once(launch, monkeypatch, tmp_path):
+    """Forge ships no sgm (SDXL's UNet class): the installer clones Stability's generative-models
+    into the webui's repositories/ at A1111 v1.10's commit, not when it is there, and a failed
+    clone (offline) is a console line, not a failed start."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sgm" else real_find_spec(name, *a)
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    (tmp_path / "modules_forge").mkdir()
+    run_installer(monkeypatch, RECENT)
+    folder = tmp_path / "repositories" / "generative-models"
+    clones = [call[0] for call in launch.calls if call[0].startswith("git clone")]
+    assert clones == [
+        f"git clone https://github.com/Stability-AI/generative-models.git {folder} "
+        "@45c443b316737a4ab6e40413d7794a7f5657c19f"
+    ]
+    (folder / "sgm").mkdir(parents=True)
+    launch.calls.clear()
+    run_installer(monkeypatch, RECENT)
+    assert launch.calls == []
+
+    def offline(*args):
+        raise RuntimeError("Couldn't clone Stable Diffusion XL")
+
+    (folder / "sgm").rmdir()
+    monkeypatch.setattr(launch, "git_clone", offline)
+    run_installer(monkeypatch, RECENT)  # no exception

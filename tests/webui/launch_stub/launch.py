@@ -12,3 +12,7 @@ def is_installed(package):
 def run_pip(command, desc=None, live=False):
     calls.append((command, desc))
     return ""
+
+
+def git_clone(url, dir, name, commithash=None):
+    calls.append((f"git clone {url} {dir} @{commithash}", name))

@@ -12,3 +12,16 @@ class UnetPatcher(ModelPatcher):
         n = super().clone()
         n.controlnet_linked_list = self.controlnet_linked_list
         return n
+
+    def add_patched_controlnet(self, cnet):
+        cnet.set_previous_controlnet(self.controlnet_linked_list)
+        self.controlnet_linked_list = cnet
+        return
+
+    def list_controlnets(self):
+        results = []
+        pointer = self.controlnet_linked_list
+        while pointer is not None:
+            results.append(pointer)
+            pointer = pointer.previous_controlnet
+        return results

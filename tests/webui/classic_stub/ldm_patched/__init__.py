@@ -1,0 +1,1 @@
+"""Stand-in of Forge 1 (Forge Classic, reForge): its ComfyUI-derived backend package."""

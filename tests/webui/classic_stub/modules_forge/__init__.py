@@ -1,0 +1,1 @@
+"""Stand-in of Forge's modules_forge package."""
