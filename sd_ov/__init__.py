@@ -72,6 +72,7 @@ _PUBLIC = {
     "RuntimeSettings": "runtime.settings",
     "UNetSource": "serve.unet_source",
     "describe": "graphs.ldm_unet",
+    "build_unet": "graphs.ldm_unet",
     "config_for_state_dict": "graphs.ldm_unet",
     "is_sgm_config": "graphs.ldm_unet",
     "load_unet_from_checkpoint": "graphs.ldm_unet",

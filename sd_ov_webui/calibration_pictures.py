@@ -11,6 +11,7 @@ from modules import shared
 from sd_ov import Calibration, Cancelled, CapturingUNet
 
 from .int8_vae import DecodedLatents
+from .optimize_source import host_torch_unet
 from .settings import offload_mode
 from .text_encoder import HOST_CLASSES, text_encoder_slots, text_encoder_weights
 from .torch_unet import unet_calls_to
@@ -146,7 +147,7 @@ def webui_capture(
 
 def webui_sample_image(calib: Calibration, encoders: PromptEncoders | None = None):
     """The report's picture: the first prompt, same seed, with torch or with the recipe."""
-    torch_unet = shared.sd_model.model.diffusion_model
+    torch_unet = host_torch_unet(shared.sd_model)  # Forge: None, the module Optimize works from is torch's
 
     def picture(unet):
         if encoders is not None:

@@ -76,6 +76,15 @@ def sgm_on_path() -> None:
         )
 
 
+def unet_config(unet: torch.nn.Module) -> dict:
+    """The shipped ldm/sgm config of Forge's UNet, from its weights' shapes (nothing is read or
+    copied); sgm importable for SDXL, or UnsupportedModelError."""
+    config = config_for_state_dict(dict(unet.named_parameters()))
+    if is_sgm_config(config):
+        sgm_on_path()
+    return config
+
+
 def torch_unet_of(sd_model) -> torch.nn.Module:
     """Forge's own torch UNet of the loaded model, whatever clone last patched `diffusion_model`."""
     unet = sd_model.forge_objects.unet.model.diffusion_model
@@ -109,6 +118,7 @@ class ForgeDiffusionModel(torch.nn.Module):
                 **kwargs,
             )
 
+        kwargs.pop("control_model", None)  # the units themselves, beside their residuals (`control`)
         # `install` saw the pass's patcher; an extension whose hook runs after ours may patch it still
         inside = [key for key in INSIDE_THE_UNET if (transformer_options or {}).get(key)]
         if inside:
@@ -179,9 +189,7 @@ class ForgeUnet(OpenVINOUnet):
         self.weights, companions = HANDOVER.take(unet)
         self.companions = companions or self.companions
         try:  # the shipped ldm/sgm config of its weights (their shapes: nothing is read or copied)
-            self.config = config_for_state_dict(dict(unet.named_parameters()))
-            if is_sgm_config(self.config):
-                sgm_on_path()
+            self.config = unet_config(unet)
         except Exception as err:  # a refiner, SD3, ..., before anything is written
             why = f"this model is not served on OpenVINO in Forge yet (SD1.x, SD2.x and SDXL base are): {err}"
             self.source, self.unsupported = UNetSource(cache_root(), "", "", unet), why

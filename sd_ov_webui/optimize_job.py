@@ -15,7 +15,6 @@ from sd_ov import (
     Cancelled,
     OptimizeRequest,
     SdOvError,
-    UnsupportedModelError,
     optimizable,
     optimize_with_deepcache,
     parse_optimize_form,
@@ -27,10 +26,10 @@ from . import host
 from .calibration_pictures import PromptEncoders, webui_capture, webui_sample_image
 from .checkpoints import checkpoint_identity
 from .int8_vae import DecodedLatents, Optimized, int8_vae_decoder, vae_decoder_line
-from .offload import WebuiWeights, unet_weights
+from .optimize_source import optimize_source, unet_to_check
 from .options import OpenVINOUnetOption
 from .progress import cancellable_progress
-from .settings import cache_root, offload_mode, opt
+from .settings import cache_root, opt
 from .torch_unet import unet_calls_to
 
 log = logging.getLogger("sd_ov")
@@ -50,13 +49,8 @@ def optimize_loaded_checkpoint(request: OptimizeRequest, progress, wait: bool = 
     """Optimize as one webui job (no picture runs beside it); the new option is listed at once.
     With `wait=False`, a busy queue raises Busy instead of waiting. Returns the recipe's entry
     (its DeepCache pair and INT8 VAE decoder, when asked for, are made in the same job, after it)."""
-    if host.is_forge():  # its model object has no ldm UNet, and its sampling is its own
-        raise UnsupportedModelError(
-            "Optimize is not available in Forge yet: make the recipe in AUTOMATIC1111's webui or with "
-            "`python -m sd_ov optimize --checkpoint <file>`"
-        )
     # Refuses what Optimize can't make (e.g. SDXL token merging) before waiting for the queue.
-    optimizable(shared.sd_model.model.diffusion_model, request.recipe)
+    optimizable(unet_to_check(shared.sd_model), request.recipe)
     lock = getattr(call_queue, "queue_lock", None) or contextlib.nullcontext()
     if isinstance(lock, contextlib.nullcontext) or lock.acquire(blocking=wait):
         try:
@@ -65,14 +59,6 @@ def optimize_loaded_checkpoint(request: OptimizeRequest, progress, wait: bool = 
             if not isinstance(lock, contextlib.nullcontext):
                 lock.release()
     raise Busy("a job is running: try again when it has finished")
-
-
-def optimize_weights(model) -> WebuiWeights | None:
-    """The torch UNet's weights, freed while calibration and NNCF run (Settings → memory: not
-    when the user keeps them)."""
-    if offload_mode() == "none":
-        return None
-    return unet_weights(model.model.diffusion_model, model.sd_checkpoint_info.filename)
 
 
 def _optimize_as_job(request: OptimizeRequest, progress) -> Optimized:
@@ -86,12 +72,17 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> Optimized:
         encoders.release()
         gc.collect()
         trim_heap()  # what a torch job before left on the heap goes back too (SDXL: ~0.5 GiB)
-        decoded = DecodedLatents() if request.vae_int8 else None
+        # Forge's VAE is its own (forge_objects.vae, on torch): no INT8 decoder is made there
+        decoded = DecodedLatents() if request.vae_int8 and not host.is_forge() else None
         pair_notes: list[str] = []
-        with unet_calls_to(None), contextlib.ExitStack() as back:
+        with (
+            unet_calls_to(None),
+            optimize_source(model, progress) as (unet, torch_weights),
+            contextlib.ExitStack() as back,
+        ):
             back.callback(encoders.ensure)  # the webui's own encoders are whole again at the end
             entry, *_pair = optimize_with_deepcache(
-                model.model.diffusion_model,
+                unet,
                 cache_root(),
                 name,
                 sha256,
@@ -104,7 +95,7 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> Optimized:
                 measure=request.measure(),
                 sample_image=webui_sample_image(calib, encoders) if request.compare_picture else None,
                 progress=progress,
-                torch_weights=optimize_weights(model),
+                torch_weights=torch_weights,
                 cache_compiled=bool(opt("sd_ov_cache_compiled")),
                 keep_fp32=False,  # the FP32 IR it starts from stays only if it was there before
                 pair_failed=lambda err: pair_notes.append(str(err)),  # the recipe is made: keep it
@@ -113,6 +104,8 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> Optimized:
         made = Optimized(entry, pair=_pair[0] if _pair else None, pair_note="; ".join(pair_notes))
         if decoded is not None:
             int8_vae_decoder(made, model, name, sha256, decoded, request.device, progress)
+        elif request.vae_int8:
+            made.vae_decoder_note = "not made in Forge: its VAE is Forge's own, on torch"
         return made
     finally:
         shared.state.end()

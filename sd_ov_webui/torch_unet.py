@@ -12,9 +12,11 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
-from modules import sd_unet
+from modules import sd_unet, shared
 
 from sd_ov import UnsupportedCallError
+
+from . import host
 
 
 def call_torch(unet: torch.nn.Module, x, timesteps, context, *args, **kwargs):
@@ -43,13 +45,49 @@ class FunctionUnet(sd_unet.SdUnet):
         return self.fn(x, timesteps, context) if y is None else self.fn(x, timesteps, context, y)
 
 
+class ForgeFunctionUnet(torch.nn.Module):
+    """Forge's `diffusion_model` while Optimize samples with a function (KModel calls it with
+    keywords: context, control, transformer_options, y). Forge reads attributes of the UNet it
+    holds (its dtype, ...): they come from its own module, which is no submodule here, so Forge's
+    moves and size estimates leave it (and its freed weights) alone."""
+
+    def __init__(self, fn: Callable, own: torch.nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+        object.__setattr__(self, "own", own)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "own"), name)
+
+    def forward(self, x, timesteps=None, context=None, control=None, transformer_options=None, **kwargs):
+        y = kwargs.pop("y", None)
+        if control is not None or any(v is not None for v in kwargs.values()):
+            raise UnsupportedCallError("Optimize's sampling takes plain UNet calls (no ControlNet & co)")
+        return self.fn(x, timesteps, context) if y is None else self.fn(x, timesteps, context, y)
+
+
 @contextlib.contextmanager
 def unet_calls_to(fn: Callable | None) -> Iterator[None]:
     """While inside, the webui's UNet calls go to `fn`, or to the torch UNet itself when None.
 
     Used where a whole sampling run or an export trace must bypass the serving SdUnet (Optimize
-    holds the webui's queue lock while it does this, so no job runs beside it).
+    holds the webui's queue lock while it does this, so no job runs beside it). In Forge, the
+    loaded model's KModel calls `fn` (every clone of its UNet patcher shares that KModel); with
+    None, Forge's own UNet is torch's already (no SD Unet is applied while Optimize runs).
     """
+    if host.is_forge():
+        kmodel = shared.sd_model.forge_objects.unet.model
+        own = kmodel.diffusion_model
+        if fn is not None:
+            kmodel.diffusion_model = ForgeFunctionUnet(fn, own)
+        try:
+            yield
+        finally:
+            kmodel.diffusion_model = own
+        return
     saved = sd_unet.current_unet
     sd_unet.current_unet = None if fn is None else FunctionUnet(fn)
     try:

@@ -21,7 +21,7 @@ import pytest
 from sd_ov.optimize.metrics import psnr
 
 from . import test_webui_real as real
-from .test_webui_real import decode_picture, write_lora
+from .test_webui_real import decode_picture, png_b64, write_lora
 
 FORGE = os.environ.get("SD_OV_FORGE_DIR")
 pytestmark = [
@@ -40,12 +40,11 @@ def api(path: str, payload: dict | None = None, timeout: float = 1800) -> dict:
 SERVED = "fp32, CPU, f32, dynamic"
 
 
-def txt2img(unet: str, **fields):
-    result = api(
-        "/sdapi/v1/txt2img",
-        {**JOB, **fields, "override_settings": {"sd_unet": unet, "emphasis": "No norm"}},
-    )
-    return decode_picture(result)
+def txt2img(unet: str, scripts: dict | None = None, **fields):
+    payload = {**JOB, **fields, "override_settings": {"sd_unet": unet, "emphasis": "No norm"}}
+    if scripts:
+        payload["alwayson_scripts"] = scripts
+    return decode_picture(api("/sdapi/v1/txt2img", payload))
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +197,42 @@ def test_sdxl_in_forge_is_served(forge):
     )
     assert first_info["OpenVINO"] == SERVED and info["OpenVINO"] == SERVED, (first_info, info)
     assert db >= 40
+
+
+# A seeded random SD1.5 ControlNet in Forge's models/ControlNet (original `control_model.` layout),
+# e.g. built with Forge's own cldm class from the config it reads off an SD1.5 UNet.
+CONTROLNET_MODEL = os.environ.get("SD_OV_FORGE_CONTROLNET_MODEL", "control_sd15_random")
+
+
+def test_a_forge_controlnet_unit_is_served_like_torch(forge):
+    """A unit of Forge's built-in ControlNet (preprocessor None, an edge-like hint), over all steps
+    and ending at half of them: the UNet on OpenVINO with the unit's residuals, >= 35 dB from
+    Forge's torch picture with the same unit; the unit changes torch's picture; the infotext says
+    where the residuals and the control model ran."""
+    import numpy as np
+
+    if not any((Path(FORGE) / "models" / "ControlNet").glob(f"{CONTROLNET_MODEL}.*")):
+        pytest.skip(f"no {CONTROLNET_MODEL} in Forge's models/ControlNet")
+    model = next(m for m in api("/controlnet/model_list")["model_list"] if m.startswith(CONTROLNET_MODEL))
+    hint = np.zeros((256, 256, 3), np.uint8)
+    hint[40:216:8, 40:216] = 255  # stripes: an edge map of sorts
+    unit = {"enabled": True, "module": "None", "model": model, "weight": 1.0, "image": png_b64(hint)}
+    unit |= {"resize_mode": "Crop and Resize", "processor_res": 256, "pixel_perfect": False}
+    plain, _ = txt2img("None")
+    report, said = {}, {}
+    for name, mode in {"whole": {}, "ends at 0.5": {"guidance_end": 0.5}}.items():
+        scripts = {"ControlNet": {"args": [{**unit, **mode}]}}
+        torch_image, _ = txt2img("None", scripts=scripts)
+        image, info = txt2img("Automatic", scripts=scripts)
+        report[name] = (round(psnr(image, torch_image), 1), round(psnr(torch_image, plain), 1))
+        said[name] = (info["OpenVINO"], info.get("OpenVINO ControlNet"))
+    print(
+        "\n[forge] ControlNet: PSNR (OpenVINO vs torch with the unit, torch with vs without): "
+        f"{report}; {said}"
+    )
+    for name, (db, effect) in report.items():
+        assert said[name] == (
+            SERVED,
+            "1 unit (ControlNet): residuals into the OpenVINO UNet, control models on torch",
+        )
+        assert db >= 35 and effect < 30, report

@@ -139,9 +139,11 @@ def forge_job(
 
         def denoise(x, t, c, patcher=patcher, options=transformer_options):
             units = patcher.controlnet_linked_list  # sampling_function: c["control"] per call
-            control = units.get_control(x, t, {"c_crossattn": c}, 1) if units is not None else None
+            if units is None:
+                return patcher.model.apply_model(x, t, c_crossattn=c, transformer_options=options)
+            control = units.get_control(x, t, {"c_crossattn": c}, 1)
             return patcher.model.apply_model(
-                x, t, c_crossattn=c, control=control, transformer_options=options
+                x, t, c_crossattn=c, control=control, control_model=units, transformer_options=options
             )
 
         latent = sample_euler(denoise, latent, cond, uncond, steps=pass_steps, cfg_scale=7.0).latent
@@ -303,19 +305,35 @@ def test_sdxl_in_forge_without_sgm_says_how_to_get_it(forge, monkeypatch, tmp_pa
     assert "SDXL's UNet class (sgm) is missing: sd-ov's installer puts" in info["OpenVINO"], info
 
 
-def test_optimize_in_forge_is_refused_with_what_to_do_instead(forge, tmp_path):
-    """Optimize samples with the webui's own A1111 model object: in Forge, the API answers 422 with
-    what to do instead, before any work, and the next job is served."""
+def test_optimize_in_forge_makes_a_recipe_that_serves_there(forge):
+    """Optimize in Forge: from ldm's class loaded with the checkpoint file's weights (Forge's UNet
+    class is its own), its calibration pictures and sample picture made by Forge's sampler through
+    its KModel. The API makes an INT8 hybrid recipe with its report (the sample picture against
+    torch's), says why no INT8 VAE decoder was made, and a Forge job on the new option is served
+    near torch's picture; Forge's own UNet is whole again and its own after Optimize."""
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
+    from sd_ov.runtime.torch_weights import is_released
+
+    torch_latent, _ = forge_job(forge, "None")
     app = FastAPI()
     forge.webui.callbacks.app_started_callback(None, app)
-    answer = TestClient(app).post("/sd-ov/v1/optimize", json={"int8": "weights"})
-    assert answer.status_code == 422, answer.json()
-    assert "Optimize is not available in Forge yet" in answer.json()["detail"]
-    _, info = forge_job(forge)
-    assert info["OpenVINO"] == SERVED
+    form = {"int8": "hybrid", "samples": 2, "calib_steps": 2, "prompts_text": "an apple\na car"}
+    form |= {"calib_size": "128x128", "measure_size": "128x128", "sizes_text": "", "deepcache_branch": "off"}
+    answer = TestClient(app).post(
+        "/sd-ov/v1/optimize", json={**form, "compare_picture": True, "vae_int8": True}
+    )
+    assert answer.status_code == 200, answer.json()
+    made = answer.json()
+    assert made["label"] == "[OpenVINO INT8] tinyckpt" and 10 < made["report"]["psnr_db"] < 100, made[
+        "report"
+    ]
+    assert made["vae_decoder"] == {"note": "not made in Forge: its VAE is Forge's own, on torch"}
+    assert forge.kmodel.diffusion_model is forge.unet and not is_released(forge.unet)
+    latent, info = forge_job(forge, "[OpenVINO INT8] tinyckpt")
+    assert info["OpenVINO"] == "int8, CPU, f32, dynamic", info
+    assert 0 < metrics.rel_l2(latent, torch_latent) < 0.3
 
 
 def test_a_checkpoint_loaded_inside_a_forge_job_is_served_with_its_own_unet(forge, tmp_path):

@@ -73,10 +73,20 @@ class StableDiffusionProcessing:
         return self.token_merging_ratio or shared.opts.token_merging_ratio
 
 
+def torch_unet(sd_model):
+    """The torch UNet module: A1111's `model.diffusion_model`; in the Forge stand-in, what its
+    KModel holds under whatever object sd-ov patched in (ForgeDiffusionModel, Optimize's route)."""
+    forge = getattr(sd_model, "forge_objects", None)
+    if forge is None:
+        return sd_model.model.diffusion_model
+    held = forge.unet.model.diffusion_model
+    return vars(held).get("torch_unet") or vars(held).get("own") or held
+
+
 def encode_prompt(sd_model, text):
     """Stand-in of the text encoder: a fixed embedding per prompt (the tiny models have no CLIP)."""
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-    unet = sd_model.model.diffusion_model
+    unet = torch_unet(sd_model)
     width = next(m.to_k.in_features for name, m in unet.named_modules() if name.endswith("attn2"))
     return torch.randn(1, 77, width, generator=torch.Generator().manual_seed(seed))
 
@@ -199,9 +209,17 @@ def _sample_and_decode(p):
     if p.scripts is not None:
         p.scripts.process_batch(p, batch_number=0)
     p.setup_conds()
-    unet = p.sd_model.model.diffusion_model
+    forge = getattr(p.sd_model, "forge_objects", None)
+    if forge is not None:  # Forge: its KModel calls `diffusion_model` with keywords
+
+        def unet(x, t, context):
+            return forge.unet.model.apply_model(x, t, c_crossattn=context)
+
+        channels = torch_unet(p.sd_model).in_channels
+    else:
+        unet = p.sd_model.model.diffusion_model
+        channels = unet.in_channels
     gen = torch.Generator().manual_seed(p.seed)
-    channels = unet.in_channels
     noise = torch.randn(1, channels, p.height // 8, p.width // 8, generator=gen)
     if p.init_latent is not None:  # img2img: sampling starts from the encoded picture, noised
         noise = p.init_latent + noise * p.denoising_strength
