@@ -108,11 +108,17 @@ def deepcache_settings() -> DeepCacheConfig:
 
 
 def device_choices() -> list[str]:
+    """The devices found, and the saved one if it is absent now (a laptop's iGPU in a config.json
+    copied to another machine, a driver gone): gradio 4 refuses a Dropdown value that is not one
+    of its choices, which would fail Settings → Apply for every section. The absent device then
+    says so at the next job, and torch serves."""
     try:
-        return ov_core.device_choices()
+        found = ov_core.device_choices()
     except Exception as err:  # OpenVINO broken: the settings page must still render
         log.warning("sd-ov: cannot list OpenVINO devices: %s", err)
-        return ["CPU"]
+        found = ["CPU"]
+    saved = str(opt("sd_ov_device") or "")
+    return [*found, saved] if saved and saved not in found else found
 
 
 def device_names() -> str:

@@ -40,8 +40,12 @@ def api(path: str, payload: dict | None = None, timeout: float = 1800) -> dict:
 SERVED = "fp32, CPU, f32, dynamic"
 
 
-def txt2img(unet: str, scripts: dict | None = None, **fields):
+def txt2img(unet: str, scripts: dict | None = None, deepcache: tuple | None = None, **fields):
+    """A txt2img job on SD Unet `unet`; `deepcache`: the accordion's (interval, branch, schedule)."""
     payload = {**JOB, **fields, "override_settings": {"sd_unet": unet, "emphasis": "No norm"}}
+    scripts = dict(scripts or {})
+    if deepcache is not None:
+        scripts["OpenVINO"] = {"args": [True, *deepcache]}
     if scripts:
         payload["alwayson_scripts"] = scripts
     return decode_picture(api("/sdapi/v1/txt2img", payload))
@@ -151,8 +155,8 @@ def rss_gib(pid: int) -> float:
 
 def test_a_512_picture_in_forge_and_the_memory_it_takes(forge):
     """A 3-step 512² job on torch, then on OpenVINO (twice: the first compiles): served and >= 40 dB
-    from torch's; Forge's RSS after each is printed (Forge keeps the torch UNet's weights beside the
-    OpenVINO UNet: not freed there yet)."""
+    from torch's; Forge's RSS after the torch job and after the OpenVINO one (the torch UNet's
+    weights freed while OpenVINO serves): at most 0.5 GiB above torch alone."""
     pid = int(forge.parent.joinpath("forge.pid").read_text())
     big = {"width": 512, "height": 512, "steps": 3}
     started = time.perf_counter()
@@ -167,6 +171,49 @@ def test_a_512_picture_in_forge_and_the_memory_it_takes(forge):
         f"OpenVINO FP32 {ov_s:.1f} s, RSS {ov_rss:.2f} GiB; {psnr(image, torch_image):.1f} dB"
     )
     assert info["OpenVINO"] == SERVED and psnr(image, torch_image) >= 40
+    assert ov_rss <= torch_rss + 0.5
+
+
+def test_the_fastest_preset_made_in_forge_is_8x_forges_torch(forge):
+    """`POST /sd-ov/v1/optimize {"preset": "fastest"}` inside Forge (its recipe and DeepCache pair;
+    no INT8 VAE decoder: Forge's VAE is its own), then the preset's 20-step 512² job (the preset's
+    DeepCache schedule in the accordion) side by side with Forge's torch job of the same request:
+    at least 8x faster, the whole request as the API answers it. Forge's RSS after each job is
+    printed. Random weights: the PSNR is a floor, not a quality claim."""
+    from sd_ov.serve.preset import FASTEST
+
+    pid = int(forge.parent.joinpath("forge.pid").read_text())
+    calibration = {
+        "prompts_text": "a photo of a cat\na mountain lake at dawn\na red car in the street",
+        "calib_size": "256x256",
+        "calib_steps": 4,
+        "samples": 8,
+        "sizes_text": "",
+        "measure_size": "256x256",
+    }
+    started = time.perf_counter()
+    made = api("/sd-ov/v1/optimize", {**calibration, "preset": "fastest"}, timeout=3600)
+    optimize_s = time.perf_counter() - started
+    preset = (FASTEST.deepcache.interval, FASTEST.deepcache.branch, FASTEST.deepcache.schedule)
+    job = {"width": 512, "height": 512, "steps": 20}
+    txt2img(made["label"], deepcache=preset, **{**job, "steps": 1})  # first use: compile
+    rss, seconds = {}, {}
+    started = time.perf_counter()
+    torch_image, _ = txt2img("None", **job)
+    seconds["torch"], rss["torch"] = time.perf_counter() - started, rss_gib(pid)
+    started = time.perf_counter()
+    image, info = txt2img(made["label"], deepcache=preset, **job)
+    seconds["fastest"], rss["fastest"] = time.perf_counter() - started, rss_gib(pid)
+    speedup = seconds["torch"] / seconds["fastest"]
+    print(
+        f"\n[forge] Optimize fastest {optimize_s:.0f} s ({made['label']}; pair {made['deepcache_branch']}; "
+        f"VAE: {made['vae_decoder']}); 20-step 512²: torch {seconds['torch']:.1f} s, "
+        f"fastest {seconds['fastest']:.1f} s ({speedup:.1f}x, {psnr(image, torch_image):.1f} dB); "
+        f"RSS GiB {rss}; {info.get('OpenVINO')}; {info.get('OpenVINO DeepCache')}"
+    )
+    assert made["deepcache_branch"] == FASTEST.deepcache.branch, made
+    assert info["OpenVINO preset"] == "fastest" and "OpenVINO DeepCache" in info, info
+    assert speedup >= 8
 
 
 SDXL = os.environ.get("SD_OV_FORGE_SDXL", "sdxl-random")

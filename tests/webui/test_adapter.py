@@ -145,7 +145,12 @@ def test_absent_device_falls_back_to_torch_with_a_clear_message(webui):
     assert openvino_infotext(job).startswith("off (OpenVINO device NPU is not available")
     assert "NPU" in webui.shared.state.textinfo
     assert torch.equal(job.latent, torch_job.latent)
+    # the saved device stays a choice of Settings' Dropdown (gradio 4 refuses a value it does not
+    # list: Settings → Apply would fail for every section), after the devices found
+    choices = webui.shared.opts.data_labels["sd_ov_device"].component_args()["choices"]
+    assert choices[0] == "CPU" and choices[-1] == "NPU" and choices.count("NPU") == 1, choices
     webui.shared.opts.sd_ov_device = "CPU"  # fixed between jobs: the next job serves again
+    assert "NPU" not in webui.shared.opts.data_labels["sd_ov_device"].component_args()["choices"]
     assert openvino_infotext(txt2img(webui)) == "fp32, CPU, f32, dynamic"
 
 
