@@ -111,6 +111,11 @@ class ControlModels:
                 self.models.pop(key).release()
                 self.on_torch(self.refused[key[0]])
 
+    def host_runs(self, reason: str) -> None:
+        """The host runs this job's control models itself, and why (said in the infotext only)."""
+        if reason not in self.torch_reasons:
+            self.torch_reasons.append(reason)
+
     def on_torch(self, reason: str) -> None:
         if reason not in self.torch_reasons:
             log.warning("sd-ov: ControlNet's control model on torch: %s", reason)

@@ -21,7 +21,7 @@ staying Forge's. Not served on OpenVINO in Forge yet, each making the job's UNet
 the reason: other LoRA kinds, ControlLoRA and T2I-Adapter units, patches other extensions put inside
 the UNet (`transformer_options` patches, block modifiers). The torch UNet's weights are freed while
 OpenVINO serves and read back before Forge's own UNet runs (its parameters are inference tensors);
-its VAE and text encoders are its own.
+its VAE decodes on OpenVINO too (forge_vae.py), its text encoders are its own.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from .checkpoints import checkpoint_identity
 from .controlnet import TorchServes
 from .errors import explain
 from .forge_patches import INSIDE_THE_UNET, forge_lora, forge_residuals, forge_units, inside_patches
+from .forge_vae import ForgeCompanions
 from .offload import unet_weights
 from .plan import HostReading
 from .progress import webui_progress
@@ -153,6 +154,7 @@ class ForgeUnet(OpenVINOUnet):
         super().__init__(option)
         self.patched: list = []  # this job's patched clones, whose object is on Forge's model
         self.pending: tuple | None = None  # the pass's start_job, carried out at `install`
+        self.companions = ForgeCompanions()  # Forge's VAE decode on OpenVINO
 
     def unpatch(self) -> None:
         """Forge's model gets its own UNet back. Forge itself puts it back only when another clone
@@ -240,8 +242,7 @@ class ForgeUnet(OpenVINOUnet):
         ControlNet."""
         patcher = shared.sd_model.forge_objects.unet
         units, why = forge_units(patcher)
-        notes = [] if not first_pass else ["VAE and text encoders: Forge's own"]
-        return HostReading(forge_lora(patcher), units or None, why, notes)
+        return HostReading(forge_lora(patcher), units or None, why, [])
 
     def serve_control(self, units) -> bool:
         """Forge's ControlNet units: the OpenVINO UNet opened with their residual inputs (each call
@@ -255,6 +256,7 @@ class ForgeUnet(OpenVINOUnet):
             self.job_torch_reason = f"ControlNet on torch: {explain(err)}"
             return False
         if units:
+            self.control_models.host_runs("Forge's ControlNet class is its own: not exported yet")
             plural = "s" if len(units) > 1 else ""
             self.record.controlnet = (
                 f"{len(units)} unit{plural} (ControlNet): residuals into the OpenVINO UNet"

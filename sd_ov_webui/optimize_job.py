@@ -26,7 +26,7 @@ from . import host
 from .calibration_pictures import PromptEncoders, webui_capture, webui_sample_image
 from .checkpoints import checkpoint_identity
 from .int8_vae import DecodedLatents, Optimized, int8_vae_decoder, vae_decoder_line
-from .optimize_source import optimize_source, unet_to_check
+from .optimize_source import loaded_model, model_loaded, optimize_source, unet_to_check
 from .options import OpenVINOUnetOption
 from .progress import cancellable_progress
 from .settings import cache_root, opt
@@ -49,8 +49,10 @@ def optimize_loaded_checkpoint(request: OptimizeRequest, progress, wait: bool = 
     """Optimize as one webui job (no picture runs beside it); the new option is listed at once.
     With `wait=False`, a busy queue raises Busy instead of waiting. Returns the recipe's entry
     (its DeepCache pair and INT8 VAE decoder, when asked for, are made in the same job, after it)."""
-    # Refuses what Optimize can't make (e.g. SDXL token merging) before waiting for the queue.
-    optimizable(unet_to_check(shared.sd_model), request.recipe)
+    # Refuses what Optimize can't make (e.g. SDXL token merging) before waiting for the queue
+    # (Forge before its first job: once its model is loaded, in the job).
+    if model_loaded():
+        optimizable(unet_to_check(shared.sd_model), request.recipe)
     lock = getattr(call_queue, "queue_lock", None) or contextlib.nullcontext()
     if isinstance(lock, contextlib.nullcontext) or lock.acquire(blocking=wait):
         try:
@@ -62,7 +64,8 @@ def optimize_loaded_checkpoint(request: OptimizeRequest, progress, wait: bool = 
 
 
 def _optimize_as_job(request: OptimizeRequest, progress) -> Optimized:
-    model = shared.sd_model
+    model = loaded_model()
+    optimizable(unet_to_check(model), request.recipe)
     shared.state.begin(job="sd_ov_optimize")
     try:
         sd_unet.apply_unet("None")  # a serving OpenVINO UNet gives its memory back first

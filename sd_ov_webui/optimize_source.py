@@ -11,12 +11,28 @@ import gc
 from collections.abc import Iterator
 
 import torch
+from modules import shared
 
 from sd_ov import build_unet, load_unet_from_checkpoint
 
 from . import host
 from .offload import WebuiWeights, unet_weights
 from .settings import offload_mode
+
+
+def model_loaded() -> bool:
+    """False in Forge before its first job: it loads the chosen checkpoint then, and until then
+    `shared.sd_model` is a stand-in without weights (its FakeInitialModel)."""
+    return not host.is_forge() or hasattr(shared.sd_model, "forge_objects")
+
+
+def loaded_model():
+    """The loaded model, loaded first in Forge as its jobs load it (`forge_model_reload`)."""
+    if not model_loaded():
+        from modules import sd_models
+
+        sd_models.forge_model_reload()
+    return shared.sd_model
 
 
 def host_torch_unet(model) -> torch.nn.Module | None:

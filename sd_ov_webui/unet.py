@@ -22,7 +22,6 @@ from sd_ov import JobRecord, Recipe, UNetSource, describe
 
 from . import controlnet
 from .checkpoints import checkpoint_identity
-from .companions import Companions
 from .errors import explain
 from .lora import UNetLora, networks_set_aside, unet_lora
 from .offload import undo_lora_weights, unet_weights
@@ -137,5 +136,5 @@ class OpenVINOUnet(sd_unet.SdUnet, JobServing):
             self.companions.drop()
             if self.weights is not None:
                 self.weights.ensure(webui_progress)
-        self.weights, self.companions = None, Companions()
+        self.weights, self.companions = None, type(self.companions)()
         self.source = None  # the torch UNet is the webui's again; keep no reference to it

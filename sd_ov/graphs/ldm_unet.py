@@ -157,16 +157,21 @@ def config_for_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]
     return config
 
 
-def unet_state_dict_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The UNet's weights of a single-file SD checkpoint (.safetensors or .ckpt)."""
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a single-file SD checkpoint (.safetensors or .ckpt)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        full = load_file(str(path))
-    else:
-        full = torch.load(str(path), map_location="cpu", weights_only=True)
-        full = full.get("state_dict", full)
+        return load_file(str(path))
+    full = torch.load(str(path), map_location="cpu", weights_only=True)
+    return full.get("state_dict", full)
+
+
+def unet_state_dict_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The UNet's weights of a single-file SD checkpoint (.safetensors or .ckpt)."""
+    path = Path(path)
+    full = read_checkpoint(path)
     unet = {
         k[len(CHECKPOINT_UNET_PREFIX) :]: v for k, v in full.items() if k.startswith(CHECKPOINT_UNET_PREFIX)
     }

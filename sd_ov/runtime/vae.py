@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import VAE_PRECISIONS
+from ..errors import UnsupportedModelError
 from ..graphs.export import save_ir, trace_to_openvino
 from ..graphs.traceable_unet import zero_padding
 from ..progress import ProgressFn, silent
@@ -60,11 +61,12 @@ class AutoencoderParts(torch.nn.Module):
     """ldm's AutoencoderKL's modules and its decode, without its Lightning base class: what the
     demo, the bench and the tests build (with seeded random weights) in place of a checkpoint's."""
 
-    def __init__(self, ddconfig: dict, seed: int = 0) -> None:
+    def __init__(self, ddconfig: dict, seed: int | None = 0) -> None:
         super().__init__()
         from ldm.modules.diffusionmodules.model import Decoder, Encoder
 
-        torch.manual_seed(seed)
+        if seed is not None:  # None: no reseeding of the host's global generator
+            torch.manual_seed(seed)
         channels = 2 * ddconfig["z_channels"]
         self.encoder, self.decoder = Encoder(**ddconfig), Decoder(**ddconfig)
         self.quant_conv = torch.nn.Conv2d(channels, channels, 1)
@@ -139,13 +141,48 @@ def export_vae(vae: torch.nn.Module, folder: Path, progress: ProgressFn = silent
 
 
 def prepare_vae_entry(
-    vae: torch.nn.Module, cache_root: str | Path, name: str, vae_hash: str, progress: ProgressFn = silent
+    vae: torch.nn.Module | Callable[[], torch.nn.Module],
+    cache_root: str | Path,
+    name: str,
+    vae_hash: str,
+    progress: ProgressFn = silent,
 ) -> cache.CacheEntry:
-    """The cache entry of this VAE (`vae_hash` names its weights), exported when absent."""
+    """The cache entry of this VAE (`vae_hash` names its weights), exported when absent. `vae` may
+    be a function making the module (a host whose VAE class is not ldm's: built from the file
+    only when an export runs)."""
     key = cache.EntryKey(name, vae_hash, Recipe(), component=COMPONENT)
-    return cache.find_or_write(
-        Path(cache_root), key, lambda folder: export_vae(vae, folder, progress), DECODER_IR, "VAE", progress
-    )
+
+    def write(folder: Path) -> dict:
+        return export_vae(vae if isinstance(vae, torch.nn.Module) else vae(), folder, progress)
+
+    return cache.find_or_write(Path(cache_root), key, write, DECODER_IR, "VAE", progress)
+
+
+CHECKPOINT_VAE_PREFIX = "first_stage_model."
+
+
+def vae_from_checkpoint(path: str | Path) -> AutoencoderParts:
+    """The checkpoint's VAE (ldm's key layout, `first_stage_model.*`) as ldm's modules in FP32, its
+    ddconfig read off the weights' shapes (SD1, SD2 and SDXL share the layout)."""
+    from ..graphs.ldm_unet import read_checkpoint
+
+    state = {
+        k[len(CHECKPOINT_VAE_PREFIX) :]: v
+        for k, v in read_checkpoint(path).items()
+        if k.startswith(CHECKPOINT_VAE_PREFIX) and not k.startswith(CHECKPOINT_VAE_PREFIX + "loss")
+    }
+    if "post_quant_conv.weight" not in state:
+        raise UnsupportedModelError(f"{Path(path).name} holds no VAE in ldm's layout ({CHECKPOINT_VAE_PREFIX}*)")
+    ch = int(state["encoder.conv_in.weight"].shape[0])
+    levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
+    mult = [int(state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0]) // ch for i in levels]
+    blocks = len({k.split(".")[4] for k in state if k.startswith("encoder.down.0.block.")})
+    z_channels = int(state["post_quant_conv.weight"].shape[0])
+    ddconfig = dict(SD_DDCONFIG, ch=ch, ch_mult=mult, num_res_blocks=blocks, z_channels=z_channels)
+    with torch.device("meta"):
+        vae = AutoencoderParts(ddconfig, seed=None)
+    vae.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    return vae.eval()
 
 
 def image_output(model: ov.Model) -> ov.Model:

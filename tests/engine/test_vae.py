@@ -148,3 +148,30 @@ def test_the_int8_decoder_is_an_entry_beside_the_vaes_and_a_cancel_leaves_none(t
     served = vae.OVVae(entry, cache_compiled=False, decoder_entry=decoder_only)
     with torch.no_grad():  # the encoder is the FP32 entry's
         assert not served.encoder_int8 and torch.allclose(served.encode(x), expected, atol=1e-4, rtol=1e-3)
+
+
+def test_a_checkpoints_vae_is_read_from_the_file_alone(tiny_vae, tmp_path):
+    """Forge's VAE class is its own: the export builds ldm's modules from the file's
+    `first_stage_model.*` weights, their ddconfig read off the shapes, exported only when the
+    entry is missing; the file's VAE decodes as the VAE written to it does."""
+    from safetensors.torch import save_file
+
+    state = {f"first_stage_model.{k}": v.contiguous() for k, v in tiny_vae.state_dict().items()}
+    state["model.diffusion_model.out.2.bias"] = torch.zeros(4)  # another part of the checkpoint
+    path = tmp_path / "model.safetensors"
+    save_file(state, path)
+    made = []
+
+    def from_file():
+        made.append(1)
+        return vae.vae_from_checkpoint(path)
+
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(vae.vae_from_checkpoint(path).decode(z), tiny_vae.decode(z), atol=1e-6)
+    entry = vae.prepare_vae_entry(from_file, tmp_path / "cache", "model-vae-baked", "abc")
+    again = vae.prepare_vae_entry(from_file, tmp_path / "cache", "model-vae-baked", "abc")
+    assert made == [1] and again.path == entry.path
+    save_file({"model.diffusion_model.out.2.bias": torch.zeros(4)}, tmp_path / "unet_only.safetensors")
+    with pytest.raises(Exception, match="holds no VAE"):
+        vae.vae_from_checkpoint(tmp_path / "unet_only.safetensors")

@@ -280,6 +280,7 @@ def test_a_forge_controlnet_unit_is_served_like_torch(forge):
     for name, (db, effect) in report.items():
         assert said[name] == (
             SERVED,
-            "1 unit (ControlNet): residuals into the OpenVINO UNet, control models on torch",
+            "1 unit (ControlNet): residuals into the OpenVINO UNet, "
+            "control models on torch (Forge's ControlNet class is its own: not exported yet)",
         )
         assert db >= 35 and effect < 30, report

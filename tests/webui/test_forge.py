@@ -148,6 +148,8 @@ def forge_job(
 
         latent = sample_euler(denoise, latent, cond, uncond, steps=pass_steps, cfg_scale=7.0).latent
     runner.post_sample(p, scripts.PostSampleArgs(latent))
+    if model.forge_objects.vae is not None:  # processing.decode_latent_batch
+        forge.decoded = model.decode_first_stage(latent)
     runner.postprocess_batch(p, latent, batch_number=0)
     info = processing.create_infotext(p)
     runner.postprocess(p, SimpleNamespace(images=[], infotexts=[info]))
@@ -161,7 +163,7 @@ def test_forge_serves_its_unet_on_openvino_and_a_torch_job_after_it_is_torchs(fo
     torch_again, _ = forge_job(forge, "None")
     assert torch_info["OpenVINO"] == "off (SD Unet is None)"
     assert info["OpenVINO"] == SERVED and again_info["OpenVINO"] == SERVED, info
-    assert "VAE and text encoders: Forge's own" in info["OpenVINO note"]
+    assert "text encoders: Forge's own" in info["OpenVINO note"]
     assert metrics.rel_l2(latent, torch_latent) <= MATCH and metrics.rel_l2(again, torch_latent) <= MATCH
     assert metrics.rel_l2(latent, torch_latent) > 0, "the calls went to OpenVINO, not to torch"
     assert torch.equal(torch_again, torch_latent), "Forge unpatched the OpenVINO UNet for the torch job"
@@ -435,7 +437,7 @@ def test_forge_controlnet_units_are_served_with_their_residuals(forge):
         count = len(case)
         assert info["OpenVINO ControlNet"] == (
             f"{count} unit{'s' if count > 1 else ''} (ControlNet): residuals into the OpenVINO UNet, "
-            "control models on torch"
+            "control models on torch (Forge's ControlNet class is its own: not exported yet)"
         ), info
         assert metrics.rel_l2(torch_latent, plain) > 0.01, "the units changed torch's picture"
         assert metrics.rel_l2(latent, torch_latent) <= MATCH, case
@@ -464,3 +466,46 @@ def test_forge_controlnet_with_deepcache_and_units_it_cannot_serve(forge):
         info
     )
     assert torch.equal(latent, torch_latent)
+
+
+@pytest.fixture
+def forge_vae(forge):
+    """Forge's model with a VAE (its patcher over ldm's modules, tiny), the checkpoint file holding
+    its weights under `first_stage_model.` as a real checkpoint does."""
+    from backend.patcher.vae import VAE
+    from safetensors.torch import load_file, save_file
+
+    from ..conftest import TinyAutoencoderKL
+
+    model = forge.webui.shared.sd_model
+    vae = TinyAutoencoderKL()
+    vae.process_out = lambda latent: latent / 0.18215
+    model.forge_objects.vae = model.forge_objects_original.vae = VAE(vae)
+    model.forge_objects_after_applying_lora.vae = model.forge_objects.vae
+    path = forge.webui.info.filename
+    state = load_file(path)
+    state.update({f"first_stage_model.{k}": v.contiguous() for k, v in vae.state_dict().items()})
+    save_file(state, path)
+    return forge
+
+
+def test_forges_vae_decodes_on_openvino(forge_vae):
+    """Forge's `decode_first_stage` on OpenVINO for the job (exported from ldm's modules loaded
+    with the file's VAE weights): as Forge's torch decode of the same latent; the infotext says
+    so, and that the text encoders are Forge's; a torch job decodes with Forge's own; a VAE chosen
+    in Forge's VAE / Text Encoder list stays on torch, with why."""
+    forge = forge_vae
+    model = forge.webui.shared.sd_model
+    latent, info = forge_job(forge)
+    assert info["OpenVINO"] == SERVED and info["OpenVINO VAE"] == "decode", info
+    assert "text encoders: Forge's own" in info["OpenVINO note"]
+    reference = type(model).decode_first_stage(model, latent)
+    assert metrics.rel_l2(forge.decoded, reference) <= MATCH and not torch.equal(forge.decoded, reference)
+    forge_job(forge, "None")
+    assert "decode_first_stage" not in vars(model), "Forge's own decode is back for a torch job"
+    forge.webui.shared.opts.forge_additional_modules = ["/models/VAE/other.safetensors"]
+    _, info = forge_job(forge)
+    assert (
+        "OpenVINO VAE" not in info
+        and "VAE on torch: a VAE or text encoder chosen in Forge's" in info["OpenVINO note"]
+    )

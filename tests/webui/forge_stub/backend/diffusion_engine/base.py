@@ -1,5 +1,8 @@
 """Stand-in of Forge's backend/diffusion_engine/base.py: the model's parts, and the model object
-`p.sd_model` is in Forge (no `.model.diffusion_model`: its UNet is in `forge_objects.unet`)."""
+`p.sd_model` is in Forge (no `.model.diffusion_model`: its UNet is in `forge_objects.unet`), with
+SD1.5's `decode_first_stage` (backend/diffusion_engine/sd15.py)."""
+
+import torch
 
 
 class ForgeObjects:
@@ -20,3 +23,10 @@ class ForgeDiffusionEngine:
         self.forge_objects_after_applying_lora = forge_objects.shallow_copy()
         self.sd_checkpoint_info = sd_checkpoint_info
         self.is_sdxl = False
+
+    @torch.inference_mode()
+    def decode_first_stage(self, x):
+        """As Forge's StableDiffusion: the VAE patcher's `process_out`, `decode`, back to [-1, 1]."""
+        sample = self.forge_objects.vae.first_stage_model.process_out(x)
+        sample = self.forge_objects.vae.decode(sample).movedim(-1, 1) * 2.0 - 1.0
+        return sample.to(x)
