@@ -83,6 +83,7 @@ _PUBLIC = {
     "OVVae": "runtime.vae",
     "vae_precision": "runtime.vae",
     "prepare_vae_entry": "runtime.vae",
+    "clip_text_model_from_checkpoint": "runtime.text_encoder",
     "vae_from_checkpoint": "runtime.vae",
     "find_int8_decoder": "optimize.vae_int8",
     "prepare_taesd_entry": "graphs.taesd",

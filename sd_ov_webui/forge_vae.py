@@ -24,6 +24,7 @@ from sd_ov import OVVae, find_int8_decoder, prepare_vae_entry, vae_from_checkpoi
 
 from .companions import Companions
 from .component import ServedComponent
+from .forge_text_encoder import ForgeTextEncoder, forge_sd1_engine
 from .progress import cancellable_progress
 from .settings import cache_root, opt
 
@@ -91,16 +92,24 @@ class ForgeVae(ServedComponent):
 
 
 class ForgeCompanions(Companions):
-    """Forge's companions of the OpenVINO UNet: its VAE decode (`ForgeVae`). Its text encoders stay
-    its own: Forge encodes prompts with its own text engine and CLIP classes (emphasis, clip skip
-    and embeddings are Forge's code there), which sd-ov does not serve yet; the infotext says so."""
+    """Forge's companions of the OpenVINO UNet: its VAE decode (`ForgeVae`) and its SD1.x text
+    engine's transformer (`forge_text_encoder.py`). SDXL's and SD2's text encoders stay Forge's:
+    its engines read pooled outputs and unnormed layers there, not served in Forge yet."""
 
     def start_job(self, source, note) -> None:
+        model = shared.sd_model
         wanted = bool(opt("sd_ov_vae")) and source is not None
         refusal = forge_vae_refusal() if wanted else None
         if refusal:
             note(f"VAE on torch: {refusal}")
-        self.vae = self._sync(
-            self.vae, "VAE", shared.sd_model, wanted and not refusal, ForgeVae, False, source, note
-        )
-        note("text encoders: Forge's own")
+        wanted = wanted and not refusal
+        self.vae = self._sync(self.vae, "VAE", model, wanted, ForgeVae, False, source, note)
+        engine = forge_sd1_engine(model)
+        wanted = bool(opt("sd_ov_text_encoder")) and source is not None and not refusal
+        if refusal and opt("sd_ov_text_encoder"):
+            note(f"text encoder on torch: {refusal}")
+        elif opt("sd_ov_text_encoder") and engine is None:
+            note("text encoders: Forge's own (SDXL's and SD2's are not served in Forge yet)")
+        current = self.text_encoders[0] if self.text_encoders else None
+        served = self._sync(current, "text encoder", engine, wanted, ForgeTextEncoder, False, source, note)
+        self.text_encoders = [served] if served is not None else []

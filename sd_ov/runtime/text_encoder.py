@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +104,33 @@ def export_text_encoder(
     return {"models": {"text_encoder": IR_NAME}, "timings": {"export_s": time.perf_counter() - started}}
 
 
+def clip_text_model_from_checkpoint(
+    path: str | Path, config, prefix: str = "cond_stage_model.transformer."
+) -> torch.nn.Module:
+    """transformers' CLIPTextModel of `config` (the host's own model's) with a checkpoint file's
+    weights (A1111's key layout): what is exported where the host's live weights may hold a LoRA
+    merged in (Forge merges them into its model) and the file's are the checkpoint's own."""
+    from transformers import CLIPTextModel
+
+    from ..errors import UnsupportedModelError
+    from ..graphs.ldm_unet import read_checkpoint
+
+    state = {k[len(prefix) :]: v for k, v in read_checkpoint(path).items() if k.startswith(prefix)}
+    if "text_model.embeddings.token_embedding.weight" not in state:
+        raise UnsupportedModelError(f"{Path(path).name} holds no CLIP text model under {prefix}")
+    state.pop("text_model.embeddings.position_ids", None)  # a buffer the model makes itself
+    model = CLIPTextModel(copy.deepcopy(config)).eval()
+    result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
+    if missing or result.unexpected_keys:
+        raise UnsupportedModelError(
+            f"the checkpoint's CLIP text model is not the host's: {(missing + result.unexpected_keys)[:3]}"
+        )
+    return model
+
+
 def prepare_text_encoder_entry(
-    module: torch.nn.Module,
+    module: torch.nn.Module | Callable[[], torch.nn.Module],
     cache_root: str | Path,
     name: str,
     weights_hash: str,
@@ -112,13 +138,18 @@ def prepare_text_encoder_entry(
     kind: str = "clip",
     int8_weights: bool = False,
 ) -> cache.CacheEntry:
-    """The cache entry of this text encoder (`weights_hash` names its weights), exported when absent."""
+    """The cache entry of this text encoder (`weights_hash` names its weights), exported when absent
+    (`module` may be a function making it, called only then)."""
     recipe = Recipe(int8="weights") if int8_weights else Recipe()
     key = cache.EntryKey(name, weights_hash, recipe, component=COMPONENTS[kind])
+
+    def made() -> torch.nn.Module:
+        return module if isinstance(module, torch.nn.Module) else module()
+
     return cache.find_or_write(
         Path(cache_root),
         key,
-        lambda folder: export_text_encoder(module, folder, progress, kind, int8_weights),
+        lambda folder: export_text_encoder(made(), folder, progress, kind, int8_weights),
         IR_NAME,
         "text encoder",
         progress,

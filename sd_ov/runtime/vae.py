@@ -172,7 +172,9 @@ def vae_from_checkpoint(path: str | Path) -> AutoencoderParts:
         if k.startswith(CHECKPOINT_VAE_PREFIX) and not k.startswith(CHECKPOINT_VAE_PREFIX + "loss")
     }
     if "post_quant_conv.weight" not in state:
-        raise UnsupportedModelError(f"{Path(path).name} holds no VAE in ldm's layout ({CHECKPOINT_VAE_PREFIX}*)")
+        raise UnsupportedModelError(
+            f"{Path(path).name} holds no VAE in ldm's layout ({CHECKPOINT_VAE_PREFIX}*)"
+        )
     ch = int(state["encoder.conv_in.weight"].shape[0])
     levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
     mult = [int(state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0]) // ch for i in levels]

@@ -118,6 +118,10 @@ def forge_job(
         model.forge_objects.unet = clone
     model.forge_objects_after_applying_lora = model.forge_objects.shallow_copy()
     runner.process_batch(p, batch_number=0)
+    engine = getattr(model, "text_processing_engine", None)
+    if engine is not None:  # p.setup_conds: Forge's engine encodes the prompts (fixed tokens here)
+        forge.tokens = torch.randint(0, 1000, (2, 77), generator=torch.Generator().manual_seed(5))
+        forge.encoded = engine.encode_with_transformers(forge.tokens)
     latent = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
     for n, pass_steps in enumerate(passes):
         if n:
@@ -509,3 +513,54 @@ def test_forges_vae_decodes_on_openvino(forge_vae):
         "OpenVINO VAE" not in info
         and "VAE on torch: a VAE or text encoder chosen in Forge's" in info["OpenVINO note"]
     )
+
+
+@pytest.fixture
+def forge_clip(forge):
+    """Forge's model with its SD1.x text engine over a tiny CLIPTextModel (its IntegratedCLIP), a
+    CLIP patcher for LoRAs, and the checkpoint file holding the CLIP's weights as a real one does."""
+    from backend.patcher.clip import CLIP
+    from backend.text_processing.classic_engine import ClassicTextProcessingEngine
+    from safetensors.torch import load_file, save_file
+
+    from ..conftest import TinyCLIPTextModel
+
+    clip = TinyCLIPTextModel(TINY_SD1["context_dim"])
+    path = forge.webui.info.filename
+    state = load_file(path)
+    state.update({f"cond_stage_model.transformer.{k}": v.contiguous() for k, v in clip.state_dict().items()})
+    save_file(state, path)
+    model = forge.webui.shared.sd_model
+    holder = torch.nn.Module()
+    holder.transformer = clip
+    model.text_processing_engine = ClassicTextProcessingEngine(holder, embedding_key="clip_l")
+    model.forge_objects.clip = model.forge_objects_original.clip = CLIP({"clip_l": holder})
+    model.forge_objects_after_applying_lora.clip = model.forge_objects.clip
+    return forge
+
+
+def test_forges_sd1_text_engine_encodes_on_openvino(forge_clip):
+    """Forge's SD1.x `encode_with_transformers` on OpenVINO (the graph exported from the file's
+    CLIP weights): as its torch encode, at clip skip 1 and 2, textual-inversion vectors included;
+    a LoRA on Forge's CLIP patcher makes it torch's with the reason; a torch job encodes with
+    Forge's own."""
+    forge = forge_clip
+    engine = forge.webui.shared.sd_model.text_processing_engine
+    _, info = forge_job(forge)
+    assert info["OpenVINO text encoder"] == "clip skip 1", info
+    own = type(engine).encode_with_transformers
+    assert metrics.rel_l2(forge.encoded, own(engine, forge.tokens)) <= MATCH
+    engine.clip_skip = 2
+    vector = torch.randn(2, TINY_SD1["context_dim"], generator=torch.Generator().manual_seed(3))
+    engine.embeddings.fixes = [[(4, vector)], []]
+    served = engine.encode_with_transformers(forge.tokens)
+    engine.embeddings.fixes = [[(4, vector)], []]
+    reference = own(engine, forge.tokens)
+    assert metrics.rel_l2(served, reference) <= MATCH and engine.embeddings.fixes is None
+    clip = forge.webui.shared.sd_model.forge_objects.clip
+    clip.patcher.lora_patches = {("/models/Lora/ink.safetensors", 0.8, 1.0, False): {"layer": [1]}}
+    _, info = forge_job(forge)
+    assert info["OpenVINO text encoder"] == "torch (LoRA ink:0.8 changes the text encoder)", info
+    assert torch.equal(forge.encoded, own(engine, forge.tokens))
+    forge_job(forge, "None")
+    assert "encode_with_transformers" not in vars(engine)
