@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from modules import sd_unet, shared
+from modules import sd_models, sd_unet, shared
 
 from sd_ov import MAX_DEEPCACHE_BRANCH, SCHEDULES, SdOvError, cache, ov_core, run_summary
 
@@ -62,13 +62,29 @@ def build(script, is_img2img: bool) -> list:
     return [enabled, interval, branch, schedule]
 
 
+def option_for(info, selected: str):
+    """The SD Unet option `selected` picks for checkpoint `info` (the webui's own rule, without
+    reading the loaded model: Forge's is a stand-in until its first job)."""
+    if selected == "None":
+        return None
+    if selected == "Automatic":
+        return next((o for o in sd_unet.unet_options if o.model_name == info.model_name), None)
+    return next((o for o in sd_unet.unet_options if o.label == selected), None)
+
+
 def status_html() -> str:
     """What the next job will run: device, recipe, and whether the UNet is cached already."""
     model = getattr(shared, "sd_model", None)
     info = getattr(model, "sd_checkpoint_info", None)
     selected = getattr(shared.opts, "sd_unet", "Automatic")
-    option = sd_unet.get_unet_option() if info is not None else None
     lines = [f"SD Unet setting: <b>{html.escape(str(selected))}</b>"]
+    if info is None:  # Forge loads the chosen checkpoint at its first job: the one chosen then
+        info = sd_models.get_closet_checkpoint_match(
+            str(getattr(shared.opts, "sd_model_checkpoint", "") or "")
+        )
+        if info is not None:
+            lines.append(f"Checkpoint: {html.escape(info.model_name)} (loads at the first job)")
+    option = option_for(info, str(selected)) if info is not None else None
     if not isinstance(option, OpenVINOUnetOption):
         lines.append(
             "The torch UNet will run (choose an [OpenVINO] option or Automatic in Settings → SD Unet)."

@@ -76,7 +76,6 @@ class ForgeVae(ServedComponent):
         served = super().infotext()
         if not served or self.torch_reason or self.ov is None:
             return served
-        served = served.replace("decode_first_stage", "decode")
         if self.ov.decoder_int8:
             return served.replace("decode", "decode (int8)", 1)
         return served if self.ov.precision == "f32" else f"{served} ({self.ov.precision})"
@@ -85,7 +84,7 @@ class ForgeVae(ServedComponent):
         out = None
         if not args and not kwargs:
             z = self.module.forge_objects.vae.first_stage_model.process_out(x)
-            out = self.served("decode_first_stage", lambda: self.ov.decode(z.float()))
+            out = self.served("decode", lambda: self.ov.decode(z.float()))
         if out is None:
             return self.torch_method("decode_first_stage")(x, *args, **kwargs)
         return (torch.clamp((out + 1.0) / 2.0, min=0.0, max=1.0) * 2.0 - 1.0).to(x)  # as Forge's VAE clamps

@@ -75,7 +75,7 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> Optimized:
         encoders.release()
         gc.collect()
         trim_heap()  # what a torch job before left on the heap goes back too (SDXL: ~0.5 GiB)
-        # Forge's VAE is its own (forge_objects.vae, on torch): no INT8 decoder is made there
+        # Forge's VAE decodes through its own model object (forge_vae.py): no INT8 decoder made there yet
         decoded = DecodedLatents() if request.vae_int8 and not host.is_forge() else None
         pair_notes: list[str] = []
         with (
@@ -108,7 +108,7 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> Optimized:
         if decoded is not None:
             int8_vae_decoder(made, model, name, sha256, decoded, request.device, progress)
         elif request.vae_int8:
-            made.vae_decoder_note = "not made in Forge: its VAE is Forge's own, on torch"
+            made.vae_decoder_note = "not made in Forge yet: its VAE decodes on OpenVINO at float precision"
         return made
     finally:
         shared.state.end()

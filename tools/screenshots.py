@@ -63,7 +63,8 @@ def main() -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(args.url, wait_until="networkidle", timeout=300_000)
+        # "load", not "networkidle": gradio 4 keeps a connection open for its queue
+        page.goto(args.url, wait_until="load", timeout=300_000)
         names = [f"{args.prefix}{n}.png" for n in ("accordion", "settings", "tab")]
         shoot_accordion(page, out, names[0])
         shoot_settings(page, out, names[1])

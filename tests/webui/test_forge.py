@@ -335,7 +335,8 @@ def test_optimize_in_forge_makes_a_recipe_that_serves_there(forge):
     assert made["label"] == "[OpenVINO INT8] tinyckpt" and 10 < made["report"]["psnr_db"] < 100, made[
         "report"
     ]
-    assert made["vae_decoder"] == {"note": "not made in Forge: its VAE is Forge's own, on torch"}
+    no_decoder = "not made in Forge yet: its VAE decodes on OpenVINO at float precision"
+    assert made["vae_decoder"] == {"note": no_decoder}
     assert forge.kmodel.diffusion_model is forge.unet and not is_released(forge.unet)
     latent, info = forge_job(forge, "[OpenVINO INT8] tinyckpt")
     assert info["OpenVINO"] == "int8, CPU, f32, dynamic", info
@@ -564,3 +565,19 @@ def test_forges_sd1_text_engine_encodes_on_openvino(forge_clip):
     assert torch.equal(forge.encoded, own(engine, forge.tokens))
     forge_job(forge, "None")
     assert "encode_with_transformers" not in vars(engine)
+
+
+def test_the_accordion_says_what_will_run_before_forges_first_job(forge):
+    """Forge loads the chosen checkpoint at its first job (until then its model is a stand-in
+    without a checkpoint): the accordion reads the chosen checkpoint, not 'torch will run'."""
+    from modules import shared
+
+    loaded = shared.sd_model
+    shared.sd_model = SimpleNamespace(cond_stage_model=None, chunk_length=75)  # its FakeInitialModel
+    shared.opts.sd_model_checkpoint = forge.webui.info.title
+    try:
+        status = forge.webui.pkg.accordion.status_html()
+    finally:
+        shared.sd_model = loaded
+    assert "Checkpoint: tinyckpt (loads at the first job)" in status, status
+    assert "torch UNet will run" not in status and "Recipe:" in status

@@ -24,3 +24,13 @@ class CheckpointInfo:
         self.shorthash = self.sha256[0:10]
         self.title = f"{self.name} [{self.shorthash}]"
         return self.shorthash
+
+
+def get_closet_checkpoint_match(search_string):
+    """As the webui's (sic): the checkpoint whose title holds the string, shortest title first."""
+    if not search_string:
+        return None
+    found = sorted(
+        [i for i in checkpoints_list.values() if search_string in i.title], key=lambda i: len(i.title)
+    )
+    return found[0] if found else None
