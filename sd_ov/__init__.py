@@ -104,6 +104,10 @@ _PUBLIC = {
     "optimizable": "optimize.run",
     "ProgressFn": "progress",
     "silent": "progress",
+    # a recipe for OpenVINO GenAI
+    "GenAISource": "tools.genai",
+    "export_genai": "tools.genai",
+    "source_from_checkpoint": "tools.genai",
 }
 # Modules used as namespaces (`cache.delete`, `ov_core.available_devices`, ...).
 _MODULES = {"cache": "store.cache", "ov_core": "runtime.ov_core", "report": "optimize.report"}

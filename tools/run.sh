@@ -16,7 +16,9 @@ if [ ! -f "$READY" ]; then
   "$VENV/bin/python" -m pip install -q "torch==${SD_OV_TORCH:-2.13.0}"
   # The webui's ldm package (same UNetModel class), without its 2022 pins (lightning 1.4, ...).
   "$VENV/bin/python" -m pip install -q --no-deps stable-diffusion-sdkit==2.1.5
-  "$VENV/bin/python" -m pip install -q -e ".[ldm,test]"
+  # --no-warn-conflicts: pip would list stable-diffusion-sdkit's 2022 pins, installed without on
+  # purpose above, as "not installed" at every set-up: noise a newcomer cannot act on.
+  "$VENV/bin/python" -m pip install -q --no-warn-conflicts -e ".[ldm,test,genai]"
   rm -f "$VENV"/.sd_ov_ready*
   touch "$READY"
 fi

@@ -1,0 +1,325 @@
+"""A recipe that leaves the webui: the folder OpenVINO GenAI's `Text2ImagePipeline` and
+`Image2ImagePipeline` read (and OpenVINO Model Server's image generation, built on them).
+
+The layout is GenAI's (its `stable_diffusion_pipeline.hpp` and models' readers): `model_index.json`
+(`_class_name` picks the pipeline), `scheduler/scheduler_config.json`, `text_encoder/` (input
+`input_ids`, output 0 the prompt's hidden states), `tokenizer/` (`openvino_tokenizer.xml` and the
+detokenizer, made by openvino-tokenizers from the checkpoint's CLIP tokenizer), `unet/` (inputs
+`sample`, `timestep` as int64, `encoder_hidden_states`), `vae_decoder/` (`latent_sample` in,
+`sample` out; its config gives the scale factor) and `vae_encoder/` (`sample` in, the posterior's
+`latent_parameters` out, which GenAI samples itself), each with its `config.json`.
+
+What goes in is the recipe's own: its UNet IR from the cache entry as Optimize made it (INT8
+weights, token merging: nothing re-exported, no FP32 copy beside INT8 weights), only its ports
+renamed and the timestep taken as GenAI's int64; the VAE's entry (the one the webui serves); the
+text encoder made from the checkpoint file's weights with the clip skip asked for baked in.
+
+The scheduler is GenAI's EulerDiscreteScheduler with `timestep_spacing: linspace`: the webui's
+Euler schedule (k-diffusion's evenly spaced timesteps); where the step count divides 999 evenly (4,
+10, 28, ... steps) the two are the same sigmas exactly, elsewhere GenAI rounds each timestep to
+an integer. Written to a temporary folder beside the target and moved into place whole: a cancel,
+a full disk or an error leaves nothing, and an existing folder is replaced only when the new one
+is complete. SD1.x and SD2.x (epsilon) for now; SDXL, inpainting, LoRA adapters: refused, said.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openvino as ov
+import torch
+
+from ..errors import SdOvError, UnsupportedModelError
+from ..graphs.export import check_disk_space, save_ir, trace_to_openvino
+from ..progress import ProgressFn, silent
+from ..store import fs
+from ..store.cache import CacheEntry
+
+PIPELINE = "StableDiffusionPipeline"
+MODEL_XML = "openvino_model.xml"
+TOKENIZER_XML = "openvino_tokenizer.xml"
+DETOKENIZER_XML = "openvino_detokenizer.xml"
+# GenAI's Euler with the webui's evenly spaced timesteps; SD's training noise schedule.
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "EulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "timestep_spacing": "linspace",
+    "interpolation_type": "linear",
+    "final_sigmas_type": "zero",
+    "steps_offset": 1,
+    "use_karras_sigmas": False,
+}
+SD_VAE_SCALE = 0.18215
+
+
+@dataclass
+class GenAISource:
+    """What one export is made of. `unet_entry`: the recipe's cache entry (or the plain FP32
+    one); `vae_entry`: the VAE's entry (decoder and encoder IRs); `text_encoder`: transformers'
+    CLIPTextModel with the checkpoint's weights; `tokenizer`: its transformers tokenizer."""
+
+    unet_entry: CacheEntry
+    vae_entry: CacheEntry
+    text_encoder: torch.nn.Module
+    tokenizer: Any
+    vae_block_channels: list[int]
+    clip_skip: int = 1
+    vae_scale: float = SD_VAE_SCALE
+    notes: list[str] = field(default_factory=list)
+
+
+def refusal(source: GenAISource) -> str | None:
+    """Why this source makes no GenAI folder yet (None: it does)."""
+    manifest = source.unet_entry.manifest
+    if manifest.recipe.deepcache_branch is not None:
+        return "a DeepCache pair has no GenAI layout: export the recipe itself (GenAI runs the whole UNet)"
+    if manifest.unet.adm_channels:
+        return "SDXL is not exported for OpenVINO GenAI yet (SD1.x and SD2.x are)"
+    if manifest.unet.in_channels != 4:
+        return f"a {manifest.unet.in_channels}-channel UNet (inpainting, edit) is not exported for GenAI yet"
+    if not 1 <= source.clip_skip <= source.text_encoder.config.num_hidden_layers:
+        return f"clip skip {source.clip_skip} is beyond the text encoder's layers"
+    return None
+
+
+def export_genai(source: GenAISource, out: str | Path, progress: ProgressFn = silent) -> Path:
+    """Write the GenAI folder of `source` at `out` (replaced whole if it exists); returns it."""
+    why = refusal(source)
+    if why:
+        raise UnsupportedModelError(why)
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    needed = sum(
+        p.stat().st_size for e in (source.unet_entry, source.vae_entry) for p in e.path.glob("*.bin")
+    )
+    needed += 4 * sum(p.numel() for p in source.text_encoder.parameters())
+    check_disk_space(out.parent, needed)
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        _write(source, staging, progress)
+        _move_into_place(staging, out)
+    except BaseException:
+        fs.remove_tree(staging)
+        raise
+    progress(f"GenAI folder written: {out}", 1.0)
+    return out
+
+
+def _write(source: GenAISource, folder: Path, progress: ProgressFn) -> None:
+    steps = (
+        ("the UNet", _write_unet),
+        ("the VAE", _write_vae),
+        ("the text encoder", _write_text_encoder),
+        ("the tokenizer", _write_tokenizer),
+        ("the pipeline's index", _write_index),
+    )
+    for i, (what, write) in enumerate(steps):
+        progress(f"writing {what} for OpenVINO GenAI", i / len(steps))
+        write(source, folder)
+
+
+def _json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def _renamed(model: ov.Model, inputs: dict[str, str], output: str) -> ov.Model:
+    for old, new in inputs.items():
+        model.input(old).get_tensor().set_names({new})
+    model.output(0).get_tensor().set_names({output})
+    return model
+
+
+def _write_unet(source: GenAISource, folder: Path) -> None:
+    entry = source.unet_entry
+    model = ov.Core().read_model(str(entry.ir_path()))
+    ppp = ov.preprocess.PrePostProcessor(model)
+    ppp.input("timesteps").tensor().set_element_type(ov.Type.i64)  # GenAI's timestep: int64 [1]
+    model = _renamed(
+        ppp.build(),
+        {"x": "sample", "timesteps": "timestep", "context": "encoder_hidden_states"},
+        "out_sample",
+    )
+    save_ir(model, folder / "unet" / MODEL_XML)
+    spec = entry.manifest.unet
+    _json(
+        folder / "unet" / "config.json",
+        {
+            "_class_name": "UNet2DConditionModel",
+            "in_channels": spec.in_channels,
+            "out_channels": spec.out_channels,
+            "cross_attention_dim": spec.context_dim,
+            "sample_size": 64,  # GenAI's default picture: 64 x the VAE's factor (512² for SD1.x)
+            "sd_ov_recipe": entry.manifest.recipe.label(),
+        },
+    )
+
+
+def _write_vae(source: GenAISource, folder: Path) -> None:
+    core = ov.Core()
+    config = {
+        "_class_name": "AutoencoderKL",
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "scaling_factor": source.vae_scale,
+        "block_out_channels": source.vae_block_channels,
+    }
+    decoder = core.read_model(str(source.vae_entry.ir_path("decoder")))
+    save_ir(
+        _renamed(decoder, {decoder.inputs[0].any_name: "latent_sample"}, "sample"),
+        folder / "vae_decoder" / MODEL_XML,
+    )
+    encoder = core.read_model(str(source.vae_entry.ir_path("encoder")))
+    encoder = _renamed(encoder, {encoder.inputs[0].any_name: "sample"}, "latent_parameters")
+    save_ir(encoder, folder / "vae_encoder" / MODEL_XML)
+    for part in ("vae_decoder", "vae_encoder"):
+        _json(folder / part / "config.json", config)
+
+
+class PromptHidden(torch.nn.Module):
+    """input_ids → the layer the webui reads at this clip skip, final-layer-normed (SD1.x)."""
+
+    def __init__(self, clip: torch.nn.Module, skip: int) -> None:
+        super().__init__()
+        self.clip, self.skip = clip, skip
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out = self.clip(input_ids=input_ids, output_hidden_states=True)
+        return self.clip.text_model.final_layer_norm(out.hidden_states[-self.skip])
+
+
+def _write_text_encoder(source: GenAISource, folder: Path) -> None:
+    clip = source.text_encoder.float().eval()
+    positions = int(clip.config.max_position_embeddings)
+    with torch.no_grad():
+        model = trace_to_openvino(
+            PromptHidden(clip, source.clip_skip), (torch.ones(1, positions, dtype=torch.long),)
+        )
+    model.inputs[0].get_tensor().set_names({"input_ids"})
+    model.outputs[0].get_tensor().set_names({"last_hidden_state"})
+    model.reshape({"input_ids": ov.PartialShape([-1, positions])})
+    save_ir(model, folder / "text_encoder" / MODEL_XML)
+    config = clip.config.to_dict()
+    config["architectures"] = ["CLIPTextModel"]
+    _json(folder / "text_encoder" / "config.json", config)
+
+
+def _write_tokenizer(source: GenAISource, folder: Path) -> None:
+    try:
+        from openvino_tokenizers import convert_tokenizer
+    except ImportError as err:
+        raise SdOvError(
+            "openvino-tokenizers is not installed: `pip install openvino-tokenizers` (the same version "
+            "as openvino) makes the tokenizer GenAI reads"
+        ) from err
+    target = folder / "tokenizer"
+    target.mkdir(parents=True, exist_ok=True)
+    tokenizer, detokenizer = convert_tokenizer(source.tokenizer, with_detokenizer=True)
+    ov.save_model(tokenizer, str(target / TOKENIZER_XML))
+    ov.save_model(detokenizer, str(target / DETOKENIZER_XML))
+    source.tokenizer.save_pretrained(str(target))  # the transformers files, for other readers
+
+
+def _write_index(source: GenAISource, folder: Path) -> None:
+    _json(folder / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
+    _json(
+        folder / "model_index.json",
+        {
+            "_class_name": PIPELINE,
+            "_diffusers_version": "0.30.3",
+            "_sd_ov": {"recipe": source.unet_entry.manifest.recipe.label(), "clip_skip": source.clip_skip},
+            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+            "safety_checker": [None, None],
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+        },
+    )
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """The new folder at `out`; an old one there is moved aside first and removed after, so the
+    name always holds a whole folder (Windows renames nothing over an existing folder)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        fs.move_into_place(out, old)
+    try:
+        fs.move_into_place(staging, out)
+    except BaseException:
+        if old is not None:
+            fs.move_into_place(old, out)
+        raise
+    if old is not None:
+        fs.remove_tree(old)
+
+
+def source_from_checkpoint(
+    checkpoint: str | Path,
+    cache_root: str | Path,
+    tokenizer: Any,
+    recipe_label: str | None = None,
+    name: str | None = None,
+    unet_config: dict | None = None,
+    text_config: Any = None,
+    clip_skip: int = 1,
+    progress: ProgressFn = silent,
+) -> GenAISource:
+    """A single-file SD checkpoint's export: its recipe's cache entry (`recipe_label`, e.g. "INT8
+    ToMe0.5", made by Optimize; the plain FP32 entry when None, exported if missing), its VAE's
+    entry (the webui's, exported if missing), its CLIP text model from the file."""
+    from transformers import CLIPTextConfig
+
+    from ..graphs.ldm_unet import load_unet_from_checkpoint
+    from ..runtime.text_encoder import CLIP_L_CONFIG, clip_text_model_from_checkpoint
+    from ..runtime.vae import prepare_vae_entry, vae_from_checkpoint
+    from ..serve import engine
+    from ..store import cache
+    from ..store.recipe import Recipe
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise SdOvError(f"no checkpoint file at {path}")
+    name = name or path.stem
+    progress(f"hashing {path.name}", 0.0)
+    digest = engine.file_hash(path)
+    root = Path(cache_root)
+    if recipe_label:
+        found = [
+            e
+            for e in cache.list_entries(root)
+            if e.manifest.checkpoint_name == name
+            and e.manifest.checkpoint_hash == digest
+            and e.manifest.component == "unet"
+            and e.manifest.recipe.label() == recipe_label
+        ]
+        if not found:
+            raise SdOvError(f"no recipe {recipe_label!r} of {name} in {root}: make it with Optimize first")
+        unet_entry = found[0]
+    else:
+        unet_entry = engine.prepare_entry(
+            lambda: load_unet_from_checkpoint(path, unet_config), root, name, digest, Recipe(), progress
+        ).entry
+    vae_entry = prepare_vae_entry(
+        lambda: vae_from_checkpoint(path), root, f"{name}-vae-baked", digest, progress
+    )
+    vae = vae_from_checkpoint(path)
+    channels = [int(level.block[-1].conv2.out_channels) for level in vae.encoder.down]
+    del vae
+    config = text_config if text_config is not None else CLIPTextConfig(**CLIP_L_CONFIG)
+    clip = clip_text_model_from_checkpoint(path, config)
+    return GenAISource(unet_entry, vae_entry, clip, tokenizer, channels, clip_skip=clip_skip)

@@ -1,0 +1,246 @@
+"""A recipe exported for OpenVINO GenAI (`python -m sd_ov export-genai`): the real `openvino-genai`
+package reads the folder and makes the picture sd-ov makes of the same recipe, prompt and noise.
+
+Seeded random tiny SD1-architecture models (UNet, CLIP text model, VAE) in a single-file
+checkpoint with the webui's keys, and a tiny CLIP BPE tokenizer (bytes as tokens): fidelity of
+the exported folder, not picture quality. Skipped where openvino-genai is not installed
+(`pip install -e .[genai]`; tools/run.sh installs it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sd_ov.errors import Cancelled
+from sd_ov.optimize import metrics
+from sd_ov.optimize.sampling import sample_euler
+
+from ..conftest import TINY_SD1, TinyAutoencoderKL, TinyCLIPTextModel
+
+genai = pytest.importorskip("openvino_genai", reason="openvino-genai is not installed")
+pytest.importorskip("openvino_tokenizers", reason="openvino-tokenizers is not installed")
+
+SIZE = 64  # pixels; the tiny VAE's factor is 2: a 32² latent
+
+
+def tiny_tokenizer(folder: Path):
+    """transformers' CLIPTokenizerFast over a byte-level vocabulary without merges."""
+    from transformers import CLIPTokenizerFast
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({f"{c}</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A single-file checkpoint (the webui's keys) of tiny SD1-architecture models, and them."""
+    from safetensors.torch import save_file
+
+    from sd_ov.graphs.ldm_unet import build_unet
+
+    folder = tmp_path_factory.mktemp("genai")
+    unet, vae, clip = (
+        build_unet(TINY_SD1, seed=0),
+        TinyAutoencoderKL(),
+        TinyCLIPTextModel(TINY_SD1["context_dim"]),
+    )
+    state = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+    state |= {f"first_stage_model.{k}": v for k, v in vae.state_dict().items()}
+    state |= {f"cond_stage_model.transformer.{k}": v for k, v in clip.state_dict().items()}
+    path = folder / "tiny-sd1.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+    return path, clip, tiny_tokenizer(folder / "tokenizer")
+
+
+def sd_ov_picture(source, prompt: str, seed: int, steps: int, cfg: float) -> np.ndarray:
+    """sd-ov's own picture of the source's recipe: the engine's Euler sampler (the webui's
+    schedule) with the recipe's OpenVINO UNet, the prompt encoded by the same CLIP at the same
+    clip skip, decoded by the recipe's OpenVINO VAE; GenAI's noise (torch's generator)."""
+    from sd_ov.runtime.vae import OVVae
+    from sd_ov.serve import engine
+    from sd_ov.tools.genai import PromptHidden
+
+    def encode(text: str) -> torch.Tensor:
+        ids = source.tokenizer(
+            text, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        )
+        with torch.no_grad():
+            return PromptHidden(source.text_encoder, source.clip_skip)(ids.input_ids)
+
+    latent_side = SIZE // 2
+    noise = torch.randn(1, 4, latent_side, latent_side, generator=torch.Generator().manual_seed(seed))
+    unet = engine.open_unet(source.unet_entry)
+    latent = sample_euler(unet, noise, encode(prompt), encode(""), steps=steps, cfg_scale=cfg).latent
+    decoded = OVVae(source.vae_entry).decode(latent / source.vae_scale)
+    pixels = ((decoded / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
+    return pixels[0].permute(1, 2, 0).numpy()
+
+
+def genai_picture(folder: Path, prompt: str, seed: int, steps: int, cfg: float) -> np.ndarray:
+    pipe = genai.Text2ImagePipeline(str(folder), "CPU")
+    image = pipe.generate(
+        prompt,
+        negative_prompt="",
+        width=SIZE,
+        height=SIZE,
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        generator=genai.TorchGenerator(seed),
+    )
+    return np.asarray(image.data)[0]
+
+
+def test_genai_makes_sd_ovs_picture_from_the_exported_folder(checkpoint, tmp_path):
+    """The plain FP32 recipe at clip skip 1 and 2: GenAI's Text2ImagePipeline with TorchGenerator,
+    Euler, the same prompt, size and steps, >= 30 dB from sd-ov's own picture; the folder holds
+    GenAI's layout and no torch weights."""
+    from sd_ov.tools.genai import export_genai, source_from_checkpoint
+
+    path, clip, tokenizer = checkpoint
+    for skip in (1, 2):
+        source = source_from_checkpoint(
+            path, tmp_path / "cache", tokenizer, unet_config=TINY_SD1, text_config=clip.config, clip_skip=skip
+        )
+        out = export_genai(source, tmp_path / f"genai-skip{skip}")
+        parts = {p.parent.name for p in out.glob("*/openvino_model.xml")}
+        assert parts == {"unet", "text_encoder", "vae_decoder", "vae_encoder"}
+        assert (out / "tokenizer" / "openvino_tokenizer.xml").is_file()
+        assert json.loads((out / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+        made = genai_picture(out, "a red fox in the snow", seed=42, steps=4, cfg=7.0)
+        ours = sd_ov_picture(source, "a red fox in the snow", seed=42, steps=4, cfg=7.0)
+        assert made.shape == ours.shape == (SIZE, SIZE, 3)
+        db = metrics.psnr(made, ours)
+        print(f"clip skip {skip}: GenAI vs sd-ov {db:.1f} dB")
+        assert db >= 30, (skip, db)
+        assert made.std() > 1, "a picture, not a flat colour"
+
+
+def test_an_interrupted_export_leaves_nothing_and_a_second_replaces_the_first_whole(checkpoint, tmp_path):
+    from sd_ov.tools.genai import export_genai, source_from_checkpoint
+
+    path, clip, tokenizer = checkpoint
+    source = source_from_checkpoint(
+        path, tmp_path / "cache", tokenizer, unet_config=TINY_SD1, text_config=clip.config
+    )
+    target = tmp_path / "out" / "genai"
+
+    def cancel_at_the_text_encoder(message: str, fraction: float) -> None:
+        if "text encoder" in message:
+            raise Cancelled("Interrupt")
+
+    with pytest.raises(Cancelled):
+        export_genai(source, target, cancel_at_the_text_encoder)
+    assert list((tmp_path / "out").iterdir()) == []
+    export_genai(source, target)
+    (target / "left-by-the-first.txt").write_text("x")
+    with pytest.raises(Cancelled):
+        export_genai(source, target, cancel_at_the_text_encoder)
+    assert (target / "left-by-the-first.txt").is_file(), "a failed export leaves the folder there"
+    export_genai(source, target)
+    assert not (target / "left-by-the-first.txt").exists() and (target / "model_index.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["genai"]
+
+
+def test_an_int8_tome_recipe_is_exported_as_optimize_made_it(checkpoint, tmp_path):
+    """A recipe Optimize made (INT8 weights + token merging 0.5): its own IR goes into the folder
+    (INT8 weights, no FP32 copy: the UNet's file is a third of the FP32 one), and GenAI's picture is
+    >= 30 dB from sd-ov's of the same recipe."""
+    from sd_ov.graphs.ldm_unet import load_unet_from_checkpoint
+    from sd_ov.optimize.run import optimize
+    from sd_ov.serve.engine import file_hash
+    from sd_ov.store.recipe import Recipe
+    from sd_ov.tools.genai import export_genai, source_from_checkpoint
+
+    path, clip, tokenizer = checkpoint
+    cache = tmp_path / "cache"
+    recipe = Recipe(int8="weights", tome=0.5)
+    unet = load_unet_from_checkpoint(path, TINY_SD1)
+    optimize(unet, cache, path.stem, file_hash(path), recipe, measure=None)
+    plain = source_from_checkpoint(path, cache, tokenizer, unet_config=TINY_SD1, text_config=clip.config)
+    source = source_from_checkpoint(
+        path, cache, tokenizer, recipe_label=recipe.label(), unet_config=TINY_SD1, text_config=clip.config
+    )
+    out = export_genai(source, tmp_path / "genai-int8-tome")
+    int8_bytes = (out / "unet" / "openvino_model.bin").stat().st_size
+    fp32_bytes = sum(p.stat().st_size for p in plain.unet_entry.path.glob("*.bin"))
+    assert int8_bytes < 0.4 * fp32_bytes, (int8_bytes, fp32_bytes)
+    made = genai_picture(out, "a lighthouse at dusk", seed=7, steps=4, cfg=7.0)
+    ours = sd_ov_picture(source, "a lighthouse at dusk", seed=7, steps=4, cfg=7.0)
+    db = metrics.psnr(made, ours)
+    print(f"INT8 ToMe0.5: GenAI vs sd-ov {db:.1f} dB")
+    assert db >= 30, db
+
+
+def test_image_to_image_from_the_folder_makes_sd_ovs_picture(checkpoint, tmp_path):
+    """GenAI's Image2ImagePipeline on the folder (the VAE encoder's posterior, sampled by GenAI):
+    >= 30 dB from sd-ov's img2img of the same picture, strength and noise (the posterior's draw
+    first, then the noise, as GenAI draws them from its generator)."""
+    import openvino as ov
+
+    from sd_ov.optimize.sampling import Denoiser
+    from sd_ov.runtime.vae import OVVae
+    from sd_ov.serve import engine
+    from sd_ov.tools.genai import PromptHidden, export_genai, source_from_checkpoint
+
+    path, clip, tokenizer = checkpoint
+    source = source_from_checkpoint(
+        path, tmp_path / "cache", tokenizer, unet_config=TINY_SD1, text_config=clip.config
+    )
+    out = export_genai(source, tmp_path / "genai")
+    gen = np.random.default_rng(3)
+    picture = np.zeros((1, SIZE, SIZE, 3), np.uint8)
+    picture[:, 16:48, 8:56] = gen.integers(0, 255, (1, 32, 48, 3), dtype=np.uint8)
+    steps, strength, seed, cfg = 10, 0.6, 11, 7.0
+    pipe = genai.Image2ImagePipeline(str(out), "CPU")
+    made = pipe.generate(
+        "a house",
+        image=ov.Tensor(picture),
+        strength=strength,
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        generator=genai.TorchGenerator(seed),
+    )
+    made = np.asarray(made.data)[0]
+
+    torch_gen = torch.Generator().manual_seed(seed)
+    vae = OVVae(source.vae_entry)
+    image = torch.from_numpy(picture).permute(0, 3, 1, 2).float() / 255 * 2 - 1
+    moments = vae.encode(image)
+    mean, logvar = moments.chunk(2, dim=1)
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    latent = (mean + std * torch.randn(mean.shape, generator=torch_gen)) * source.vae_scale
+    noise = torch.randn(latent.shape, generator=torch_gen)
+
+    def encode(text: str) -> torch.Tensor:
+        ids = source.tokenizer(
+            text, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        )
+        with torch.no_grad():
+            return PromptHidden(source.text_encoder, source.clip_skip)(ids.input_ids)
+
+    denoiser = Denoiser(engine.open_unet(source.unet_entry), cfg)
+    sigmas = denoiser.schedule(steps)
+    start = steps - int(steps * strength)
+    x = latent + noise * sigmas[start]
+    cond, uncond = encode("a house"), encode("")
+    with torch.no_grad():
+        for i in range(start, steps):
+            denoised = denoiser(x, float(sigmas[i]), cond, uncond)
+            x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+    decoded = vae.decode(x / source.vae_scale)
+    ours = ((decoded / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    db = metrics.psnr(made, ours)
+    print(f"Image2Image: GenAI vs sd-ov {db:.1f} dB")
+    assert db >= 30, db
