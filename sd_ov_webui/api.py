@@ -1,4 +1,4 @@
-"""`/sd-ov/v1/...`: Optimize and the recipe list over HTTP, shaped like the webui's own API
+"""`/sd-ov/v1/...`: Optimize, the recipe list and the GenAI export over HTTP, shaped like the webui's own API
 (`modules/api`): pydantic request and response models, HTTP error codes.
 
 - 422: a field is unknown, of the wrong type, or out of range (checked before any work);
@@ -17,12 +17,14 @@ from pydantic import BaseModel, Field, create_model
 from sd_ov import (
     Cancelled,
     DeviceNotFoundError,
+    SdOvError,
     UnsupportedModelError,
     deepcache_pairs,
     optimize_fields,
     recipe_entries,
 )
 
+from .genai_export import export_recipe, loaded_checkpoint_entry
 from .optimize_job import Busy, optimize_loaded_checkpoint, option_label, parse_request
 from .progress import cancellable_progress
 from .settings import cache_root
@@ -71,6 +73,24 @@ class OptimizeResponse(BaseModel):
     vae_decoder: dict[str, Any] = {}  # the INT8 VAE decoder's report (or a note why none)
     deepcache_branch: int | None = None  # the DeepCache pair made with it, if any
     deepcache_note: str = ""  # why a DeepCache pair asked for was not made
+
+
+class ExportGenAIBody(ForbidExtra):
+    recipe: str | None = Field(
+        None, description="a recipe label of the loaded checkpoint, e.g. 'INT8 ToMe0.5'; none: FP32"
+    )
+    clip_skip: int | None = Field(
+        None, ge=1, le=12, description="the text encoder's layer (default: the webui's)"
+    )
+    folder: str | None = Field(
+        None, description="where to write (default: models/OpenVINO-GenAI/<checkpoint>-<recipe>)"
+    )
+
+
+class ExportGenAIResponse(BaseModel):
+    folder: str
+    recipe: str
+    disk_bytes: int
 
 
 class RecipesResponse(BaseModel):
@@ -135,6 +155,27 @@ def recipes_route() -> RecipesResponse:
     )
 
 
+def export_genai_route(body: ExportGenAIBody) -> ExportGenAIResponse:
+    try:
+        entry = loaded_checkpoint_entry(body.recipe)
+        folder, size = export_recipe(entry, body.clip_skip, body.folder)
+    except (UnsupportedModelError, SdOvError) as err:
+        if isinstance(err, Cancelled):
+            raise HTTPException(
+                status_code=409, detail=f"the export was interrupted ({err}): nothing was written"
+            ) from err
+        raise HTTPException(status_code=422, detail=str(err)) from err
+    except Exception as err:
+        log.exception("sd-ov: the GenAI export failed")
+        raise HTTPException(
+            status_code=500, detail=f"the GenAI export failed: {type(err).__name__}: {err}"
+        ) from err
+    return ExportGenAIResponse(folder=str(folder), recipe=entry.manifest.recipe.label(), disk_bytes=size)
+
+
 def on_app_started(_demo, app) -> None:
     app.add_api_route("/sd-ov/v1/optimize", optimize_route, methods=["POST"], response_model=OptimizeResponse)
     app.add_api_route("/sd-ov/v1/recipes", recipes_route, methods=["GET"], response_model=RecipesResponse)
+    app.add_api_route(
+        "/sd-ov/v1/export-genai", export_genai_route, methods=["POST"], response_model=ExportGenAIResponse
+    )

@@ -1,4 +1,5 @@
-"""The OpenVINO tab: Optimize the loaded checkpoint's UNet into a recipe; list and delete recipes.
+"""The OpenVINO tab: Optimize the loaded checkpoint's UNet into a recipe; list, delete and export
+recipes (for OpenVINO GenAI).
 
 The Optimize inputs are made from the engine's field table as a `{field: component}` mapping and
 their values are read back by field name, so the form's order cannot drift between the UI and the
@@ -8,10 +9,13 @@ parser, and a new field shows up here without a line of this module.
 from __future__ import annotations
 
 import html
+import logging
 
 from modules import sd_unet, shared
 
 from sd_ov import (
+    Cancelled,
+    SdOvError,
     cache,
     deepcache_pairs,
     default_prompts,
@@ -20,9 +24,13 @@ from sd_ov import (
     report,
 )
 
+from .genai_export import export_recipe
 from .optimize_job import run_optimize
 from .options import current_openvino_unet
+from .progress import cancellable_progress
 from .settings import cache_root, device_choices, opt
+
+log = logging.getLogger("sd_ov")
 
 
 def recipe_entries_html() -> str:
@@ -65,6 +73,34 @@ def delete_entry(choice: str) -> str:
     if left:  # Windows: another process (a second webui, the CLI) still maps them
         said += f" {len(left)} of its files are in use by another process; they go at the next start."
     return said + "</p>"
+
+
+def export_choice(choice: str, progress_bar=None) -> str:
+    """The chosen entry as a folder for OpenVINO GenAI (genai_export.py), with the webui's progress."""
+    folder = str(choice or "").rsplit("|", 1)[-1].strip()
+    matches = [e for e in recipe_entries(cache_root()) if entry_folder(e) == folder]
+    if not matches:
+        return f"<p>Nothing to export: {html.escape(str(choice))} is not in the cache.</p>"
+
+    def progress(message: str, fraction: float) -> None:
+        if progress_bar is not None:
+            progress_bar(fraction, desc=message)
+        cancellable_progress(message, fraction)
+
+    try:
+        out, size = export_recipe(matches[0], progress=progress)
+    except Cancelled:
+        return "<p>Export cancelled: nothing was written.</p>"
+    except SdOvError as err:
+        return f"<p style='color:#c33'>Cannot export: {html.escape(str(err))}</p>"
+    except Exception as err:  # the webui must survive whatever goes wrong
+        log.exception("sd-ov: the GenAI export failed")
+        return f"<p style='color:#c33'>The export failed: {html.escape(f'{type(err).__name__}: {err}')}</p>"
+    return (
+        f"<p>Written for OpenVINO GenAI: <code>{html.escape(str(out))}</code> ({size / 2**30:.2f} GiB). "
+        'Run it with <code>openvino_genai.Text2ImagePipeline(folder, "CPU")</code>, or serve it with '
+        'OpenVINO Model Server (README, "Outside the webui").</p>'
+    )
 
 
 def sampler_choices() -> list[str]:
@@ -140,6 +176,7 @@ def on_ui_tabs():
             )
             refresh = gr.Button(value="Refresh", elem_id="sd_ov_refresh_entries")
             delete = gr.Button(value="Delete", elem_id="sd_ov_delete")
+            export = gr.Button(value="Export for OpenVINO GenAI", elem_id="sd_ov_export_genai")
         fields = list(components)
 
         def optimize_click(*values, progress=gr.Progress()):
@@ -161,5 +198,10 @@ def on_ui_tabs():
             ),
             inputs=[chosen],
             outputs=[result, entries, chosen],
+        )
+        export.click(
+            fn=lambda choice, progress=gr.Progress(): export_choice(choice, progress_bar=progress),
+            inputs=[chosen],
+            outputs=[result],
         )
     return [(tab, "OpenVINO", "sd_ov_tab")]

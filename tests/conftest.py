@@ -98,6 +98,23 @@ def TinyCLIPTextModel(hidden_size: int = 64):  # noqa: N802 - reads as the class
     return CLIPTextModel(config).eval()
 
 
+def tiny_tokenizer(folder):
+    """transformers' CLIPTokenizerFast over a byte-level vocabulary without merges."""
+    import json
+
+    from transformers import CLIPTokenizerFast
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({f"{c}</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+
+
 def unet_inputs(
     batch: int, h: int, w: int, tokens: int, context_dim: int, in_channels: int = 4, seed: int = 0
 ):

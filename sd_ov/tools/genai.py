@@ -19,7 +19,7 @@ Euler schedule (k-diffusion's evenly spaced timesteps); where the step count div
 10, 28, ... steps) the two are the same sigmas exactly, elsewhere GenAI rounds each timestep to
 an integer. Written to a temporary folder beside the target and moved into place whole: a cancel,
 a full disk or an error leaves nothing, and an existing folder is replaced only when the new one
-is complete. SD1.x and SD2.x (epsilon) for now; SDXL, inpainting, LoRA adapters: refused, said.
+is complete. SD1.x for now (its CLIP text model); SDXL, SD2's OpenCLIP, inpainting: refused, said.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def refusal(source: GenAISource) -> str | None:
     if manifest.recipe.deepcache_branch is not None:
         return "a DeepCache pair has no GenAI layout: export the recipe itself (GenAI runs the whole UNet)"
     if manifest.unet.adm_channels:
-        return "SDXL is not exported for OpenVINO GenAI yet (SD1.x and SD2.x are)"
+        return "SDXL is not exported for OpenVINO GenAI yet (SD1.x is)"
     if manifest.unet.in_channels != 4:
         return f"a {manifest.unet.in_channels}-channel UNet (inpainting, edit) is not exported for GenAI yet"
     if not 1 <= source.clip_skip <= source.text_encoder.config.num_hidden_layers:
@@ -277,11 +277,13 @@ def source_from_checkpoint(
     unet_config: dict | None = None,
     text_config: Any = None,
     clip_skip: int = 1,
+    digest: str | None = None,
     progress: ProgressFn = silent,
 ) -> GenAISource:
     """A single-file SD checkpoint's export: its recipe's cache entry (`recipe_label`, e.g. "INT8
     ToMe0.5", made by Optimize; the plain FP32 entry when None, exported if missing), its VAE's
-    entry (the webui's, exported if missing), its CLIP text model from the file."""
+    entry (the webui's, exported if missing), its CLIP text model from the file. `digest`: the
+    file's SHA-256 where the host knows it already (the webui does)."""
     from transformers import CLIPTextConfig
 
     from ..graphs.ldm_unet import load_unet_from_checkpoint
@@ -295,8 +297,9 @@ def source_from_checkpoint(
     if not path.is_file():
         raise SdOvError(f"no checkpoint file at {path}")
     name = name or path.stem
-    progress(f"hashing {path.name}", 0.0)
-    digest = engine.file_hash(path)
+    if digest is None:
+        progress(f"hashing {path.name}", 0.0)
+        digest = engine.file_hash(path)
     root = Path(cache_root)
     if recipe_label:
         found = [

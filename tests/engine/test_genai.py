@@ -20,27 +20,12 @@ from sd_ov.errors import Cancelled
 from sd_ov.optimize import metrics
 from sd_ov.optimize.sampling import sample_euler
 
-from ..conftest import TINY_SD1, TinyAutoencoderKL, TinyCLIPTextModel
+from ..conftest import TINY_SD1, TinyAutoencoderKL, TinyCLIPTextModel, tiny_tokenizer
 
 genai = pytest.importorskip("openvino_genai", reason="openvino-genai is not installed")
 pytest.importorskip("openvino_tokenizers", reason="openvino-tokenizers is not installed")
 
 SIZE = 64  # pixels; the tiny VAE's factor is 2: a 32² latent
-
-
-def tiny_tokenizer(folder: Path):
-    """transformers' CLIPTokenizerFast over a byte-level vocabulary without merges."""
-    from transformers import CLIPTokenizerFast
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({f"{c}</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
 
 
 @pytest.fixture(scope="module")

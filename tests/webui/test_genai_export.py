@@ -1,0 +1,79 @@
+"""The GenAI export from the webui: `POST /sd-ov/v1/export-genai` and the tab's button write the
+loaded checkpoint's entry (plain or a recipe) as the folder OpenVINO GenAI runs, with the loaded
+model's tokenizer and the webui's clip skip; bad requests are 422 before any work, an Interrupt
+leaves nothing. GenAI's fidelity to sd-ov's pictures: tests/engine/test_genai.py."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ..conftest import tiny_tokenizer
+from .harness import add_vae_and_text_encoder, txt2img
+
+genai = pytest.importorskip("openvino_genai", reason="openvino-genai is not installed")
+pytest.importorskip("openvino_tokenizers", reason="openvino-tokenizers is not installed")
+
+
+@pytest.fixture
+def api(webui, tmp_path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    model = add_vae_and_text_encoder(webui)
+    model.cond_stage_model.wrapped.tokenizer = tiny_tokenizer(tmp_path / "tokenizer")
+    app = FastAPI()
+    webui.callbacks.app_started_callback(None, app)
+    return TestClient(app)
+
+
+def test_the_api_exports_the_loaded_checkpoint_and_genai_runs_it(api, webui, monkeypatch):
+    from modules import paths
+
+    assert api.post("/sd-ov/v1/export-genai", json={"recipe": "INT8 ToMe0.5"}).status_code == 422
+    assert api.post("/sd-ov/v1/export-genai", json={"clip_skip": 0}).status_code == 422
+    assert api.post("/sd-ov/v1/export-genai", json={"format": "onnx"}).status_code == 422
+    txt2img(webui)  # the first job exports the plain entry
+    webui.shared.opts.CLIP_stop_at_last_layers = 2
+    answer = api.post("/sd-ov/v1/export-genai", json={})
+    assert answer.status_code == 200, answer.text
+    made = answer.json()
+    assert (
+        made["recipe"] == "FP32" and made["folder"].startswith(paths.models_path) and made["disk_bytes"] > 0
+    )
+    folder = made["folder"]
+    assert json.loads(Path(folder, "model_index.json").read_text())["_sd_ov"] == {
+        "recipe": "FP32",
+        "clip_skip": 2,
+    }
+    pipe = genai.Text2ImagePipeline(folder, "CPU")
+    image = pipe.generate(
+        "a cat", width=64, height=64, num_inference_steps=2, generator=genai.TorchGenerator(1)
+    )
+    picture = np.asarray(image.data)
+    assert picture.shape == (1, 64, 64, 3) and picture.std() > 1
+
+    def interrupted(message, fraction):
+        if "tokenizer" in message:
+            from sd_ov import Cancelled
+
+            raise Cancelled("Interrupt")
+
+    monkeypatch.setattr(webui.pkg.genai_export, "cancellable_progress", interrupted)
+    again = api.post("/sd-ov/v1/export-genai", json={"folder": f"{folder}-again"})
+    assert again.status_code == 409 and "nothing was written" in again.json()["detail"]
+    assert not os.path.exists(f"{folder}-again")
+    assert sorted(os.listdir(os.path.dirname(folder))) == [os.path.basename(folder)]
+
+
+def test_the_tab_exports_the_chosen_entry(api, webui):
+    txt2img(webui)
+    tab = webui.pkg.tab
+    assert "Nothing to export" in tab.export_choice("gone | FP32 | nowhere/none")
+    [choice] = [c for c in tab.entry_choices() if "| FP32 |" in c]
+    said = tab.export_choice(choice)
+    assert "Written for OpenVINO GenAI" in said, said
