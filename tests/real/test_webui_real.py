@@ -1380,3 +1380,47 @@ def test_a_controlnet_job_runs_on_openvino_like_torch(installed):
         assert psnr(ov[0], pt[0]) >= 35, report
         # the unit changes torch's picture far more than OpenVINO's picture differs from torch's
         assert psnr(pt[0], plain[0]) < psnr(ov[0], pt[0]) - 20, report
+
+
+def test_a_recipe_exported_over_the_api_runs_in_openvino_genai(installed):
+    """The OpenVINO tab's GenAI export over the API: an INT8 hybrid + ToMe 0.5 recipe of the loaded
+    checkpoint becomes the folder OpenVINO GenAI reads (its UNet file a quarter of the FP32 one: no
+    FP32 weights beside the INT8 ones), and openvino-genai (this project's venv, not the webui's)
+    makes a 512² picture from it, 10 Euler steps, the webui's seed: >= 30 dB from the webui's own
+    picture of that recipe (10 steps: GenAI's Euler sigmas are the webui's exactly)."""
+    genai = pytest.importorskip("openvino_genai", reason="openvino-genai is not installed here")
+    webui = Webui(Path(WEBUI), installed / "genai.log")
+    job = {**JOB, "steps": 10, "width": 512, "height": 512, "negative_prompt": ""}
+    try:
+        made = api(
+            "/sd-ov/v1/optimize",
+            {**INT8_TOME_REQUEST, "sizes_text": "", "measure_size": "256x256", "deepcache_branch": "off"},
+            timeout=3600,
+        )
+        webui_image, info, _ = txt2img(made["label"], job=job, sd_ov_vae=True, sd_ov_text_encoder=True)
+        exported = api("/sd-ov/v1/export-genai", {"recipe": "INT8 ToMe0.5"}, timeout=3600)
+    finally:
+        webui.stop()
+    folder = Path(exported["folder"])
+    unet_bytes = (folder / "unet" / "openvino_model.bin").stat().st_size
+    pipe = genai.Text2ImagePipeline(str(folder), "CPU")
+    started = time.perf_counter()
+    image = pipe.generate(
+        job["prompt"],
+        negative_prompt="",
+        width=512,
+        height=512,
+        num_inference_steps=10,
+        guidance_scale=float(job["cfg_scale"]),
+        generator=genai.TorchGenerator(job["seed"]),
+    )
+    genai_s = time.perf_counter() - started
+    picture = np.asarray(image.data)[0]
+    db = psnr(picture, webui_image)
+    print(
+        f"\n[genai] {folder.name}: {exported['disk_bytes'] / 2**30:.2f} GiB on disk "
+        f"(UNet {unet_bytes / 2**30:.2f} GiB); GenAI 512², 10 steps: {genai_s:.1f} s; "
+        f"{db:.1f} dB from the webui's picture ({info['OpenVINO']})"
+    )
+    assert exported["recipe"] == "INT8 ToMe0.5" and unet_bytes < 1.2 * 2**30
+    assert db >= 30
