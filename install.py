@@ -120,6 +120,16 @@ def write_constraints(folder: str) -> str:
     return path
 
 
+def tokenizers_requirement() -> str | None:
+    """openvino-tokenizers of the installed openvino's release (its ops are built against it): the
+    GenAI export converts the webui's CLIP tokenizer with it. None when it is there already."""
+    ov = installed_version("openvino")
+    have = installed_version("openvino-tokenizers")
+    if ov is None or (have is not None and version_key(have) == version_key(ov)):
+        return None
+    return f"openvino-tokenizers~={'.'.join(str(n) for n in version_key(ov))}.0"
+
+
 def main() -> None:
     import launch  # the webui's module: available when the webui runs this file
 
@@ -129,12 +139,20 @@ def main() -> None:
     if is_forge(webui_root):
         fetch_sgm(launch, webui_root)
     todo = missing_requirements()
-    if not todo:
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        constraints = write_constraints(folder)
-        targets = " ".join(f'"{r}"' for r in todo)
-        launch.run_pip(f'install {targets} -c "{constraints}"', f"sd-ov requirements: {', '.join(todo)}")
+    if todo:
+        with tempfile.TemporaryDirectory() as folder:
+            constraints = write_constraints(folder)
+            targets = " ".join(f'"{r}"' for r in todo)
+            launch.run_pip(f'install {targets} -c "{constraints}"', f"sd-ov requirements: {', '.join(todo)}")
+    tokenizers = tokenizers_requirement()
+    if tokenizers:  # after openvino: its version picks theirs, and openvino stays as it is
+        with tempfile.TemporaryDirectory() as folder:
+            constraints = write_constraints(folder)
+            with open(constraints, "a", encoding="utf-8") as f:
+                f.write(f"openvino=={installed_version('openvino')}\n")
+            launch.run_pip(
+                f'install "{tokenizers}" -c "{constraints}"', "sd-ov: openvino-tokenizers (the GenAI export)"
+            )
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def forge(tmp_path_factory):
 
 def test_a_session_of_jobs_in_forge_serves_the_unet_on_openvino(forge):
     """Each job on torch and on OpenVINO: served (infotext) and >= 40 dB from Forge's torch picture,
-    for Euler, DPM++ 2M Karras, batch 2, hires fix and 328x200. Then a LoRA: on torch right after
+    for Euler, DPM++ 2M Karras, batch 2, hires fix, 328x200 and img2img. Then a LoRA: on torch right after
     an OpenVINO job (Forge reads the UNet's weights to load it: it must find them), on OpenVINO
     through the LoRA branch (>= 35 dB from torch with the LoRA; another weight recompiles nothing),
     and the next job without it; no traceback of sd-ov's in Forge's log."""
@@ -124,6 +124,18 @@ def test_a_session_of_jobs_in_forge_serves_the_unet_on_openvino(forge):
         ov_weaker, weaker_info = txt2img("Automatic", **weaker)
         recompiled = forge.read_text().count("[sd-ov] compiling the OpenVINO UNet") - compiles
         after, after_info = txt2img("Automatic")
+        # img2img from the first picture (encoded in p.init, before the batch's hooks)
+        i2i = {**JOB, "init_images": [png_b64(pictures["euler"])], "denoising_strength": 0.6}
+        i2i_torch, _ = decode_picture(
+            api("/sdapi/v1/img2img", {**i2i, "override_settings": {"sd_unet": "None", "emphasis": "No norm"}})
+        )
+        i2i_ov, i2i_info = decode_picture(
+            api(
+                "/sdapi/v1/img2img",
+                {**i2i, "override_settings": {"sd_unet": "Automatic", "emphasis": "No norm"}},
+            )
+        )
+        report["img2img"], said["img2img"] = round(psnr(i2i_ov, i2i_torch), 1), i2i_info["OpenVINO"]
     finally:
         lora.unlink(missing_ok=True)
     report["lora 0.8"], report["lora 0.4"] = (

@@ -51,7 +51,11 @@ def forge(webui, monkeypatch):
     monkeypatch.setattr(host, "is_forge", lambda: True)
     monkeypatch.setattr(sd_unet, "apply_unet", apply_unet)
     # the tiny test UNet is no shipped SD1/SD2 config: its own (the real lookup: test_ldm's)
-    monkeypatch.setattr(forge_module, "config_for_state_dict", lambda state: dict(TINY_SD1))
+    monkeypatch.setattr(
+        forge_module,
+        "config_for_state_dict",
+        lambda state: dict(TINY_SD1, in_channels=int(state["input_blocks.0.0.weight"].shape[1])),
+    )
     sd_hijack_unet.undo()
     unet = webui.shared.sd_model.model.diffusion_model
     with torch.inference_mode():  # Forge loads its models under inference mode: inference tensors
@@ -82,13 +86,15 @@ def forge_job(
     reload=None,
     units=(),
     deepcache=0,
+    concat=None,
 ):
     """One txt2img job in Forge's order; the picture's latent and its infotext's parameters.
     `lora`: (file name, strength, {weight key: patch}) as Forge's Lora extension adds them;
     `reload()`: Forge's `forge_model_reload` loading another checkpoint inside the job; `units`:
     ControlNet units, added to each pass's patcher as Forge's ControlNet does (in its own
     `process_before_every_sampling`, which runs before an extension's); `deepcache`: the
-    accordion's DeepCache interval."""
+    accordion's DeepCache interval; `concat`: an inpainting job's mask and masked latent (KModel's
+    `c_concat`)."""
     from backend import memory_management
     from modules import processing, scripts, shared
     from modules import sd_unet as sd_unet_module
@@ -143,8 +149,9 @@ def forge_job(
 
         def denoise(x, t, c, patcher=patcher, options=transformer_options):
             units = patcher.controlnet_linked_list  # sampling_function: c["control"] per call
+            extra = {} if concat is None else {"c_concat": concat.expand(x.shape[0], -1, -1, -1)}
             if units is None:
-                return patcher.model.apply_model(x, t, c_crossattn=c, transformer_options=options)
+                return patcher.model.apply_model(x, t, c_crossattn=c, transformer_options=options, **extra)
             control = units.get_control(x, t, {"c_crossattn": c}, 1)
             return patcher.model.apply_model(
                 x, t, c_crossattn=c, control=control, control_model=units, transformer_options=options
@@ -581,3 +588,33 @@ def test_the_accordion_says_what_will_run_before_forges_first_job(forge):
         shared.sd_model = loaded
     assert "Checkpoint: tinyckpt (loads at the first job)" in status, status
     assert "torch UNet will run" not in status and "Recipe:" in status
+
+
+def test_an_inpainting_checkpoint_in_forge_is_served(forge, tmp_path):
+    """Forge concatenates an inpainting job's mask and masked picture's latent to the latent
+    (KModel's `c_concat`) before its UNet: a 9-channel checkpoint's UNet serves those calls on
+    OpenVINO, as Forge's torch UNet computes them."""
+    from backend.diffusion_engine.base import ForgeDiffusionEngine, ForgeObjects
+    from backend.modules.k_model import KModel
+    from backend.nn.unet import IntegratedUNet2DConditionModel
+    from backend.patcher.unet import UnetPatcher
+    from modules import shared
+
+    from sd_ov.graphs.ldm_unet import build_unet
+
+    from .harness import checkpoint
+
+    unet = build_unet(dict(TINY_SD1, in_channels=9), seed=5)
+    info = checkpoint(tmp_path, "inpaintckpt", unet)
+    forge.webui.sd_unet.list_unets()
+    unet.__class__ = IntegratedUNet2DConditionModel
+    shared.sd_model = ForgeDiffusionEngine(
+        ForgeObjects(UnetPatcher(KModel(unet)), clip=None, vae=None, clipvision=None), info
+    )
+    forge.webui.callbacks.model_loaded_callback(shared.sd_model)
+    forge.unet = unet
+    concat = torch.randn(1, 5, 32, 32, generator=torch.Generator().manual_seed(2))
+    torch_latent, _ = forge_job(forge, "None", concat=concat)
+    latent, info_ = forge_job(forge, concat=concat)
+    assert info_["OpenVINO"] == SERVED, info_
+    assert metrics.rel_l2(latent, torch_latent) <= MATCH

@@ -38,7 +38,7 @@ def run_installer(monkeypatch, versions: dict[str, str | None]):
     runpy.run_path(str(ROOT / "install.py"), run_name="__main__")
 
 
-RECENT = {"openvino": "2026.4.1", "nncf": "3.4.0", "filelock": "3.20.0"}
+RECENT = {"openvino": "2026.4.1", "nncf": "3.4.0", "filelock": "3.20.0", "openvino-tokenizers": "2026.4.1.0"}
 
 
 def test_nothing_to_do_when_everything_is_recent(launch, monkeypatch):
@@ -77,7 +77,9 @@ def test_missing_openvino_is_installed_with_the_webui_pins_as_constraints(launch
 
 
 def test_too_old_nncf_is_upgraded_alone(launch, monkeypatch):
-    run_installer(monkeypatch, {**RECENT, "openvino": "2025.1.0", "nncf": "2.7.0"})
+    run_installer(
+        monkeypatch, {**RECENT, "openvino": "2025.1.0", "openvino-tokenizers": "2025.1.0.0", "nncf": "2.7.0"}
+    )
     [(command, _)] = launch.calls
     assert command.startswith('install "nncf>=2.13,<4" -c ')
 
@@ -162,3 +164,28 @@ def test_in_forge_generative_models_is_cloned_at_a1111s_commit_once(launch, monk
     (folder / "sgm").rmdir()
     monkeypatch.setattr(launch, "git_clone", offline)
     run_installer(monkeypatch, RECENT)  # no exception
+
+
+def test_openvino_tokenizers_of_the_installed_openvinos_release_is_added_with_openvino_pinned(
+    launch, monkeypatch
+):
+    """The GenAI export converts the webui's tokenizer with openvino-tokenizers, whose ops are built
+    against one openvino release: the installer adds the installed openvino's, and pins openvino
+    for that call so pip cannot move it; a matching one already there is left alone."""
+    seen = {}
+    real_run_pip = launch.run_pip
+
+    def run_pip(command, desc=None, live=False):
+        seen["constraints"] = Path(command.split('-c "')[1].rstrip('"')).read_text()
+        return real_run_pip(command, desc)
+
+    monkeypatch.setattr(launch, "run_pip", run_pip)
+    run_installer(monkeypatch, {**RECENT, "openvino-tokenizers": None})
+    [(command, _)] = launch.calls
+    assert command.startswith('install "openvino-tokenizers~=2026.4.1.0" -c ')
+    assert "openvino==2026.4.1" in seen["constraints"].splitlines()
+    launch.calls.clear()
+    run_installer(monkeypatch, {**RECENT, "openvino-tokenizers": "2025.1.0.0"})  # another release's
+    assert [c for c, _ in launch.calls] and launch.calls[0][0].startswith(
+        'install "openvino-tokenizers~=2026.4.1.0"'
+    )
