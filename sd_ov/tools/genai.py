@@ -225,7 +225,21 @@ def _write_tokenizer(source: GenAISource, folder: Path) -> None:
         ) from err
     target = folder / "tokenizer"
     target.mkdir(parents=True, exist_ok=True)
-    tokenizer, detokenizer = convert_tokenizer(source.tokenizer, with_detokenizer=True)
+    try:
+        tokenizer, detokenizer = convert_tokenizer(source.tokenizer, with_detokenizer=True)
+    except (ImportError, RuntimeError, AttributeError, TypeError) as err:
+        # A1111 v1.10 pins transformers 4.30 / tokenizers 0.13: openvino-tokenizers' converter
+        # needs newer ones (Forge's 4.46 / 0.20 work), and the webui's pins must not move
+        import tokenizers
+        import transformers
+
+        raise SdOvError(
+            "openvino-tokenizers cannot convert the tokenizer with this transformers "
+            f"{transformers.__version__} / tokenizers {tokenizers.__version__} ({type(err).__name__}): "
+            "export with `python -m sd_ov export-genai --checkpoint <file> --recipe <label> "
+            "--cache <webui>/models/OpenVINO --out <folder>` from a Python with openvino-genai "
+            "(`pip install openvino-genai`)"
+        ) from err
     ov.save_model(tokenizer, str(target / TOKENIZER_XML))
     ov.save_model(detokenizer, str(target / DETOKENIZER_XML))
     source.tokenizer.save_pretrained(str(target))  # the transformers files, for other readers

@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sd_ov.optimize.metrics import psnr
@@ -226,6 +227,41 @@ def test_the_fastest_preset_made_in_forge_is_8x_forges_torch(forge):
     assert made["deepcache_branch"] == FASTEST.deepcache.branch, made
     assert info["OpenVINO preset"] == "fastest" and "OpenVINO DeepCache" in info, info
     assert speedup >= 8
+
+
+def test_a_forge_recipe_exported_over_the_api_runs_in_openvino_genai(forge, tmp_path):
+    """The GenAI export in Forge (its transformers can run openvino-tokenizers' converter): the
+    loaded checkpoint's fastest recipe (the fastest test's, or any INT8 recipe in the cache) over
+    `POST /sd-ov/v1/export-genai`; openvino-genai (this project's venv) makes a 512² picture from
+    the folder, 10 Euler steps, Forge's seed: >= 30 dB from Forge's picture of the recipe without
+    DeepCache (GenAI runs the whole UNet each step)."""
+    genai = pytest.importorskip("openvino_genai", reason="openvino-genai is not installed here")
+    recipes = [r for r in api("/sd-ov/v1/recipes")["recipes"] if "INT8" in r["label"]]
+    if not recipes:
+        pytest.skip("no INT8 recipe of the loaded checkpoint in Forge's cache (run -k fastest first)")
+    recipe = recipes[0]
+    job = {**JOB, "steps": 10, "width": 512, "height": 512, "negative_prompt": ""}
+    forge_image, info = txt2img(recipe["option"], **job)
+    exported = api("/sd-ov/v1/export-genai", {"recipe": recipe["label"]}, timeout=3600)
+    folder = Path(exported["folder"])
+    pipe = genai.Text2ImagePipeline(str(folder), "CPU")
+    started = time.perf_counter()
+    image = pipe.generate(
+        job["prompt"],
+        negative_prompt="",
+        width=512,
+        height=512,
+        num_inference_steps=10,
+        guidance_scale=float(job["cfg_scale"]),
+        generator=genai.TorchGenerator(job["seed"]),
+    )
+    genai_s = time.perf_counter() - started
+    db = psnr(np.asarray(image.data)[0], forge_image)
+    print(
+        f"\n[forge] GenAI export of {recipe['label']}: {exported['disk_bytes'] / 2**30:.2f} GiB; GenAI 512², "
+        f"10 steps: {genai_s:.1f} s; {db:.1f} dB from Forge's picture ({info['OpenVINO']})"
+    )
+    assert exported["recipe"] == recipe["label"] and db >= 30
 
 
 SDXL = os.environ.get("SD_OV_FORGE_SDXL", "sdxl-random")
