@@ -49,6 +49,12 @@ def checkpoint(tmp_path_factory):
     return path, clip, tiny_tokenizer(folder / "tokenizer")
 
 
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    """One cache for the module: the plain entries are exported once."""
+    return tmp_path_factory.mktemp("genai-cache")
+
+
 def sd_ov_picture(source, prompt: str, seed: int, steps: int, cfg: float) -> np.ndarray:
     """sd-ov's own picture of the source's recipe: the engine's Euler sampler (the webui's
     schedule) with the recipe's OpenVINO UNet, the prompt encoded by the same CLIP at the same
@@ -87,7 +93,7 @@ def genai_picture(folder: Path, prompt: str, seed: int, steps: int, cfg: float) 
     return np.asarray(image.data)[0]
 
 
-def test_genai_makes_sd_ovs_picture_from_the_exported_folder(checkpoint, tmp_path):
+def test_genai_makes_sd_ovs_picture_from_the_exported_folder(checkpoint, cache_root, tmp_path):
     """The plain FP32 recipe at clip skip 1 and 2: GenAI's Text2ImagePipeline with TorchGenerator,
     Euler, the same prompt, size and steps, >= 30 dB from sd-ov's own picture; the folder holds
     GenAI's layout and no torch weights."""
@@ -96,7 +102,7 @@ def test_genai_makes_sd_ovs_picture_from_the_exported_folder(checkpoint, tmp_pat
     path, clip, tokenizer = checkpoint
     for skip in (1, 2):
         source = source_from_checkpoint(
-            path, tmp_path / "cache", tokenizer, unet_config=TINY_SD1, text_config=clip.config, clip_skip=skip
+            path, cache_root, tokenizer, unet_config=TINY_SD1, text_config=clip.config, clip_skip=skip
         )
         out = export_genai(source, tmp_path / f"genai-skip{skip}")
         parts = {p.parent.name for p in out.glob("*/openvino_model.xml")}
@@ -112,12 +118,14 @@ def test_genai_makes_sd_ovs_picture_from_the_exported_folder(checkpoint, tmp_pat
         assert made.std() > 1, "a picture, not a flat colour"
 
 
-def test_an_interrupted_export_leaves_nothing_and_a_second_replaces_the_first_whole(checkpoint, tmp_path):
+def test_an_interrupted_export_leaves_nothing_and_a_second_replaces_the_first_whole(
+    checkpoint, cache_root, tmp_path
+):
     from sd_ov.tools.genai import export_genai, source_from_checkpoint
 
     path, clip, tokenizer = checkpoint
     source = source_from_checkpoint(
-        path, tmp_path / "cache", tokenizer, unet_config=TINY_SD1, text_config=clip.config
+        path, cache_root, tokenizer, unet_config=TINY_SD1, text_config=clip.config
     )
     target = tmp_path / "out" / "genai"
 
@@ -138,7 +146,7 @@ def test_an_interrupted_export_leaves_nothing_and_a_second_replaces_the_first_wh
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["genai"]
 
 
-def test_an_int8_tome_recipe_is_exported_as_optimize_made_it(checkpoint, tmp_path):
+def test_an_int8_tome_recipe_is_exported_as_optimize_made_it(checkpoint, cache_root, tmp_path):
     """A recipe Optimize made (INT8 weights + token merging 0.5): its own IR goes into the folder
     (INT8 weights, no FP32 copy: the UNet's file is a third of the FP32 one), and GenAI's picture is
     >= 30 dB from sd-ov's of the same recipe."""
@@ -149,7 +157,7 @@ def test_an_int8_tome_recipe_is_exported_as_optimize_made_it(checkpoint, tmp_pat
     from sd_ov.tools.genai import export_genai, source_from_checkpoint
 
     path, clip, tokenizer = checkpoint
-    cache = tmp_path / "cache"
+    cache = cache_root
     recipe = Recipe(int8="weights", tome=0.5)
     unet = load_unet_from_checkpoint(path, TINY_SD1)
     optimize(unet, cache, path.stem, file_hash(path), recipe, measure=None)
@@ -168,7 +176,7 @@ def test_an_int8_tome_recipe_is_exported_as_optimize_made_it(checkpoint, tmp_pat
     assert db >= 30, db
 
 
-def test_image_to_image_from_the_folder_makes_sd_ovs_picture(checkpoint, tmp_path):
+def test_image_to_image_from_the_folder_makes_sd_ovs_picture(checkpoint, cache_root, tmp_path):
     """GenAI's Image2ImagePipeline on the folder (the VAE encoder's posterior, sampled by GenAI):
     >= 30 dB from sd-ov's img2img of the same picture, strength and noise (the posterior's draw
     first, then the noise, as GenAI draws them from its generator)."""
@@ -181,7 +189,7 @@ def test_image_to_image_from_the_folder_makes_sd_ovs_picture(checkpoint, tmp_pat
 
     path, clip, tokenizer = checkpoint
     source = source_from_checkpoint(
-        path, tmp_path / "cache", tokenizer, unet_config=TINY_SD1, text_config=clip.config
+        path, cache_root, tokenizer, unet_config=TINY_SD1, text_config=clip.config
     )
     out = export_genai(source, tmp_path / "genai")
     gen = np.random.default_rng(3)

@@ -318,7 +318,7 @@ def test_sdxl_in_forge_without_sgm_says_how_to_get_it(forge, monkeypatch, tmp_pa
     assert "SDXL's UNet class (sgm) is missing: sd-ov's installer puts" in info["OpenVINO"], info
 
 
-def test_optimize_in_forge_makes_a_recipe_that_serves_there(forge):
+def test_optimize_in_forge_makes_a_recipe_that_serves_there(forge, tmp_path):
     """Optimize in Forge: from ldm's class loaded with the checkpoint file's weights (Forge's UNet
     class is its own), its calibration pictures and sample picture made by Forge's sampler through
     its KModel. The API makes an INT8 hybrid recipe with its report (the sample picture against
@@ -329,6 +329,7 @@ def test_optimize_in_forge_makes_a_recipe_that_serves_there(forge):
 
     from sd_ov.runtime.torch_weights import is_released
 
+    forge.webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")  # its recipe stays its own
     torch_latent, _ = forge_job(forge, "None")
     app = FastAPI()
     forge.webui.callbacks.app_started_callback(None, app)
