@@ -107,7 +107,7 @@ _PUBLIC = {
     # a recipe for OpenVINO GenAI
     "GenAISource": "tools.genai",
     "export_genai": "tools.genai",
-    "source_from_checkpoint": "tools.genai",
+    "source_from_checkpoint": "tools.genai_source",
 }
 # Modules used as namespaces (`cache.delete`, `ov_core.available_devices`, ...).
 _MODULES = {"cache": "store.cache", "ov_core": "runtime.ov_core", "report": "optimize.report"}

@@ -55,6 +55,7 @@ from .plan import HostReading
 from .progress import webui_progress
 from .recipe_switch import HANDOVER
 from .settings import cache_root, offload_mode, runtime_settings
+from .torch_unet import ForgeStandIn
 from .unet import OpenVINOUnet
 
 log = logging.getLogger("sd_ov")
@@ -92,21 +93,12 @@ def torch_unet_of(sd_model) -> torch.nn.Module:
     return unet.torch_unet if isinstance(unet, ForgeDiffusionModel) else unet
 
 
-class ForgeDiffusionModel(torch.nn.Module):
+class ForgeDiffusionModel(ForgeStandIn):
     """What Forge's `KModel` calls as its `diffusion_model` while OpenVINO serves."""
 
     def __init__(self, serving: ForgeUnet, torch_unet: torch.nn.Module) -> None:
-        super().__init__()
+        super().__init__(torch_unet)
         self.serving = serving
-        # not a submodule: Forge's moves and its size estimate leave the torch UNet alone
-        object.__setattr__(self, "torch_unet", torch_unet)
-
-    def __getattr__(self, name: str):
-        # Forge's LoRA loader walks `diffusion_model.<layer>.weight` to put weights back
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(object.__getattribute__(self, "torch_unet"), name)
 
     def forward(self, x, timesteps=None, context=None, control=None, transformer_options=None, **kwargs):
         def on_torch():

@@ -45,22 +45,30 @@ class FunctionUnet(sd_unet.SdUnet):
         return self.fn(x, timesteps, context) if y is None else self.fn(x, timesteps, context, y)
 
 
-class ForgeFunctionUnet(torch.nn.Module):
-    """Forge's `diffusion_model` while Optimize samples with a function (KModel calls it with
-    keywords: context, control, transformer_options, y). Forge reads attributes of the UNet it
-    holds (its dtype, ...): they come from its own module, which is no submodule here, so Forge's
-    moves and size estimates leave it (and its freed weights) alone."""
+class ForgeStandIn(torch.nn.Module):
+    """What sd-ov puts where Forge's KModel holds its `diffusion_model`. Forge reads attributes of
+    the UNet it holds (its dtype, `<layer>.weight` for its LoRA loader, ...): they come from its own
+    module, which is no submodule here, so Forge's moves and size estimates leave it (and its freed
+    weights) alone."""
 
-    def __init__(self, fn: Callable, own: torch.nn.Module) -> None:
+    def __init__(self, own: torch.nn.Module) -> None:
         super().__init__()
-        self.fn = fn
-        object.__setattr__(self, "own", own)
+        object.__setattr__(self, "torch_unet", own)
 
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(object.__getattribute__(self, "own"), name)
+            return getattr(object.__getattribute__(self, "torch_unet"), name)
+
+
+class ForgeFunctionUnet(ForgeStandIn):
+    """Forge's `diffusion_model` while Optimize samples with a function (KModel calls it with
+    keywords: context, control, transformer_options, y)."""
+
+    def __init__(self, fn: Callable, own: torch.nn.Module) -> None:
+        super().__init__(own)
+        self.fn = fn
 
     def forward(self, x, timesteps=None, context=None, control=None, transformer_options=None, **kwargs):
         y = kwargs.pop("y", None)

@@ -168,7 +168,8 @@ def _optimize(args: argparse.Namespace) -> int:
 def _export_genai(args: argparse.Namespace) -> int:
     from ..graphs.ldm_unet import load_config
     from ..progress import console
-    from .genai import export_genai, source_from_checkpoint
+    from .genai import export_genai
+    from .genai_source import source_from_checkpoint
 
     try:
         from transformers import CLIPTokenizerFast

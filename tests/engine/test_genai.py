@@ -97,7 +97,8 @@ def test_genai_makes_sd_ovs_picture_from_the_exported_folder(checkpoint, cache_r
     """The plain FP32 recipe at clip skip 1 and 2: GenAI's Text2ImagePipeline with TorchGenerator,
     Euler, the same prompt, size and steps, >= 30 dB from sd-ov's own picture; the folder holds
     GenAI's layout and no torch weights."""
-    from sd_ov.tools.genai import export_genai, source_from_checkpoint
+    from sd_ov.tools.genai import export_genai
+    from sd_ov.tools.genai_source import source_from_checkpoint
 
     path, clip, tokenizer = checkpoint
     for skip in (1, 2):
@@ -121,7 +122,8 @@ def test_genai_makes_sd_ovs_picture_from_the_exported_folder(checkpoint, cache_r
 def test_an_interrupted_export_leaves_nothing_and_a_second_replaces_the_first_whole(
     checkpoint, cache_root, tmp_path
 ):
-    from sd_ov.tools.genai import export_genai, source_from_checkpoint
+    from sd_ov.tools.genai import export_genai
+    from sd_ov.tools.genai_source import source_from_checkpoint
 
     path, clip, tokenizer = checkpoint
     source = source_from_checkpoint(
@@ -154,7 +156,8 @@ def test_an_int8_tome_recipe_is_exported_as_optimize_made_it(checkpoint, cache_r
     from sd_ov.optimize.run import optimize
     from sd_ov.serve.engine import file_hash
     from sd_ov.store.recipe import Recipe
-    from sd_ov.tools.genai import export_genai, source_from_checkpoint
+    from sd_ov.tools.genai import export_genai
+    from sd_ov.tools.genai_source import source_from_checkpoint
 
     path, clip, tokenizer = checkpoint
     cache = cache_root
@@ -185,7 +188,8 @@ def test_image_to_image_from_the_folder_makes_sd_ovs_picture(checkpoint, cache_r
     from sd_ov.optimize.sampling import Denoiser
     from sd_ov.runtime.vae import OVVae
     from sd_ov.serve import engine
-    from sd_ov.tools.genai import PromptHidden, export_genai, source_from_checkpoint
+    from sd_ov.tools.genai import PromptHidden, export_genai
+    from sd_ov.tools.genai_source import source_from_checkpoint
 
     path, clip, tokenizer = checkpoint
     source = source_from_checkpoint(

@@ -80,7 +80,7 @@ def torch_unet(sd_model):
     if forge is None:
         return sd_model.model.diffusion_model
     held = forge.unet.model.diffusion_model
-    return vars(held).get("torch_unet") or vars(held).get("own") or held
+    return vars(held).get("torch_unet") or held
 
 
 def encode_prompt(sd_model, text):

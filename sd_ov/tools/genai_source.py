@@ -1,0 +1,72 @@
+"""What a GenAI export of a single-file checkpoint is made of (`genai.GenAISource`): its recipe's
+cache entry, its VAE's entry and its CLIP text model, found or made the way the webui makes them,
+so the command line and the webui export the same entries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import SdOvError
+from ..progress import ProgressFn, silent
+from .genai import GenAISource
+
+
+def source_from_checkpoint(
+    checkpoint: str | Path,
+    cache_root: str | Path,
+    tokenizer: Any,
+    recipe_label: str | None = None,
+    name: str | None = None,
+    unet_config: dict | None = None,
+    text_config: Any = None,
+    clip_skip: int = 1,
+    digest: str | None = None,
+    progress: ProgressFn = silent,
+) -> GenAISource:
+    """A single-file SD checkpoint's export: its recipe's cache entry (`recipe_label`, e.g. "INT8
+    ToMe0.5", made by Optimize; the plain FP32 entry when None, exported if missing), its VAE's
+    entry (the webui's, exported if missing), its CLIP text model from the file. `digest`: the
+    file's SHA-256 where the host knows it already (the webui does)."""
+    from transformers import CLIPTextConfig
+
+    from ..graphs.ldm_unet import load_unet_from_checkpoint
+    from ..runtime.text_encoder import CLIP_L_CONFIG, clip_text_model_from_checkpoint
+    from ..runtime.vae import prepare_vae_entry, vae_from_checkpoint
+    from ..serve import engine
+    from ..store import cache
+    from ..store.recipe import Recipe
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise SdOvError(f"no checkpoint file at {path}")
+    name = name or path.stem
+    if digest is None:
+        progress(f"hashing {path.name}", 0.0)
+        digest = engine.file_hash(path)
+    root = Path(cache_root)
+    if recipe_label:
+        found = [
+            e
+            for e in cache.list_entries(root)
+            if e.manifest.checkpoint_name == name
+            and e.manifest.checkpoint_hash == digest
+            and e.manifest.component == "unet"
+            and e.manifest.recipe.label() == recipe_label
+        ]
+        if not found:
+            raise SdOvError(f"no recipe {recipe_label!r} of {name} in {root}: make it with Optimize first")
+        unet_entry = found[0]
+    else:
+        unet_entry = engine.prepare_entry(
+            lambda: load_unet_from_checkpoint(path, unet_config), root, name, digest, Recipe(), progress
+        ).entry
+    vae_entry = prepare_vae_entry(
+        lambda: vae_from_checkpoint(path), root, f"{name}-vae-baked", digest, progress
+    )
+    vae = vae_from_checkpoint(path)
+    channels = [int(level.block[-1].conv2.out_channels) for level in vae.encoder.down]
+    del vae
+    config = text_config if text_config is not None else CLIPTextConfig(**CLIP_L_CONFIG)
+    clip = clip_text_model_from_checkpoint(path, config)
+    return GenAISource(unet_entry, vae_entry, clip, tokenizer, channels, clip_skip=clip_skip)
