@@ -26,6 +26,7 @@ from sd_ov import OVTextEncoder, clip_text_model_from_checkpoint, prepare_text_e
 from .component import ServedComponent
 from .progress import cancellable_progress
 from .settings import cache_root, opt
+from .text_encoder import encode_or_torch
 
 
 def forge_sd1_engine(sd_model):
@@ -99,20 +100,8 @@ class ForgeTextEncoder(ServedComponent):
         return None
 
     def _encode_with_transformers(self, tokens):
-        reason = self.why_torch()
         embedding = token_embedding(self.transformer)
-        # Forge's CLIPEmbeddingForTextualInversion reads and clears its embeddings' .fixes
-        holder = getattr(embedding, "embeddings", None)
-        fixes = getattr(holder, "fixes", None)
-        if reason is None:
-            out = self.served("prompts", lambda: self.ov.encode(embedding(tokens), self.skip, None)[0])
-            if out is not None:
-                return out
-            if holder is not None:
-                holder.fixes = fixes  # torch must see the same textual-inversion vectors
-        else:
-            self.on_torch(reason)
-        return self.torch_method("encode_with_transformers")(tokens)
+        return encode_or_torch(self, tokens, embedding, lambda e: self.ov.encode(e, self.skip, None)[0])
 
     def infotext(self) -> str | None:
         if self.torch_reason:

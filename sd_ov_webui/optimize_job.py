@@ -28,7 +28,7 @@ from .checkpoints import checkpoint_identity
 from .int8_vae import DecodedLatents, Optimized, int8_vae_decoder, vae_decoder_line
 from .optimize_source import loaded_model, model_loaded, optimize_source, unet_to_check
 from .options import OpenVINOUnetOption
-from .progress import cancellable_progress
+from .progress import with_progress_bar
 from .settings import cache_root, opt
 from .torch_unet import unet_calls_to
 
@@ -125,10 +125,7 @@ def run_optimize(values: dict, progress_bar=None) -> str:
     except (ValueError, SdOvError) as err:
         return f"<p style='color:#c33'>Cannot optimize: {html.escape(str(err))}</p>"
 
-    def progress(message: str, fraction: float) -> None:
-        if progress_bar is not None:
-            progress_bar(fraction, desc=message)
-        cancellable_progress(message, fraction)
+    progress = with_progress_bar(progress_bar)
 
     try:
         made = optimize_loaded_checkpoint(request, progress)

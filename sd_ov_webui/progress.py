@@ -22,3 +22,14 @@ def cancellable_progress(message: str, fraction: float) -> None:
     webui_progress(message, fraction)
     if shared.state.interrupted:
         raise Cancelled("interrupted by the user")
+
+
+def with_progress_bar(progress_bar):
+    """`cancellable_progress` that also moves a gradio progress bar (the tab's long buttons)."""
+
+    def progress(message: str, fraction: float) -> None:
+        if progress_bar is not None:
+            progress_bar(fraction, desc=message)
+        cancellable_progress(message, fraction)
+
+    return progress

@@ -27,7 +27,7 @@ from sd_ov import (
 from .genai_export import export_recipe
 from .optimize_job import run_optimize
 from .options import current_openvino_unet
-from .progress import cancellable_progress
+from .progress import with_progress_bar
 from .settings import cache_root, device_choices, opt
 
 log = logging.getLogger("sd_ov")
@@ -82,10 +82,7 @@ def export_choice(choice: str, progress_bar=None) -> str:
     if not matches:
         return f"<p>Nothing to export: {html.escape(str(choice))} is not in the cache.</p>"
 
-    def progress(message: str, fraction: float) -> None:
-        if progress_bar is not None:
-            progress_bar(fraction, desc=message)
-        cancellable_progress(message, fraction)
+    progress = with_progress_bar(progress_bar)
 
     try:
         out, size = export_recipe(matches[0], progress=progress)

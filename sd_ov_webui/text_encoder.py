@@ -78,6 +78,25 @@ def text_encoder_weights(wrapper, checkpoint_prefix: str, checkpoint_file: str, 
     return WebuiWeights(released, CheckpointTensors(Path(checkpoint_file), checkpoint_prefix + inner), what)
 
 
+def encode_or_torch(component: ServedComponent, tokens, embedding, encode) -> torch.Tensor:
+    """A host's `encode_with_transformers` served: `encode(embeds)` on OpenVINO, or the host's own
+    method with the reason. The host's embedding reads and clears its textual-inversion `.fixes`
+    (A1111's EmbeddingsWithFixes, Forge's CLIPEmbeddingForTextualInversion): when OpenVINO fails
+    they are handed back, so torch sees the same vectors."""
+    reason = component.why_torch()
+    holder = getattr(embedding, "embeddings", None)
+    fixes = getattr(holder, "fixes", None)
+    if reason is None:
+        out = component.served("prompts", lambda: encode(embedding(tokens)))
+        if out is not None:
+            return out
+        if holder is not None:
+            holder.fixes = fixes
+    else:
+        component.on_torch(reason)
+    return component.torch_method("encode_with_transformers")(tokens)
+
+
 def text_encoder_loras(wrapper: torch.nn.Module) -> list[str]:
     """Loaded networks (the webui's Lora extension) that change this text encoder."""
     return networks_changing(wrapper, "te_multiplier")
@@ -185,20 +204,7 @@ class WebuiTextEncoder(ServedComponent):
         return hidden
 
     def _encode_with_transformers(self, tokens):
-        reason = self.why_torch()
-        embedding = token_embedding(self.traced)
-        # the webui's EmbeddingsWithFixes reads and clears its hijack's .fixes (textual inversion)
-        hijack = getattr(embedding, "embeddings", None)
-        fixes = getattr(hijack, "fixes", None)
-        if reason is None:
-            out = self.served("prompts", lambda: self._run(tokens, embedding(tokens)))
-            if out is not None:
-                return out
-            if hijack is not None:
-                hijack.fixes = fixes  # torch must see the same textual-inversion vectors
-        else:
-            self.on_torch(reason)
-        return self.torch_method("encode_with_transformers")(tokens)
+        return encode_or_torch(self, tokens, token_embedding(self.traced), lambda e: self._run(tokens, e))
 
     def infotext(self) -> str | None:
         if self.torch_reason:
