@@ -24,7 +24,6 @@ is complete. SD1.x for now (its CLIP text model); SDXL, SD2's OpenCLIP, inpainti
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -34,16 +33,24 @@ from typing import Any
 import openvino as ov
 import torch
 
-from ..errors import SdOvError, UnsupportedModelError
-from ..graphs.export import check_disk_space, save_ir, trace_to_openvino
+from ..errors import UnsupportedModelError
+from ..graphs.export import check_disk_space, save_ir
 from ..progress import ProgressFn, silent
 from ..store import fs
 from ..store.cache import CacheEntry
+from .genai_text import (
+    MODEL_XML,
+    EveryOutput,
+    PromptHidden,
+    padded_with,
+    write_json,
+    write_text_encoder,
+    write_tokenizer,
+)
+from .genai_unet import write_unet
 
 PIPELINE = "StableDiffusionPipeline"
-MODEL_XML = "openvino_model.xml"
-TOKENIZER_XML = "openvino_tokenizer.xml"
-DETOKENIZER_XML = "openvino_detokenizer.xml"
+PIPELINE_XL = "StableDiffusionXLPipeline"
 # GenAI's Euler with the webui's evenly spaced timesteps; SD's training noise schedule.
 SCHEDULER_CONFIG: dict[str, Any] = {
     "_class_name": "EulerDiscreteScheduler",
@@ -59,13 +66,16 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     "use_karras_sigmas": False,
 }
 SD_VAE_SCALE = 0.18215
+SDXL_VAE_SCALE = 0.13025
 
 
 @dataclass
 class GenAISource:
     """What one export is made of. `unet_entry`: the recipe's cache entry (or the plain FP32
     one); `vae_entry`: the VAE's entry (decoder and encoder IRs); `text_encoder`: transformers'
-    CLIPTextModel with the checkpoint's weights; `tokenizer`: its transformers tokenizer."""
+    CLIPTextModel with the checkpoint's weights; `tokenizer`: its transformers tokenizer;
+    `text_encoder_2`: SDXL's bigG as transformers' CLIPTextModelWithProjection (its tokenizer is
+    `tokenizer` padding with "!"), None for SD1.x."""
 
     unet_entry: CacheEntry
     vae_entry: CacheEntry
@@ -75,6 +85,11 @@ class GenAISource:
     clip_skip: int = 1
     vae_scale: float = SD_VAE_SCALE
     notes: list[str] = field(default_factory=list)
+    text_encoder_2: torch.nn.Module | None = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
 
 
 def refusal(source: GenAISource) -> str | None:
@@ -82,10 +97,15 @@ def refusal(source: GenAISource) -> str | None:
     manifest = source.unet_entry.manifest
     if manifest.recipe.deepcache_branch is not None:
         return "a DeepCache pair has no GenAI layout: export the recipe itself (GenAI runs the whole UNet)"
-    if manifest.unet.adm_channels:
-        return "SDXL is not exported for OpenVINO GenAI yet (SD1.x is)"
+    if manifest.unet.adm_channels and not source.is_sdxl:
+        return "a UNet with a vector conditioning and no SDXL text encoders (unCLIP?) has no GenAI layout"
     if manifest.unet.in_channels != 4:
         return f"a {manifest.unet.in_channels}-channel UNet (inpainting, edit) is not exported for GenAI yet"
+    if source.is_sdxl and source.clip_skip != 1:
+        return (
+            "SDXL's folder reads the penultimate layers (GenAI's SDXL pipeline, the webui's default): "
+            "clip skip 1 only"
+        )
     if not 1 <= source.clip_skip <= source.text_encoder.config.num_hidden_layers:
         return f"clip skip {source.clip_skip} is beyond the text encoder's layers"
     return None
@@ -101,7 +121,8 @@ def export_genai(source: GenAISource, out: str | Path, progress: ProgressFn = si
     needed = sum(
         p.stat().st_size for e in (source.unet_entry, source.vae_entry) for p in e.path.glob("*.bin")
     )
-    needed += 4 * sum(p.numel() for p in source.text_encoder.parameters())
+    for encoder in (source.text_encoder, source.text_encoder_2):
+        needed += 4 * sum(p.numel() for p in encoder.parameters()) if encoder is not None else 0
     check_disk_space(out.parent, needed)
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     staging.mkdir()
@@ -119,18 +140,13 @@ def _write(source: GenAISource, folder: Path, progress: ProgressFn) -> None:
     steps = (
         ("the UNet", _write_unet),
         ("the VAE", _write_vae),
-        ("the text encoder", _write_text_encoder),
-        ("the tokenizer", _write_tokenizer),
+        ("the text encoder", _write_text),
+        ("the tokenizer", _write_tokenizers),
         ("the pipeline's index", _write_index),
     )
     for i, (what, write) in enumerate(steps):
         progress(f"writing {what} for OpenVINO GenAI", i / len(steps))
         write(source, folder)
-
-
-def _json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
 def _renamed(model: ov.Model, inputs: dict[str, str], output: str) -> ov.Model:
@@ -141,28 +157,7 @@ def _renamed(model: ov.Model, inputs: dict[str, str], output: str) -> ov.Model:
 
 
 def _write_unet(source: GenAISource, folder: Path) -> None:
-    entry = source.unet_entry
-    model = ov.Core().read_model(str(entry.ir_path()))
-    ppp = ov.preprocess.PrePostProcessor(model)
-    ppp.input("timesteps").tensor().set_element_type(ov.Type.i64)  # GenAI's timestep: int64 [1]
-    model = _renamed(
-        ppp.build(),
-        {"x": "sample", "timesteps": "timestep", "context": "encoder_hidden_states"},
-        "out_sample",
-    )
-    save_ir(model, folder / "unet" / MODEL_XML)
-    spec = entry.manifest.unet
-    _json(
-        folder / "unet" / "config.json",
-        {
-            "_class_name": "UNet2DConditionModel",
-            "in_channels": spec.in_channels,
-            "out_channels": spec.out_channels,
-            "cross_attention_dim": spec.context_dim,
-            "sample_size": 64,  # GenAI's default picture: 64 x the VAE's factor (512² for SD1.x)
-            "sd_ov_recipe": entry.manifest.recipe.label(),
-        },
-    )
+    write_unet(source.unet_entry, folder)
 
 
 def _write_vae(source: GenAISource, folder: Path) -> None:
@@ -184,85 +179,57 @@ def _write_vae(source: GenAISource, folder: Path) -> None:
     encoder = _renamed(encoder, {encoder.inputs[0].any_name: "sample"}, "latent_parameters")
     save_ir(encoder, folder / "vae_encoder" / MODEL_XML)
     for part in ("vae_decoder", "vae_encoder"):
-        _json(folder / part / "config.json", config)
+        write_json(folder / part / "config.json", config)
 
 
-class PromptHidden(torch.nn.Module):
-    """input_ids → the layer the webui reads at this clip skip, final-layer-normed (SD1.x)."""
-
-    def __init__(self, clip: torch.nn.Module, skip: int) -> None:
-        super().__init__()
-        self.clip, self.skip = clip, skip
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        out = self.clip(input_ids=input_ids, output_hidden_states=True)
-        return self.clip.text_model.final_layer_norm(out.hidden_states[-self.skip])
-
-
-def _write_text_encoder(source: GenAISource, folder: Path) -> None:
-    clip = source.text_encoder.float().eval()
-    positions = int(clip.config.max_position_embeddings)
-    with torch.no_grad():
-        model = trace_to_openvino(
-            PromptHidden(clip, source.clip_skip), (torch.ones(1, positions, dtype=torch.long),)
-        )
-    model.inputs[0].get_tensor().set_names({"input_ids"})
-    model.outputs[0].get_tensor().set_names({"last_hidden_state"})
-    model.reshape({"input_ids": ov.PartialShape([-1, positions])})
-    save_ir(model, folder / "text_encoder" / MODEL_XML)
-    config = clip.config.to_dict()
-    config["architectures"] = ["CLIPTextModel"]
-    _json(folder / "text_encoder" / "config.json", config)
+def _write_text(source: GenAISource, folder: Path) -> None:
+    if source.text_encoder_2 is None:
+        module = PromptHidden(source.text_encoder, source.clip_skip)
+        write_text_encoder(module, source.text_encoder, folder / "text_encoder", "CLIPTextModel")
+        return
+    write_text_encoder(
+        EveryOutput(source.text_encoder), source.text_encoder, folder / "text_encoder", "CLIPTextModel"
+    )
+    write_text_encoder(
+        EveryOutput(source.text_encoder_2),
+        source.text_encoder_2,
+        folder / "text_encoder_2",
+        "CLIPTextModelWithProjection",
+    )
 
 
-def _write_tokenizer(source: GenAISource, folder: Path) -> None:
-    try:
-        from openvino_tokenizers import convert_tokenizer
-    except ImportError as err:
-        raise SdOvError(
-            "openvino-tokenizers is not installed: `pip install openvino-tokenizers` (the same version "
-            "as openvino) makes the tokenizer GenAI reads"
-        ) from err
-    target = folder / "tokenizer"
-    target.mkdir(parents=True, exist_ok=True)
-    try:
-        tokenizer, detokenizer = convert_tokenizer(source.tokenizer, with_detokenizer=True)
-    except (ImportError, RuntimeError, AttributeError, TypeError) as err:
-        # A1111 v1.10 pins transformers 4.30 / tokenizers 0.13: openvino-tokenizers' converter
-        # needs newer ones (Forge's 4.46 / 0.20 work), and the webui's pins must not move
-        import tokenizers
-        import transformers
-
-        raise SdOvError(
-            "openvino-tokenizers cannot convert the tokenizer with this transformers "
-            f"{transformers.__version__} / tokenizers {tokenizers.__version__} ({type(err).__name__}): "
-            "export with `python -m sd_ov export-genai --checkpoint <file> --recipe <label> "
-            "--cache <webui>/models/OpenVINO --out <folder>` from a Python with openvino-genai "
-            "(`pip install openvino-genai`)"
-        ) from err
-    ov.save_model(tokenizer, str(target / TOKENIZER_XML))
-    ov.save_model(detokenizer, str(target / DETOKENIZER_XML))
-    source.tokenizer.save_pretrained(str(target))  # the transformers files, for other readers
+def _write_tokenizers(source: GenAISource, folder: Path) -> None:
+    write_tokenizer(source.tokenizer, folder / "tokenizer")
+    if source.text_encoder_2 is not None:
+        write_tokenizer(padded_with(source.tokenizer, "!"), folder / "tokenizer_2")
 
 
 def _write_index(source: GenAISource, folder: Path) -> None:
-    _json(folder / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
-    _json(
-        folder / "model_index.json",
-        {
-            "_class_name": PIPELINE,
-            "_diffusers_version": "0.30.3",
-            "_sd_ov": {"recipe": source.unet_entry.manifest.recipe.label(), "clip_skip": source.clip_skip},
-            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
+    write_json(folder / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
+    index: dict[str, Any] = {
+        "_class_name": PIPELINE_XL if source.is_sdxl else PIPELINE,
+        "_diffusers_version": "0.30.3",
+        "_sd_ov": {"recipe": source.unet_entry.manifest.recipe.label(), "clip_skip": source.clip_skip},
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    if source.is_sdxl:
+        index |= {
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            # the webui's SDXL encodes an empty negative prompt as zeros (sgm's force_zero_embeddings)
+            "force_zeros_for_empty_prompt": True,
+        }
+    else:
+        index |= {
             "safety_checker": [None, None],
             "feature_extractor": [None, None],
             "requires_safety_checker": False,
-        },
-    )
+        }
+    write_json(folder / "model_index.json", index)
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

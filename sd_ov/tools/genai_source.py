@@ -9,7 +9,8 @@ from typing import Any
 
 from ..errors import SdOvError
 from ..progress import ProgressFn, silent
-from .genai import GenAISource
+from .genai import SDXL_VAE_SCALE, GenAISource
+from .genai_text import SDXL_CLIP_L_PREFIX, open_clip_text_model_from_checkpoint
 
 
 def source_from_checkpoint(
@@ -26,7 +27,8 @@ def source_from_checkpoint(
 ) -> GenAISource:
     """A single-file SD checkpoint's export: its recipe's cache entry (`recipe_label`, e.g. "INT8
     ToMe0.5", made by Optimize; the plain FP32 entry when None, exported if missing), its VAE's
-    entry (the webui's, exported if missing), its CLIP text model from the file. `digest`: the
+    entry (the webui's, exported if missing), its CLIP text model from the file (SDXL: both of
+    its text encoders; `text_config` is the CLIP-L one's). `digest`: the
     file's SHA-256 where the host knows it already (the webui does)."""
     from transformers import CLIPTextConfig
 
@@ -68,5 +70,17 @@ def source_from_checkpoint(
     channels = [int(level.block[-1].conv2.out_channels) for level in vae.encoder.down]
     del vae
     config = text_config if text_config is not None else CLIPTextConfig(**CLIP_L_CONFIG)
-    clip = clip_text_model_from_checkpoint(path, config)
-    return GenAISource(unet_entry, vae_entry, clip, tokenizer, channels, clip_skip=clip_skip)
+    if not unet_entry.manifest.unet.adm_channels:
+        clip = clip_text_model_from_checkpoint(path, config)
+        return GenAISource(unet_entry, vae_entry, clip, tokenizer, channels, clip_skip=clip_skip)
+    progress("reading SDXL's two text encoders", 0.9)
+    return GenAISource(
+        unet_entry,
+        vae_entry,
+        clip_text_model_from_checkpoint(path, config, prefix=SDXL_CLIP_L_PREFIX),
+        tokenizer,
+        channels,
+        clip_skip=clip_skip,
+        vae_scale=SDXL_VAE_SCALE,
+        text_encoder_2=open_clip_text_model_from_checkpoint(path),
+    )

@@ -1,0 +1,234 @@
+"""An SDXL recipe exported for OpenVINO GenAI: `StableDiffusionXLPipeline`'s folder (two text
+encoders and tokenizers; the UNet taking `text_embeds` and `time_ids`, the size embedding made in
+the graph) makes the picture sd-ov makes with sgm's own conditioner pieces.
+
+Seeded random tiny SDXL-architecture models in a single-file checkpoint with SDXL's keys: sgm's
+UNetModel, transformers' CLIPTextModel (CLIP-L) and open_clip's text tower (bigG, in open_clip's
+layout). Needs sgm and open_clip (a webui's venv with transformers ≥ 4.4x for openvino-tokenizers'
+converter, and openvino-genai), e.g. Forge's:
+`PYTHONPATH=.:<forge>/repositories/generative-models:<a1111>/repositories/stable-diffusion-stability-ai
+<forge>/venv/bin/python -m pytest -p no:xdist tests/engine/test_genai_sdxl.py`; skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sd_ov.optimize import metrics
+from sd_ov.optimize.sampling import sample_euler
+
+from ..conftest import TinyAutoencoderKL, TinyCLIPTextModel, tiny_tokenizer
+
+genai = pytest.importorskip("openvino_genai", reason="openvino-genai is not installed")
+pytest.importorskip("openvino_tokenizers", reason="openvino-tokenizers is not installed")
+openaimodel = pytest.importorskip(
+    "sgm.modules.diffusionmodules.openaimodel", reason="sgm (SDXL's UNet, a webui's venv) is not importable"
+)
+open_clip = pytest.importorskip("open_clip", reason="open_clip (SDXL's bigG text tower) is not installed")
+
+SIZE = 64  # pixels; the tiny VAE's factor is 2
+CLIP_L_WIDTH, BIGG_WIDTH, POOLED = 32, 128, 48
+TINY_SDXL = dict(
+    adm_in_channels=POOLED + 6 * 256,  # the pooled bigG feature and the six size embeddings
+    num_classes="sequential",
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    attention_resolutions=[4, 2],
+    num_res_blocks=1,
+    channel_mult=[1, 2, 2],
+    num_head_channels=16,
+    use_spatial_transformer=True,
+    use_linear_in_transformer=True,
+    transformer_depth=[0, 1, 1],
+    context_dim=CLIP_L_WIDTH + BIGG_WIDTH,
+    spatial_transformer_attn_type="softmax",
+    legacy=False,
+)
+
+
+def tiny_bigg():
+    """sgm's FrozenOpenCLIPEmbedder2 as SDXL's config makes it, around a tiny seeded open_clip
+    model (a head per 64 channels, as bigG's)."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from sgm.modules.encoders.modules import FrozenOpenCLIPEmbedder2
+
+    torch.manual_seed(1)
+    tiny = CLIP(
+        embed_dim=POOLED,
+        vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=16),
+        text_cfg=CLIPTextCfg(
+            context_length=77, vocab_size=600, width=BIGG_WIDTH, heads=BIGG_WIDTH // 64, layers=3
+        ),
+    )
+    with torch.no_grad():
+        for param in tiny.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    real = open_clip.create_model_and_transforms
+    open_clip.create_model_and_transforms = lambda *a, **k: (tiny, None, None)
+    try:
+        embedder = FrozenOpenCLIPEmbedder2(
+            arch="tiny",
+            version=None,
+            device="cpu",
+            layer="penultimate",
+            always_return_pooled=True,
+            legacy=False,
+        )
+    finally:
+        open_clip.create_model_and_transforms = real
+    return embedder.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    from sd_ov.graphs.ldm_unet import randomize_zero_init
+
+    folder = tmp_path_factory.mktemp("genai-sdxl")
+    torch.manual_seed(0)
+    unet = randomize_zero_init(openaimodel.UNetModel(**TINY_SDXL).eval(), seed=0)
+    clip_l, bigg, vae = TinyCLIPTextModel(CLIP_L_WIDTH), tiny_bigg(), TinyAutoencoderKL()
+    state = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+    state |= {f"first_stage_model.{k}": v for k, v in vae.state_dict().items()}
+    state |= {f"conditioner.embedders.0.transformer.{k}": v for k, v in clip_l.state_dict().items()}
+    state |= {
+        f"conditioner.embedders.1.model.{k}": v
+        for k, v in bigg.model.state_dict().items()
+        if not k.startswith("visual.")
+    }
+    path = folder / "tiny-sdxl.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+    return path, clip_l, bigg, tiny_tokenizer(folder / "tokenizer")
+
+
+def padded(tokenizer):
+    """SDXL's second tokenizer: the first, padding with "!" (id 0) as open_clip pads."""
+    import copy
+
+    other = copy.deepcopy(tokenizer)
+    other.pad_token = "!"
+    return other
+
+
+def sgm_conditioning(clip_l, bigg, tokenizer, prompt: str):
+    """(context, y) as sgm's SDXL conditioner makes them for a SIZE² picture: CLIP-L's raw
+    penultimate layer beside bigG's (open_clip's own blocks), bigG's pooled feature and sgm's
+    ConcatTimestepEmbedderND of the original size, crop corner and target size. An empty prompt
+    gives zeros for the text parts (the webui's empty negative prompt)."""
+    from sgm.modules.encoders.modules import ConcatTimestepEmbedderND
+
+    def ids(tok) -> torch.Tensor:
+        return tok(
+            prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
+
+    with torch.no_grad():
+        a = clip_l(input_ids=ids(tokenizer), output_hidden_states=True).hidden_states[-2]
+        z = bigg.encode_with_transformer(ids(padded(tokenizer)))
+    context, pooled = torch.cat([a, z["penultimate"]], dim=-1), z["pooled"]
+    if prompt == "":
+        context, pooled = torch.zeros_like(context), torch.zeros_like(pooled)
+    sizes = ConcatTimestepEmbedderND(256)
+    size = torch.tensor([[SIZE, SIZE]], dtype=torch.float32)
+    vector = torch.cat([sizes(size), sizes(torch.zeros(1, 2)), sizes(size)], dim=1)
+    return context, torch.cat([pooled, vector], dim=1)
+
+
+def test_an_sdxl_recipe_makes_sd_ovs_picture_in_genais_xl_pipeline(checkpoint, tmp_path):
+    """GenAI's Text2ImagePipeline on the folder (StableDiffusionXLPipeline), TorchGenerator,
+    Euler, the same prompt, size and steps: >= 30 dB from sd-ov's own picture of the recipe with
+    sgm's conditioning; the bigG tower converted to transformers' class gives open_clip's states."""
+    from sd_ov.runtime.vae import OVVae
+    from sd_ov.serve import engine
+    from sd_ov.tools.genai import export_genai
+    from sd_ov.tools.genai_source import source_from_checkpoint
+    from sd_ov.tools.genai_text import open_clip_text_model_from_checkpoint
+
+    path, clip_l, bigg, tokenizer = checkpoint
+    converted = open_clip_text_model_from_checkpoint(path)
+    tokens = padded(tokenizer)(
+        "a small boat", padding="max_length", max_length=77, return_tensors="pt"
+    ).input_ids
+    assert tokens[0, -1] == 0, "bigG's tokens pad with 0 after the end token"
+    with torch.no_grad():
+        ours = converted(input_ids=tokens, output_hidden_states=True)
+        theirs = bigg.encode_with_transformer(tokens)
+    assert metrics.rel_l2(ours.hidden_states[-2], theirs["penultimate"]) < 1e-5
+    assert metrics.rel_l2(ours.text_embeds, theirs["pooled"]) < 1e-5
+
+    source = source_from_checkpoint(
+        path, tmp_path / "cache", tokenizer, unet_config=TINY_SDXL, text_config=clip_l.config
+    )
+    out = export_genai(source, tmp_path / "genai-sdxl")
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline"
+    parts = {p.parent.name for p in out.glob("*/openvino_model.xml")}
+    assert parts == {"unet", "text_encoder", "text_encoder_2", "vae_decoder", "vae_encoder"}
+    import openvino as ov
+
+    unet_inputs = {p.any_name for p in ov.Core().read_model(str(out / "unet" / "openvino_model.xml")).inputs}
+    assert unet_inputs == {"sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"}
+    # the exported UNet, fed GenAI's (text_embeds, time_ids), gives the recipe's output for sgm's y
+    core = ov.Core()
+    exported = core.compile_model(
+        str(out / "unet" / "openvino_model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    recipe = core.compile_model(str(source.unet_entry.ir_path()), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    from sgm.modules.encoders.modules import ConcatTimestepEmbedderND
+
+    gen = torch.Generator().manual_seed(5)
+    x, c, pooled = (
+        torch.randn(2, 4, 16, 24, generator=gen),
+        torch.randn(2, 77, 160, generator=gen),
+        torch.randn(2, POOLED, generator=gen),
+    )
+    time_ids = torch.tensor([[1024.0, 768, 16, 0, 896, 1152], [512, 512, 0, 0, 512, 512]])
+    sizes = ConcatTimestepEmbedderND(256)
+    y = torch.cat([pooled, *(sizes(time_ids[:, i : i + 2]) for i in (0, 2, 4))], dim=1)
+    t = np.array([500, 500], np.int64)
+    got = exported(
+        {
+            "sample": x.numpy(),
+            "timestep": t,
+            "encoder_hidden_states": c.numpy(),
+            "text_embeds": pooled.numpy(),
+            "time_ids": time_ids.numpy(),
+        }
+    )[0]
+    want = recipe({"x": x.numpy(), "timesteps": t.astype(np.float32), "context": c.numpy(), "y": y.numpy()})[
+        0
+    ]
+    assert metrics.rel_l2(torch.from_numpy(got), torch.from_numpy(want)) < 1e-5
+
+    prompt, seed, steps, cfg = "a red fox in the snow", 42, 4, 7.0
+    pipe = genai.Text2ImagePipeline(str(out), "CPU")
+    made = pipe.generate(
+        prompt,
+        width=SIZE,
+        height=SIZE,
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        generator=genai.TorchGenerator(seed),
+    )
+    made = np.asarray(made.data)[0]
+
+    cond, y_cond = sgm_conditioning(clip_l, bigg, tokenizer, prompt)
+    uncond, y_uncond = sgm_conditioning(clip_l, bigg, tokenizer, "")
+    y = torch.cat([y_cond, y_uncond])
+    unet = engine.open_unet(source.unet_entry)
+    noise = torch.randn(1, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(seed))
+    latent = sample_euler(
+        lambda x, t, c: unet(x, t, c, y), noise, cond, uncond, steps=steps, cfg_scale=cfg
+    ).latent
+    decoded = OVVae(source.vae_entry).decode(latent / source.vae_scale)
+    ours = ((decoded / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    db = metrics.psnr(made, ours)
+    print(f"SDXL: GenAI vs sd-ov {db:.1f} dB")
+    assert db >= 30, db
+    assert made.std() > 1, "a picture, not a flat colour"
