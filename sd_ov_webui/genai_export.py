@@ -22,27 +22,66 @@ from .progress import cancellable_progress
 from .settings import cache_root
 
 GENAI_FOLDER = "OpenVINO-GenAI"
+CLIP_TOKENIZER_ID = "openai/clip-vit-large-patch14"
 
 
 def host_clip(sd_model):
     """(the loaded model's CLIP tokenizer as transformers' fast tokenizer, which openvino-tokenizers
-    converts; its CLIP text model's config): A1111's `cond_stage_model.wrapped`, Forge's text engine."""
+    converts; its CLIP text model's config): A1111's `cond_stage_model.wrapped` (SDXL: its first
+    embedder's), Forge's text engine (SDXL: its CLIP-L one). SDXL's second tokenizer is this one
+    padding with "!", made by the export."""
     from transformers import CLIPTokenizerFast
 
-    wrapped = getattr(getattr(sd_model, "cond_stage_model", None), "wrapped", None)
-    engine = getattr(sd_model, "text_processing_engine", None)
+    # A1111's SDXL: cond_stage_model is the conditioner; its embedders[0] the hijacked CLIP-L
+    embedders = getattr(getattr(sd_model, "conditioner", None), "embedders", None)
+    first = embedders[0] if embedders else getattr(sd_model, "cond_stage_model", None)
+    wrapped = getattr(first, "wrapped", None)
+    engine = getattr(sd_model, "text_processing_engine", None) or getattr(
+        sd_model, "text_processing_engine_l", None
+    )
     tokenizer = getattr(wrapped, "tokenizer", None) or getattr(engine, "tokenizer", None)
     transformer = getattr(wrapped, "transformer", None)
     if transformer is None:
         transformer = getattr(getattr(engine, "text_encoder", None), "transformer", None)
     config = getattr(transformer, "config", None)
+    if tokenizer is None and hasattr(wrapped, "model"):
+        # A1111's SD2: ldm's FrozenOpenCLIPEmbedder tokenizes with open_clip's own BPE, the same
+        # vocabulary as CLIP's (the export converts the tower from the checkpoint file)
+        return _cached_clip_tokenizer(), None
     if tokenizer is None or type(transformer).__name__ != "CLIPTextModel":
-        raise SdOvError("the loaded model has no CLIP text model sd-ov exports for GenAI (SD1.x has one)")
+        raise SdOvError(
+            "the loaded model has no CLIP text model sd-ov exports for GenAI (SD1.x and SDXL have one)"
+        )
     if not isinstance(tokenizer, CLIPTokenizerFast):
         with tempfile.TemporaryDirectory() as folder:  # the slow tokenizer's files, read as fast
             tokenizer.save_pretrained(folder)
             tokenizer = CLIPTokenizerFast.from_pretrained(folder)
     return tokenizer, config
+
+
+def _cached_clip_tokenizer():
+    from transformers import CLIPTokenizerFast
+
+    try:
+        return CLIPTokenizerFast.from_pretrained(CLIP_TOKENIZER_ID)
+    except OSError as err:
+        raise SdOvError(
+            f"the CLIP tokenizer ({CLIP_TOKENIZER_ID}) is not in the Hugging Face cache here: load an "
+            "SD1.x checkpoint once (the webui fetches it), then export again"
+        ) from err
+
+
+def host_prediction_type(sd_model) -> str:
+    """GenAI's scheduler `prediction_type` of the loaded model: A1111's `parameterization`
+    ("v" for SD2 768-v), Forge's predictor's; another kind (EDM, flow) is refused."""
+    kind = getattr(sd_model, "parameterization", None)
+    if kind is None:
+        unet = getattr(getattr(sd_model, "forge_objects", None), "unet", None)
+        kind = getattr(getattr(getattr(unet, "model", None), "predictor", None), "prediction_type", "epsilon")
+    kind = {"eps": "epsilon", "v": "v_prediction"}.get(kind, kind)
+    if kind not in ("epsilon", "v_prediction"):
+        raise SdOvError(f"a {kind} model has no GenAI scheduler sd-ov writes (epsilon and v-prediction only)")
+    return kind
 
 
 def genai_folder(checkpoint_name: str, recipe_name: str) -> Path:
@@ -74,6 +113,7 @@ def export_recipe(
         name=name,
         clip_skip=skip,
         digest=sha256,
+        prediction_type=host_prediction_type(model),
         progress=progress or cancellable_progress,
     )
     out = export_genai(source, folder or genai_folder(name, recipe.name()), progress or cancellable_progress)

@@ -23,11 +23,13 @@ def ldm_sigmas(n: int = 1000, linear_start: float = 0.00085, linear_end: float =
 
 
 class Denoiser:
-    """k-diffusion's CompVisDenoiser with CFG: eps-prediction UNet → denoised latent."""
+    """k-diffusion's CompVisDenoiser with CFG: eps-prediction UNet → denoised latent; with
+    `v=True` its CompVisVDenoiser (SD2 768-v's v-prediction)."""
 
-    def __init__(self, unet: UNetFn, cfg_scale: float = 7.0) -> None:
+    def __init__(self, unet: UNetFn, cfg_scale: float = 7.0, v: bool = False) -> None:
         self.unet = unet
         self.cfg_scale = cfg_scale
+        self.v = v
         self.train_sigmas = ldm_sigmas()
         self.log_sigmas = self.train_sigmas.log()
 
@@ -54,8 +56,13 @@ class Denoiser:
         sig = torch.full((2 * batch,), float(sigma))
         c_in = 1.0 / (sig**2 + 1) ** 0.5
         x_in = torch.cat([x, x]) * c_in[:, None, None, None]
-        eps = self.unet(x_in, self.sigma_to_t(sig), torch.cat([cond, uncond]))
-        eps_cond, eps_uncond = eps.chunk(2)
+        out = self.unet(x_in, self.sigma_to_t(sig), torch.cat([cond, uncond]))
+        if self.v:  # sigma_data 1: denoised = x * c_skip + v * c_out
+            sig2 = float(sigma) ** 2 + 1
+            out = torch.cat([x, x]) / sig2 - out * (float(sigma) / sig2**0.5)
+            den_cond, den_uncond = out.chunk(2)
+            return den_uncond + self.cfg_scale * (den_cond - den_uncond)
+        eps_cond, eps_uncond = out.chunk(2)
         eps = eps_uncond + self.cfg_scale * (eps_cond - eps_uncond)
         return x - eps * float(sigma)
 
@@ -74,9 +81,10 @@ def sample_euler(
     steps: int = 20,
     cfg_scale: float = 7.0,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    v: bool = False,
 ) -> SampleResult:
     """Euler sampling from pure noise; times each step (one batched UNet call per step)."""
-    denoiser = Denoiser(unet, cfg_scale)
+    denoiser = Denoiser(unet, cfg_scale, v)
     sigmas = denoiser.schedule(steps)
     x = noise * sigmas[0]
     result = SampleResult(latent=x)

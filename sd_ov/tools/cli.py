@@ -190,6 +190,7 @@ def _export_genai(args: argparse.Namespace) -> int:
         name=args.name,
         unet_config=load_config(args.config) if args.config else None,
         clip_skip=args.clip_skip,
+        prediction_type=args.prediction,
         progress=console,
     )
     out = export_genai(source, args.out, console)
@@ -266,13 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser(
         "export-genai", help="a checkpoint's recipe as the folder OpenVINO GenAI (and Model Server) runs"
     )
-    gen.add_argument("--checkpoint", required=True, help="the SD1.x/SD2.x .safetensors or .ckpt file")
+    gen.add_argument("--checkpoint", required=True, help="the SD1.x/SD2.x/SDXL .safetensors or .ckpt file")
     gen.add_argument("--out", required=True, help="the folder to write (replaced whole if it exists)")
     gen.add_argument(
         "--recipe", default=None, help="a recipe Optimize made, e.g. 'INT8 ToMe0.5' (default: FP32)"
     )
     gen.add_argument("--name", default=None, help="the checkpoint's name in the cache (default: file stem)")
-    gen.add_argument("--config", default=None, help="UNet config (default: detected sd15/sd2)")
+    gen.add_argument("--config", default=None, help="UNet config (default: detected sd15/sd2/sdxl)")
+    gen.add_argument(
+        "--prediction",
+        choices=("epsilon", "v_prediction"),
+        default="epsilon",
+        help="what the UNet predicts: v_prediction for SD2 768-v models (the webui detects it itself)",
+    )
     gen.add_argument(
         "--clip-skip", type=int, default=1, help="the text encoder's layer, as the webui's Clip skip"
     )

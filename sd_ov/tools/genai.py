@@ -86,6 +86,7 @@ class GenAISource:
     vae_scale: float = SD_VAE_SCALE
     notes: list[str] = field(default_factory=list)
     text_encoder_2: torch.nn.Module | None = None
+    prediction_type: str = "epsilon"
 
     @property
     def is_sdxl(self) -> bool:
@@ -205,7 +206,10 @@ def _write_tokenizers(source: GenAISource, folder: Path) -> None:
 
 
 def _write_index(source: GenAISource, folder: Path) -> None:
-    write_json(folder / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
+    write_json(
+        folder / "scheduler" / "scheduler_config.json",
+        SCHEDULER_CONFIG | {"prediction_type": source.prediction_type},
+    )
     index: dict[str, Any] = {
         "_class_name": PIPELINE_XL if source.is_sdxl else PIPELINE,
         "_diffusers_version": "0.30.3",

@@ -10,7 +10,12 @@ from typing import Any
 from ..errors import SdOvError
 from ..progress import ProgressFn, silent
 from .genai import SDXL_VAE_SCALE, GenAISource
-from .genai_text import SDXL_CLIP_L_PREFIX, open_clip_text_model_from_checkpoint
+from .genai_text import (
+    SD2_OPEN_CLIP_PREFIX,
+    SDXL_CLIP_L_PREFIX,
+    open_clip_text_model_from_checkpoint,
+    padded_with,
+)
 
 
 def source_from_checkpoint(
@@ -23,12 +28,14 @@ def source_from_checkpoint(
     text_config: Any = None,
     clip_skip: int = 1,
     digest: str | None = None,
+    prediction_type: str = "epsilon",
     progress: ProgressFn = silent,
 ) -> GenAISource:
     """A single-file SD checkpoint's export: its recipe's cache entry (`recipe_label`, e.g. "INT8
     ToMe0.5", made by Optimize; the plain FP32 entry when None, exported if missing), its VAE's
     entry (the webui's, exported if missing), its CLIP text model from the file (SDXL: both of
-    its text encoders; `text_config` is the CLIP-L one's). `digest`: the
+    its text encoders; `text_config` is the CLIP-L one's; SD2: its OpenCLIP tower, converted).
+    `prediction_type`: "v_prediction" for a v-model (SD2 768-v), as the webui detected it. `digest`: the
     file's SHA-256 where the host knows it already (the webui does)."""
     from transformers import CLIPTextConfig
 
@@ -70,17 +77,39 @@ def source_from_checkpoint(
     channels = [int(level.block[-1].conv2.out_channels) for level in vae.encoder.down]
     del vae
     config = text_config if text_config is not None else CLIPTextConfig(**CLIP_L_CONFIG)
-    if not unet_entry.manifest.unet.adm_channels:
-        clip = clip_text_model_from_checkpoint(path, config)
-        return GenAISource(unet_entry, vae_entry, clip, tokenizer, channels, clip_skip=clip_skip)
-    progress("reading SDXL's two text encoders", 0.9)
-    return GenAISource(
-        unet_entry,
-        vae_entry,
-        clip_text_model_from_checkpoint(path, config, prefix=SDXL_CLIP_L_PREFIX),
-        tokenizer,
-        channels,
-        clip_skip=clip_skip,
-        vae_scale=SDXL_VAE_SCALE,
-        text_encoder_2=open_clip_text_model_from_checkpoint(path),
-    )
+    parts = dict(unet_entry=unet_entry, vae_entry=vae_entry, vae_block_channels=channels)
+    if unet_entry.manifest.unet.adm_channels:
+        progress("reading SDXL's two text encoders", 0.9)
+        return GenAISource(
+            **parts,
+            text_encoder=clip_text_model_from_checkpoint(path, config, prefix=SDXL_CLIP_L_PREFIX),
+            tokenizer=tokenizer,
+            clip_skip=clip_skip,
+            vae_scale=SDXL_VAE_SCALE,
+            text_encoder_2=open_clip_text_model_from_checkpoint(path),
+        )
+    if _has_key(path, SD2_OPEN_CLIP_PREFIX + "token_embedding.weight"):
+        # SD2's OpenCLIP ViT-H: ldm's FrozenOpenCLIPEmbedder reads the penultimate block, layer-normed
+        # (the webuis' SD2; A1111 applies no clip skip to it); its tokens pad with 0 ("!")
+        return GenAISource(
+            **parts,
+            text_encoder=open_clip_text_model_from_checkpoint(path, SD2_OPEN_CLIP_PREFIX),
+            tokenizer=padded_with(tokenizer, "!"),
+            clip_skip=2,
+            prediction_type=prediction_type,
+            notes=["SD2: the text encoder's penultimate layer (ldm's), whatever the clip skip"],
+        )
+    clip = clip_text_model_from_checkpoint(path, config)
+    return GenAISource(**parts, text_encoder=clip, tokenizer=tokenizer, clip_skip=clip_skip)
+
+
+def _has_key(path: Path, key: str) -> bool:
+    """Whether the checkpoint holds `key` (a .safetensors file's header only)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return key in f.keys()  # noqa: SIM118 - safe_open has no __contains__
+    from ..graphs.ldm_unet import read_checkpoint
+
+    return key in read_checkpoint(path)

@@ -27,6 +27,7 @@ TOKENIZER_XML = "openvino_tokenizer.xml"
 DETOKENIZER_XML = "openvino_detokenizer.xml"
 SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
+SD2_OPEN_CLIP_PREFIX = "cond_stage_model.model."
 # open_clip's text tower in a checkpoint → transformers' CLIP names, per block
 _OPEN_CLIP_BLOCK = {
     "ln_1": "layer_norm1",

@@ -78,3 +78,53 @@ def test_the_tab_exports_the_chosen_entry(api, webui):
     [choice] = [c for c in tab.entry_choices() if c.startswith("tinyckpt |") and "| FP32 |" in c]
     said = tab.export_choice(choice)
     assert "Written for OpenVINO GenAI" in said, said
+
+
+def test_the_tokenizer_and_clip_config_are_found_in_each_hosts_model(webui, tmp_path, monkeypatch):
+    """host_clip finds CLIP-L's tokenizer and config where each host keeps them: A1111's SD1.x
+    (cond_stage_model.wrapped), A1111's SDXL (cond_stage_model is the conditioner; its first
+    embedder's wrapped), Forge's SD1.x and SDXL text engines, A1111's SD2 (CLIP's cached BPE); a
+    model without one is refused. The scheduler's prediction type as each host says it."""
+    from types import SimpleNamespace as NS
+
+    from transformers import CLIPTokenizerFast
+
+    from sd_ov import SdOvError
+
+    from ..conftest import TinyCLIPTextModel
+
+    host_clip = webui.pkg.genai_export.host_clip
+    clip, tokenizer = TinyCLIPTextModel(48), tiny_tokenizer(tmp_path / "tok")
+    wrapped = NS(tokenizer=tokenizer, transformer=clip)
+    conditioner = NS(embedders=[NS(wrapped=wrapped), NS(wrapped=NS(model=None))])
+    engine = NS(tokenizer=tokenizer, text_encoder=NS(transformer=clip))
+    models = {
+        "A1111 SD1.x": NS(cond_stage_model=NS(wrapped=wrapped)),
+        "A1111 SDXL": NS(cond_stage_model=conditioner, conditioner=conditioner),
+        "Forge SD1.x": NS(text_processing_engine=engine),
+        "Forge SDXL": NS(text_processing_engine_l=engine, text_processing_engine_g=NS()),
+    }
+    for host, model in models.items():
+        found, config = host_clip(model)
+        assert isinstance(found, CLIPTokenizerFast) and found.get_vocab() == tokenizer.get_vocab(), host
+        assert config.hidden_size == 48, host
+    with pytest.raises(SdOvError, match="no CLIP text model"):
+        host_clip(NS(cond_stage_model=NS(transformer=clip)))
+    # A1111's SD2 (open_clip tokenizes): CLIP's BPE from the Hugging Face cache, or a clear message
+    monkeypatch.setattr(
+        CLIPTokenizerFast, "from_pretrained", lambda name: (_ for _ in ()).throw(OSError(name))
+    )
+    with pytest.raises(SdOvError, match="not in the Hugging Face cache"):
+        host_clip(NS(cond_stage_model=NS(wrapped=NS(model=None))))
+    monkeypatch.setattr(CLIPTokenizerFast, "from_pretrained", lambda name: tokenizer)
+    assert host_clip(NS(cond_stage_model=NS(wrapped=NS(model=None)))) == (tokenizer, None)
+
+    predicts = webui.pkg.genai_export.host_prediction_type
+    assert (
+        predicts(NS(parameterization="eps")) == "epsilon"
+        and predicts(NS(parameterization="v")) == "v_prediction"
+    )
+    forge = NS(forge_objects=NS(unet=NS(model=NS(predictor=NS(prediction_type="v_prediction")))))
+    assert predicts(forge) == "v_prediction"
+    with pytest.raises(SdOvError, match="edm"):
+        predicts(NS(forge_objects=NS(unet=NS(model=NS(predictor=NS(prediction_type="edm"))))))
