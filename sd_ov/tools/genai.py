@@ -49,8 +49,7 @@ from .genai_text import (
 )
 from .genai_unet import write_unet
 
-PIPELINE = "StableDiffusionPipeline"
-PIPELINE_XL = "StableDiffusionXLPipeline"
+INPAINT_CHANNELS = 9
 # GenAI's Euler with the webui's evenly spaced timesteps; SD's training noise schedule.
 SCHEDULER_CONFIG: dict[str, Any] = {
     "_class_name": "EulerDiscreteScheduler",
@@ -100,8 +99,8 @@ def refusal(source: GenAISource) -> str | None:
         return "a DeepCache pair has no GenAI layout: export the recipe itself (GenAI runs the whole UNet)"
     if manifest.unet.adm_channels and not source.is_sdxl:
         return "a UNet with a vector conditioning and no SDXL text encoders (unCLIP?) has no GenAI layout"
-    if manifest.unet.in_channels != 4:
-        return f"a {manifest.unet.in_channels}-channel UNet (inpainting, edit) is not exported for GenAI yet"
+    if manifest.unet.in_channels not in (4, INPAINT_CHANNELS):
+        return f"a {manifest.unet.in_channels}-channel UNet (an edit model?) has no GenAI pipeline"
     if source.is_sdxl and source.clip_skip != 1:
         return (
             "SDXL's folder reads the penultimate layers (GenAI's SDXL pipeline, the webui's default): "
@@ -205,13 +204,20 @@ def _write_tokenizers(source: GenAISource, folder: Path) -> None:
         write_tokenizer(padded_with(source.tokenizer, "!"), folder / "tokenizer_2")
 
 
+def pipeline_class(source: GenAISource) -> str:
+    """GenAI's pipeline for the folder; an inpainting UNet (latent, mask, masked picture's latent:
+    ldm's `c_concat` order is diffusers') makes the Inpaint one, which `InpaintingPipeline` runs."""
+    inpaint = "Inpaint" if source.unet_entry.manifest.unet.in_channels == INPAINT_CHANNELS else ""
+    return f"StableDiffusion{'XL' if source.is_sdxl else ''}{inpaint}Pipeline"
+
+
 def _write_index(source: GenAISource, folder: Path) -> None:
     write_json(
         folder / "scheduler" / "scheduler_config.json",
         SCHEDULER_CONFIG | {"prediction_type": source.prediction_type},
     )
     index: dict[str, Any] = {
-        "_class_name": PIPELINE_XL if source.is_sdxl else PIPELINE,
+        "_class_name": pipeline_class(source),
         "_diffusers_version": "0.30.3",
         "_sd_ov": {"recipe": source.unet_entry.manifest.recipe.label(), "clip_skip": source.clip_skip},
         "scheduler": ["diffusers", "EulerDiscreteScheduler"],

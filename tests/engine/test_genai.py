@@ -26,6 +26,11 @@ genai = pytest.importorskip("openvino_genai", reason="openvino-genai is not inst
 pytest.importorskip("openvino_tokenizers", reason="openvino-tokenizers is not installed")
 
 SIZE = 64  # pixels; the tiny VAE's factor is 2: a 32² latent
+# GenAI at f32, as sd-ov's reference runs: on a CPU with AMX GenAI's default is bf16, which alone
+# costs these tiny random models 5-30 dB; at f32 the pictures agree to 60+ dB, so a wrong
+# conditioning, mask or layer shows
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+SAME_PICTURE_DB = 45
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +85,7 @@ def sd_ov_picture(source, prompt: str, seed: int, steps: int, cfg: float) -> np.
 
 
 def genai_picture(folder: Path, prompt: str, seed: int, steps: int, cfg: float) -> np.ndarray:
-    pipe = genai.Text2ImagePipeline(str(folder), "CPU")
+    pipe = genai.Text2ImagePipeline(str(folder), "CPU", **F32)
     image = pipe.generate(
         prompt,
         negative_prompt="",
@@ -95,7 +100,7 @@ def genai_picture(folder: Path, prompt: str, seed: int, steps: int, cfg: float) 
 
 def test_genai_makes_sd_ovs_picture_from_the_exported_folder(checkpoint, cache_root, tmp_path):
     """The plain FP32 recipe at clip skip 1 and 2: GenAI's Text2ImagePipeline with TorchGenerator,
-    Euler, the same prompt, size and steps, >= 30 dB from sd-ov's own picture; the folder holds
+    Euler, the same prompt, size and steps, >= 45 dB (f32) from sd-ov's own picture; the folder holds
     GenAI's layout and no torch weights."""
     from sd_ov.tools.genai import export_genai
     from sd_ov.tools.genai_source import source_from_checkpoint
@@ -115,7 +120,7 @@ def test_genai_makes_sd_ovs_picture_from_the_exported_folder(checkpoint, cache_r
         assert made.shape == ours.shape == (SIZE, SIZE, 3)
         db = metrics.psnr(made, ours)
         print(f"clip skip {skip}: GenAI vs sd-ov {db:.1f} dB")
-        assert db >= 30, (skip, db)
+        assert db >= SAME_PICTURE_DB, (skip, db)
         assert made.std() > 1, "a picture, not a flat colour"
 
 
@@ -151,7 +156,8 @@ def test_an_interrupted_export_leaves_nothing_and_a_second_replaces_the_first_wh
 def test_an_int8_tome_recipe_is_exported_as_optimize_made_it(checkpoint, cache_root, tmp_path):
     """A recipe Optimize made (INT8 weights + token merging 0.5): its own IR goes into the folder
     (INT8 weights, no FP32 copy: the UNet's file is a third of the FP32 one), and GenAI's picture is
-    >= 30 dB from sd-ov's of the same recipe."""
+    >= 35 dB from sd-ov's of the same recipe (40-41 dB here: the same IR, compiled by GenAI with
+    its own properties, where the FP32 recipe's pictures agree to 68 dB)."""
     from sd_ov.graphs.ldm_unet import load_unet_from_checkpoint
     from sd_ov.optimize.run import optimize
     from sd_ov.serve.engine import file_hash
@@ -176,12 +182,12 @@ def test_an_int8_tome_recipe_is_exported_as_optimize_made_it(checkpoint, cache_r
     ours = sd_ov_picture(source, "a lighthouse at dusk", seed=7, steps=4, cfg=7.0)
     db = metrics.psnr(made, ours)
     print(f"INT8 ToMe0.5: GenAI vs sd-ov {db:.1f} dB")
-    assert db >= 30, db
+    assert db >= 35, db
 
 
 def test_image_to_image_from_the_folder_makes_sd_ovs_picture(checkpoint, cache_root, tmp_path):
     """GenAI's Image2ImagePipeline on the folder (the VAE encoder's posterior, sampled by GenAI):
-    >= 30 dB from sd-ov's img2img of the same picture, strength and noise (the posterior's draw
+    >= 45 dB (f32) from sd-ov's img2img of the same picture, strength and noise (the posterior's draw
     first, then the noise, as GenAI draws them from its generator)."""
     import openvino as ov
 
@@ -200,7 +206,7 @@ def test_image_to_image_from_the_folder_makes_sd_ovs_picture(checkpoint, cache_r
     picture = np.zeros((1, SIZE, SIZE, 3), np.uint8)
     picture[:, 16:48, 8:56] = gen.integers(0, 255, (1, 32, 48, 3), dtype=np.uint8)
     steps, strength, seed, cfg = 10, 0.6, 11, 7.0
-    pipe = genai.Image2ImagePipeline(str(out), "CPU")
+    pipe = genai.Image2ImagePipeline(str(out), "CPU", **F32)
     made = pipe.generate(
         "a house",
         image=ov.Tensor(picture),
@@ -240,4 +246,80 @@ def test_image_to_image_from_the_folder_makes_sd_ovs_picture(checkpoint, cache_r
     ours = ((decoded / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
     db = metrics.psnr(made, ours)
     print(f"Image2Image: GenAI vs sd-ov {db:.1f} dB")
-    assert db >= 30, db
+    assert db >= SAME_PICTURE_DB, db
+
+
+def test_an_inpainting_checkpoint_is_genais_inpainting_folder(checkpoint, tmp_path):
+    """A 9-channel SD1 UNet (latent, mask, the masked picture's latent: ldm's c_concat) exported as
+    StableDiffusionInpaintPipeline: GenAI's InpaintingPipeline at strength 1 makes sd-ov's
+    inpainting picture (the noise first, then the masked picture's posterior draw, as GenAI draws
+    them) to >= 45 dB (f32)."""
+    import openvino as ov
+    from safetensors.torch import load_file, save_file
+
+    from sd_ov.graphs.ldm_unet import build_unet
+    from sd_ov.runtime.vae import OVVae
+    from sd_ov.serve import engine
+    from sd_ov.tools.genai import PromptHidden, export_genai
+    from sd_ov.tools.genai_source import source_from_checkpoint
+
+    path, clip, tokenizer = checkpoint
+    config = dict(TINY_SD1, in_channels=9)
+    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith("model.diffusion_model.")}
+    state |= {f"model.diffusion_model.{k}": v for k, v in build_unet(config, seed=1).state_dict().items()}
+    inpaint_path = tmp_path / "tiny-sd1-inpainting.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, inpaint_path)
+    source = source_from_checkpoint(
+        inpaint_path, tmp_path / "cache", tokenizer, unet_config=config, text_config=clip.config
+    )
+    out = export_genai(source, tmp_path / "genai-inpaint")
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionInpaintPipeline"
+
+    picture = np.random.default_rng(4).integers(0, 255, (1, SIZE, SIZE, 3), dtype=np.uint8)
+    mask = np.zeros((1, SIZE, SIZE, 1), np.uint8)
+    mask[:, 16:48, 32:] = 255  # on the latent grid: every resize of it agrees
+    prompt, steps, seed, cfg = "a window", 4, 21, 7.0
+    made = genai.InpaintingPipeline(str(out), "CPU", **F32).generate(
+        prompt,
+        image=ov.Tensor(picture),
+        mask_image=ov.Tensor(mask),
+        width=SIZE,
+        height=SIZE,
+        strength=1.0,
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        generator=genai.TorchGenerator(seed),
+    )
+    made = np.asarray(made.data)[0]
+
+    gen = torch.Generator().manual_seed(seed)
+    side = SIZE // 2
+    noise = torch.randn(1, 4, side, side, generator=gen)
+    vae = OVVae(source.vae_entry)
+    image = torch.from_numpy(picture).permute(0, 3, 1, 2).float() / 255 * 2 - 1
+    full_mask = torch.from_numpy(mask).permute(0, 3, 1, 2).float() / 255
+    mean, logvar = vae.encode(image * (full_mask < 0.5)).chunk(2, dim=1)
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    masked_latent = (mean + std * torch.randn(mean.shape, generator=gen)) * source.vae_scale
+    c_concat = torch.cat([full_mask[:, :, ::2, ::2], masked_latent], dim=1).repeat(2, 1, 1, 1)
+    unet = engine.open_unet(source.unet_entry)
+
+    def encode(text: str) -> torch.Tensor:
+        ids = tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            return PromptHidden(source.text_encoder, 1)(ids.input_ids)
+
+    latent = sample_euler(
+        lambda x, t, c: unet(torch.cat([x, c_concat], dim=1), t, c),
+        noise,
+        encode(prompt),
+        encode(""),
+        steps=steps,
+        cfg_scale=cfg,
+    ).latent
+    decoded = vae.decode(latent / source.vae_scale)
+    ours = ((decoded / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    db = metrics.psnr(made, ours)
+    print(f"Inpainting: GenAI vs sd-ov {db:.1f} dB")
+    assert db >= SAME_PICTURE_DB, db
