@@ -85,6 +85,9 @@ class ExportGenAIBody(ForbidExtra):
     folder: str | None = Field(
         None, description="where to write (default: models/OpenVINO-GenAI/<checkpoint>-<recipe>)"
     )
+    loras: str | None = Field(
+        None, description="LoRAs to bake in, as in a prompt: '<lora:name:0.8> <lora:other:1:0.5>'"
+    )
 
 
 class ExportGenAIResponse(BaseModel):
@@ -158,7 +161,7 @@ def recipes_route() -> RecipesResponse:
 def export_genai_route(body: ExportGenAIBody) -> ExportGenAIResponse:
     try:
         entry = loaded_checkpoint_entry(body.recipe)
-        folder, size = export_recipe(entry, body.clip_skip, body.folder)
+        folder, size = export_recipe(entry, body.clip_skip, body.folder, loras=body.loras)
     except (UnsupportedModelError, SdOvError) as err:
         if isinstance(err, Cancelled):
             raise HTTPException(

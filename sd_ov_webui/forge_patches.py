@@ -41,19 +41,20 @@ def inside_patches(patcher) -> list[str]:
     return found
 
 
-def forge_lora(patcher) -> UNetLora:
+def forge_lora(patcher, prefix: str = UNET_KEY) -> UNetLora:
     """Forge's LoRA patches (`UnetPatcher.lora_patches`: per LoRA file, `diffusion_model.<layer>.weight`
     → `[strength, ("lora", (up, down, alpha, mid, dora_scale)), strength_model, offset, function]`,
     which `backend/patcher/lora.py` merges as `weight += strength * alpha / rank * up @ down`) as
-    the OpenVINO branch's low-rank updates; a patch of another kind makes the job torch's, with why."""
+    the OpenVINO branch's low-rank updates; a patch of another kind makes the job torch's, with why.
+    `prefix`: whose layers (the UNet's; "clip_l.transformer." for the CLIP patcher's CLIP-L)."""
     parts, names = [], []
     for (filename, strength, *_), patches in getattr(patcher, "lora_patches", {}).items():
         label = f"{Path(str(filename)).stem}:{float(strength):g}"
         layers: list[dict[str, LoraLayer]] = []
         for key, entries in patches.items():
-            if not (key.startswith(UNET_KEY) and key.endswith(".weight")):
+            if not (key.startswith(prefix) and key.endswith(".weight")):
                 continue
-            path = key[len(UNET_KEY) : -len(".weight")]
+            path = key[len(prefix) : -len(".weight")]
             for strength_patch, value, strength_model, offset, function in entries:
                 why = forge_patch_refusal(value, strength_model, offset, function)
                 if why:

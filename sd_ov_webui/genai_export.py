@@ -11,6 +11,7 @@ a LoRA merged into the webui's live weights never leaks into the folder.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from modules import paths, shared
@@ -18,6 +19,7 @@ from modules import paths, shared
 from sd_ov import SdOvError, cache, export_genai, source_from_checkpoint
 
 from .checkpoints import checkpoint_identity
+from .genai_lora import baked_loras
 from .progress import cancellable_progress
 from .settings import cache_root
 
@@ -89,10 +91,15 @@ def genai_folder(checkpoint_name: str, recipe_name: str) -> Path:
 
 
 def export_recipe(
-    entry: cache.CacheEntry, clip_skip: int | None = None, folder: str | None = None, progress=None
+    entry: cache.CacheEntry,
+    clip_skip: int | None = None,
+    folder: str | None = None,
+    progress=None,
+    loras: str | None = None,
 ):
-    """Export `entry` (a recipe of the loaded checkpoint, or its plain entry) for GenAI; returns
-    (folder, bytes on disk)."""
+    """Export `entry` (a recipe of the loaded checkpoint, or its plain entry) for GenAI, with the
+    LoRAs of `loras` (`<lora:name:weight>`, as in a prompt) baked in; returns (folder, bytes on
+    disk)."""
     model = shared.sd_model
     info = getattr(model, "sd_checkpoint_info", None)
     if info is None or entry.manifest.checkpoint_name != info.model_name:
@@ -116,7 +123,10 @@ def export_recipe(
         prediction_type=host_prediction_type(model),
         progress=progress or cancellable_progress,
     )
-    out = export_genai(source, folder or genai_folder(name, recipe.name()), progress or cancellable_progress)
+    lora = baked_loras(model, loras)
+    source = replace(source, lora=lora)
+    default = genai_folder(name, "-".join([recipe.name(), *(n.replace(":", "-") for n in lora.names)]))
+    out = export_genai(source, folder or default, progress or cancellable_progress)
     return out, sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 
 

@@ -122,11 +122,13 @@ class UNetLora:
     why_not: str | None = None
 
 
-def unet_lora(unet: torch.nn.Module) -> UNetLora:
+def unet_lora(unet: torch.nn.Module, multiplier: str = "unet_multiplier") -> UNetLora:
+    """The loaded networks' low-rank updates of `unet`'s layers (by path in it); `multiplier`:
+    which weight applies ("te_multiplier" for a text encoder)."""
     paths: dict[int, str] | None = None
     parts, names = [], []
     for net in loaded_networks():
-        weight = float(getattr(net, "unet_multiplier", 1.0) or 0)
+        weight = float(getattr(net, multiplier, 1.0) or 0)
         if weight == 0:
             continue
         if paths is None:

@@ -75,8 +75,9 @@ def delete_entry(choice: str) -> str:
     return said + "</p>"
 
 
-def export_choice(choice: str, progress_bar=None) -> str:
-    """The chosen entry as a folder for OpenVINO GenAI (genai_export.py), with the webui's progress."""
+def export_choice(choice: str, progress_bar=None, loras: str = "") -> str:
+    """The chosen entry as a folder for OpenVINO GenAI (genai_export.py), with the webui's progress
+    and `loras` (`<lora:name:weight>`) baked in."""
     folder = str(choice or "").rsplit("|", 1)[-1].strip()
     matches = [e for e in recipe_entries(cache_root()) if entry_folder(e) == folder]
     if not matches:
@@ -85,7 +86,7 @@ def export_choice(choice: str, progress_bar=None) -> str:
     progress = with_progress_bar(progress_bar)
 
     try:
-        out, size = export_recipe(matches[0], progress=progress)
+        out, size = export_recipe(matches[0], progress=progress, loras=loras)
     except Cancelled:
         return "<p>Export cancelled: nothing was written.</p>"
     except SdOvError as err:
@@ -174,6 +175,11 @@ def on_ui_tabs():
             refresh = gr.Button(value="Refresh", elem_id="sd_ov_refresh_entries")
             delete = gr.Button(value="Delete", elem_id="sd_ov_delete")
             export = gr.Button(value="Export for OpenVINO GenAI", elem_id="sd_ov_export_genai")
+        export_loras = gr.Textbox(
+            label="LoRAs to bake into the GenAI export",
+            placeholder="<lora:name:0.8> (as in a prompt; empty: none)",
+            elem_id="sd_ov_export_loras",
+        )
         fields = list(components)
 
         def optimize_click(*values, progress=gr.Progress()):
@@ -197,8 +203,10 @@ def on_ui_tabs():
             outputs=[result, entries, chosen],
         )
         export.click(
-            fn=lambda choice, progress=gr.Progress(): export_choice(choice, progress_bar=progress),
-            inputs=[chosen],
+            fn=lambda choice, loras, progress=gr.Progress(): export_choice(
+                choice, progress_bar=progress, loras=loras
+            ),
+            inputs=[chosen, export_loras],
             outputs=[result],
         )
     return [(tab, "OpenVINO", "sd_ov_tab")]

@@ -23,7 +23,7 @@ a recipe changed (pruned widths).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,6 +174,11 @@ def _kxk_low(x: ov.Output, down: ov.Output, conv: ov.Node, kernel: tuple[int, in
 def _branch(node: ov.Node, slot: BranchSlot) -> tuple[ov.Output, list[ov.Node]]:
     down, down_assign = _variable(slot.down_id, [-1, slot.channels])
     up, up_assign = _variable(slot.up_id, [slot.out_features, -1])
+    return low_rank_delta(node, slot, down, up), [down_assign, up_assign]
+
+
+def low_rank_delta(node: ov.Node, slot: BranchSlot, down: ov.Node, up: ov.Node) -> ov.Output:
+    """The layer's low-rank update `up @ (down @ x)` of its input, shaped as its output."""
     x = _activation(node)
     if slot.kind == "linear":  # x [..., in]
         low = ops.matmul(x, down, False, True)
@@ -186,7 +191,31 @@ def _branch(node: ov.Node, slot: BranchSlot) -> tuple[ov.Output, list[ov.Node]]:
         delta = ops.reshape(
             ops.matmul(up, low, False, False), ops.shape_of(node.output(0)), special_zero=False
         )
-    return delta.output(0), [down_assign, up_assign]
+    return delta.output(0)
+
+
+def adaptable_layers(model: ov.Model) -> Iterator[tuple[ov.Node, BranchSlot]]:
+    """Each Linear's and Conv2d's node with its slot, once per layer path."""
+    seen: set[str] = set()
+    for node in model.get_ordered_ops():
+        if node.get_type_name() not in ("MatMul", "Convolution"):
+            continue
+        layer = layer_path(node.get_friendly_name())
+        if layer is None or layer in seen:
+            continue
+        slot = _slot_for(node, layer)
+        if slot is not None:
+            seen.add(layer)
+            yield node, slot
+
+
+def add_after(node: ov.Node, targets: list, delta: ov.Output) -> None:
+    """`node`'s output plus `delta` into `targets` (its consumers before the branch was made:
+    the branch reads the output's shape itself)."""
+    total = ops.add(node.output(0), delta)
+    total.set_friendly_name(f"{node.get_friendly_name()}/lora")
+    for target in targets:
+        target.replace_source_output(total.output(0))
 
 
 def add_lora_branches(model: ov.Model) -> dict[str, BranchSlot]:
@@ -194,21 +223,10 @@ def add_lora_branches(model: ov.Model) -> dict[str, BranchSlot]:
     slots by layer path. A grouped convolution is a GroupConvolution node: left as it is."""
     slots: dict[str, BranchSlot] = {}
     sinks: list[ov.Node] = []
-    for node in model.get_ordered_ops():
-        if node.get_type_name() not in ("MatMul", "Convolution"):
-            continue
-        layer = layer_path(node.get_friendly_name())
-        if layer is None or layer in slots:
-            continue
-        slot = _slot_for(node, layer)
-        if slot is None:
-            continue
+    for node, slot in list(adaptable_layers(model)):
         targets = list(node.output(0).get_target_inputs())
         delta, assigns = _branch(node, slot)
-        total = ops.add(node.output(0), delta)
-        total.set_friendly_name(f"{node.get_friendly_name()}/lora")
-        for target in targets:
-            target.replace_source_output(total.output(0))
+        add_after(node, targets, delta)
         slots[slot.layer] = slot
         sinks.extend(assigns)
     if sinks:

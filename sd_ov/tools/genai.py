@@ -38,6 +38,7 @@ from ..graphs.export import check_disk_space, save_ir
 from ..progress import ProgressFn, silent
 from ..store import fs
 from ..store.cache import CacheEntry
+from .genai_lora import BakedLora, merged
 from .genai_text import (
     MODEL_XML,
     EveryOutput,
@@ -86,6 +87,7 @@ class GenAISource:
     notes: list[str] = field(default_factory=list)
     text_encoder_2: torch.nn.Module | None = None
     prediction_type: str = "epsilon"
+    lora: BakedLora = field(default_factory=BakedLora)
 
     @property
     def is_sdxl(self) -> bool:
@@ -101,6 +103,11 @@ def refusal(source: GenAISource) -> str | None:
         return "a UNet with a vector conditioning and no SDXL text encoders (unCLIP?) has no GenAI layout"
     if manifest.unet.in_channels not in (4, INPAINT_CHANNELS):
         return f"a {manifest.unet.in_channels}-channel UNet (an edit model?) has no GenAI pipeline"
+    if source.lora.text_encoder and source.is_sdxl:
+        return (
+            "a LoRA that changes SDXL's text encoders is not baked into the folder yet: set its text "
+            "encoder weight to 0 (`<lora:name:unet_weight:0>`) or export without it"
+        )
     if source.is_sdxl and source.clip_skip != 1:
         return (
             "SDXL's folder reads the penultimate layers (GenAI's SDXL pipeline, the webui's default): "
@@ -157,7 +164,7 @@ def _renamed(model: ov.Model, inputs: dict[str, str], output: str) -> ov.Model:
 
 
 def _write_unet(source: GenAISource, folder: Path) -> None:
-    write_unet(source.unet_entry, folder)
+    write_unet(source.unet_entry, folder, source.lora.unet)
 
 
 def _write_vae(source: GenAISource, folder: Path) -> None:
@@ -184,8 +191,10 @@ def _write_vae(source: GenAISource, folder: Path) -> None:
 
 def _write_text(source: GenAISource, folder: Path) -> None:
     if source.text_encoder_2 is None:
-        module = PromptHidden(source.text_encoder, source.clip_skip)
-        write_text_encoder(module, source.text_encoder, folder / "text_encoder", "CLIPTextModel")
+        clip = merged(source.text_encoder, source.lora.text_encoder)
+        write_text_encoder(
+            PromptHidden(clip, source.clip_skip), clip, folder / "text_encoder", "CLIPTextModel"
+        )
         return
     write_text_encoder(
         EveryOutput(source.text_encoder), source.text_encoder, folder / "text_encoder", "CLIPTextModel"
@@ -219,7 +228,11 @@ def _write_index(source: GenAISource, folder: Path) -> None:
     index: dict[str, Any] = {
         "_class_name": pipeline_class(source),
         "_diffusers_version": "0.30.3",
-        "_sd_ov": {"recipe": source.unet_entry.manifest.recipe.label(), "clip_skip": source.clip_skip},
+        "_sd_ov": {
+            "recipe": source.unet_entry.manifest.recipe.label(),
+            "clip_skip": source.clip_skip,
+            "loras": source.lora.names,
+        },
         "scheduler": ["diffusers", "EulerDiscreteScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],

@@ -14,6 +14,7 @@ width, ...): the same for a square picture.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from ..graphs.export import save_ir
+from ..graphs.lora_bake import bake_lora
+from ..graphs.lora_branch import LoraLayer
 from ..store.cache import CacheEntry
 from .genai_text import MODEL_XML, write_json
 
@@ -59,10 +62,12 @@ def with_text_time_inputs(model: ov.Model, pooled_width: int) -> ov.Model:
     return model
 
 
-def write_unet(entry: CacheEntry, folder: Path) -> None:
+def write_unet(entry: CacheEntry, folder: Path, lora: Mapping[str, LoraLayer] | None = None) -> None:
     """The entry's IR as GenAI's `unet/` (SD1.x/SD2: sample, timestep, encoder_hidden_states;
-    SDXL adds text_embeds and time_ids), with the config GenAI reads."""
+    SDXL adds text_embeds and time_ids), with the config GenAI reads; `lora` baked in."""
     model = ov.Core().read_model(str(entry.ir_path()))
+    if lora:
+        bake_lora(model, lora)
     spec = entry.manifest.unet
     if spec.adm_channels:
         model = with_text_time_inputs(model, spec.adm_channels - SIZE_NUMBERS * SIZE_EMBED)

@@ -10,6 +10,7 @@ the exported folder, not picture quality. Skipped where openvino-genai is not in
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +61,11 @@ def cache_root(tmp_path_factory):
     return tmp_path_factory.mktemp("genai-cache")
 
 
-def sd_ov_picture(source, prompt: str, seed: int, steps: int, cfg: float) -> np.ndarray:
+def sd_ov_picture(source, prompt: str, seed: int, steps: int, cfg: float, lora=None) -> np.ndarray:
     """sd-ov's own picture of the source's recipe: the engine's Euler sampler (the webui's
     schedule) with the recipe's OpenVINO UNet, the prompt encoded by the same CLIP at the same
-    clip skip, decoded by the recipe's OpenVINO VAE; GenAI's noise (torch's generator)."""
+    clip skip, decoded by the recipe's OpenVINO VAE; GenAI's noise (torch's generator). `lora`:
+    UNet LoRA layers served by the OpenVINO UNet's LoRA branch, as in a webui job."""
     from sd_ov.runtime.vae import OVVae
     from sd_ov.serve import engine
     from sd_ov.tools.genai import PromptHidden
@@ -77,7 +79,9 @@ def sd_ov_picture(source, prompt: str, seed: int, steps: int, cfg: float) -> np.
 
     latent_side = SIZE // 2
     noise = torch.randn(1, 4, latent_side, latent_side, generator=torch.Generator().manual_seed(seed))
-    unet = engine.open_unet(source.unet_entry)
+    unet = engine.open_unet(source.unet_entry, lora=bool(lora))
+    if lora:
+        unet.set_lora(lora)
     latent = sample_euler(unet, noise, encode(prompt), encode(""), steps=steps, cfg_scale=cfg).latent
     decoded = OVVae(source.vae_entry).decode(latent / source.vae_scale)
     pixels = ((decoded / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
@@ -323,3 +327,53 @@ def test_an_inpainting_checkpoint_is_genais_inpainting_folder(checkpoint, tmp_pa
     db = metrics.psnr(made, ours)
     print(f"Inpainting: GenAI vs sd-ov {db:.1f} dB")
     assert db >= SAME_PICTURE_DB, db
+
+
+def test_a_lora_is_baked_into_the_folder_at_its_weight(checkpoint, cache_root, tmp_path):
+    """A LoRA on the UNet (attention Linears, a 1x1 and a 3x3 convolution) and on the text
+    encoder, baked into the folder: GenAI's picture >= 45 dB (f32) from sd-ov's with the same
+    LoRA served by its OpenVINO LoRA branch and the text encoder's merged weights, and far from
+    the picture without it; the UNet's file grows by the branches only, and the index names it."""
+    from sd_ov.graphs.ldm_unet import build_unet
+    from sd_ov.graphs.lora_branch import LoraLayer
+    from sd_ov.tools.genai import export_genai
+    from sd_ov.tools.genai_lora import BakedLora, merged
+    from sd_ov.tools.genai_source import source_from_checkpoint
+
+    path, clip, tokenizer = checkpoint
+    plain = source_from_checkpoint(path, cache_root, tokenizer, unet_config=TINY_SD1, text_config=clip.config)
+    torch_unet = build_unet(TINY_SD1, seed=0)
+    gen = np.random.default_rng(8)
+
+    def low_rank(module: torch.nn.Module, rank: int = 4) -> LoraLayer:
+        w = module.weight
+        fan_in = w[0].numel()
+        down = gen.normal(0, 1 / fan_in**0.5, (rank, fan_in)).astype(np.float32)
+        up = gen.normal(0, 0.5 / rank**0.5, (w.shape[0], rank)).astype(np.float32)
+        return LoraLayer(down, up)  # a conv's down flattened: [rank, in * kh * kw]
+
+    modules = dict(torch_unet.named_modules())
+    picked = [n for n, m in modules.items() if n.endswith(("attn2.to_k", "attn1.to_q", "proj_in"))]
+    picked += [n for n, m in modules.items() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)][
+        :2
+    ]
+    unet_layers = {name: low_rank(modules[name]) for name in picked}
+    te_layers = {
+        "text_model.encoder.layers.1.self_attn.q_proj": low_rank(
+            clip.text_model.encoder.layers[1].self_attn.q_proj
+        )
+    }
+    source = replace(plain, lora=BakedLora(unet_layers, te_layers, ["tiny-lora:0.8"]))
+    out = export_genai(source, tmp_path / "genai-lora")
+    assert json.loads((out / "model_index.json").read_text())["_sd_ov"]["loras"] == ["tiny-lora:0.8"]
+    base_bytes = sum(p.stat().st_size for p in plain.unet_entry.path.glob("*.bin"))
+    assert (out / "unet" / "openvino_model.bin").stat().st_size < base_bytes * 1.1
+
+    prompt, seed, steps, cfg = "a red fox in the snow", 3, 4, 7.0
+    made = genai_picture(out, prompt, seed=seed, steps=steps, cfg=cfg)
+    served = replace(plain, text_encoder=merged(plain.text_encoder, te_layers))
+    ours = sd_ov_picture(served, prompt, seed=seed, steps=steps, cfg=cfg, lora=unet_layers)
+    without = sd_ov_picture(plain, prompt, seed=seed, steps=steps, cfg=cfg)
+    db, apart = metrics.psnr(made, ours), metrics.psnr(made, without)
+    print(f"LoRA baked: GenAI vs sd-ov {db:.1f} dB (vs no LoRA {apart:.1f} dB)")
+    assert db >= SAME_PICTURE_DB and apart < 30, (db, apart)

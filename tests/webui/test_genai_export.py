@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ..conftest import tiny_tokenizer
 from .harness import add_vae_and_text_encoder, txt2img
+from .test_lora import lora_ext  # noqa: F401 - the Lora extension stand-in (a fresh one per test)
 
 genai = pytest.importorskip("openvino_genai", reason="openvino-genai is not installed")
 pytest.importorskip("openvino_tokenizers", reason="openvino-tokenizers is not installed")
@@ -50,6 +52,7 @@ def test_the_api_exports_the_loaded_checkpoint_and_genai_runs_it(api, webui, mon
     assert json.loads(Path(folder, "model_index.json").read_text())["_sd_ov"] == {
         "recipe": "FP32",
         "clip_skip": 2,
+        "loras": [],
     }
     pipe = genai.Text2ImagePipeline(folder, "CPU")
     image = pipe.generate(
@@ -128,3 +131,44 @@ def test_the_tokenizer_and_clip_config_are_found_in_each_hosts_model(webui, tmp_
     assert predicts(forge) == "v_prediction"
     with pytest.raises(SdOvError, match="edm"):
         predicts(NS(forge_objects=NS(unet=NS(model=NS(predictor=NS(prediction_type="edm"))))))
+
+
+HADA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+
+
+def test_the_api_bakes_the_loras_it_names(api, webui, lora_ext, tiny_unet):  # noqa: F811 - imported fixture
+    """`loras` as in a prompt: loaded by the Lora extension's own load_networks (its weights and
+    scale), baked into the folder's UNet as one branch per layer; a missing LoRA or a kind the
+    branch can't take (LoHa) is a 422 naming it, and nothing is written."""
+    import openvino as ov
+
+    from .test_lora import LAYERS, _weights, lora_network
+
+    networks = lora_ext.networks
+    networks.available_networks["style"] = lora_network(lora_ext, webui, tiny_unet, "style", seed=1)
+    txt2img(webui)
+    missing = api.post("/sd-ov/v1/export-genai", json={"loras": "<lora:style:0.8> <lora:nope:1>"})
+    assert missing.status_code == 422 and "LoRA not found: nope" in missing.json()["detail"]
+    assert api.post("/sd-ov/v1/export-genai", json={"loras": "<lora:style:x>"}).status_code == 422
+    answer = api.post("/sd-ov/v1/export-genai", json={"loras": "<lora:style:0.8>"})
+    assert answer.status_code == 200, answer.text
+    folder = Path(answer.json()["folder"])
+    assert folder.name.endswith("-fp32-style-0.8"), folder
+    assert json.loads((folder / "model_index.json").read_text())["_sd_ov"]["loras"] == ["style:0.8"]
+    graph = ov.Core().read_model(str(folder / "unet" / "openvino_model.xml"))
+    branches = [n for n in graph.get_ops() if n.get_friendly_name().endswith("/lora")]
+    assert len(branches) == len(LAYERS) and networks.loaded_networks[0].unet_multiplier == 0.8
+
+    path = LAYERS[0]
+    layer = dict(webui.shared.sd_model.model.diffusion_model.named_modules())[path]
+    out_f, in_f = dict(tiny_unet.named_modules())[path].weight.shape
+    w = {k: torch.randn(out_f if k.endswith("a") else 2, 2 if k.endswith("a") else in_f) for k in HADA}
+    loha = lora_ext.network.Network("loha")
+    weights = _weights(lora_ext, path, layer, w)
+    loha.modules[weights.network_key] = lora_ext.network_hada.NetworkModuleHada(loha, weights)
+    networks.available_networks["loha"] = loha
+    refused = api.post(
+        "/sd-ov/v1/export-genai", json={"loras": "<lora:loha:1>", "folder": str(folder) + "-h"}
+    )
+    assert refused.status_code == 422 and "LoHa" in refused.json()["detail"]
+    assert not Path(str(folder) + "-h").exists()

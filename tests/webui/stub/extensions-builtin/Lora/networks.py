@@ -11,6 +11,21 @@ from __future__ import annotations
 import torch
 
 loaded_networks = []
+available_networks = {}  # name -> the stand-in's Network (the real one's: NetworkOnDisk of models/Lora)
+
+
+def load_networks(names, te_multipliers=None, unet_multipliers=None, dyn_dims=None):
+    """The extension's entry point (real signature): the named networks become the loaded ones
+    with their weights; a name with no file is left out (the real one logs "Networks not found")."""
+    loaded_networks.clear()
+    for i, name in enumerate(names):
+        net = available_networks.get(name)
+        if net is None:
+            continue
+        net.te_multiplier = te_multipliers[i] if te_multipliers else 1.0
+        net.unet_multiplier = unet_multipliers[i] if unet_multipliers else 1.0
+        net.dyn_dim = dyn_dims[i] if dyn_dims else None
+        loaded_networks.append(net)
 
 
 class originals:  # noqa: N801 - the extension's own holder of the torch forwards it replaces
