@@ -88,12 +88,17 @@ class ExportGenAIBody(ForbidExtra):
     loras: str | None = Field(
         None, description="LoRAs to bake in, as in a prompt: '<lora:name:0.8> <lora:other:1:0.5>'"
     )
+    sampler: str | None = Field(
+        None,
+        description="the webui sampler GenAI's scheduler reproduces: Euler (default), Euler a, DDIM, LCM",
+    )
 
 
 class ExportGenAIResponse(BaseModel):
     folder: str
     recipe: str
     disk_bytes: int
+    notes: list[str] = []  # e.g. a sampler GenAI has no scheduler for
 
 
 class RecipesResponse(BaseModel):
@@ -161,7 +166,9 @@ def recipes_route() -> RecipesResponse:
 def export_genai_route(body: ExportGenAIBody) -> ExportGenAIResponse:
     try:
         entry = loaded_checkpoint_entry(body.recipe)
-        folder, size = export_recipe(entry, body.clip_skip, body.folder, loras=body.loras)
+        folder, size, notes = export_recipe(
+            entry, body.clip_skip, body.folder, loras=body.loras, sampler=body.sampler
+        )
     except (UnsupportedModelError, SdOvError) as err:
         if isinstance(err, Cancelled):
             raise HTTPException(
@@ -173,7 +180,9 @@ def export_genai_route(body: ExportGenAIBody) -> ExportGenAIResponse:
         raise HTTPException(
             status_code=500, detail=f"the GenAI export failed: {type(err).__name__}: {err}"
         ) from err
-    return ExportGenAIResponse(folder=str(folder), recipe=entry.manifest.recipe.label(), disk_bytes=size)
+    return ExportGenAIResponse(
+        folder=str(folder), recipe=entry.manifest.recipe.label(), disk_bytes=size, notes=notes
+    )
 
 
 def on_app_started(_demo, app) -> None:

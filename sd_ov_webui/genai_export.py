@@ -96,10 +96,11 @@ def export_recipe(
     folder: str | None = None,
     progress=None,
     loras: str | None = None,
+    sampler: str | None = None,
 ):
     """Export `entry` (a recipe of the loaded checkpoint, or its plain entry) for GenAI, with the
     LoRAs of `loras` (`<lora:name:weight>`, as in a prompt) baked in; returns (folder, bytes on
-    disk)."""
+    disk, notes: where GenAI's scheduler is not the webui's `sampler`)."""
     model = shared.sd_model
     info = getattr(model, "sd_checkpoint_info", None)
     if info is None or entry.manifest.checkpoint_name != info.model_name:
@@ -124,10 +125,10 @@ def export_recipe(
         progress=progress or cancellable_progress,
     )
     lora = baked_loras(model, loras)
-    source = replace(source, lora=lora)
+    source = replace(source, lora=lora, sampler=sampler or "Euler")
     default = genai_folder(name, "-".join([recipe.name(), *(n.replace(":", "-") for n in lora.names)]))
     out = export_genai(source, folder or default, progress or cancellable_progress)
-    return out, sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return out, sum(p.stat().st_size for p in out.rglob("*") if p.is_file()), source.notes
 
 
 def loaded_checkpoint_entry(label: str | None) -> cache.CacheEntry:

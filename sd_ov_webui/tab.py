@@ -23,6 +23,7 @@ from sd_ov import (
     recipe_entries,
     report,
 )
+from sd_ov.tools.genai_scheduler import SAMPLERS
 
 from .genai_export import export_recipe
 from .optimize_job import run_optimize
@@ -75,7 +76,7 @@ def delete_entry(choice: str) -> str:
     return said + "</p>"
 
 
-def export_choice(choice: str, progress_bar=None, loras: str = "") -> str:
+def export_choice(choice: str, progress_bar=None, loras: str = "", sampler: str = "Euler") -> str:
     """The chosen entry as a folder for OpenVINO GenAI (genai_export.py), with the webui's progress
     and `loras` (`<lora:name:weight>`) baked in."""
     folder = str(choice or "").rsplit("|", 1)[-1].strip()
@@ -86,7 +87,7 @@ def export_choice(choice: str, progress_bar=None, loras: str = "") -> str:
     progress = with_progress_bar(progress_bar)
 
     try:
-        out, size = export_recipe(matches[0], progress=progress, loras=loras)
+        out, size, notes = export_recipe(matches[0], progress=progress, loras=loras, sampler=sampler)
     except Cancelled:
         return "<p>Export cancelled: nothing was written.</p>"
     except SdOvError as err:
@@ -98,6 +99,7 @@ def export_choice(choice: str, progress_bar=None, loras: str = "") -> str:
         f"<p>Written for OpenVINO GenAI: <code>{html.escape(str(out))}</code> ({size / 2**30:.2f} GiB). "
         'Run it with <code>openvino_genai.Text2ImagePipeline(folder, "CPU")</code>, or serve it with '
         'OpenVINO Model Server (README, "Outside the webui").</p>'
+        + "".join(f"<p>Note: {html.escape(n)}</p>" for n in notes)
     )
 
 
@@ -175,11 +177,18 @@ def on_ui_tabs():
             refresh = gr.Button(value="Refresh", elem_id="sd_ov_refresh_entries")
             delete = gr.Button(value="Delete", elem_id="sd_ov_delete")
             export = gr.Button(value="Export for OpenVINO GenAI", elem_id="sd_ov_export_genai")
-        export_loras = gr.Textbox(
-            label="LoRAs to bake into the GenAI export",
-            placeholder="<lora:name:0.8> (as in a prompt; empty: none)",
-            elem_id="sd_ov_export_loras",
-        )
+        with gr.Row():
+            export_loras = gr.Textbox(
+                label="LoRAs to bake into the GenAI export",
+                placeholder="<lora:name:0.8> (as in a prompt; empty: none)",
+                elem_id="sd_ov_export_loras",
+            )
+            export_sampler = gr.Dropdown(
+                choices=list(SAMPLERS),
+                value="Euler",
+                label="GenAI scheduler (as the webui's sampler)",
+                elem_id="sd_ov_export_sampler",
+            )
         fields = list(components)
 
         def optimize_click(*values, progress=gr.Progress()):
@@ -203,10 +212,10 @@ def on_ui_tabs():
             outputs=[result, entries, chosen],
         )
         export.click(
-            fn=lambda choice, loras, progress=gr.Progress(): export_choice(
-                choice, progress_bar=progress, loras=loras
+            fn=lambda choice, loras, sampler, progress=gr.Progress(): export_choice(
+                choice, progress_bar=progress, loras=loras, sampler=sampler
             ),
-            inputs=[chosen, export_loras],
+            inputs=[chosen, export_loras, export_sampler],
             outputs=[result],
         )
     return [(tab, "OpenVINO", "sd_ov_tab")]

@@ -12,6 +12,7 @@ from ..errors import SdOvError
 from ..optimize.fields import optimize_fields
 from ..optimize.form import parse_size
 from ..runtime.unet import DEFAULT_SHAPE_POLICY, PRECISIONS, SHAPE_POLICIES
+from .genai_scheduler import SAMPLERS
 
 DEFAULT_CACHE = "sd_ov_cache"
 
@@ -193,9 +194,11 @@ def _export_genai(args: argparse.Namespace) -> int:
         prediction_type=args.prediction,
         progress=console,
     )
+    source.sampler = args.sampler
     out = export_genai(source, args.out, console)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(json.dumps({"folder": str(out), "recipe": args.recipe or "FP32", "disk_bytes": size}, indent=2))
+    made = {"folder": str(out), "recipe": args.recipe or "FP32", "disk_bytes": size, "notes": source.notes}
+    print(json.dumps(made, indent=2))
     return 0
 
 
@@ -274,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--name", default=None, help="the checkpoint's name in the cache (default: file stem)")
     gen.add_argument("--config", default=None, help="UNet config (default: detected sd15/sd2/sdxl)")
+    gen.add_argument(
+        "--sampler",
+        default="Euler",
+        help=f"the webui sampler GenAI's scheduler reproduces: {', '.join(SAMPLERS)} (others: Euler, said)",
+    )
     gen.add_argument(
         "--prediction",
         choices=("epsilon", "v_prediction"),

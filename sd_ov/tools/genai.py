@@ -1,25 +1,21 @@
-"""A recipe that leaves the webui: the folder OpenVINO GenAI's `Text2ImagePipeline` and
-`Image2ImagePipeline` read (and OpenVINO Model Server's image generation, built on them).
+"""A recipe that leaves the webui: the folder OpenVINO GenAI's `Text2ImagePipeline`,
+`Image2ImagePipeline` and `InpaintingPipeline` read (and OpenVINO Model Server's image
+generation, built on them), for SD1.x, SD2.x (v-prediction too), SDXL base and their inpainting
+checkpoints.
 
-The layout is GenAI's (its `stable_diffusion_pipeline.hpp` and models' readers): `model_index.json`
-(`_class_name` picks the pipeline), `scheduler/scheduler_config.json`, `text_encoder/` (input
-`input_ids`, output 0 the prompt's hidden states), `tokenizer/` (`openvino_tokenizer.xml` and the
-detokenizer, made by openvino-tokenizers from the checkpoint's CLIP tokenizer), `unet/` (inputs
-`sample`, `timestep` as int64, `encoder_hidden_states`), `vae_decoder/` (`latent_sample` in,
-`sample` out; its config gives the scale factor) and `vae_encoder/` (`sample` in, the posterior's
-`latent_parameters` out, which GenAI samples itself), each with its `config.json`.
+The layout is GenAI's (its `stable_diffusion[_xl]_pipeline.hpp` and models' readers):
+`model_index.json` (`_class_name` picks the pipeline), `scheduler/` (genai_scheduler.py),
+`text_encoder[_2]/` and `tokenizer[_2]/` (genai_text.py), `unet/` (genai_unet.py),
+`vae_decoder/` (`latent_sample` in, `sample` out; its config gives the scale factor) and
+`vae_encoder/` (`sample` in, the posterior's `latent_parameters` out, which GenAI samples itself),
+each with its `config.json`.
 
 What goes in is the recipe's own: its UNet IR from the cache entry as Optimize made it (INT8
-weights, token merging: nothing re-exported, no FP32 copy beside INT8 weights), only its ports
-renamed and the timestep taken as GenAI's int64; the VAE's entry (the one the webui serves); the
-text encoder made from the checkpoint file's weights with the clip skip asked for baked in.
-
-The scheduler is GenAI's EulerDiscreteScheduler with `timestep_spacing: linspace`: the webui's
-Euler schedule (k-diffusion's evenly spaced timesteps); where the step count divides 999 evenly (4,
-10, 28, ... steps) the two are the same sigmas exactly, elsewhere GenAI rounds each timestep to
-an integer. Written to a temporary folder beside the target and moved into place whole: a cancel,
-a full disk or an error leaves nothing, and an existing folder is replaced only when the new one
-is complete. SD1.x for now (its CLIP text model); SDXL, SD2's OpenCLIP, inpainting: refused, said.
+weights, token merging: nothing re-exported, no FP32 copy beside INT8 weights), the VAE's entry
+(the one the webui serves), the text encoders made from the checkpoint file's weights, and the
+LoRAs asked for baked in (genai_lora.py). Written to a temporary folder beside the target and
+moved into place whole: a cancel, a full disk or an error leaves nothing, and an existing folder
+is replaced only when the new one is complete.
 """
 
 from __future__ import annotations
@@ -39,6 +35,7 @@ from ..progress import ProgressFn, silent
 from ..store import fs
 from ..store.cache import CacheEntry
 from .genai_lora import BakedLora, merged
+from .genai_scheduler import scheduler_config
 from .genai_text import (
     MODEL_XML,
     EveryOutput,
@@ -51,20 +48,6 @@ from .genai_text import (
 from .genai_unet import write_unet
 
 INPAINT_CHANNELS = 9
-# GenAI's Euler with the webui's evenly spaced timesteps; SD's training noise schedule.
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "EulerDiscreteScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon",
-    "timestep_spacing": "linspace",
-    "interpolation_type": "linear",
-    "final_sigmas_type": "zero",
-    "steps_offset": 1,
-    "use_karras_sigmas": False,
-}
 SD_VAE_SCALE = 0.18215
 SDXL_VAE_SCALE = 0.13025
 
@@ -88,6 +71,7 @@ class GenAISource:
     text_encoder_2: torch.nn.Module | None = None
     prediction_type: str = "epsilon"
     lora: BakedLora = field(default_factory=BakedLora)
+    sampler: str = "Euler"  # the webui's sampler the scheduler reproduces (genai_scheduler.py)
 
     @property
     def is_sdxl(self) -> bool:
@@ -221,10 +205,10 @@ def pipeline_class(source: GenAISource) -> str:
 
 
 def _write_index(source: GenAISource, folder: Path) -> None:
-    write_json(
-        folder / "scheduler" / "scheduler_config.json",
-        SCHEDULER_CONFIG | {"prediction_type": source.prediction_type},
-    )
+    scheduler, note = scheduler_config(source.sampler, source.prediction_type)
+    if note and note not in source.notes:
+        source.notes.append(note)
+    write_json(folder / "scheduler" / "scheduler_config.json", scheduler)
     index: dict[str, Any] = {
         "_class_name": pipeline_class(source),
         "_diffusers_version": "0.30.3",
@@ -232,8 +216,10 @@ def _write_index(source: GenAISource, folder: Path) -> None:
             "recipe": source.unet_entry.manifest.recipe.label(),
             "clip_skip": source.clip_skip,
             "loras": source.lora.names,
+            "sampler": source.sampler,
+            "notes": source.notes,
         },
-        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "scheduler": ["diffusers", scheduler["_class_name"]],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],

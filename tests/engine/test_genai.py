@@ -61,31 +61,38 @@ def cache_root(tmp_path_factory):
     return tmp_path_factory.mktemp("genai-cache")
 
 
+def encoded(source, text: str) -> torch.Tensor:
+    """The prompt's hidden states as the source's text encoder gives them at its clip skip."""
+    from sd_ov.tools.genai import PromptHidden
+
+    ids = source.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return PromptHidden(source.text_encoder, source.clip_skip)(ids.input_ids)
+
+
+def picture(source, latent: torch.Tensor) -> np.ndarray:
+    """The latent decoded by the source's OpenVINO VAE, as uint8 HWC."""
+    from sd_ov.runtime.vae import OVVae
+
+    decoded = OVVae(source.vae_entry).decode(latent / source.vae_scale)
+    pixels = ((decoded / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
+    return pixels[0].permute(1, 2, 0).numpy()
+
+
 def sd_ov_picture(source, prompt: str, seed: int, steps: int, cfg: float, lora=None) -> np.ndarray:
     """sd-ov's own picture of the source's recipe: the engine's Euler sampler (the webui's
     schedule) with the recipe's OpenVINO UNet, the prompt encoded by the same CLIP at the same
     clip skip, decoded by the recipe's OpenVINO VAE; GenAI's noise (torch's generator). `lora`:
     UNet LoRA layers served by the OpenVINO UNet's LoRA branch, as in a webui job."""
-    from sd_ov.runtime.vae import OVVae
     from sd_ov.serve import engine
-    from sd_ov.tools.genai import PromptHidden
-
-    def encode(text: str) -> torch.Tensor:
-        ids = source.tokenizer(
-            text, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-        )
-        with torch.no_grad():
-            return PromptHidden(source.text_encoder, source.clip_skip)(ids.input_ids)
 
     latent_side = SIZE // 2
     noise = torch.randn(1, 4, latent_side, latent_side, generator=torch.Generator().manual_seed(seed))
     unet = engine.open_unet(source.unet_entry, lora=bool(lora))
     if lora:
         unet.set_lora(lora)
-    latent = sample_euler(unet, noise, encode(prompt), encode(""), steps=steps, cfg_scale=cfg).latent
-    decoded = OVVae(source.vae_entry).decode(latent / source.vae_scale)
-    pixels = ((decoded / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
-    return pixels[0].permute(1, 2, 0).numpy()
+    cond, uncond = encoded(source, prompt), encoded(source, "")
+    return picture(source, sample_euler(unet, noise, cond, uncond, steps=steps, cfg_scale=cfg).latent)
 
 
 def genai_picture(folder: Path, prompt: str, seed: int, steps: int, cfg: float) -> np.ndarray:
@@ -377,3 +384,56 @@ def test_a_lora_is_baked_into_the_folder_at_its_weight(checkpoint, cache_root, t
     db, apart = metrics.psnr(made, ours), metrics.psnr(made, without)
     print(f"LoRA baked: GenAI vs sd-ov {db:.1f} dB (vs no LoRA {apart:.1f} dB)")
     assert db >= SAME_PICTURE_DB and apart < 30, (db, apart)
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DDIM"])
+def test_the_scheduler_reproduces_the_webuis_sampler(checkpoint, cache_root, tmp_path, sampler):
+    """GenAI's EulerAncestralDiscreteScheduler / DDIMScheduler as written for the webui's Euler a
+    (k-diffusion's: the step's noise drawn from the generator after the first noise, as the
+    webui's CPU RNG draws it) and DDIM (A1111's: timesteps 1, k+1, ..., eta 0): >= 45 dB (f32)
+    from those samplers run here on the same UNet."""
+    from sd_ov.optimize.sampling import Denoiser
+    from sd_ov.serve import engine
+    from sd_ov.tools.genai import export_genai
+    from sd_ov.tools.genai_source import source_from_checkpoint
+
+    path, clip, tokenizer = checkpoint
+    source = source_from_checkpoint(
+        path, cache_root, tokenizer, unet_config=TINY_SD1, text_config=clip.config
+    )
+    source.sampler = sampler
+    out = export_genai(source, tmp_path / "genai")
+    prompt, seed, steps, cfg = "a quiet harbour", 5, 4, 7.0
+    made = genai_picture(out, prompt, seed=seed, steps=steps, cfg=cfg)
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, SIZE // 2, SIZE // 2, generator=gen)
+    unet = engine.open_unet(source.unet_entry)
+    denoiser = Denoiser(unet, cfg)
+    cond, uncond = (encoded(source, text) for text in (prompt, ""))
+    with torch.no_grad():
+        if sampler == "Euler a":
+            sigmas = denoiser.schedule(steps)
+            x = x * sigmas[0]
+            for i in range(steps):
+                sigma, after = float(sigmas[i]), float(sigmas[i + 1])
+                d = (x - denoiser(x, sigma, cond, uncond)) / sigma
+                up = (after**2 * (sigma**2 - after**2) / sigma**2) ** 0.5
+                down = (after**2 - up**2) ** 0.5
+                x = x + d * (down - sigma) + torch.randn(x.shape, generator=gen) * up
+        else:
+            # A1111's ddim (sd_samplers_timesteps_impl): timesteps 1, k+1, ...; each step to the
+            # one below, so steps - 1 UNet calls ending at t=1 (GenAI takes one more, t=1 to 0)
+            alphas = 1 / (denoiser.train_sigmas**2 + 1)
+            timesteps = [i * (1000 // steps) + 1 for i in range(steps)]
+            for index in range(steps - 1, 0, -1):
+                t, t_prev = timesteps[index], timesteps[index - 1]
+                eps = unet(torch.cat([x, x]), torch.full((2,), float(t)), torch.cat([cond, uncond]))
+                eps = eps[1:] + cfg * (eps[:1] - eps[1:])
+                a, a_prev = alphas[t], alphas[t_prev]
+                x0 = (x - (1 - a) ** 0.5 * eps) / a**0.5
+                x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+    ours = picture(source, x)
+    db = metrics.psnr(made, ours)
+    print(f"{sampler}: GenAI vs sd-ov {db:.1f} dB")
+    assert db >= SAME_PICTURE_DB, db
