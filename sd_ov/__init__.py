@@ -7,7 +7,7 @@ Importing the package turns OpenVINO's and NNCF's telemetry off for this process
 
 The engine's parts, each a package whose docstring says what it may import (one way, upwards):
 
-    tools/     the command line, the demo and its chart
+    tools/     the command line, the demo and its chart, the OpenVINO GenAI export
     optimize/  run, calibration, compression stages, measurement, the DeepCache pair, the INT8 VAE,
                the form, the report, the sampler and metrics they use
     serve/     the engine (cache or export), the served UNet, its source, presets, the job record
@@ -108,6 +108,8 @@ _PUBLIC = {
     "GenAISource": "tools.genai",
     "export_genai": "tools.genai",
     "source_from_checkpoint": "tools.genai_source",
+    "BakedLora": "tools.genai_lora",
+    "GENAI_SAMPLERS": "tools.genai_scheduler",
 }
 # Modules used as namespaces (`cache.delete`, `ov_core.available_devices`, ...).
 _MODULES = {"cache": "store.cache", "ov_core": "runtime.ov_core", "report": "optimize.report"}

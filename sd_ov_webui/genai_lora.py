@@ -8,8 +8,7 @@ from __future__ import annotations
 import re
 import sys
 
-from sd_ov import SdOvError
-from sd_ov.tools.genai_lora import BakedLora
+from sd_ov import BakedLora, SdOvError
 
 from .forge_patches import forge_lora
 from .host import is_forge

@@ -14,6 +14,7 @@ import logging
 from modules import sd_unet, shared
 
 from sd_ov import (
+    GENAI_SAMPLERS,
     Cancelled,
     SdOvError,
     cache,
@@ -23,7 +24,6 @@ from sd_ov import (
     recipe_entries,
     report,
 )
-from sd_ov.tools.genai_scheduler import SAMPLERS
 
 from .genai_export import export_recipe
 from .optimize_job import run_optimize
@@ -184,7 +184,7 @@ def on_ui_tabs():
                 elem_id="sd_ov_export_loras",
             )
             export_sampler = gr.Dropdown(
-                choices=list(SAMPLERS),
+                choices=list(GENAI_SAMPLERS),
                 value="Euler",
                 label="GenAI scheduler (as the webui's sampler)",
                 elem_id="sd_ov_export_sampler",

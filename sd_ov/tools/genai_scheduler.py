@@ -58,7 +58,7 @@ SCHEDULERS: dict[str, dict[str, Any]] = {
         "timestep_scaling": 10.0,
     },
 }
-SAMPLERS = tuple(SCHEDULERS)
+SAMPLERS = GENAI_SAMPLERS = tuple(SCHEDULERS)  # the webui samplers GenAI has a scheduler for
 
 
 def scheduler_config(

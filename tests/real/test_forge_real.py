@@ -263,7 +263,35 @@ def test_a_forge_recipe_exported_over_the_api_runs_in_openvino_genai(forge, tmp_
     )
     assert exported["recipe"] == recipe["label"] and db >= 30
 
+    # the same recipe with Forge's LoRA baked in at 0.8 and Euler a's scheduler, against Forge's
+    # job with that LoRA in the prompt on that sampler (its LoRA served by the OpenVINO branch)
+    lora = {**job, "prompt": f"{job['prompt']} <lora:{FORGE_LORA}:0.8>", "sampler_name": "Euler a"}
+    forge_lora_image, lora_info = txt2img(recipe["option"], **lora)
+    baked = api(
+        "/sd-ov/v1/export-genai",
+        {"recipe": recipe["label"], "loras": f"<lora:{FORGE_LORA}:0.8>", "sampler": "Euler a"},
+        timeout=3600,
+    )
+    image = genai.Text2ImagePipeline(baked["folder"], "CPU").generate(
+        job["prompt"],
+        negative_prompt="",
+        width=512,
+        height=512,
+        num_inference_steps=10,
+        guidance_scale=float(job["cfg_scale"]),
+        generator=genai.TorchGenerator(job["seed"]),
+    )
+    baked_db = psnr(np.asarray(image.data)[0], forge_lora_image)
+    apart = psnr(forge_lora_image, forge_image)
+    print(
+        f"[forge] GenAI export with {FORGE_LORA}:0.8 baked, Euler a: {baked_db:.1f} dB from Forge's LoRA job "
+        f"({lora_info.get('OpenVINO LoRA', lora_info['OpenVINO'])}); Forge's pictures with and without it "
+        f"{apart:.1f} dB apart"
+    )
+    assert baked["notes"] == [] and baked_db >= 30 and apart < baked_db - 5
 
+
+FORGE_LORA = os.environ.get("SD_OV_FORGE_LORA", "sdov-forge-lora")
 SDXL = os.environ.get("SD_OV_FORGE_SDXL", "sdxl-random")
 
 
