@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 from sd_ov import BakedLora, SdOvError
 
@@ -52,7 +53,9 @@ def baked_loras(sd_model, spec: str | None) -> BakedLora:
         raise SdOvError(f"LoRA not found: {', '.join(missing)} (the names in models/Lora)")
     labels = [f"{name}:{unet:g}" for name, _, unet in wanted]
     if is_forge():
-        objects = sd_model.forge_objects
+        # what load_networks applied them to (it returns early when the last job loaded the same
+        # set, and a job's end leaves forge_objects as Forge's processing left them)
+        objects = getattr(sd_model, "forge_objects_after_applying_lora", None) or sd_model.forge_objects
         unet = forge_lora(objects.unet)
         clip = getattr(getattr(objects, "clip", None), "patcher", None)
         text = forge_lora(clip, FORGE_CLIP_L) if clip is not None else None
@@ -62,6 +65,14 @@ def baked_loras(sd_model, spec: str | None) -> BakedLora:
     for part in (unet, text):
         if part is not None and part.why_not:
             raise SdOvError(f"{part.why_not}: not baked into a GenAI folder")
+    found = {label.rsplit(":", 1)[0] for part in (unet, text) if part is not None for label in part.names}
+    files = {n.name: Path(str(getattr(n.network_on_disk, "filename", ""))).stem for n in loaded_networks()}
+    unmatched = [name for name in names if name not in found and files.get(name) not in found]
+    if unmatched:  # never a folder that says it has a LoRA it does not carry
+        raise SdOvError(
+            f"LoRA {', '.join(unmatched)} changes no layer sd-ov can bake into this model (another "
+            "architecture's LoRA?): nothing was written"
+        )
     return BakedLora(unet.layers, text.layers if text is not None else {}, labels)
 
 

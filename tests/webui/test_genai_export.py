@@ -176,6 +176,11 @@ def test_the_api_bakes_the_loras_it_names(api, webui, lora_ext, tiny_unet):  # n
     loha = lora_ext.network.Network("loha")
     weights = _weights(lora_ext, path, layer, w)
     loha.modules[weights.network_key] = lora_ext.network_hada.NetworkModuleHada(loha, weights)
+    networks.available_networks["other"] = lora_ext.network.Network("other")  # no layer of this model's
+    unmatched = api.post(
+        "/sd-ov/v1/export-genai", json={"loras": "<lora:other:1>", "folder": str(folder) + "-o"}
+    )
+    assert unmatched.status_code == 422 and "other changes no layer" in unmatched.json()["detail"]
     networks.available_networks["loha"] = loha
     refused = api.post(
         "/sd-ov/v1/export-genai", json={"loras": "<lora:loha:1>", "folder": str(folder) + "-h"}
