@@ -108,6 +108,7 @@ _PUBLIC = {
     "GenAISource": "tools.genai",
     "export_genai": "tools.genai",
     "source_from_checkpoint": "tools.genai_source",
+    "recipe_schedule": "serve.preset",
     "BakedLora": "tools.genai_lora",
     "GENAI_SAMPLERS": "tools.genai_scheduler",
 }

@@ -6,11 +6,11 @@ import html
 
 from modules import sd_models, sd_unet, shared
 
-from sd_ov import MAX_DEEPCACHE_BRANCH, SCHEDULES, SdOvError, cache, ov_core, run_summary
+from sd_ov import MAX_DEEPCACHE_BRANCH, SCHEDULES, SdOvError, cache, ov_core, recipe_schedule, run_summary
 
-from .job import INFOTEXT_KEY, pasted_deepcache, token_merging_note
+from .job import INFOTEXT_KEY, RECIPES, job_deepcache, pasted_deepcache, token_merging_note
 from .options import OpenVINOUnetOption, current_openvino_unet
-from .settings import cache_root, deepcache_settings, opt, runtime_settings
+from .settings import cache_root, opt, runtime_settings
 
 # The accordion's controls, in the order the webui passes their values to the hooks.
 CONTROLS = ("enabled", "interval", "branch", "schedule")
@@ -26,10 +26,10 @@ def build(script, is_img2img: bool) -> list:
         )
         with gr.Row():
             interval = gr.Slider(
-                minimum=0,
+                minimum=-1,
                 maximum=10,
                 step=1,
-                label="DeepCache interval (0: off)",
+                label="DeepCache interval (-1: the recipe's schedule, 0: off)",
                 value=lambda: int(opt("sd_ov_deepcache_interval")),
                 elem_id=f"sd_ov_{tab}_deepcache_interval",
             )
@@ -90,7 +90,7 @@ def status_html() -> str:
             "The torch UNet will run (choose an [OpenVINO] option or Automatic in Settings → SD Unet)."
         )
         return "<br>".join(lines)
-    deepcache = deepcache_settings()
+    deepcache, origin = accordion_deepcache(info, option)
     try:
         settings = runtime_settings().for_recipe(option.recipe)
         ov_core.resolve_device(settings.device)
@@ -102,7 +102,7 @@ def status_html() -> str:
         summary = option.recipe.name()
     lines += [
         f"Device: {device_text}",
-        f"Recipe: {html.escape(summary)}",
+        f"Recipe: {html.escape(summary)}{origin}",
         f"Cached: {html.escape(cached_text(info, option))}",
     ]
     if deepcache.enabled and not option.recipe.is_plain:
@@ -118,6 +118,22 @@ def status_html() -> str:
     if unet is not None and unet.unavailable:
         lines.append(f"<span style='color:#c33'>Last problem: {html.escape(unet.unavailable)}</span>")
     return "<br>".join(lines)
+
+
+def accordion_deepcache(info, option: OpenVINOUnetOption):
+    """(the DeepCache schedule the next job asks for, " (the recipe's)" where it is the recipe's
+    own: the accordion's interval -1 reads the recipe's manifest)."""
+    asked = job_deepcache(
+        opt("sd_ov_deepcache_interval"), opt("sd_ov_deepcache_branch"), opt("sd_ov_deepcache_schedule")
+    )
+    if asked is not None:
+        return asked, ""
+    sha256 = getattr(info, "sha256", None)
+    entry = None
+    if sha256:
+        entry, _ = cache.find(cache_root(), cache.EntryKey(info.model_name, sha256, option.recipe))
+    schedule = recipe_schedule(entry.manifest if entry is not None else None)
+    return schedule, f" ({RECIPES})" if schedule.enabled else ""
 
 
 def cached_text(info, option: OpenVINOUnetOption) -> str:

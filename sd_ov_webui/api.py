@@ -73,6 +73,8 @@ class OptimizeResponse(BaseModel):
     vae_decoder: dict[str, Any] = {}  # the INT8 VAE decoder's report (or a note why none)
     deepcache_branch: int | None = None  # the DeepCache pair made with it, if any
     deepcache_note: str = ""  # why a DeepCache pair asked for was not made
+    current: bool = False  # the new recipe is now the current SD Unet (Settings → OpenVINO says whether)
+    previous_unet: str | None = None  # the SD Unet setting it replaced
 
 
 class ExportGenAIBody(ForbidExtra):
@@ -130,12 +132,14 @@ def optimize_route(body: OptimizeBody) -> OptimizeResponse:
     entry = made.entry
     report = entry.manifest.report.to_json() if entry.manifest.report else {}
     return OptimizeResponse(
-        label=option_label(request),
+        label=made.label or option_label(request),
         entry=str(entry.path),
         report=report,
         vae_decoder=made.vae_report(),
         deepcache_branch=made.pair.manifest.recipe.deepcache_branch if made.pair is not None else None,
         deepcache_note=made.pair_note,
+        current=made.previous_unet is not None,
+        previous_unet=made.previous_unet,
     )
 
 

@@ -27,6 +27,8 @@ class Optimized:
     vae_decoder_note: str = ""
     pair: cache.CacheEntry | None = None  # its DeepCache pair, when asked for and made
     pair_note: str = ""  # why a DeepCache pair asked for was not made
+    label: str = ""  # its SD Unet option
+    previous_unet: str | None = None  # the SD Unet setting it replaced as current (None: not made current)
 
     def vae_report(self) -> dict:
         if self.vae_decoder is not None and self.vae_decoder.manifest.report is not None:

@@ -41,7 +41,14 @@ INFOTEXT_KEYS = (
 )
 
 
-def job_deepcache(interval, branch, schedule) -> DeepCacheConfig:
+RECIPES_SCHEDULE = -1  # the accordion's DeepCache interval that means "the recipe's schedule"
+RECIPES = "the recipe's"
+
+
+def job_deepcache(interval, branch, schedule) -> DeepCacheConfig | None:
+    """The accordion's DeepCache choice; None: the recipe's own schedule (interval -1)."""
+    if int(interval if interval is not None else 0) <= RECIPES_SCHEDULE:
+        return None
     try:
         return DeepCacheConfig(int(interval or 0), int(branch or 0), str(schedule or "uniform"))
     except ValueError as err:
@@ -190,7 +197,13 @@ def write_infotext(p) -> None:
     served = unet.served
     if record.openvino_calls and served is not None:
         if served.job_deepcache.enabled:
-            p.extra_generation_params[DEEPCACHE_INFOTEXT_KEY] = served.job_deepcache.infotext()
+            origin = f" ({RECIPES})" if getattr(unet, "schedule_is_recipes", False) else ""
+            p.extra_generation_params[DEEPCACHE_INFOTEXT_KEY] = served.job_deepcache.infotext() + origin
+        elif getattr(unet, "recipe_schedule", DeepCacheConfig()).enabled and not unet.schedule_is_recipes:
+            # the job asked for none where the recipe has a schedule: said, so a reader knows
+            p.extra_generation_params[DEEPCACHE_INFOTEXT_KEY] = (
+                f"off ({RECIPES}: {unet.recipe_schedule.infotext()})"
+            )
         if record.lora:
             p.extra_generation_params[LORA_INFOTEXT_KEY] = record.lora
         if record.preset:
@@ -245,12 +258,18 @@ def after_process(p) -> None:
 
 def pasted_deepcache(params: dict, field: str):
     """The accordion's DeepCache control from a pasted infotext; interval 0 for OpenVINO pictures
-    made without it; None (leave alone) for pictures not made by OpenVINO."""
+    made without it, -1 for those made with their recipe's schedule; None (leave alone) for
+    pictures not made by OpenVINO."""
     text = params.get(DEEPCACHE_INFOTEXT_KEY)
     if text is None:
         made_by_openvino = not str(params.get(INFOTEXT_KEY, "off")).startswith("off")
         return 0 if field == "interval" and made_by_openvino else None
+    text = str(text)
+    if text.startswith("off"):
+        return 0 if field == "interval" else None
+    if text.endswith(f"({RECIPES})") and field == "interval":
+        return RECIPES_SCHEDULE
     try:
-        return getattr(DeepCacheConfig.from_infotext(str(text)), field)
+        return getattr(DeepCacheConfig.from_infotext(text.split(" (")[0]), field)
     except (ValueError, KeyError):
         return None

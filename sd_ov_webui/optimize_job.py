@@ -15,6 +15,7 @@ from sd_ov import (
     Cancelled,
     OptimizeRequest,
     SdOvError,
+    cache,
     optimizable,
     optimize_with_deepcache,
     parse_optimize_form,
@@ -105,6 +106,7 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> Optimized:
             )
         sd_unet.list_unets()
         made = Optimized(entry, pair=_pair[0] if _pair else None, pair_note="; ".join(pair_notes))
+        made.label, made.previous_unet = use_new_recipe(model, entry)
         if decoded is not None:
             int8_vae_decoder(made, model, name, sha256, decoded, request.device, progress)
         elif request.vae_int8:
@@ -114,8 +116,32 @@ def _optimize_as_job(request: OptimizeRequest, progress) -> Optimized:
         shared.state.end()
 
 
+def use_new_recipe(model, entry: cache.CacheEntry) -> tuple[str, str | None]:
+    """(the new recipe's SD Unet label, the SD Unet setting it replaced as the current one; None
+    where it was not made current: Settings → OpenVINO → "After Optimize, use the new recipe" off).
+    Set and saved as Settings → Apply does, so the next job, and the next start, run it."""
+    label = OpenVINOUnetOption(model.sd_checkpoint_info, entry.manifest.recipe).label
+    if not opt("sd_ov_use_new_recipe"):
+        return label, None
+    previous = str(getattr(shared.opts, "sd_unet", "Automatic") or "Automatic")
+    set_sd_unet(label)
+    return label, previous
+
+
+def set_sd_unet(value: str) -> None:
+    """Settings → SD Unet = `value`, saved to the webui's config like Settings → Apply."""
+    shared.opts.set("sd_unet", value)
+    filename = getattr(shared, "config_filename", None)
+    if filename and hasattr(shared.opts, "save"):
+        shared.opts.save(filename)
+
+
 def option_label(request: OptimizeRequest) -> str:
     return OpenVINOUnetOption(shared.sd_model.sd_checkpoint_info, request.recipe).label
+
+
+# The SD Unet setting the tab's last Optimize replaced, for its "Back to ..." button.
+LAST_SWITCH: dict[str, str | None] = {"previous": None}
 
 
 def run_optimize(values: dict, progress_bar=None) -> str:
@@ -137,13 +163,21 @@ def run_optimize(values: dict, progress_bar=None) -> str:
     except Exception as err:  # the webui must survive whatever goes wrong
         log.exception("sd-ov: Optimize failed")
         return f"<p style='color:#c33'>Optimize failed: {html.escape(f'{type(err).__name__}: {err}')}</p>"
-    label = option_label(request)
-    advice = f"<br>Choose <b>{html.escape(label)}</b> in Settings → SD Unet (refresh its list) to use it."
+    LAST_SWITCH["previous"] = made.previous_unet
+    label = html.escape(made.label or option_label(request))
+    if made.previous_unet is not None:
+        advice = (
+            f"<br><b>{label}</b> is now the current SD Unet (it was {html.escape(made.previous_unet)}): "
+            "the next picture runs it."
+        )
+    else:
+        advice = f"<br>Choose <b>{label}</b> in Settings → SD Unet to use it."
     preset = PRESETS.get(request.preset)
     if preset is not None:
+        schedule = html.escape(preset.deepcache.infotext())
         advice += (
-            f" The {preset.name} preset runs it with DeepCache {html.escape(preset.deepcache.infotext())}: "
-            "set that in the OpenVINO accordion or Settings → OpenVINO → DeepCache."
+            f" It runs with the {preset.name} preset's DeepCache ({schedule}) while the accordion's "
+            "DeepCache interval is -1 (the recipe's schedule, the default)."
         )
     elif made.pair is not None:
         advice += (

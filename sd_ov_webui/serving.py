@@ -134,15 +134,21 @@ class JobServing(UNetCalls):
 
     def start_job(
         self,
-        deepcache: DeepCacheConfig,
+        deepcache: DeepCacheConfig | None,
         expected_calls: int,
         first_pass: bool = True,
         companion_notes: list[str] | None = None,
     ) -> None:
         """At each batch (first_pass) and hires pass: a fresh record, the job's plan made and
         carried out; the companions as `prepare_companions` left them (its notes given), or
-        prepared now."""
+        prepared now. `deepcache` None: the recipe's own schedule (`recipe_deepcache`)."""
         unet = self.source.unet if self.source is not None else None
+        self.recipe_schedule = (
+            self.served.recipe_deepcache() if self.served is not None else DeepCacheConfig()
+        )
+        self.schedule_is_recipes = deepcache is None
+        if deepcache is None:
+            deepcache = self.recipe_schedule
         if first_pass:
             self.record = JobRecord()
             self.control_models.start_job()

@@ -19,7 +19,6 @@ from sd_ov import (
     SCHEDULES,
     SHAPE_POLICIES,
     VAE_PRECISIONS,
-    DeepCacheConfig,
     RuntimeSettings,
     ov_core,
 )
@@ -39,7 +38,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "sd_ov_cache_dir": "",
     "sd_ov_max_compiled": 2,
     "sd_ov_cache_compiled": True,
-    "sd_ov_deepcache_interval": 0,
+    "sd_ov_deepcache_interval": -1,  # the recipe's schedule (a preset's recipe has one)
     "sd_ov_deepcache_branch": 0,
     "sd_ov_deepcache_schedule": "uniform",
     "sd_ov_offload": "release",
@@ -51,6 +50,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "sd_ov_control_model_int8": False,
     "sd_ov_lora": True,
     "sd_ov_cfg1_skip_uncond": True,
+    "sd_ov_use_new_recipe": True,
 }
 # Settings that change how the served UNet is compiled: a change reopens it.
 RUNTIME_KEYS = (
@@ -97,14 +97,6 @@ def offload_mode() -> str:
     """What happens to the torch UNet's weights while OpenVINO serves (`offload.OFFLOAD_MODES`)."""
     mode = str(opt("sd_ov_offload"))
     return mode if mode in OFFLOAD_MODES else "release"
-
-
-def deepcache_settings() -> DeepCacheConfig:
-    return DeepCacheConfig(
-        int(opt("sd_ov_deepcache_interval")),
-        int(opt("sd_ov_deepcache_branch")),
-        str(opt("sd_ov_deepcache_schedule")),
-    )
 
 
 def device_choices() -> list[str]:
@@ -169,6 +161,11 @@ def register(on_runtime_change) -> None:
         {"minimum": 1, "maximum": 6, "step": 1},
     )
     add("sd_ov_cache_compiled", "Keep compiled blobs on disk (faster start)", gr.Checkbox)
+    add(
+        "sd_ov_use_new_recipe",
+        "After Optimize, use the new recipe (it becomes the current SD Unet)",
+        gr.Checkbox,
+    )
     add(
         "sd_ov_offload",
         "Torch UNet while OpenVINO serves",
@@ -245,9 +242,9 @@ def register(on_runtime_change) -> None:
     add("sd_ov_cache_dir", "Cache folder (empty: models/OpenVINO)", gr.Textbox)
     add(
         "sd_ov_deepcache_interval",
-        "DeepCache: full UNet every N calls (0: off)",
+        "DeepCache: full UNet every N calls (-1: the recipe's schedule, 0: off)",
         gr.Slider,
-        {"minimum": 0, "maximum": 10, "step": 1},
+        {"minimum": -1, "maximum": 10, "step": 1},
         "reuses the deep features in between; 3 ≈ 2x faster",
     )
     add(

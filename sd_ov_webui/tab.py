@@ -26,7 +26,7 @@ from sd_ov import (
 )
 
 from .genai_export import export_recipe
-from .optimize_job import run_optimize
+from .optimize_job import LAST_SWITCH, run_optimize, set_sd_unet
 from .options import current_openvino_unet
 from .progress import with_progress_bar
 from .settings import cache_root, device_choices, opt
@@ -103,6 +103,17 @@ def export_choice(choice: str, progress_bar=None, loras: str = "", sampler: str 
     )
 
 
+def back_to_previous_unet() -> str:
+    """The tab's "Back to ..." button: SD Unet is what it was before the last Optimize made its
+    recipe current."""
+    previous = LAST_SWITCH["previous"]
+    if previous is None:
+        return "<p>Nothing to go back to.</p>"
+    set_sd_unet(previous)
+    LAST_SWITCH["previous"] = None
+    return f"<p>SD Unet is {html.escape(previous)} again.</p>"
+
+
 def sampler_choices() -> list[str]:
     try:
         from modules import sd_samplers
@@ -169,6 +180,7 @@ def on_ui_tabs():
             start = gr.Button(value="Optimize", variant="primary", elem_id="sd_ov_optimize")
             cancel = gr.Button(value="Cancel", elem_id="sd_ov_cancel")
         result = gr.HTML(elem_id="sd_ov_report")
+        back = gr.Button(value="Back to the previous SD Unet", visible=False, elem_id="sd_ov_back_unet")
         entries = gr.HTML(value=recipe_entries_html, elem_id="sd_ov_entries")
         with gr.Row():
             chosen = gr.Dropdown(
@@ -192,10 +204,18 @@ def on_ui_tabs():
         fields = list(components)
 
         def optimize_click(*values, progress=gr.Progress()):
+            LAST_SWITCH["previous"] = None
             message = run_optimize(dict(zip(fields, values, strict=True)), progress_bar=progress)
-            return message, recipe_entries_html()
+            previous = LAST_SWITCH["previous"]
+            label = f"Back to {previous}" if previous else "Back to the previous SD Unet"
+            return message, recipe_entries_html(), gr.update(visible=previous is not None, value=label)
 
-        start.click(fn=optimize_click, inputs=[components[f] for f in fields], outputs=[result, entries])
+        start.click(
+            fn=optimize_click, inputs=[components[f] for f in fields], outputs=[result, entries, back]
+        )
+        back.click(
+            fn=lambda: (back_to_previous_unet(), gr.update(visible=False)), inputs=[], outputs=[result, back]
+        )
         cancel.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
         refresh.click(
             fn=lambda: (recipe_entries_html(), gr.update(choices=entry_choices())),

@@ -118,12 +118,15 @@ def _full_disk_note(folder: Path) -> str:
     return f" (the disk is full: {free / 2**30:.1f} GiB free)" if free < 2**30 else ""
 
 
-def check_disk_space(folder: Path, needed_bytes: int) -> None:
+def check_disk_space(folder: Path, needed_bytes: int, what: str = "the OpenVINO IR") -> None:
     """Refuse before the work, not after minutes of it with a half-written file."""
-    free = shutil.disk_usage(folder).free
+    existing = Path(folder)
+    while not existing.exists() and existing.parent != existing:  # a cache folder not made yet
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
     if free < needed_bytes * DISK_HEADROOM:
         raise ExportError(
-            f"not enough disk space in {folder}: the OpenVINO IR needs about "
+            f"not enough disk space in {folder}: {what} needs about "
             f"{needed_bytes * DISK_HEADROOM / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
         )
 

@@ -1,6 +1,6 @@
-"""A recipe and its DeepCache pair from one Optimize: one calibration capture for both, and the
-plain FP32 entries exported only to start from deleted afterwards (for SDXL each is 10 GB beside a
-2.6 GB INT8 recipe)."""
+"""A recipe and its DeepCache pair from one Optimize: one calibration capture for both, the room
+for the whole run asked before it starts, and the plain FP32 entries exported only to start from
+deleted as soon as nothing needs them (for SDXL each is 10 GB beside a 2.6 GB INT8 recipe)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from typing import Any
 import torch
 
 from ..errors import ExportError
-from ..graphs.ldm_unet import Sample
+from ..graphs.deepcache import shallow_parameters
+from ..graphs.export import check_disk_space
+from ..graphs.ldm_unet import Sample, describe
 from ..progress import ProgressFn, scaled, silent
+from ..runtime.compress import INT8_IR_OVERHEAD
 from ..store import cache
 from ..store.recipe import Recipe
 from .run import CaptureFn, optimize
@@ -49,6 +52,28 @@ def optimize_with_deepcache(
     existed = {
         r: cache.find(root, cache.EntryKey(checkpoint_name, checkpoint_hash, r))[0] is not None for r in plain
     }
+    if recipe.int8 != "off":  # the whole run's room, asked before any work
+        check_room(root, unet, deepcache_branch, fp32_there=existed[plain[0]], pair_there=existed[plain[-1]])
+    made: set[Path] = set()
+
+    def drop_fp32(only: list[Recipe]) -> None:
+        """The plain FP32 entries this run exported only to start from go (as soon as nothing
+        needs them: the FP32 IR once the recipe is made, before the pair takes its room)."""
+        for each in only if not keep_fp32 else ():
+            entry = cache.find(root, cache.EntryKey(checkpoint_name, checkpoint_hash, each))[0]
+            if entry is not None and not existed[each] and entry.path not in made:
+                left = cache.delete(entry.path)
+                progress(
+                    f"deleted the {'FP32 DeepCache pair' if each.deepcache_branch is not None else 'FP32'} "
+                    "entry exported only for Optimize"
+                    + (f" ({len(left)} files in use go later)" if left else ""),
+                    1.0,
+                )
+
+    def recipe_made(entry: cache.CacheEntry) -> None:
+        made.add(entry.path)
+        drop_fp32(plain[:1])
+
     entries = _optimize_with_deepcache(
         unet,
         root,
@@ -59,20 +84,36 @@ def optimize_with_deepcache(
         deepcache_branch,
         progress,
         pair_failed,
+        recipe_made,
         **kwargs,
     )
-    made = {e.path for e in entries}
-    for each in plain if not keep_fp32 else ():
-        entry = cache.find(root, cache.EntryKey(checkpoint_name, checkpoint_hash, each))[0]
-        if entry is not None and not existed[each] and entry.path not in made:
-            left = cache.delete(entry.path)
-            progress(
-                f"deleted the {'FP32 DeepCache pair' if each.deepcache_branch is not None else 'FP32'} "
-                "entry exported only for Optimize"
-                + (f" ({len(left)} files in use go later)" if left else ""),
-                1.0,
-            )
+    made |= {e.path for e in entries}
+    drop_fp32(plain)
     return entries
+
+
+def check_room(
+    root: Path, unet: torch.nn.Module, branch: int | None, fp32_there: bool, pair_there: bool
+) -> None:
+    """Refuse, before minutes of work, a run whose files will not fit: the FP32 IR it starts from
+    (4 bytes a weight), the INT8 recipe (hybrid writes a stage and the target), then, with the FP32
+    IR gone, the FP32 DeepCache pair and its INT8 stage and target. At its peak, as the run makes
+    and deletes them (`int8_weight_bytes`: one byte a weight and what NNCF keeps float)."""
+    weights = describe(unet).parameters
+    shallow = shallow_parameters(unet, branch) if branch is not None else 0
+    recipe_phase = (0 if fp32_there else 4 * weights) + 2 * int8_weight_bytes(weights)
+    pair_phase = 0
+    if branch is not None:
+        pair_phase = int8_weight_bytes(weights) + (0 if pair_there else 4 * (weights + shallow))
+        pair_phase += 2 * int8_weight_bytes(weights + shallow)
+    needed = max(recipe_phase, pair_phase)
+    what = "the INT8 recipe" + (" and its DeepCache pair" if branch is not None else "")
+    check_disk_space(root, needed, what=f"{what} (at the run's peak)")
+
+
+def int8_weight_bytes(weights: int) -> int:
+    """An INT8 IR of this many weights: one byte each and what NNCF keeps float (`int8_ir_bytes`)."""
+    return int(weights * INT8_IR_OVERHEAD)
 
 
 def _optimize_with_deepcache(
@@ -85,6 +126,7 @@ def _optimize_with_deepcache(
     deepcache_branch: int | None,
     progress: ProgressFn,
     pair_failed: Callable[[ExportError], None] | None,
+    recipe_made: Callable[[cache.CacheEntry], None],
     **kwargs: Any,
 ) -> list[cache.CacheEntry]:
     captured: list[list[Sample]] = []
@@ -120,4 +162,6 @@ def _optimize_with_deepcache(
                 raise
             progress(f"no DeepCache pair: {err}", 1.0)
             pair_failed(err)
+        if i == 0:
+            recipe_made(entries[0])
     return entries

@@ -28,6 +28,7 @@ from ..graphs.ldm_unet import Sample, describe
 from ..progress import ProgressFn, scaled, silent
 from ..runtime.torch_weights import ModuleWeights
 from ..serve import engine
+from ..serve.preset import PRESETS
 from ..store import cache
 from ..store.manifest import Report
 from ..store.recipe import Recipe
@@ -160,6 +161,7 @@ def _optimize(
             }
             if preset:
                 fields["preset"] = preset
+                fields["deepcache_schedule"] = PRESETS[preset].deepcache.infotext()
             if branch is not None:
                 fields.update(models=ir_files(branch), feature_channels=feature_channels(folder / FULL_IR))
             return fields

@@ -69,6 +69,16 @@ FASTEST = Preset(
 PRESETS = {p.name: p for p in (FASTEST,)}
 
 
+def recipe_schedule(manifest) -> DeepCacheConfig:
+    """The DeepCache schedule a recipe runs best with: its manifest's `deepcache_schedule` (a
+    preset's recipe: the preset's), an older manifest's preset's, off for any other recipe."""
+    text = getattr(manifest, "deepcache_schedule", "") if manifest is not None else ""
+    preset = PRESETS.get(getattr(manifest, "preset", "")) if manifest is not None else None
+    if not text and preset is not None:
+        text = preset.deepcache.infotext()
+    return DeepCacheConfig.from_infotext(text) if text else DeepCacheConfig()
+
+
 def preset_precision(device: str = "CPU") -> str:
     """The preset's inference precision on `device`: bf16 on a CPU that runs it faster than f32,
     f32 on other CPUs, the device's own default elsewhere."""

@@ -24,7 +24,7 @@ from ..runtime.unet import OVUNet
 from ..store import cache
 from ..store.recipe import Recipe
 from . import engine
-from .preset import PRESETS
+from .preset import PRESETS, recipe_schedule
 from .unet_source import UNetSource
 
 log = logging.getLogger("sd_ov")
@@ -217,6 +217,10 @@ class ServedUNet:
     def takes_y(self) -> bool:
         """Whether the UNet takes a vector conditioning `y` (SDXL)."""
         return self.entry is not None and bool(self.entry.manifest.unet.adm_channels)
+
+    def recipe_deepcache(self) -> DeepCacheConfig:
+        """The DeepCache schedule this recipe runs best with (`preset.recipe_schedule`)."""
+        return recipe_schedule(self.entry.manifest if self.entry is not None else None)
 
     def preset_of_job(self) -> str:
         """The preset that made this recipe, when the job also runs its DeepCache schedule."""

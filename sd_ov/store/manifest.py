@@ -70,6 +70,9 @@ class Manifest:
     report: Report | None = None
     label: str = ""
     preset: str = ""  # the preset (sd_ov/serve/preset.py) that chose this recipe, if one did
+    # the DeepCache schedule the recipe runs best with (its preset's, as "interval 4, branch 0,
+    # non-uniform"); "": none, the recipe runs without DeepCache unless a job asks
+    deepcache_schedule: str = ""
     format: int = FORMAT
     sd_ov: str = ""
     openvino: str = ""
@@ -108,6 +111,8 @@ class Manifest:
             data["label"] = self.label
         if self.preset:
             data["preset"] = self.preset
+        if self.deepcache_schedule:
+            data["deepcache_schedule"] = self.deepcache_schedule
         if self.calibration is not None or self.label:
             data["calibration"] = self.calibration
         if self.report is not None:
@@ -135,6 +140,7 @@ class Manifest:
             report=Report.from_json(report) if isinstance(report, dict) else None,
             label=str(data.get("label", "")),
             preset=str(data.get("preset", "")),
+            deepcache_schedule=str(data.get("deepcache_schedule", "")),
             format=int(data.get("format", 0)),
             sd_ov=str(data.get("sd_ov", "")),
             openvino=str(data.get("openvino", "")),

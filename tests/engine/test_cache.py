@@ -156,12 +156,17 @@ def test_full_disk_is_refused_before_converting(micro_unet, root, key_hash, monk
 
 
 def test_a_compression_without_room_for_its_ir_is_refused_before_nncf_runs(tiny_entry, tmp_path, monkeypatch):
-    """Hybrid writes a weight-compressed stage and the INT8 IR, each up to the source's size: with
-    room for one only, it is refused at once (a real Optimize filled the disk at the stage)."""
+    """Hybrid writes a weight-compressed stage and the INT8 IR, each sized from the graph (a byte a
+    weight, not the FP32 source's size): with room for one only, it is refused at once (a real
+    Optimize filled the disk at the stage)."""
+    import openvino as ov
+
     from sd_ov.runtime import compress
 
     source = tiny_entry.ir_path()
-    size = source.with_suffix(".bin").stat().st_size
+    one = compress.int8_ir_bytes(ov.Core().read_model(str(source)))
+    assert one < source.with_suffix(".bin").stat().st_size / 2  # the FP32 source's size was the guess
+    size = int(one * 1.5)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(export.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - size, size))
     monkeypatch.setattr(compress, "_quantize", lambda *a, **k: pytest.fail("NNCF ran"))

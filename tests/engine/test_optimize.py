@@ -301,3 +301,34 @@ def test_the_fp32_entries_exported_only_for_optimize_go_unless_they_were_there(
         optimize_with_deepcache(
             micro_unet, tmp_path, "tiny", key, weights, capture, deepcache_branch=0, measure=None
         )
+
+
+def test_a_run_without_room_for_its_recipe_and_pair_is_refused_before_it_starts(
+    micro_unet, tmp_path, monkeypatch
+):
+    """The room of the whole run (FP32 IR, INT8 recipe, then the FP32 pair and its INT8 pair, as the
+    run makes and deletes them) is asked before any work, and the answer says how much: with room
+    for the FP32 export only, nothing is written."""
+    from collections import namedtuple
+
+    from sd_ov.graphs import export
+    from sd_ov.optimize.pair import check_room, optimize_with_deepcache
+
+    usage = namedtuple("usage", "total used free")
+    free = 4 * describe(micro_unet).parameters
+    monkeypatch.setattr(export.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - free, free))
+    with pytest.raises(
+        ExportError, match=r"the INT8 recipe and its DeepCache pair \(at the run's peak\) needs"
+    ):
+        optimize_with_deepcache(
+            micro_unet,
+            tmp_path,
+            "tiny",
+            "c" * 64,
+            Recipe(int8="weights"),
+            None,
+            deepcache_branch=0,
+            measure=None,
+        )
+    assert cache.list_entries(tmp_path) == [] and not list(tmp_path.rglob("*.bin"))
+    check_room(tmp_path, micro_unet, None, fp32_there=True, pair_there=False)  # the recipe alone fits

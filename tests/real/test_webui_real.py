@@ -864,6 +864,59 @@ def test_an_int8_recipe_with_deepcache_is_five_times_faster_per_picture_than_tor
     assert seconds["torch"] >= 30 * seconds["lcm"], report
 
 
+def test_after_the_fastest_preset_the_next_plain_job_runs_it_with_its_schedule(installed):
+    """From Optimize to the fastest picture in one step: after `POST /sd-ov/v1/optimize {"preset":
+    "fastest"}` and nothing else (its default calibration), the recipe is the current SD Unet and
+    a 20-step 512² txt2img with no override_settings and no script args runs it with the preset's
+    DeepCache schedule (the infotext says "(the recipe's)"), >= 12x torch's 20-step job in the same
+    run. DeepCache off in the accordion (the script's args) gives none, said in the infotext, and
+    the next plain job returns to the recipe's schedule. The random checkpoint needs "No norm"
+    emphasis (see NO_NORM): set in Settings for the run, as a user would, and put back after."""
+    job = {k: v for k, v in JOB.items() if k != "override_settings_restore_afterwards"}
+    job |= {"width": 512, "height": 512, "steps": 20}
+    webui = Webui(Path(WEBUI), installed / "one-click.log")
+    before = api("/sdapi/v1/options")
+    seconds = {}
+
+    def plain_job(**payload) -> tuple[np.ndarray, dict, float]:
+        started = time.perf_counter()
+        result = api("/sdapi/v1/txt2img", {**job, **payload})
+        return (*decode_picture(result), time.perf_counter() - started)
+
+    try:
+        api("/sdapi/v1/options", {**NO_NORM})
+        txt2img("None", job={"steps": 1})  # first use loads what a first job loads
+        started = time.perf_counter()
+        made = api("/sd-ov/v1/optimize", {"preset": "fastest"}, timeout=3600)
+        optimize_s = time.perf_counter() - started
+        assert made["current"] is True, made
+        assert api("/sdapi/v1/options")["sd_unet"] == made["label"]
+        plain_job(steps=1)  # the recipe's first job: compiles (and exports the companions)
+        image, info, seconds["fastest"] = plain_job()
+        torch_image, torch_info, seconds["torch"] = plain_job(override_settings={"sd_unet": "None"})
+        _, off_info, _ = plain_job(steps=8, alwayson_scripts={"OpenVINO": {"args": [True, 0, 0, "uniform"]}})
+        _, again_info, _ = plain_job(steps=8)
+    finally:
+        api("/sdapi/v1/options", {"sd_unet": before["sd_unet"], "emphasis": before["emphasis"]})
+        webui.stop()
+    schedule = FASTEST.deepcache.infotext()
+    ratio = seconds["torch"] / seconds["fastest"]
+    report = (
+        f"Optimize (preset fastest, default calibration) {optimize_s:.0f} s, {made['label']}; "
+        f"20-step 512²: torch {seconds['torch']:.1f} s, the next plain job {seconds['fastest']:.1f} s "
+        f"({ratio:.2f}x), {psnr(image, torch_image):.1f} dB; {info.get('OpenVINO')}, "
+        f"DeepCache {info.get('OpenVINO DeepCache')}; off: {off_info.get('OpenVINO DeepCache')}"
+    )
+    print(f"\n[one click] {report}")
+    (installed / "one-click.txt").write_text(report)
+    assert torch_info["OpenVINO"].startswith("off (SD Unet is None"), torch_info
+    assert info["OpenVINO preset"] == "fastest", info
+    assert info["OpenVINO DeepCache"] == f"{schedule} (the recipe's)", info
+    assert off_info["OpenVINO DeepCache"] == f"off (the recipe's: {schedule})", off_info
+    assert again_info["OpenVINO DeepCache"] == f"{schedule} (the recipe's)", again_info
+    assert ratio >= 12, report
+
+
 def png_b64(image: np.ndarray) -> str:
     from PIL import Image
 

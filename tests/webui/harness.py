@@ -131,7 +131,7 @@ def txt2img(
     enabled=True,
     steps=4,
     seed=3,
-    deepcache=(0, 0, "uniform"),
+    deepcache=(-1, 0, "uniform"),  # the accordion's default: the recipe's own schedule
     hires=False,
     override=None,
     prompt="a red fox",

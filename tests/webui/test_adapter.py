@@ -302,11 +302,11 @@ def test_accordion_shows_what_will_run(webui):
     components = webui.script.ui(False)
     assert [c.label for c in components] == [
         "Use the OpenVINO UNet for this job",
-        "DeepCache interval (0: off)",
+        "DeepCache interval (-1: the recipe's schedule, 0: off)",
         "DeepCache branch",
         "DeepCache schedule",
     ]
-    assert components[0].value is True and components[1].value() == 0
+    assert components[0].value is True and components[1].value() == -1  # the recipe's, by default
     assert webui.script.show(False) is webui.scripts.AlwaysVisible
     assert webui.script.infotext_fields[0][1]({"OpenVINO": "fp32"}) is True
     webui.info.calculate_shorthash()

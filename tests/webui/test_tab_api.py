@@ -83,7 +83,7 @@ def test_each_tab_input_reaches_its_own_form_field(webui, monkeypatch):
     assert title == "OpenVINO" and elem_id == "sd_ov_tab"
     button = next(c for c in gr.Component.created if c.kwargs.get("elem_id") == "sd_ov_optimize")
     (_, fn, inputs, outputs) = button.events[-1]
-    assert len(outputs) == 2
+    assert len(outputs) == 3  # the report, the cache list, the "Back to ..." button
     by_elem_id = {elem: field for field, (elem, _) in TAB_COMPONENTS.items()}
     fields = [by_elem_id[c.kwargs["elem_id"]] for c in inputs]
     assert sorted(fields) == sorted(TAB_COMPONENTS)
@@ -134,7 +134,7 @@ def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path, m
     bar = gr.Progress()
     message = optimize_in_tab(webui, progress_bar=bar, preset="fastest", int8="weights", tome=0.0)
     assert "ready" in message and "PSNR" in message, message
-    assert f"fastest preset runs it with DeepCache {FASTEST.deepcache.infotext()}" in message
+    assert f"It runs with the fastest preset's DeepCache ({FASTEST.deepcache.infotext()})" in message
     assert "INT8ff ToMe0.5" in webui.pkg.tab.recipe_entries_html()
     descs = " | ".join(d for _, d in bar.calls)
     assert "calibration picture 1/2: a red apple" in descs and "compressing to INT8" in descs
@@ -143,18 +143,32 @@ def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path, m
     assert bar.calls[-1][0] == 1.0 and webui.shared.state.job == ""  # the job ended
     label = "[OpenVINO INT8ff ToMe0.5] tinyckpt"
     assert [o.label for o in webui.sd_unet.unet_options] == ["[OpenVINO] tinyckpt", label]
+    # Optimize ends in use: the new recipe is the current SD Unet, with a way back
+    assert webui.shared.opts.sd_unet == label and f"<b>{label}</b> is now the current SD Unet" in message
+    assert "Back to" not in webui.pkg.tab.back_to_previous_unet() and webui.shared.opts.sd_unet == "Automatic"
 
     webui.shared.opts.sd_unet = "None"
     torch_job = txt2img(webui)
     webui.shared.opts.sd_unet = label
     webui.shared.opts.token_merging_ratio = 0.3
     preset = FASTEST.deepcache
-    job = txt2img(webui, deepcache=(preset.interval, preset.branch, preset.schedule))  # the recipe's own pair
+    job = txt2img(webui)  # nothing asked: the accordion's default runs the recipe's own schedule
     unet = webui.sd_unet.current_unet
     assert unet.unavailable is None and unet.record.openvino_calls == 4
     assert {"F", "S"} <= set(unet.served.deepcache.pattern)
     params = infotext_params(job.infotexts[0])
     assert params["OpenVINO"].startswith(f"int8ff-tome0.5+{preset.label()}"), params
+    assert params["OpenVINO DeepCache"] == f"{preset.infotext()} (the recipe's)", params
+    assert unet.served.entry.manifest.deepcache_schedule == preset.infotext()
+    assert webui.pkg.job.pasted_deepcache(params, "interval") == -1  # pasting restores "the recipe's"
+    off = infotext_params(txt2img(webui, deepcache=(0, 0, "uniform")).infotexts[0])  # the user: off
+    assert off["OpenVINO DeepCache"] == f"off (the recipe's: {preset.infotext()})", off
+    assert (
+        unet.served.deepcache.pattern.count("S") == 0 and webui.pkg.job.pasted_deepcache(off, "interval") == 0
+    )
+    job = txt2img(webui)  # the next job: the recipe's schedule again
+    params = infotext_params(job.infotexts[0])
+    assert params["OpenVINO DeepCache"] == f"{preset.infotext()} (the recipe's)", params
     assert params["OpenVINO preset"] == "fastest" and "OpenVINO note" not in params
     assert unet.served.entry.manifest.preset == "fastest"
     listed = {r.label: r for r in webui.pkg.api.recipes_route().recipes}  # what GET /sd-ov/v1/recipes says
@@ -247,6 +261,7 @@ def test_api_optimizes_and_lists(api):
     assert done.status_code == 200, done.text
     assert done.json()["label"] == "[OpenVINO INT8w] tinyckpt" and done.json()["report"]["speedup"] > 0
     assert done.json()["deepcache_branch"] == 0 and done.json()["deepcache_note"] == ""  # a pair by default
+    assert done.json()["current"] is True and done.json()["previous_unet"] == "Automatic"  # in use at once
     listed = api.get("/sd-ov/v1/recipes").json()["recipes"]
     assert [r["label"] for r in listed] == ["INT8w"]  # the FP32 IR it started from went with the run
     assert listed[0]["option"] == "[OpenVINO INT8w] tinyckpt" and listed[0]["deepcache_branches"] == [0]
