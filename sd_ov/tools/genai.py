@@ -71,6 +71,8 @@ class GenAISource:
     text_encoder_2: torch.nn.Module | None = None
     prediction_type: str = "epsilon"
     lora: BakedLora = field(default_factory=BakedLora)
+    # the INT8 VAE decoder (and encoder, where Optimize kept one) the webui decodes this recipe with
+    vae_int8: CacheEntry | None = None
     sampler: str = "Euler"  # the webui's sampler the scheduler reproduces (genai_scheduler.py)
 
     @property
@@ -109,9 +111,8 @@ def export_genai(source: GenAISource, out: str | Path, progress: ProgressFn = si
         raise UnsupportedModelError(why)
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    needed = sum(
-        p.stat().st_size for e in (source.unet_entry, source.vae_entry) for p in e.path.glob("*.bin")
-    )
+    parts = [e for e in (source.unet_entry, source.vae_entry, source.vae_int8) if e is not None]
+    needed = sum(p.stat().st_size for e in parts for p in e.path.glob("*.bin"))
     for encoder in (source.text_encoder, source.text_encoder_2):
         needed += 4 * sum(p.numel() for p in encoder.parameters()) if encoder is not None else 0
     check_disk_space(out.parent, needed)
@@ -161,12 +162,14 @@ def _write_vae(source: GenAISource, folder: Path) -> None:
         "scaling_factor": source.vae_scale,
         "block_out_channels": source.vae_block_channels,
     }
-    decoder = core.read_model(str(source.vae_entry.ir_path("decoder")))
+    int8 = source.vae_int8
+    decoder = core.read_model(str((int8 or source.vae_entry).ir_path("decoder")))
     save_ir(
         _renamed(decoder, {decoder.inputs[0].any_name: "latent_sample"}, "sample"),
         folder / "vae_decoder" / MODEL_XML,
     )
-    encoder = core.read_model(str(source.vae_entry.ir_path("encoder")))
+    with_encoder = int8 if int8 is not None and "encoder" in int8.manifest.models else source.vae_entry
+    encoder = core.read_model(str(with_encoder.ir_path("encoder")))
     encoder = _renamed(encoder, {encoder.inputs[0].any_name: "sample"}, "latent_parameters")
     save_ir(encoder, folder / "vae_encoder" / MODEL_XML)
     for part in ("vae_decoder", "vae_encoder"):
@@ -217,6 +220,7 @@ def _write_index(source: GenAISource, folder: Path) -> None:
             "clip_skip": source.clip_skip,
             "loras": source.lora.names,
             "sampler": source.sampler,
+            "vae": "INT8 decoder" if source.vae_int8 is not None else "float",
             "notes": source.notes,
         },
         "scheduler": ["diffusers", scheduler["_class_name"]],

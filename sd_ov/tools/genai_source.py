@@ -40,6 +40,7 @@ def source_from_checkpoint(
     from transformers import CLIPTextConfig
 
     from ..graphs.ldm_unet import load_unet_from_checkpoint
+    from ..optimize.vae_int8 import find_int8_decoder
     from ..runtime.text_encoder import CLIP_L_CONFIG, clip_text_model_from_checkpoint
     from ..runtime.vae import prepare_vae_entry, vae_from_checkpoint
     from ..serve import engine
@@ -77,7 +78,10 @@ def source_from_checkpoint(
     channels = [int(level.block[-1].conv2.out_channels) for level in vae.encoder.down]
     del vae
     config = text_config if text_config is not None else CLIPTextConfig(**CLIP_L_CONFIG)
-    parts = dict(unet_entry=unet_entry, vae_entry=vae_entry, vae_block_channels=channels)
+    # the webui decodes a recipe with the INT8 decoder Optimize made (its default VAE precision);
+    # the plain FP32 entry with the float one
+    vae_int8 = find_int8_decoder(vae_entry) if recipe_label else None
+    parts = dict(unet_entry=unet_entry, vae_entry=vae_entry, vae_block_channels=channels, vae_int8=vae_int8)
     if unet_entry.manifest.unet.adm_channels:
         progress("reading SDXL's two text encoders", 0.9)
         return GenAISource(

@@ -74,7 +74,7 @@ def picture(source, latent: torch.Tensor) -> np.ndarray:
     """The latent decoded by the source's OpenVINO VAE, as uint8 HWC."""
     from sd_ov.runtime.vae import OVVae
 
-    decoded = OVVae(source.vae_entry).decode(latent / source.vae_scale)
+    decoded = OVVae(source.vae_entry, decoder_entry=source.vae_int8).decode(latent / source.vae_scale)
     pixels = ((decoded / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
     return pixels[0].permute(1, 2, 0).numpy()
 
@@ -166,11 +166,16 @@ def test_an_interrupted_export_leaves_nothing_and_a_second_replaces_the_first_wh
 
 def test_an_int8_tome_recipe_is_exported_as_optimize_made_it(checkpoint, cache_root, tmp_path):
     """A recipe Optimize made (INT8 weights + token merging 0.5): its own IR goes into the folder
-    (INT8 weights, no FP32 copy: the UNet's file is a third of the FP32 one), and GenAI's picture is
-    >= 35 dB from sd-ov's of the same recipe (40-41 dB here: the same IR, compiled by GenAI with
-    its own properties, where the FP32 recipe's pictures agree to 68 dB)."""
+    (INT8 weights, no FP32 copy: the UNet's file is a third of the FP32 one) with the INT8 VAE
+    decoder Optimize made (the one the webui decodes it with), and GenAI's picture is
+    >= 30 dB from sd-ov's of the same recipe and decoder (32 dB here: INT8 activations in the UNet
+    and the decoder turn the two runtimes' 1e-5 differences into quantization steps, where the FP32
+    recipe's pictures agree to 68 dB; the UNet alone, 40 dB)."""
+    import openvino as ov
+
     from sd_ov.graphs.ldm_unet import load_unet_from_checkpoint
     from sd_ov.optimize.run import optimize
+    from sd_ov.optimize.vae_int8 import quantize_vae_decoder
     from sd_ov.serve.engine import file_hash
     from sd_ov.store.recipe import Recipe
     from sd_ov.tools.genai import export_genai
@@ -182,10 +187,23 @@ def test_an_int8_tome_recipe_is_exported_as_optimize_made_it(checkpoint, cache_r
     unet = load_unet_from_checkpoint(path, TINY_SD1)
     optimize(unet, cache, path.stem, file_hash(path), recipe, measure=None)
     plain = source_from_checkpoint(path, cache, tokenizer, unet_config=TINY_SD1, text_config=clip.config)
+    # Optimize's INT8 VAE decoder (the fastest preset's), calibrated on what decode is given
+    gen = np.random.default_rng(0)
+    latents = [(gen.normal(size=(1, 4, 32, 32)) / plain.vae_scale).astype(np.float32) for _ in range(4)]
+    quantize_vae_decoder(plain.vae_entry, latents)
     source = source_from_checkpoint(
         path, cache, tokenizer, recipe_label=recipe.label(), unet_config=TINY_SD1, text_config=clip.config
     )
     out = export_genai(source, tmp_path / "genai-int8-tome")
+    assert plain.vae_int8 is None and source.vae_int8 is not None  # the recipe decodes as the webui does
+    assert json.loads((out / "model_index.json").read_text())["_sd_ov"]["vae"] == "INT8 decoder"
+    core, f32 = ov.Core(), {"INFERENCE_PRECISION_HINT": "f32"}
+    exported = core.compile_model(str(out / "vae_decoder" / "openvino_model.xml"), "CPU", f32)
+    made_by_optimize = core.compile_model(str(source.vae_int8.ir_path("decoder")), "CPU", f32)
+    graph = core.read_model(str(out / "vae_decoder" / "openvino_model.xml"))
+    assert any(op.get_type_name() == "FakeQuantize" for op in graph.get_ops()), "an INT8 graph"
+    same = exported({0: latents[0]})[0], made_by_optimize({0: latents[0]})[0]
+    assert np.array_equal(*same), "the folder's decoder is Optimize's INT8 one"
     int8_bytes = (out / "unet" / "openvino_model.bin").stat().st_size
     fp32_bytes = sum(p.stat().st_size for p in plain.unet_entry.path.glob("*.bin"))
     assert int8_bytes < 0.4 * fp32_bytes, (int8_bytes, fp32_bytes)
@@ -193,7 +211,7 @@ def test_an_int8_tome_recipe_is_exported_as_optimize_made_it(checkpoint, cache_r
     ours = sd_ov_picture(source, "a lighthouse at dusk", seed=7, steps=4, cfg=7.0)
     db = metrics.psnr(made, ours)
     print(f"INT8 ToMe0.5: GenAI vs sd-ov {db:.1f} dB")
-    assert db >= 35, db
+    assert db >= 30, db
 
 
 def test_image_to_image_from_the_folder_makes_sd_ovs_picture(checkpoint, cache_root, tmp_path):
