@@ -146,37 +146,54 @@ def tiny_entry(tiny_unet, tmp_path_factory):
     return engine.prepare_entry(tiny_unet, root, "tiny", engine.weights_hash(tiny_unet)).entry
 
 
-def tiny_open_clip_embedder():
-    """sgm's real FrozenOpenCLIPEmbedder2 as the webui's SDXL config makes it (penultimate layer,
-    pooled output, not legacy) around a tiny seeded open_clip model (no weights to download).
-    Needs sgm and open_clip (the webui's venv)."""
-    import open_clip
+def tiny_open_clip_model(
+    width: int = 64, heads: int = 4, embed_dim: int = 24, vocab_size: int = 1000, seed: int = 0
+):
+    """open_clip's real CLIP class, tiny and seeded (no weights to download): its text tower is
+    what the webui's SDXL (bigG) and SD2 (ViT-H) embedders run. Needs open_clip."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-    from sgm.modules.encoders.modules import FrozenOpenCLIPEmbedder2
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     tiny = CLIP(
-        embed_dim=24,
+        embed_dim=embed_dim,
         vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=16),
-        text_cfg=CLIPTextCfg(context_length=77, vocab_size=1000, width=64, heads=4, layers=3),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=vocab_size, width=width, heads=heads, layers=3),
     )
     with torch.no_grad():  # open_clip starts some of these at zero or one; random reads better
         for param in tiny.parameters():
             param.add_(torch.randn_like(param) * 0.02)
+    return tiny
+
+
+def embedder_around(model, make):
+    """`make()` (an embedder class of the webui's) with open_clip's model factory answering `model`."""
+    import open_clip
+
     real = open_clip.create_model_and_transforms
-    open_clip.create_model_and_transforms = lambda *a, **k: (tiny, None, None)
+    open_clip.create_model_and_transforms = lambda *a, **k: (model, None, None)
     try:
-        embedder = FrozenOpenCLIPEmbedder2(
+        return make().eval()
+    finally:
+        open_clip.create_model_and_transforms = real
+
+
+def tiny_open_clip_embedder():
+    """sgm's real FrozenOpenCLIPEmbedder2 as the webui's SDXL config makes it (penultimate layer,
+    pooled output, not legacy) around a tiny seeded open_clip model (no weights to download).
+    Needs sgm and open_clip (the webui's venv)."""
+    from sgm.modules.encoders.modules import FrozenOpenCLIPEmbedder2
+
+    return embedder_around(
+        tiny_open_clip_model(),
+        lambda: FrozenOpenCLIPEmbedder2(
             arch="tiny",
             version=None,
             device="cpu",
             layer="penultimate",
             always_return_pooled=True,
             legacy=False,
-        )
-    finally:
-        open_clip.create_model_and_transforms = real
-    return embedder.eval()
+        ),
+    )
 
 
 def bigg_tokens(batch: int, seed: int) -> torch.Tensor:

@@ -120,7 +120,14 @@ def clip_text_model_from_checkpoint(
         raise UnsupportedModelError(f"{Path(path).name} holds no CLIP text model under {prefix}")
     state.pop("text_model.embeddings.position_ids", None)  # a buffer the model makes itself
     model = CLIPTextModel(copy.deepcopy(config)).eval()
-    result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    try:
+        result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    except RuntimeError as err:  # other shapes: another text model than the one expected
+        width = state["text_model.embeddings.token_embedding.weight"].shape
+        raise UnsupportedModelError(
+            f"{Path(path).name}'s CLIP text model ({tuple(width)} token embedding) is not the expected "
+            f"one ({config.vocab_size} x {config.hidden_size}: SD1.x's CLIP ViT-L/14)"
+        ) from err
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
     if missing or result.unexpected_keys:
         raise UnsupportedModelError(

@@ -7,12 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import SdOvError
+from ..errors import SdOvError, UnsupportedModelError
 from ..progress import ProgressFn, silent
 from .genai import SDXL_VAE_SCALE, GenAISource
 from .genai_text import (
     SD2_OPEN_CLIP_PREFIX,
     SDXL_CLIP_L_PREFIX,
+    SDXL_OPEN_CLIP_PREFIX,
     open_clip_text_model_from_checkpoint,
     padded_with,
 )
@@ -37,11 +38,8 @@ def source_from_checkpoint(
     its text encoders; `text_config` is the CLIP-L one's; SD2: its OpenCLIP tower, converted).
     `prediction_type`: "v_prediction" for a v-model (SD2 768-v), as the webui detected it. `digest`: the
     file's SHA-256 where the host knows it already (the webui does)."""
-    from transformers import CLIPTextConfig
-
     from ..graphs.ldm_unet import load_unet_from_checkpoint
     from ..optimize.vae_int8 import find_int8_decoder
-    from ..runtime.text_encoder import CLIP_L_CONFIG, clip_text_model_from_checkpoint
     from ..runtime.vae import prepare_vae_entry, vae_from_checkpoint
     from ..serve import engine
     from ..store import cache
@@ -54,6 +52,9 @@ def source_from_checkpoint(
     if digest is None:
         progress(f"hashing {path.name}", 0.0)
         digest = engine.file_hash(path)
+    # the text side first: a checkpoint whose text model is not the expected one is refused
+    # before minutes of UNet export
+    text = _text_side(path, tokenizer, text_config, clip_skip, prediction_type, progress)
     root = Path(cache_root)
     if recipe_label:
         found = [
@@ -71,21 +72,32 @@ def source_from_checkpoint(
         unet_entry = engine.prepare_entry(
             lambda: load_unet_from_checkpoint(path, unet_config), root, name, digest, Recipe(), progress
         ).entry
+    if bool(unet_entry.manifest.unet.adm_channels) != ("text_encoder_2" in text):
+        raise UnsupportedModelError("the checkpoint's UNet and text encoders are not of one architecture")
     vae_entry = prepare_vae_entry(
         lambda: vae_from_checkpoint(path), root, f"{name}-vae-baked", digest, progress
     )
     vae = vae_from_checkpoint(path)
     channels = [int(level.block[-1].conv2.out_channels) for level in vae.encoder.down]
     del vae
-    config = text_config if text_config is not None else CLIPTextConfig(**CLIP_L_CONFIG)
     # the webui decodes a recipe with the INT8 decoder Optimize made (its default VAE precision);
     # the plain FP32 entry with the float one
     vae_int8 = find_int8_decoder(vae_entry) if recipe_label else None
-    parts = dict(unet_entry=unet_entry, vae_entry=vae_entry, vae_block_channels=channels, vae_int8=vae_int8)
-    if unet_entry.manifest.unet.adm_channels:
-        progress("reading SDXL's two text encoders", 0.9)
-        return GenAISource(
-            **parts,
+    return GenAISource(
+        unet_entry=unet_entry, vae_entry=vae_entry, vae_block_channels=channels, vae_int8=vae_int8, **text
+    )
+
+
+def _text_side(path: Path, tokenizer: Any, text_config: Any, clip_skip: int, prediction_type: str, progress):
+    """The source's text encoder(s), tokenizer and what goes with them, by what the file holds."""
+    from transformers import CLIPTextConfig
+
+    from ..runtime.text_encoder import CLIP_L_CONFIG, clip_text_model_from_checkpoint
+
+    config = text_config if text_config is not None else CLIPTextConfig(**CLIP_L_CONFIG)
+    if _has_key(path, SDXL_OPEN_CLIP_PREFIX + "token_embedding.weight"):
+        progress("reading SDXL's two text encoders", 0.05)
+        return dict(
             text_encoder=clip_text_model_from_checkpoint(path, config, prefix=SDXL_CLIP_L_PREFIX),
             tokenizer=tokenizer,
             clip_skip=clip_skip,
@@ -95,16 +107,16 @@ def source_from_checkpoint(
     if _has_key(path, SD2_OPEN_CLIP_PREFIX + "token_embedding.weight"):
         # SD2's OpenCLIP ViT-H: ldm's FrozenOpenCLIPEmbedder reads the penultimate block, layer-normed
         # (the webuis' SD2; A1111 applies no clip skip to it); its tokens pad with 0 ("!")
-        return GenAISource(
-            **parts,
+        return dict(
             text_encoder=open_clip_text_model_from_checkpoint(path, SD2_OPEN_CLIP_PREFIX),
             tokenizer=padded_with(tokenizer, "!"),
             clip_skip=2,
             prediction_type=prediction_type,
             notes=["SD2: the text encoder's penultimate layer (ldm's), whatever the clip skip"],
         )
-    clip = clip_text_model_from_checkpoint(path, config)
-    return GenAISource(**parts, text_encoder=clip, tokenizer=tokenizer, clip_skip=clip_skip)
+    return dict(
+        text_encoder=clip_text_model_from_checkpoint(path, config), tokenizer=tokenizer, clip_skip=clip_skip
+    )
 
 
 def _has_key(path: Path, key: str) -> bool:

@@ -455,3 +455,33 @@ def test_the_scheduler_reproduces_the_webuis_sampler(checkpoint, cache_root, tmp
     db = metrics.psnr(made, ours)
     print(f"{sampler}: GenAI vs sd-ov {db:.1f} dB")
     assert db >= SAME_PICTURE_DB, db
+
+
+def test_the_command_line_says_what_it_cannot_export(checkpoint, cache_root, tmp_path, capsys):
+    """`python -m sd_ov export-genai` on what it can't export: a missing file, and a checkpoint
+    whose CLIP is not SD1.x's CLIP ViT-L/14 (the tiny test model's): one clear line, exit 2,
+    nothing written. (Its successful export: the real A1111 test, tests/real, `-k genai`.)"""
+    from sd_ov.tools.cli import main
+
+    path, clip, tokenizer = checkpoint
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY_SD1))
+    tokenizer.save_pretrained(str(tmp_path / "tokenizer"))
+    args = [
+        "export-genai",
+        "--cache",
+        str(cache_root),
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    args += ["--tokenizer", str(tmp_path / "tokenizer"), "--sampler", "DPM++ 2M"]
+    assert main([*args, "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
+    assert "no checkpoint file at" in capsys.readouterr().err
+    assert main([*args, "--checkpoint", str(path)]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert "is not the expected one (49408 x 768: SD1.x's CLIP ViT-L/14)" in said[-1], said
+    assert not (tmp_path / "out").exists() and not any("UNet" in line for line in said), (
+        said
+    )  # before the export

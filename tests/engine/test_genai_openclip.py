@@ -23,7 +23,13 @@ import torch
 from sd_ov.optimize import metrics
 from sd_ov.optimize.sampling import sample_euler
 
-from ..conftest import TinyAutoencoderKL, TinyCLIPTextModel, tiny_tokenizer
+from ..conftest import (
+    TinyAutoencoderKL,
+    TinyCLIPTextModel,
+    embedder_around,
+    tiny_open_clip_model,
+    tiny_tokenizer,
+)
 
 genai = pytest.importorskip("openvino_genai", reason="openvino-genai is not installed")
 pytest.importorskip("openvino_tokenizers", reason="openvino-tokenizers is not installed")
@@ -59,34 +65,22 @@ TINY_SDXL = dict(
 def tiny_bigg():
     """sgm's FrozenOpenCLIPEmbedder2 as SDXL's config makes it, around a tiny seeded open_clip
     model (a head per 64 channels, as bigG's)."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
     from sgm.modules.encoders.modules import FrozenOpenCLIPEmbedder2
 
-    torch.manual_seed(1)
-    tiny = CLIP(
-        embed_dim=POOLED,
-        vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=16),
-        text_cfg=CLIPTextCfg(
-            context_length=77, vocab_size=600, width=BIGG_WIDTH, heads=BIGG_WIDTH // 64, layers=3
-        ),
+    model = tiny_open_clip_model(
+        width=BIGG_WIDTH, heads=BIGG_WIDTH // 64, embed_dim=POOLED, vocab_size=600, seed=1
     )
-    with torch.no_grad():
-        for param in tiny.parameters():
-            param.add_(torch.randn_like(param) * 0.02)
-    real = open_clip.create_model_and_transforms
-    open_clip.create_model_and_transforms = lambda *a, **k: (tiny, None, None)
-    try:
-        embedder = FrozenOpenCLIPEmbedder2(
+    return embedder_around(
+        model,
+        lambda: FrozenOpenCLIPEmbedder2(
             arch="tiny",
             version=None,
             device="cpu",
             layer="penultimate",
             always_return_pooled=True,
             legacy=False,
-        )
-    finally:
-        open_clip.create_model_and_transforms = real
-    return embedder.eval()
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -257,27 +251,11 @@ def sd2_checkpoint(tmp_path_factory):
     from ..conftest import TINY_SD2
 
     encoders = pytest.importorskip("ldm.modules.encoders.modules", reason="ldm (the webui's SD2 code)")
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-
-    torch.manual_seed(2)
-    tiny = CLIP(
-        embed_dim=32,
-        vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=16),
-        text_cfg=CLIPTextCfg(
-            context_length=77, vocab_size=600, width=SD2_WIDTH, heads=SD2_WIDTH // 64, layers=3
-        ),
+    model = tiny_open_clip_model(width=SD2_WIDTH, heads=SD2_WIDTH // 64, embed_dim=32, vocab_size=600, seed=2)
+    embedder = embedder_around(
+        model,
+        lambda: encoders.FrozenOpenCLIPEmbedder(arch="tiny", version=None, device="cpu", layer="penultimate"),
     )
-    with torch.no_grad():
-        for param in tiny.parameters():
-            param.add_(torch.randn_like(param) * 0.02)
-    real = encoders.open_clip.create_model_and_transforms
-    encoders.open_clip.create_model_and_transforms = lambda *a, **k: (tiny, None, None)
-    try:
-        embedder = encoders.FrozenOpenCLIPEmbedder(
-            arch="tiny", version=None, device="cpu", layer="penultimate"
-        )
-    finally:
-        encoders.open_clip.create_model_and_transforms = real
     unet, vae = build_unet(dict(TINY_SD2, context_dim=SD2_WIDTH), seed=0), TinyAutoencoderKL()
     state = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
     state |= {f"first_stage_model.{k}": v for k, v in vae.state_dict().items()}

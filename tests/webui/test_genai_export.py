@@ -55,6 +55,7 @@ def test_the_api_exports_the_loaded_checkpoint_and_genai_runs_it(api, webui, mon
         "clip_skip": 2,
         "loras": [],
         "sampler": "Euler",
+        "vae": "float",
         "notes": [],
     }
     odd = api.post("/sd-ov/v1/export-genai", json={"sampler": "DPM++ 2M", "folder": folder + "-dpm"})
