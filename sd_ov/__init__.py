@@ -109,6 +109,7 @@ _PUBLIC = {
     "export_genai": "tools.genai",
     "source_from_checkpoint": "tools.genai_source",
     "recipe_schedule": "serve.preset",
+    "preset_seconds": "optimize.estimate",
     "BakedLora": "tools.genai_lora",
     "GENAI_SAMPLERS": "tools.genai_scheduler",
 }

@@ -6,10 +6,22 @@ import html
 
 from modules import sd_models, sd_unet, shared
 
-from sd_ov import MAX_DEEPCACHE_BRANCH, SCHEDULES, SdOvError, cache, ov_core, recipe_schedule, run_summary
+from sd_ov import (
+    MAX_DEEPCACHE_BRANCH,
+    SCHEDULES,
+    SdOvError,
+    cache,
+    optimize_defaults,
+    ov_core,
+    preset_seconds,
+    recipe_schedule,
+    run_summary,
+)
 
 from .job import INFOTEXT_KEY, RECIPES, job_deepcache, pasted_deepcache, token_merging_note
+from .optimize_job import run_optimize
 from .options import OpenVINOUnetOption, current_openvino_unet
+from .progress import time_left
 from .settings import cache_root, opt, runtime_settings
 
 # The accordion's controls, in the order the webui passes their values to the hooks.
@@ -30,7 +42,7 @@ def build(script, is_img2img: bool) -> list:
                 maximum=10,
                 step=1,
                 label="DeepCache interval (-1: the recipe's schedule, 0: off)",
-                value=lambda: int(opt("sd_ov_deepcache_interval")),
+                value=lambda: int(opt("sd_ov_deepcache_every")),
                 elem_id=f"sd_ov_{tab}_deepcache_interval",
             )
             branch = gr.Slider(
@@ -50,6 +62,18 @@ def build(script, is_img2img: bool) -> list:
         status = gr.HTML(value=status_html, elem_id=f"sd_ov_{tab}_status")
         refresh = gr.Button(value="Refresh status", elem_id=f"sd_ov_{tab}_refresh")
         refresh.click(fn=status_html, inputs=[], outputs=[status])
+        # the first Optimize, one click away while the loaded checkpoint has no recipe
+        with gr.Row():
+            invite = gr.HTML(value=invite_html, elem_id=f"sd_ov_{tab}_invite")
+            make = gr.Button(value="Make the fastest recipe", elem_id=f"sd_ov_{tab}_make_fastest")
+            stop = gr.Button(value="Cancel", elem_id=f"sd_ov_{tab}_cancel_optimize")
+        made = gr.HTML(elem_id=f"sd_ov_{tab}_made")
+        make.click(
+            fn=lambda progress=gr.Progress(): (make_fastest(progress), invite_html(), status_html()),
+            inputs=[],
+            outputs=[made, invite, status],
+        )
+        stop.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
     # Pasting an OpenVINO picture's infotext turns it on and restores its DeepCache choice;
     # other infotexts leave the controls alone.
     script.infotext_fields = [
@@ -60,6 +84,44 @@ def build(script, is_img2img: bool) -> list:
     ]
     script.paste_field_names = []
     return [enabled, interval, branch, schedule]
+
+
+def loaded_checkpoint_info():
+    """The loaded checkpoint's info; in Forge before its first job, the one it will load."""
+    info = getattr(getattr(shared, "sd_model", None), "sd_checkpoint_info", None)
+    if info is None:
+        info = sd_models.get_closet_checkpoint_match(
+            str(getattr(shared.opts, "sd_model_checkpoint", "") or "")
+        )
+    return info
+
+
+def invite_html() -> str:
+    """While the loaded checkpoint has no recipe: the one line that offers the fastest preset's
+    Optimize, with its time on this machine (`preset_seconds`: from Optimize runs or FP32 exports
+    measured here)."""
+    info = loaded_checkpoint_info()
+    if info is None:
+        return ""
+    entries = cache.list_entries(cache_root())
+    own = [
+        e for e in entries if e.manifest.checkpoint_name == info.model_name and e.manifest.component == "unet"
+    ]
+    if any(not e.manifest.recipe.is_plain for e in own):
+        return ""  # it has a recipe: Optimize lives in the OpenVINO tab
+    weights = next((e.manifest.unet.parameters for e in own if e.manifest.unet is not None), None)
+    seconds = preset_seconds(entries, weights) if weights else None
+    about = f"about {time_left(seconds)} here" if seconds else "its time is known after the first picture"
+    return (
+        f"Make the fastest recipe for <b>{html.escape(info.model_name)}</b> ({about}): INT8 + token "
+        "merging with its DeepCache pair, made from your checkpoint and used at once."
+    )
+
+
+def make_fastest(progress_bar=None) -> str:
+    """The accordion's button: the fastest preset's Optimize with the form's defaults (the tab's
+    progress and report; the recipe becomes the current SD Unet)."""
+    return run_optimize({**optimize_defaults(), "preset": "fastest"}, progress_bar=progress_bar)
 
 
 def option_for(info, selected: str):
@@ -74,16 +136,12 @@ def option_for(info, selected: str):
 
 def status_html() -> str:
     """What the next job will run: device, recipe, and whether the UNet is cached already."""
-    model = getattr(shared, "sd_model", None)
-    info = getattr(model, "sd_checkpoint_info", None)
+    loaded = getattr(getattr(shared, "sd_model", None), "sd_checkpoint_info", None)
+    info = loaded_checkpoint_info()
     selected = getattr(shared.opts, "sd_unet", "Automatic")
     lines = [f"SD Unet setting: <b>{html.escape(str(selected))}</b>"]
-    if info is None:  # Forge loads the chosen checkpoint at its first job: the one chosen then
-        info = sd_models.get_closet_checkpoint_match(
-            str(getattr(shared.opts, "sd_model_checkpoint", "") or "")
-        )
-        if info is not None:
-            lines.append(f"Checkpoint: {html.escape(info.model_name)} (loads at the first job)")
+    if loaded is None and info is not None:  # Forge loads the chosen checkpoint at its first job
+        lines.append(f"Checkpoint: {html.escape(info.model_name)} (loads at the first job)")
     option = option_for(info, str(selected)) if info is not None else None
     if not isinstance(option, OpenVINOUnetOption):
         lines.append(
@@ -124,7 +182,7 @@ def accordion_deepcache(info, option: OpenVINOUnetOption):
     """(the DeepCache schedule the next job asks for, " (the recipe's)" where it is the recipe's
     own: the accordion's interval -1 reads the recipe's manifest)."""
     asked = job_deepcache(
-        opt("sd_ov_deepcache_interval"), opt("sd_ov_deepcache_branch"), opt("sd_ov_deepcache_schedule")
+        opt("sd_ov_deepcache_every"), opt("sd_ov_deepcache_branch"), opt("sd_ov_deepcache_schedule")
     )
     if asked is not None:
         return asked, ""

@@ -5,6 +5,8 @@ interrupted job's partial latent and returns that picture."""
 
 from __future__ import annotations
 
+import time
+
 from modules import shared
 
 from sd_ov import Cancelled
@@ -25,11 +27,19 @@ def cancellable_progress(message: str, fraction: float) -> None:
 
 
 def with_progress_bar(progress_bar):
-    """`cancellable_progress` that also moves a gradio progress bar (the tab's long buttons)."""
+    """`cancellable_progress` that also moves a gradio progress bar (the tab's and the accordion's
+    long buttons), with the time left as measured so far."""
+    started = time.monotonic()
 
     def progress(message: str, fraction: float) -> None:
         if progress_bar is not None:
-            progress_bar(fraction, desc=message)
+            elapsed = time.monotonic() - started
+            left = elapsed * (1 - fraction) / fraction if 0.02 < fraction < 1 and elapsed > 10 else None
+            progress_bar(fraction, desc=message + (f" (about {time_left(left)} left)" if left else ""))
         cancellable_progress(message, fraction)
 
     return progress
+
+
+def time_left(seconds: float) -> str:
+    return f"{round(seconds / 60)} min" if seconds >= 90 else f"{max(1, round(seconds))} s"

@@ -38,7 +38,10 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "sd_ov_cache_dir": "",
     "sd_ov_max_compiled": 2,
     "sd_ov_cache_compiled": True,
-    "sd_ov_deepcache_interval": -1,  # the recipe's schedule (a preset's recipe has one)
+    # -1: the recipe's schedule (a preset's recipe has one). A new key: the one before
+    # (sd_ov_deepcache_interval) defaulted to 0, which Settings → Apply saved in every config.json
+    # as if chosen, and which would keep every job off the recipe's schedule
+    "sd_ov_deepcache_every": -1,
     "sd_ov_deepcache_branch": 0,
     "sd_ov_deepcache_schedule": "uniform",
     "sd_ov_offload": "release",
@@ -241,7 +244,7 @@ def register(on_runtime_change) -> None:
     )
     add("sd_ov_cache_dir", "Cache folder (empty: models/OpenVINO)", gr.Textbox)
     add(
-        "sd_ov_deepcache_interval",
+        "sd_ov_deepcache_every",
         "DeepCache: full UNet every N calls (-1: the recipe's schedule, 0: off)",
         gr.Slider,
         {"minimum": -1, "maximum": 10, "step": 1},

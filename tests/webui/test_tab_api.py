@@ -131,8 +131,13 @@ def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path, m
 
     monkeypatch.setattr(cpu_caps_module, "cpu_caps", lambda: CpuCaps(("FP32", "INT8"), 0.0))
     webui.shared.opts.sd_ov_cache_dir = str(tmp_path / "cache")
+    webui.info.calculate_shorthash()
+    said = webui.pkg.accordion.invite_html()  # no recipe, nothing measured here yet
+    assert "Make the fastest recipe for <b>tinyckpt</b> (its time is known after the first picture)" in said
     bar = gr.Progress()
     message = optimize_in_tab(webui, progress_bar=bar, preset="fastest", int8="weights", tome=0.0)
+    assert webui.pkg.accordion.invite_html() == ""  # it has a recipe now
+    assert any(d.endswith(" left)") for _, d in bar.calls), bar.calls  # the time left, as measured
     assert "ready" in message and "PSNR" in message, message
     assert f"It runs with the fastest preset's DeepCache ({FASTEST.deepcache.infotext()})" in message
     assert "INT8ff ToMe0.5" in webui.pkg.tab.recipe_entries_html()
@@ -486,3 +491,35 @@ def sd_ov_form_parse(values):
     from sd_ov.optimize.form import parse_optimize_form
 
     return parse_optimize_form(values)
+
+
+def test_the_accordions_button_makes_the_fastest_recipe_with_the_forms_defaults(webui, monkeypatch):
+    """The accordion's invitation: its time from this machine (after the first picture exported
+    the FP32 UNet: 25x that export's seconds, per weight), and its button runs the fastest
+    preset's Optimize with the form's defaults and a progress bar; Cancel interrupts."""
+    import gradio as gr
+
+    from sd_ov import optimize_defaults
+
+    webui.info.calculate_shorthash()
+    txt2img(webui)  # the FP32 export: this machine's speed
+    said = webui.pkg.accordion.invite_html()
+    assert said.startswith("Make the fastest recipe for <b>tinyckpt</b> (about ") and " here)" in said, said
+    webui.script.ui(False)
+    button = next(c for c in gr.Component.created if c.kwargs.get("elem_id") == "sd_ov_txt2img_make_fastest")
+    asked = []
+    monkeypatch.setattr(
+        webui.pkg.accordion,
+        "run_optimize",
+        lambda values, progress_bar=None: asked.append((values, progress_bar)) or "made",
+    )
+    (_, fn, inputs, outputs) = button.events[-1]
+    made, invite, status = fn()
+    assert made == "made" and invite.startswith("Make the fastest recipe") and "SD Unet setting" in status
+    ((values, bar),) = asked
+    assert values == {**optimize_defaults(), "preset": "fastest"} and bar is not None
+    cancel = next(
+        c for c in gr.Component.created if c.kwargs.get("elem_id") == "sd_ov_txt2img_cancel_optimize"
+    )
+    cancel.events[-1][1]()
+    assert webui.shared.state.interrupted
