@@ -100,7 +100,10 @@ def _text_side(path: Path, tokenizer: Any, text_config: Any, clip_skip: int, pre
         return dict(
             text_encoder=clip_text_model_from_checkpoint(path, config, prefix=SDXL_CLIP_L_PREFIX),
             tokenizer=tokenizer,
-            clip_skip=clip_skip,
+            clip_skip=1,  # the webui's clip skip does not reach SDXL's encoders (its default)
+            notes=[f"SDXL reads the penultimate layers: clip skip {clip_skip} does not apply"]
+            if clip_skip != 1
+            else [],
             vae_scale=SDXL_VAE_SCALE,
             text_encoder_2=open_clip_text_model_from_checkpoint(path),
         )

@@ -166,8 +166,9 @@ def test_an_sdxl_recipe_makes_sd_ovs_picture_in_genais_xl_pipeline(checkpoint, t
     assert metrics.rel_l2(ours.text_embeds, theirs["pooled"]) < 1e-5
 
     source = source_from_checkpoint(
-        path, tmp_path / "cache", tokenizer, unet_config=TINY_SDXL, text_config=clip_l.config
-    )
+        path, tmp_path / "cache", tokenizer, unet_config=TINY_SDXL, text_config=clip_l.config, clip_skip=2
+    )  # the webui's clip skip 2 (an SD1 habit) does not reach SDXL's encoders: said, not refused
+    assert source.clip_skip == 1 and "clip skip 2 does not apply" in source.notes[0]
     out = export_genai(source, tmp_path / "genai-sdxl")
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionXLPipeline"
