@@ -485,3 +485,14 @@ def test_the_command_line_says_what_it_cannot_export(checkpoint, cache_root, tmp
     assert not (tmp_path / "out").exists() and not any("UNet" in line for line in said), (
         said
     )  # before the export
+
+
+def test_a_sampler_genai_has_no_scheduler_for_writes_euler_and_says_so():
+    from sd_ov.tools.genai_scheduler import scheduler_config
+
+    config, note = scheduler_config("DPM++ 2M")
+    assert config["_class_name"] == "EulerDiscreteScheduler" and note.startswith(
+        "DPM++ 2M has no OpenVINO GenAI"
+    )
+    config, note = scheduler_config("DDIM", "v_prediction")
+    assert (config["_class_name"], config["prediction_type"], note) == ("DDIMScheduler", "v_prediction", None)

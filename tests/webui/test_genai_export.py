@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +57,7 @@ def test_the_api_exports_the_loaded_checkpoint_and_genai_runs_it(api, webui, mon
         "vae": "float",
         "notes": [],
     }
-    odd = api.post("/sd-ov/v1/export-genai", json={"sampler": "DPM++ 2M", "folder": folder + "-dpm"})
-    assert odd.status_code == 200 and odd.json()["notes"][0].startswith(
-        "DPM++ 2M has no OpenVINO GenAI scheduler"
-    )
-    scheduler = json.loads(Path(folder + "-dpm", "scheduler", "scheduler_config.json").read_text())
-    assert scheduler["_class_name"] == "EulerDiscreteScheduler"
-    shutil.rmtree(folder + "-dpm")
+    assert made["notes"] == []  # a sampler GenAI has no scheduler for: test_genai.py
     pipe = genai.Text2ImagePipeline(folder, "CPU")
     image = pipe.generate(
         "a cat", width=64, height=64, num_inference_steps=2, generator=genai.TorchGenerator(1)
