@@ -177,14 +177,14 @@ def embedder_around(model, make):
         open_clip.create_model_and_transforms = real
 
 
-def tiny_open_clip_embedder():
+def tiny_open_clip_embedder(model=None):
     """sgm's real FrozenOpenCLIPEmbedder2 as the webui's SDXL config makes it (penultimate layer,
-    pooled output, not legacy) around a tiny seeded open_clip model (no weights to download).
-    Needs sgm and open_clip (the webui's venv)."""
+    pooled output, not legacy) around a tiny seeded open_clip model (`model`, default
+    `tiny_open_clip_model()`; no weights to download). Needs sgm and open_clip (the webui's venv)."""
     from sgm.modules.encoders.modules import FrozenOpenCLIPEmbedder2
 
     return embedder_around(
-        tiny_open_clip_model(),
+        model if model is not None else tiny_open_clip_model(),
         lambda: FrozenOpenCLIPEmbedder2(
             arch="tiny",
             version=None,

@@ -95,11 +95,16 @@ def sd_ov_picture(source, prompt: str, seed: int, steps: int, cfg: float, lora=N
     return picture(source, sample_euler(unet, noise, cond, uncond, steps=steps, cfg_scale=cfg).latent)
 
 
-def genai_picture(folder: Path, prompt: str, seed: int, steps: int, cfg: float) -> np.ndarray:
+def genai_picture(
+    folder: Path, prompt: str, seed: int, steps: int, cfg: float, negative_prompt: str | None = ""
+) -> np.ndarray:
+    """GenAI's Text2ImagePipeline at f32, SIZE², TorchGenerator(seed); `negative_prompt` None:
+    none given (SDXL's pipeline then zeros the uncond half, as the webui does for an empty one)."""
     pipe = genai.Text2ImagePipeline(str(folder), "CPU", **F32)
+    negative = {} if negative_prompt is None else {"negative_prompt": negative_prompt}
     image = pipe.generate(
         prompt,
-        negative_prompt="",
+        **negative,
         width=SIZE,
         height=SIZE,
         num_inference_steps=steps,

@@ -27,6 +27,7 @@ from ..conftest import (
     TinyAutoencoderKL,
     TinyCLIPTextModel,
     embedder_around,
+    tiny_open_clip_embedder,
     tiny_open_clip_model,
     tiny_tokenizer,
 )
@@ -36,11 +37,10 @@ pytest.importorskip("openvino_tokenizers", reason="openvino-tokenizers is not in
 open_clip = pytest.importorskip(
     "open_clip", reason="open_clip (SDXL's and SD2's text towers) is not installed"
 )
+from .test_genai import SIZE, genai_picture  # noqa: E402 - GenAI's pipeline at f32, after the skips
 
-SIZE = 64  # pixels; the tiny VAE's factor is 2
-# GenAI at f32, as sd-ov's reference runs: on a CPU with AMX, GenAI's default is bf16, which alone
-# costs the tiny random models 8-30 dB; at f32 the two pictures are the same to 60+ dB
-F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+# GenAI at f32 (genai_picture), as sd-ov's reference runs: on a CPU with AMX, GenAI's default is
+# bf16, which alone costs the tiny random models 8-30 dB; at f32 the pictures agree to 60+ dB
 SAME_PICTURE_DB = 45
 CLIP_L_WIDTH, BIGG_WIDTH, POOLED = 32, 128, 48
 TINY_SDXL = dict(
@@ -65,21 +65,10 @@ TINY_SDXL = dict(
 def tiny_bigg():
     """sgm's FrozenOpenCLIPEmbedder2 as SDXL's config makes it, around a tiny seeded open_clip
     model (a head per 64 channels, as bigG's)."""
-    from sgm.modules.encoders.modules import FrozenOpenCLIPEmbedder2
-
-    model = tiny_open_clip_model(
-        width=BIGG_WIDTH, heads=BIGG_WIDTH // 64, embed_dim=POOLED, vocab_size=600, seed=1
-    )
-    return embedder_around(
-        model,
-        lambda: FrozenOpenCLIPEmbedder2(
-            arch="tiny",
-            version=None,
-            device="cpu",
-            layer="penultimate",
-            always_return_pooled=True,
-            legacy=False,
-        ),
+    return tiny_open_clip_embedder(
+        tiny_open_clip_model(
+            width=BIGG_WIDTH, heads=BIGG_WIDTH // 64, embed_dim=POOLED, vocab_size=600, seed=1
+        )
     )
 
 
@@ -211,16 +200,7 @@ def test_an_sdxl_recipe_makes_sd_ovs_picture_in_genais_xl_pipeline(checkpoint, t
     assert metrics.rel_l2(torch.from_numpy(got), torch.from_numpy(want)) < 1e-5
 
     prompt, seed, steps, cfg = "a red fox in the snow", 42, 4, 7.0
-    pipe = genai.Text2ImagePipeline(str(out), "CPU", **F32)
-    made = pipe.generate(
-        prompt,
-        width=SIZE,
-        height=SIZE,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        generator=genai.TorchGenerator(seed),
-    )
-    made = np.asarray(made.data)[0]
+    made = genai_picture(out, prompt, seed, steps, cfg, negative_prompt=None)
 
     cond, y_cond = sgm_conditioning(clip_l, bigg, tokenizer, prompt)
     uncond, y_uncond = sgm_conditioning(clip_l, bigg, tokenizer, "")
@@ -289,16 +269,7 @@ def test_an_sd2_checkpoint_makes_sd_ovs_picture_in_genais_pipeline(sd2_checkpoin
     assert scheduler["prediction_type"] == prediction
 
     prompt, seed, steps, cfg = "a lighthouse at dusk", 9, 4, 7.0
-    made = genai.Text2ImagePipeline(str(out), "CPU", **F32).generate(
-        prompt,
-        negative_prompt="",
-        width=SIZE,
-        height=SIZE,
-        num_inference_steps=steps,
-        guidance_scale=cfg,
-        generator=genai.TorchGenerator(seed),
-    )
-    made = np.asarray(made.data)[0]
+    made = genai_picture(out, prompt, seed, steps, cfg)
 
     def encode(text: str) -> torch.Tensor:
         ids = padded(tokenizer)(
