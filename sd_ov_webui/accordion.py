@@ -61,17 +61,23 @@ def build(script, is_img2img: bool) -> list:
             )
         status = gr.HTML(value=status_html, elem_id=f"sd_ov_{tab}_status")
         refresh = gr.Button(value="Refresh status", elem_id=f"sd_ov_{tab}_refresh")
-        refresh.click(fn=status_html, inputs=[], outputs=[status])
         # the first Optimize, one click away while the loaded checkpoint has no recipe
         with gr.Row():
             invite = gr.HTML(value=invite_html, elem_id=f"sd_ov_{tab}_invite")
             make = gr.Button(value="Make the fastest recipe", elem_id=f"sd_ov_{tab}_make_fastest")
             stop = gr.Button(value="Cancel", elem_id=f"sd_ov_{tab}_cancel_optimize")
         made = gr.HTML(elem_id=f"sd_ov_{tab}_made")
+
+        def after() -> tuple:
+            """The status and the invite again; the buttons only beside an invite."""
+            line = invite_html()
+            return line, status_html(), gr.update(visible=bool(line)), gr.update(visible=bool(line))
+
+        refresh.click(fn=after, inputs=[], outputs=[invite, status, make, stop])
         make.click(
-            fn=lambda progress=gr.Progress(): (make_fastest(progress), invite_html(), status_html()),
+            fn=lambda progress=gr.Progress(): (make_fastest(progress), *after()),
             inputs=[],
-            outputs=[made, invite, status],
+            outputs=[made, invite, status, make, stop],
         )
         stop.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
     # Pasting an OpenVINO picture's infotext turns it on and restores its DeepCache choice;

@@ -514,8 +514,9 @@ def test_the_accordions_button_makes_the_fastest_recipe_with_the_forms_defaults(
         lambda values, progress_bar=None: asked.append((values, progress_bar)) or "made",
     )
     (_, fn, inputs, outputs) = button.events[-1]
-    made, invite, status = fn()
+    made, invite, status, *buttons = fn()
     assert made == "made" and invite.startswith("Make the fastest recipe") and "SD Unet setting" in status
+    assert buttons == [{"__type__": "update", "visible": True}] * 2  # still no recipe (Optimize is a stand-in here)
     ((values, bar),) = asked
     assert values == {**optimize_defaults(), "preset": "fastest"} and bar is not None
     cancel = next(
