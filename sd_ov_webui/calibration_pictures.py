@@ -50,7 +50,8 @@ def webui_picture(calib: Calibration, prompt: str, seed: int, unet_fn=None, befo
     """One txt2img picture (numpy RGB) made by the webui itself, its UNet calls served by `unet_fn`
     (torch when None), `before_decode()` called when sampling is done and `decoded(z, picture)`
     given the VAE's input and output. The webui's token merging is off: it would change only the
-    torch picture."""
+    torch picture. Live previews are off: nobody watches a calibration picture, and the webui
+    would load (the first time for SDXL: download) its preview decoder, which fails offline."""
     import numpy as np
     from modules import processing
 
@@ -68,7 +69,7 @@ def webui_picture(calib: Calibration, prompt: str, seed: int, unet_fn=None, befo
         n_iter=1,
         do_not_save_samples=True,
         do_not_save_grid=True,
-        override_settings={"sd_unet": "None", "token_merging_ratio": 0},
+        override_settings={"sd_unet": "None", "token_merging_ratio": 0, "live_previews_enable": False},
         override_settings_restore_afterwards=True,
     )
     with (

@@ -204,7 +204,12 @@ def process_images_inner(p):
 
 
 def _sample_and_decode(p):
+    from modules import sd_vae_approx
+
     p.init()
+    # as the webui's: the live-preview decoder is loaded (downloaded the first time) before sampling
+    if shared.opts.live_previews_enable and shared.opts.show_progress_type == "Approx NN":
+        sd_vae_approx.model()
     sd_unet.apply_unet()
     if p.scripts is not None:
         p.scripts.process_batch(p, batch_number=0)

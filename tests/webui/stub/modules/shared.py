@@ -53,6 +53,8 @@ class Options:
                 "sdxl_clip_l_skip": OptionInfo(False, "Clip skip SDXL"),
                 "sd_vae_decode_method": OptionInfo("Full", "VAE type for decode"),
                 "skip_early_cond": OptionInfo(0.0, "Ignore negative prompt during early sampling"),
+                "live_previews_enable": OptionInfo(True, "Show live previews of the created image"),
+                "show_progress_type": OptionInfo("Approx NN", "Live preview method"),
             },
         )
 
