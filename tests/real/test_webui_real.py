@@ -1280,6 +1280,77 @@ def test_sdxl_at_full_size_fits_a_16_gb_laptop(installed):
     assert own[1] <= 14.0, report
 
 
+@contextlib.contextmanager
+def free_space_left_at(folder: Path, gib: float | None) -> Iterator[float]:
+    """The disk of `folder` with `gib` GiB free while inside (a ballast file takes the rest; gone
+    after), so a run sees the free space a user's disk had; None leaves the disk as it is. Yields
+    the free GiB at the start."""
+    ballast = folder / "sd-ov-test-ballast.bin"
+    free = shutil.disk_usage(folder).free / 2**30
+    if gib is not None and free > gib:
+        with open(ballast, "wb") as out:
+            os.posix_fallocate(out.fileno(), 0, int((free - gib) * 2**30))
+    try:
+        yield shutil.disk_usage(folder).free / 2**30
+    finally:
+        ballast.unlink(missing_ok=True)
+
+
+def test_sdxl_after_the_fastest_preset_a_1024_job_runs_its_pair_five_times_torch(installed):
+    """The one-click path for SDXL, on a full-size SDXL checkpoint with 36 GiB free (set
+    SD_OV_TEST_FREE_GIB to another figure, or to "" for the disk as it is): `POST
+    /sd-ov/v1/optimize {"preset": "fastest"}` and nothing else makes the recipe and its DeepCache
+    pair and makes it current; a plain 1024² txt2img (8 Euler steps, no override_settings, no
+    script args) runs the pair with the preset's schedule (infotext), >= 5x torch's job of the same
+    steps in the same run. "No norm" emphasis as in the SD1.5 test (see NO_NORM)."""
+    if not any((Path(WEBUI) / "models" / "Stable-diffusion").glob(f"{SDXL_FULL_CHECKPOINT}.*")):
+        pytest.skip(f"no {SDXL_FULL_CHECKPOINT} checkpoint in the webui's models/Stable-diffusion")
+    leave = os.environ.get("SD_OV_TEST_FREE_GIB", "36")
+    job = {k: v for k, v in JOB.items() if k != "override_settings_restore_afterwards"}
+    job |= {"width": 1024, "height": 1024, "steps": 8}
+    webui = Webui(Path(WEBUI), installed / "sdxl-one-click.log")
+    before = api("/sdapi/v1/options")
+    seconds = {}
+
+    def plain_job(**payload) -> tuple[np.ndarray, dict, float]:
+        started = time.perf_counter()
+        result = api("/sdapi/v1/txt2img", {**job, **payload})
+        return (*decode_picture(result), time.perf_counter() - started)
+
+    try:
+        api("/sdapi/v1/options", {**NO_NORM})
+        with checkpoint_loaded(SDXL_FULL_CHECKPOINT):
+            with free_space_left_at(Path(WEBUI) / "models", float(leave) if leave else None) as free:
+                started = time.perf_counter()
+                made = api("/sd-ov/v1/optimize", {"preset": "fastest"}, timeout=5400)
+                seconds["optimize"] = time.perf_counter() - started
+                left = shutil.disk_usage(Path(WEBUI) / "models").free / 2**30
+            assert made["current"] is True, made
+            plain_job(steps=1)  # the recipe's first job: compiles the recipe, its pair, the VAE
+            image, info, seconds["fastest"] = plain_job()
+            torch_image, torch_info, seconds["torch"] = plain_job(override_settings={"sd_unet": "None"})
+    finally:
+        api("/sdapi/v1/options", {"sd_unet": before["sd_unet"], "emphasis": before["emphasis"]})
+        webui.stop()
+    schedule = FASTEST.deepcache.infotext()
+    ratio = seconds["torch"] / seconds["fastest"]
+    finite = bool(np.isfinite(torch_image).all() and torch_image.std() > 0)
+    report = (
+        f"{free:.1f} GiB free before Optimize, {left:.1f} after; Optimize (preset fastest) "
+        f"{seconds['optimize']:.0f} s: {made['label']}, pair branch {made['deepcache_branch']} "
+        f"{made['deepcache_note'] or ''}; 1024², 8 Euler steps: torch {seconds['torch']:.1f} s, the next "
+        f"plain job {seconds['fastest']:.1f} s ({ratio:.2f}x)"
+        + (f", {psnr(image, torch_image):.1f} dB" if finite else "")
+        + f"; {info.get('OpenVINO')}, DeepCache {info.get('OpenVINO DeepCache')}"
+    )
+    print(f"\n[sdxl one click] {report}")
+    (installed / "sdxl-one-click.txt").write_text(report)
+    assert made["deepcache_branch"] == FASTEST.deepcache.branch, report
+    assert torch_info["OpenVINO"].startswith("off (SD Unet is None"), torch_info
+    assert info["OpenVINO DeepCache"] == f"{schedule} (the recipe's)", info
+    assert ratio >= 5, report
+
+
 # An SD2.x v-prediction checkpoint (768²) in models/Stable-diffusion, by file name without its
 # extension; e.g. a seeded random one with the v2-inference-v.yaml config beside it.
 SD2V_CHECKPOINT = os.environ.get("SD_OV_WEBUI_SD2V_CHECKPOINT", "sd2v-random")
