@@ -28,10 +28,15 @@ def cancellable_progress(message: str, fraction: float) -> None:
 
 def with_progress_bar(progress_bar):
     """`cancellable_progress` that also moves a gradio progress bar (the tab's and the accordion's
-    long buttons), with the time left as measured so far."""
+    long buttons), with the time left as measured so far. The bar only moves forward: work inside
+    a stage (a text encoder freed for a calibration picture) reports its own 0..1, which would
+    send the bar back to 0 % with its message."""
     started = time.monotonic()
+    furthest = 0.0
 
     def progress(message: str, fraction: float) -> None:
+        nonlocal furthest
+        fraction = furthest = max(furthest, fraction)
         if progress_bar is not None:
             elapsed = time.monotonic() - started
             left = elapsed * (1 - fraction) / fraction if 0.02 < fraction < 1 and elapsed > 10 else None

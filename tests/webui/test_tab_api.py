@@ -534,3 +534,23 @@ def test_the_accordions_button_makes_the_fastest_recipe_with_the_forms_defaults(
     )
     cancel.events[-1][1]()
     assert webui.shared.state.interrupted
+
+
+def test_the_progress_bar_only_moves_forward(webui):
+    """A stage's own 0..1 (a text encoder freed for a calibration picture says 0.0) keeps the bar
+    where it was, with the new message."""
+    import gradio as gr
+
+    bar = gr.Progress()
+    progress = webui.pkg.progress.with_progress_bar(bar)
+    for message, fraction in (
+        ("calibration", 0.4),
+        ("checking the torch CLIP text encoder", 0.0),
+        ("INT8", 0.6),
+    ):
+        progress(message, fraction)
+    assert bar.calls == [
+        (0.4, "calibration"),
+        (0.4, "checking the torch CLIP text encoder"),
+        (0.6, "INT8"),
+    ]
