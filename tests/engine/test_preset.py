@@ -68,3 +68,42 @@ def test_the_fastest_preset_for_sdxl_keeps_int8_and_deepcache_without_token_merg
     assert request.recipe.precision == "bf16" and request.deepcache_branch == FASTEST.deepcache.branch
     assert parse_optimize_form({"preset": "fastest"}).recipe.tome == FASTEST.recipe.tome  # SD1/SD2
     assert parse_optimize_form({"tome": 0.3}, sdxl=True).recipe.tome == 0.3  # no preset: the form's own
+
+
+def test_the_presets_time_comes_from_the_nearest_sized_run_here_or_this_machines_export():
+    """The accordion's "about N here": a preset run in the cache (its recipe, pair and INT8 VAE
+    decoder seconds) scaled per weight from the checkpoint of the nearest size (an SDXL run says
+    nothing of SD1.5's seconds per weight); before any, 45x this machine's FP32 export."""
+    from types import SimpleNamespace
+
+    from sd_ov.optimize.estimate import PRESET_OVER_FP32_EXPORT, preset_seconds
+    from sd_ov.store.recipe import Recipe
+
+    def entry(name, recipe, seconds, weights=None, preset="fastest", component="unet", timings=None):
+        return SimpleNamespace(
+            manifest=SimpleNamespace(
+                checkpoint_name=name if component == "unet" else f"{name}-vae-baked",
+                checkpoint_hash=f"{name}-hash",
+                recipe=recipe,
+                component=component,
+                unet=SimpleNamespace(parameters=weights) if component == "unet" else None,
+                preset=preset,
+                report=SimpleNamespace(optimize_s=seconds),
+                timings=timings or {},
+            )
+        )
+
+    sd15, sdxl = 860_000_000, 2_570_000_000
+    fp32 = entry("sd15", Recipe(), None, sd15, preset="", timings={"convert_s": 6.7, "save_s": 8.2})
+    assert preset_seconds([fp32], sd15) == pytest.approx(14.9 * PRESET_OVER_FP32_EXPORT)
+    runs = [
+        fp32,
+        entry("sd15", Recipe(int8="hybrid-ff", tome=0.5), 344.0, sd15),
+        entry("sd15", Recipe(int8="hybrid-ff", tome=0.5).with_deepcache(0), 275.0, sd15),
+        entry("sd15", Recipe(int8="full"), 44.0, component="vae"),
+        entry("sdxl", Recipe(int8="hybrid"), 600.0, sdxl),
+        entry("sdxl", Recipe(int8="hybrid").with_deepcache(0), 500.0, sdxl),
+    ]
+    assert preset_seconds(runs, sd15 * 1.1) == pytest.approx(663.0 * 1.1)  # SD1.5's run, all three parts
+    assert preset_seconds(runs, sdxl) == pytest.approx(1100.0)
+    assert preset_seconds([fp32], sd15, preset="another") == pytest.approx(preset_seconds([fp32], sd15))
