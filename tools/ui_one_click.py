@@ -32,6 +32,11 @@ def options(url: str) -> dict:
         return json.loads(answer.read())
 
 
+def html(page: Page, elem_id: str):
+    """A gr.HTML's text: gradio 3 gives its block and its inner `prose` div the same id."""
+    return page.locator(f"#{elem_id}").last
+
+
 def fail(message: str) -> None:
     print(f"one click: {message}", file=sys.stderr)
     sys.exit(1)
@@ -39,11 +44,11 @@ def fail(message: str) -> None:
 
 def watch_progress(page: Page, out: Path, minutes: float) -> list[str]:
     """The progress texts gradio shows over the accordion's report while Optimize runs, until the
-    report is written; two screenshots, the first at the first text, the second once it has
-    moved on by a quarter of the run."""
-    made = page.locator("#sd_ov_txt2img_made")
+    report is written; two screenshots, the first at the first text, the second once the bar
+    is past a quarter (or four minutes later)."""
+    made = html(page, "sd_ov_txt2img_made")
     texts: list[str] = []
-    shots = 0
+    shots, first_shot = 0, 0.0
     deadline = time.monotonic() + minutes * 60
     while time.monotonic() < deadline:
         bar = page.locator(".progress-text")
@@ -54,8 +59,9 @@ def watch_progress(page: Page, out: Path, minutes: float) -> list[str]:
         if seen and (not texts or texts[-1] != seen):
             texts.append(seen)
             print(f"[progress] {seen}", flush=True)
-        if seen and (shots == 0 or (shots == 1 and len(texts) >= 4 and _percent(seen) >= 25)):
-            shots += 1
+        later = _percent(seen) >= 25 or time.monotonic() - first_shot > 240
+        if seen and (shots == 0 or (shots == 1 and len(texts) >= 4 and later)):
+            shots, first_shot = shots + 1, first_shot or time.monotonic()
             accordion = page.locator("#sd_ov_txt2img_accordion")
             accordion.screenshot(path=str(out / f"one-click-progress-{shots}.png"))
         if not seen and made.inner_text().strip():
@@ -89,7 +95,7 @@ def main() -> None:
         page.locator("#tab_txt2img").wait_for()
         accordion = page.locator("#sd_ov_txt2img_accordion")
         accordion.locator(".label-wrap").first.click()
-        invite = page.locator("#sd_ov_txt2img_invite")
+        invite = html(page, "sd_ov_txt2img_invite")
         invite.wait_for()
         page.wait_for_timeout(1000)
         if "Make the fastest recipe for" not in invite.inner_text():
@@ -103,13 +109,13 @@ def main() -> None:
         seconds = time.monotonic() - started
         if len({t.split("%")[0] for t in texts}) < 3:
             fail(f"the progress bar did not move: {texts}")
-        report = page.locator("#sd_ov_txt2img_made").inner_text().strip()
-        status = page.locator("#sd_ov_txt2img_status").inner_text().strip()
+        report = html(page, "sd_ov_txt2img_made").inner_text().strip()
+        status = html(page, "sd_ov_txt2img_status").inner_text().strip()
         print(f"[report] {report[:600]}\n[status] {status}", flush=True)
         current = options(args.url)["sd_unet"]
         if not current.startswith("[OpenVINO") or current == before or current not in status:
             fail(f"the recipe is not the current SD Unet: {current!r} (before: {before!r}); status: {status}")
-        if page.locator("#sd_ov_txt2img_invite").inner_text().strip():
+        if html(page, "sd_ov_txt2img_invite").inner_text().strip():
             fail("the invite is still shown after the recipe was made")
         page.wait_for_timeout(500)
         accordion.screenshot(path=str(out / "one-click-done.png"))
@@ -117,7 +123,7 @@ def main() -> None:
         # the fastest picture: the page's own defaults, only a prompt typed
         page.locator("#txt2img_prompt textarea").fill(PROMPT)
         page.locator("#txt2img_generate").click()
-        info = page.locator("#html_info_txt2img")
+        info = html(page, "html_info_txt2img")
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and "OpenVINO" not in (info.inner_text() or ""):
             page.wait_for_timeout(3000)
