@@ -1289,7 +1289,11 @@ def free_space_left_at(folder: Path, gib: float | None) -> Iterator[float]:
     free = shutil.disk_usage(folder).free / 2**30
     if gib is not None and free > gib:
         with open(ballast, "wb") as out:
-            os.posix_fallocate(out.fileno(), 0, int((free - gib) * 2**30))
+            size = int((free - gib) * 2**30)
+            if hasattr(os, "posix_fallocate"):  # blocks on disk; a truncate is sparse on Linux
+                os.posix_fallocate(out.fileno(), 0, size)
+            else:  # Windows: extending a file allocates its blocks (NTFS files are not sparse)
+                out.truncate(size)
     try:
         yield shutil.disk_usage(folder).free / 2**30
     finally:
