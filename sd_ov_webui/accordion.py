@@ -61,11 +61,15 @@ def build(script, is_img2img: bool) -> list:
             )
         status = gr.HTML(value=status_html, elem_id=f"sd_ov_{tab}_status")
         refresh = gr.Button(value="Refresh status", elem_id=f"sd_ov_{tab}_refresh")
-        # the first Optimize, one click away while the loaded checkpoint has no recipe
+        # the first Optimize, one click away while the loaded checkpoint has no recipe (the
+        # buttons as the page is built; after an Optimize or a Refresh, as the cache is then)
+        shown = bool(invite_html())
         with gr.Row():
             invite = gr.HTML(value=invite_html, elem_id=f"sd_ov_{tab}_invite")
-            make = gr.Button(value="Make the fastest recipe", elem_id=f"sd_ov_{tab}_make_fastest")
-            stop = gr.Button(value="Cancel", elem_id=f"sd_ov_{tab}_cancel_optimize")
+            make = gr.Button(
+                value="Make the fastest recipe", visible=shown, elem_id=f"sd_ov_{tab}_make_fastest"
+            )
+            stop = gr.Button(value="Cancel", visible=shown, elem_id=f"sd_ov_{tab}_cancel_optimize")
         made = gr.HTML(elem_id=f"sd_ov_{tab}_made")
 
         def after() -> tuple:

@@ -137,6 +137,11 @@ def test_optimize_in_the_tab_adds_an_option_that_txt2img_uses(webui, tmp_path, m
     bar = gr.Progress()
     message = optimize_in_tab(webui, progress_bar=bar, preset="fastest", int8="weights", tome=0.0)
     assert webui.pkg.accordion.invite_html() == ""  # it has a recipe now
+    webui.script.ui(False)  # a page built now: no button to make another
+    (*_, button) = [
+        c for c in gr.Component.created if c.kwargs.get("elem_id") == "sd_ov_txt2img_make_fastest"
+    ]
+    assert button.kwargs["visible"] is False
     assert any(d.endswith(" left)") for _, d in bar.calls), bar.calls  # the time left, as measured
     assert "ready" in message and "PSNR" in message, message
     assert f"It runs with the fastest preset's DeepCache ({FASTEST.deepcache.infotext()})" in message
@@ -514,7 +519,10 @@ def test_the_accordions_button_makes_the_fastest_recipe_with_the_forms_defaults(
     said = webui.pkg.accordion.invite_html()
     assert said.startswith("Make the fastest recipe for <b>tinyckpt</b> (about ") and " here)" in said, said
     webui.script.ui(False)
-    button = next(c for c in gr.Component.created if c.kwargs.get("elem_id") == "sd_ov_txt2img_make_fastest")
+    (*_, button) = [
+        c for c in gr.Component.created if c.kwargs.get("elem_id") == "sd_ov_txt2img_make_fastest"
+    ]
+    assert button.kwargs["visible"] is True  # no recipe yet: shown beside the invite
     asked = []
     monkeypatch.setattr(
         webui.pkg.accordion,
