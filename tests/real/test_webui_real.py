@@ -879,9 +879,7 @@ def test_after_the_fastest_preset_the_next_plain_job_runs_it_with_its_schedule(i
     seconds = {}
 
     def plain_job(**payload) -> tuple[np.ndarray, dict, float]:
-        started = time.perf_counter()
-        result = api("/sdapi/v1/txt2img", {**job, **payload})
-        return (*decode_picture(result), time.perf_counter() - started)
+        return plain_txt2img(job, **payload)
 
     try:
         api("/sdapi/v1/options", {**NO_NORM})
@@ -915,6 +913,14 @@ def test_after_the_fastest_preset_the_next_plain_job_runs_it_with_its_schedule(i
     assert off_info["OpenVINO DeepCache"] == f"off (the recipe's: {schedule})", off_info
     assert again_info["OpenVINO DeepCache"] == f"{schedule} (the recipe's)", again_info
     assert ratio >= 12, report
+
+
+def plain_txt2img(job: dict, **payload) -> tuple[np.ndarray, dict, float]:
+    """A user's plain request: `job`'s fields and `payload`, nothing of sd-ov's unless `payload`
+    says (a picture, its infotext's parameters, seconds)."""
+    started = time.perf_counter()
+    result = api("/sdapi/v1/txt2img", {**job, **payload})
+    return (*decode_picture(result), time.perf_counter() - started)
 
 
 def png_b64(image: np.ndarray) -> str:
@@ -1317,9 +1323,7 @@ def test_sdxl_after_the_fastest_preset_a_1024_job_runs_its_pair_five_times_torch
     seconds = {}
 
     def plain_job(**payload) -> tuple[np.ndarray, dict, float]:
-        started = time.perf_counter()
-        result = api("/sdapi/v1/txt2img", {**job, **payload})
-        return (*decode_picture(result), time.perf_counter() - started)
+        return plain_txt2img(job, **payload)
 
     try:
         api("/sdapi/v1/options", {**NO_NORM})
